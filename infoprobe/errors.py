@@ -1,0 +1,37 @@
+"""Errors a user can cause. The CLI prints their message and exits with status 2."""
+
+
+class InfoprobeError(Exception):
+    """Base class of every error caused by input a user supplied (files, options, data).
+
+    The message says what is wrong and what to do; the command-line interface prints it on
+    one line and exits with status 2 instead of showing a traceback.
+    """
+
+
+class ModelError(InfoprobeError):
+    """The ONNX model is unreadable, unsafe, invalid, or has no layer infoprobe can analyse."""
+
+
+class UnsafeModelError(ModelError):
+    """The model refers to files outside its folder, through links, or is larger than allowed."""
+
+
+class StoreError(InfoprobeError):
+    """The activation store is missing, malformed, incomplete, or not an infoprobe store."""
+
+
+class DataError(InfoprobeError):
+    """Input data cannot be read or does not fit the model (shape, labels, NaN values)."""
+
+
+class ConfigError(InfoprobeError):
+    """An option or parameter is out of range or inconsistent with the inputs."""
+
+
+class DeviceError(InfoprobeError):
+    """The requested compute device is unavailable (e.g. ``device='cuda'`` without CuPy)."""
+
+
+class OutputExistsError(InfoprobeError):
+    """An output file exists and would be overwritten; pass ``overwrite=True`` (``--overwrite``)."""

@@ -1,0 +1,244 @@
+"""Graph rewrites with ``onnx-ir``: the one intervention mechanism of DESIGN.md.
+
+:func:`instrument` gives every unit layer two extra graph inputs, a ``mask`` m and an
+``offset`` c, and replaces its post-activation t by ``t' = m * t + c`` for all consumers
+(m = 1, c = 0 is the identity). It can also expose each layer's pre- and post-activation
+(before the mask) as graph outputs. :func:`suffix` cuts an instrumented model after a unit
+layer, so that a sweep over that layer starts from its stored post-activation.
+
+Value names used by the rewritten graphs (``L`` is the layer name): ``L:pre``, ``L:post``
+(outputs), ``L:mask``, ``L:offset`` (inputs), ``L:post_in`` (suffix input).
+"""
+from __future__ import annotations
+
+import functools
+
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from .errors import ModelError
+from .model import LoadedModel, UnitLayer
+
+
+def io_name(layer: str, role: str) -> str:
+    """Graph input/output name for ``role`` in {"pre", "post", "mask", "offset", "post_in"}."""
+    return f"{layer}:{role}"
+
+
+def mask_shape(layer: UnitLayer, per_position: bool = False, batch: int = 1) -> tuple:
+    """Shape of a mask or offset array for ``layer``.
+
+    Dense: ``[batch, U]``. Conv: ``[batch, C, 1, 1]`` per channel, or ``[batch, C, H, W]``
+    per channel x position (``per_position=True``).
+    """
+    if layer.kind == "dense":
+        return (batch, layer.units)
+    if per_position:
+        return (batch, *layer.shape)
+    return (batch, layer.units, 1, 1)
+
+
+def _value_by_name(graph: ir.Graph, name: str) -> ir.Value:
+    for v in graph.inputs:
+        if v.name == name:
+            return v
+    for node in graph:
+        for v in node.outputs:
+            if v.name == name:
+                return v
+    raise ModelError(f"value {name!r} not found in the graph")
+
+
+def _float_value(name: str, dims) -> ir.Value:
+    return ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(dims))
+
+
+def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
+               intervene: bool = True) -> ir.Model:
+    """Rewrite a model so that unit layers can be read and ablated through graph I/O.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+        From :func:`infoprobe.model.load_model`; it is not modified.
+    layers : list of str, optional
+        Layers to instrument (default: all unit layers).
+    expose : bool
+        Add graph outputs ``L:pre`` and ``L:post`` (float32 ``[N, *layer.shape]``), the
+        activations before any mask.
+    intervene : bool
+        Add graph inputs ``L:mask`` and ``L:offset`` (float32, broadcastable to
+        ``[N, *layer.shape]``: ``[B, U]`` dense, ``[B, C, 1, 1]`` or ``[B, C, H, W]`` conv, B = 1
+        or N) and route every consumer of the post-activation through ``m * t + c``.
+
+    Returns
+    -------
+    onnx_ir.Model
+        A checked model (``onnx.checker`` with ``full_check=True``) whose original outputs
+        are unchanged when m = 1 and c = 0.
+    """
+    model = lm.fresh_ir()
+    graph = model.graph
+    names = [lay.name for lay in lm.layers] if layers is None else list(layers)
+    for name in names:
+        lay = lm.layer(name)
+        batch_dim = ir.SymbolicDim(f"{name}_B")
+        pre = _value_by_name(graph, lay.pre_value)
+        t = _value_by_name(graph, lay.post_value)
+        if intervene:
+            if lay.kind == "dense":
+                mdims = [batch_dim, lay.units]
+            else:
+                mdims = [batch_dim, lay.units, ir.SymbolicDim(f"{name}_H"), ir.SymbolicDim(f"{name}_W")]
+            mask = _float_value(io_name(name, "mask"), mdims)
+            offset = _float_value(io_name(name, "offset"), mdims)
+            graph.inputs.extend([mask, offset])
+            uses = list(t.uses())
+            was_output = t.is_graph_output()
+            mul = ir.Node("", "Mul", [t, mask], name=f"infoprobe/{name}/mask_mul")
+            add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
+            new = add.outputs[0]
+            new.type, new.shape = t.type, t.shape
+            graph.extend([mul, add])  # placed by the topological sort in finalize()
+            for node, idx in uses:
+                node.replace_input_with(idx, new)
+            if was_output:
+                out_name = t.name
+                for i, v in enumerate(graph.outputs):
+                    if v is t:
+                        graph.outputs[i] = new
+                t.name = f"{out_name}__infoprobe_raw"
+                new.name = out_name
+            else:
+                new.name = f"{name}:post_masked"
+        if expose:
+            dims = [ir.SymbolicDim("N"), *lay.shape]
+            for role, src in (("pre", pre), ("post", t)):
+                node = ir.Node("", "Identity", [src], name=f"infoprobe/{name}/{role}")
+                out = node.outputs[0]
+                out.name = io_name(name, role)
+                out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(dims)
+                graph.append(node)
+                graph.outputs.append(out)
+    return finalize(model)
+
+
+def suffix(lm: LoadedModel, layer: str, *, expose_later: bool = False) -> ir.Model:
+    """The part of the (instrumented) model after unit layer ``layer``, as its own graph.
+
+    Its inputs are ``L:post_in`` (the layer's post-activation before the mask, float32
+    ``[N, *shape]``) and the masks and offsets of ``layer`` and of every layer after it; its
+    outputs are the model's outputs (and, with ``expose_later``, the later layers' ``pre`` and
+    ``post``). Running it on stored post-activations gives exactly what the whole
+    instrumented model gives.
+
+    Raises
+    ------
+    ModelError
+        ``layer`` is the output layer, or the rest of the model also reads values computed
+        before ``layer`` (a skip connection around it), so no suffix exists.
+    """
+    lay = lm.layer(layer)
+    if lay.is_output:
+        raise ModelError(f"layer {layer!r} is the output layer: there is nothing after it")
+    downstream = _downstream(lm, layer)
+    keep = set(downstream) | {layer}
+    model = ir.from_proto(ir.to_proto(instrument(lm, expose=expose_later)))
+    if expose_later:
+        # drop exposures of layers outside the suffix
+        model = _drop_outputs(model, {io_name(n.name, r) for n in lm.layers if n.name not in downstream
+                                       for r in ("pre", "post")})
+    graph = model.graph
+    t = _value_by_name(graph, lay.post_value)
+    new_in = _float_value(io_name(layer, "post_in"), [ir.SymbolicDim("N"), *lay.shape])
+    for node, idx in list(t.uses()):
+        node.replace_input_with(idx, new_in)
+    graph.inputs.append(new_in)
+    model = ir_passes.RemoveUnusedNodesPass()(model).model
+    graph = model.graph
+    original_input = next(v for v in graph.inputs if v.name == lm.input_name)
+    if original_input.uses():
+        raise ModelError(f"the model after layer {layer!r} also reads values computed before it "
+                         "(a skip connection); ablate it with the whole model instead")
+    dead = [v for v in graph.inputs if v.name == lm.input_name
+            or (v.name.endswith((":mask", ":offset")) and v.name.rsplit(":", 1)[0] not in keep)]
+    for v in dead:
+        graph.inputs.remove(v)
+    return finalize(model)
+
+
+def _downstream(lm: LoadedModel, layer: str) -> list:
+    out, frontier = [], {layer}
+    changed = True
+    while changed:
+        changed = False
+        for lay in lm.layers:
+            if lay.name not in out and frontier.intersection(lay.inputs):
+                out.append(lay.name)
+                frontier.add(lay.name)
+                changed = True
+    return out
+
+
+def _drop_outputs(model: ir.Model, names: set) -> ir.Model:
+    graph = model.graph
+    for v in [v for v in graph.outputs if v.name in names]:
+        graph.outputs.remove(v)
+    return ir_passes.RemoveUnusedNodesPass()(model).model
+
+
+@functools.lru_cache(maxsize=1)
+def max_ort_ir_version() -> int:
+    """Highest ONNX IR version the installed onnxruntime accepts (probed once)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for version in range(onnx.IR_VERSION, 6, -1):
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = version
+        try:
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            return version
+        except Exception:
+            continue
+    return 7
+
+
+def _min_ir_for_opset(opset: int) -> int:
+    for _, ir_version, ai_onnx, *_ in onnx.helper.VERSION_TABLE:
+        if ai_onnx >= opset:
+            return ir_version
+    return onnx.IR_VERSION
+
+
+def finalize(model: ir.Model) -> ir.Model:
+    """Make a rewritten model valid: clear stale shapes, sort, re-infer, IR version, check.
+
+    Shapes of intermediate values are cleared and re-inferred, nodes are topologically
+    sorted, the IR version is lowered to one the installed onnxruntime accepts (never below
+    what the opset needs) and ``onnx.checker.check_model(full_check=True)`` must pass.
+
+    Raises
+    ------
+    ModelError
+        The rewritten model fails the checker (a bug or an unsupported graph pattern).
+    """
+    graph = model.graph
+    keep = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+    for node in graph:
+        for v in node.outputs:
+            if id(v) not in keep:
+                v.type, v.shape = None, None
+    model = ir_passes.TopologicalSortPass()(model).model
+    model = ir_passes.ShapeInferencePass()(model).model
+    opset = model.opset_imports.get("", 13)
+    model.ir_version = max(min(model.ir_version, max_ort_ir_version()), _min_ir_for_opset(opset))
+    try:
+        onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    except Exception as exc:
+        raise ModelError(f"the rewritten model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    return model

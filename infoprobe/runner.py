@@ -1,0 +1,139 @@
+"""onnxruntime sessions over rewritten models: batching, default masks, interventions."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from .errors import DataError, ModelError
+from .model import LoadedModel, UnitLayer
+from .rewrite import instrument, io_name, mask_shape, suffix
+
+_PROTO_LIMIT = 1_800_000_000  # bytes; above this a model is saved with external data
+
+
+def make_session(model: ir.Model, *, providers=None, threads: int | None = None) -> ort.InferenceSession:
+    """An ``onnxruntime.InferenceSession`` for an ``onnx_ir.Model``.
+
+    Small models are passed as bytes; models near the 2 GB protobuf limit are written to a
+    private temporary folder with external data first.
+
+    Parameters
+    ----------
+    providers : list of str, optional
+        onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
+    threads : int, optional
+        Intra-op threads (default: onnxruntime's choice).
+    """
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = providers or ["CPUExecutionProvider"]
+    proto = ir.to_proto(model)
+    try:
+        if proto.ByteSize() < _PROTO_LIMIT:
+            return ort.InferenceSession(proto.SerializeToString(), opts, providers=providers)
+        with tempfile.TemporaryDirectory(prefix="infoprobe-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            ir.save(model, path, external_data="model.onnx.data")
+            return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot run the model: {str(exc).splitlines()[0]}") from None
+
+
+class Runner:
+    """Run an instrumented model (or the suffix after one layer) with masks and offsets.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+    after : str, optional
+        Build the suffix after this unit layer (input: its post-activation) instead of the
+        whole model. See :func:`infoprobe.rewrite.suffix`.
+    expose : bool
+        Expose every layer's ``pre`` and ``post`` as outputs (whole model only).
+    providers, threads :
+        As for :func:`make_session`.
+
+    Notes
+    -----
+    One session serves every ablation of a sweep: interventions are fed as inputs. Inputs
+    not given to :meth:`run` default to the identity (mask 1, offset 0, shape
+    ``[1, U]`` or ``[1, C, 1, 1]``).
+    """
+
+    def __init__(self, lm: LoadedModel, *, after: str | None = None, expose: bool = False,
+                 providers=None, threads: int | None = None):
+        self.lm = lm
+        self.after = after
+        model = suffix(lm, after) if after else instrument(lm, expose=expose)
+        self.session = make_session(model, providers=providers, threads=threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.data_input = io_name(after, "post_in") if after else lm.input_name
+        self._identity = {}
+        for lay in lm.layers:
+            if io_name(lay.name, "mask") in self.input_names:
+                self._identity[io_name(lay.name, "mask")] = np.ones(mask_shape(lay), np.float32)
+                self._identity[io_name(lay.name, "offset")] = np.zeros(mask_shape(lay), np.float32)
+
+    def intervention_feeds(self, layer: UnitLayer, mask: np.ndarray, offset: np.ndarray) -> dict:
+        """Feeds for one layer from per-unit arrays ``mask``/``offset`` of shape [U] or [B, U]
+        (conv: per channel; or the full mask shape for per-position interventions)."""
+        mask = np.asarray(mask, np.float32)
+        offset = np.asarray(offset, np.float32)
+        if layer.kind == "conv" and mask.ndim <= 2:
+            mask = mask.reshape(-1, layer.units, 1, 1)
+            offset = offset.reshape(-1, layer.units, 1, 1)
+        elif mask.ndim == 1:
+            mask, offset = mask[None], offset[None]
+        return {io_name(layer.name, "mask"): mask, io_name(layer.name, "offset"): offset}
+
+    def run(self, x: np.ndarray, *, feeds: dict | None = None, outputs=None,
+            batch_size: int = 4096) -> dict:
+        """Run on ``x`` in batches of ``batch_size`` rows and concatenate the outputs.
+
+        Parameters
+        ----------
+        x : float32 [N, ...]
+            The model input, or for a suffix runner the layer's post-activation.
+        feeds : dict, optional
+            Mask/offset arrays by input name. Arrays whose first dimension is N are sliced
+            with the batch; arrays with first dimension 1 are broadcast.
+        outputs : list of str, optional
+            Output names (default: all).
+
+        Returns
+        -------
+        dict of name -> ndarray [N, ...]
+        """
+        feeds = dict(self._identity, **(feeds or {}))
+        unknown = set(feeds) - set(self.input_names)
+        if unknown:
+            raise ModelError(f"unknown model inputs {sorted(unknown)}")
+        outputs = list(outputs or self.output_names)
+        n = len(x)
+        parts = {o: [] for o in outputs}
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            f = {self.data_input: np.ascontiguousarray(x[start:stop], np.float32)}
+            for k, v in feeds.items():
+                f[k] = v if v.shape[0] == 1 or (n != 1 and v.shape[0] != n) else v[start:stop]
+            try:
+                res = self.session.run(outputs, f)
+            except Exception as exc:
+                raise DataError(f"onnxruntime rejected the input: {str(exc).splitlines()[0]}") from None
+            for o, r in zip(outputs, res):
+                parts[o].append(r)
+        return {o: np.concatenate(p) if p else np.empty((0,)) for o, p in parts.items()}
+
+
+def default_threads() -> int | None:
+    """Intra-op thread count from ``INFOPROBE_THREADS`` (unset: onnxruntime's default)."""
+    v = os.environ.get("INFOPROBE_THREADS")
+    return int(v) if v else None

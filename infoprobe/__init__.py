@@ -1,0 +1,19 @@
+"""infoprobe: information-theoretic analysis of trained neural networks.
+
+Reads a model as ONNX and its activations as HDF5, without the training framework. See the
+README for the command-line tour; the library's entry points are:
+
+- :func:`infoprobe.model.load_model` -- safe loading and unit-layer discovery,
+- :func:`infoprobe.analyses.capture.capture` -- activations of a data set into a store,
+- :func:`infoprobe.analyses.importance.importance` -- single-unit information measures,
+- :func:`infoprobe.analyses.ablation.cumulative_ablation` -- cumulative ablation curves.
+"""
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    ConfigError, DataError, DeviceError, InfoprobeError, ModelError, OutputExistsError,
+    StoreError, UnsafeModelError,
+)
+
+__all__ = ["__version__", "InfoprobeError", "ModelError", "UnsafeModelError", "StoreError",
+           "DataError", "ConfigError", "DeviceError", "OutputExistsError"]

@@ -1,0 +1,1 @@
+"""Framework adapters (installed as ``infoprobe.adapters``); each imports its framework lazily."""

@@ -118,6 +118,12 @@ class Runner:
             raise ModelError(f"unknown model inputs {sorted(unknown)}")
         outputs = list(outputs or self.output_names)
         n = len(x)
+        if n <= batch_size:  # one batch: no slicing, copying or concatenation
+            f = {self.data_input: np.ascontiguousarray(x, np.float32), **feeds}
+            try:
+                return dict(zip(outputs, self.session.run(outputs, f)))
+            except Exception as exc:
+                raise DataError(f"onnxruntime rejected the input: {str(exc).splitlines()[0]}") from None
         parts = {o: [] for o in outputs}
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)

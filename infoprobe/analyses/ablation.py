@@ -221,6 +221,10 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
     for s in scopes:
         if s not in SCOPES:
             raise ConfigError(f"unknown scope {s!r}; use layer or network")
+    store_model = st.attrs.get("model_sha256")
+    if store_model and store_model != lm.sha256:
+        raise DataError(f"the store {st.path} was captured from another model (SHA-256 {store_model[:12]}..., "
+                        f"this model is {lm.sha256[:12]}...); capture it again from {lm.path.name}")
     names = list(layers) if layers else [n for n in st.hidden_layers()]
     for n in names:
         if lm.layer(n).is_output:
@@ -263,8 +267,9 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
                "n_units": n_units, "n_ablated": int(k), "fraction": k / n_units,
                "accuracy": float(accs.mean()), "accuracy_std": float(accs.std()) if len(accs) > 1 else 0.0,
                "repeats": len(accs)}
-        for c, a in enumerate(np.nanmean(cls, axis=0) if len(cls) else []):
-            row[f"class_{c}_accuracy"] = float(a)
+        for c in range(cls.shape[1]):
+            col = cls[:, c]
+            row[f"class_{c}_accuracy"] = float(col.mean()) if not np.isnan(col).any() else None
         rows.append(row)
 
     def sweep(scope, label, evaluate, n_units, orders_by_ranking, ablate_for):

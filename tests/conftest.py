@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "fixtures"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_data():
+    d = np.load(FIX / "mnist_demo.npz")
+    return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="session")
+def sigmoid_store(tmp_path_factory):
+    """Validation-split store of the sigmoid MLP (captured once per session)."""
+    from infoprobe.analyses.capture import capture
+    from infoprobe.data import load_data
+
+    out = tmp_path_factory.mktemp("store") / "acts.h5"
+    return capture(FIX / "mlp_sigmoid.onnx", load_data(FIX / "mnist_demo.npz", split="validation"), out,
+                   progress=False)
+
+
+def initializers(path) -> dict:
+    """Initializers of an ONNX file straight from the protobuf (independent of infoprobe)."""
+    m = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def mlp_forward(path, x, act, ablate=None):
+    """NumPy forward pass of a fixture MLP; returns (posts per hidden layer, logits).
+
+    ``ablate``: {hidden layer index (0-based): (units, constants)} replaces post-activations.
+    """
+    w = initializers(path)
+    names = sorted({k.split(".")[0] for k in w})
+    h = x.astype(np.float64)
+    posts = []
+    for i, n in enumerate(names):
+        W = w[f"{n}.weight"] if f"{n}.weight" in w else w[f"{n}.weight_t"].T
+        h = h @ W.T.astype(np.float64) + w[f"{n}.bias"]
+        if i < len(names) - 1:
+            h = act(h)
+            if ablate and i in ablate:
+                units, c = ablate[i]
+                h = h.copy()
+                h[:, units] = c[units]
+            posts.append(h)
+    return posts, h

@@ -1,0 +1,109 @@
+"""Cumulative ablation against a NumPy reference of the same ablations."""
+import numpy as np
+import pytest
+
+from conftest import FIX, mlp_forward, sigmoid
+from infoprobe.analyses.ablation import (ablation_constants, cumulative_ablation, parse_hybrid,
+                                         rank_units)
+from infoprobe.analyses.importance import importance
+from infoprobe.data import load_data
+from infoprobe.errors import ConfigError, DataError
+from infoprobe.store import Store
+
+
+@pytest.fixture(scope="module")
+def test_data():
+    return load_data(FIX / "mnist_demo.npz", split="test")  # 2,000 images, all classes
+
+
+@pytest.fixture(scope="module")
+def imp(sigmoid_store):
+    return importance(sigmoid_store, progress=False)
+
+
+def reference_accuracy(data, layer_idx, units, consts):
+    x = data.x.reshape(len(data), -1).astype(np.float64) / 255
+    _, logits = mlp_forward(FIX / "mlp_sigmoid.onnx", x, sigmoid, ablate={layer_idx: (units, consts)})
+    return float((logits.argmax(1) == data.y).mean())
+
+
+def test_rank_units_is_stable():
+    v = np.array([0.3, 0.1, 0.3, 0.0])
+    assert rank_units(v, "low").tolist() == [3, 1, 0, 2]
+    assert rank_units(v, "high").tolist() == [0, 2, 1, 3]
+
+
+def test_bias_balancing_constant_is_validation_mean(sigmoid_store):
+    with Store(sigmoid_store) as st:
+        np.testing.assert_allclose(ablation_constants(st, "fc1", "mean"), st.read("fc1").astype(np.float64).mean(0), rtol=1e-12)
+        assert not ablation_constants(st, "fc1", "zero").any()
+
+
+def test_layer_curves_match_numpy(sigmoid_store, test_data, imp):
+    res = cumulative_ablation(FIX / "mlp_sigmoid.onnx", sigmoid_store, test_data, importance=imp,
+                              measures=("mutual_information",), orders=("low", "high"), n_steps=5,
+                              random_repeats=0, progress=False)
+    with Store(sigmoid_store) as st:
+        means = {n: st.read(n).astype(np.float64).mean(0) for n in ("fc1", "fc2")}
+    for idx, layer in enumerate(("fc1", "fc2")):
+        for order in ("low", "high"):
+            ranking = rank_units(imp.measure(layer, "mutual_information"), order)
+            for value in ("zero", "mean"):
+                ks, acc = res.curve(layer=layer, ranking="mutual_information", order=order, value=value)
+                assert ks.tolist() == [0, 25, 50, 75, 100]
+                c = means[layer] if value == "mean" else np.zeros(100)
+                for k, a in zip(ks, acc):
+                    assert a == pytest.approx(reference_accuracy(test_data, idx, ranking[:k], c), abs=1 / 2000 + 1e-9)
+    row = next(r for r in res.rows if r["n_ablated"] == 50)
+    assert {f"class_{c}_accuracy" for c in range(10)} <= set(row)
+
+
+def test_network_scope_and_random_are_reproducible(sigmoid_store, test_data, imp):
+    kw = dict(importance=imp, measures=("kl_selectivity",), scopes=("network",), n_steps=4, random_repeats=3,
+              progress=False, seed=7)
+    a = cumulative_ablation(FIX / "mlp_sigmoid.onnx", sigmoid_store, test_data, **kw)
+    b = cumulative_ablation(FIX / "mlp_sigmoid.onnx", sigmoid_store, test_data, **kw)
+    assert [r["accuracy"] for r in a.rows] == [r["accuracy"] for r in b.rows]
+    rand = [r for r in a.rows if r["ranking"] == "random"]
+    assert rand and all(r["repeats"] == 3 for r in rand)
+    assert any(r["accuracy_std"] > 0 for r in rand)
+    # ranking across layers: the k lowest-KL units of fc1+fc2 together
+    allv = np.concatenate([imp.measure("fc1", "kl_selectivity"), imp.measure("fc2", "kl_selectivity")])
+    ks, acc = a.curve(scope="network", ranking="kl_selectivity", order="low", value="zero")
+    assert ks.tolist() == [0, 67, 133, 200]
+    x = test_data.x.reshape(len(test_data), -1).astype(np.float64) / 255
+    sel = rank_units(allv, "low")[:67]
+    abl = {0: (sel[sel < 100], np.zeros(100)), 1: (sel[sel >= 100] - 100, np.zeros(100))}
+    _, logits = mlp_forward(FIX / "mlp_sigmoid.onnx", x, sigmoid, ablate=abl)
+    assert acc[1] == pytest.approx((logits.argmax(1) == test_data.y).mean(), abs=1 / 2000 + 1e-9)
+
+
+def test_hybrid_prunes_in_ratio(sigmoid_store, test_data, imp):
+    hyb = parse_hybrid("fc1=mutual_information:1, fc2=kl_selectivity:2")
+    assert hyb == {"fc1": ("mutual_information", 1.0), "fc2": ("kl_selectivity", 2.0)}
+    res = cumulative_ablation(FIX / "mlp_sigmoid.onnx", sigmoid_store, test_data, importance=imp, measures=(),
+                              scopes=(), random_repeats=0, hybrid=hyb, values=("mean",), n_steps=4,
+                              progress=False)
+    rows = [r for r in res.rows if r["scope"] == "hybrid"]
+    assert [r["n_ablated"] for r in rows] == [0, 50, 100, 150]  # fc2 is full at 100 = 2/3 of 150
+    with Store(sigmoid_store) as st:
+        m1, m2 = st.read("fc1").astype(np.float64).mean(0), st.read("fc2").astype(np.float64).mean(0)
+    x = test_data.x.reshape(len(test_data), -1).astype(np.float64) / 255
+    r1 = rank_units(imp.measure("fc1", "mutual_information"), "low")[:17]
+    r2 = rank_units(imp.measure("fc2", "kl_selectivity"), "low")[:33]
+    _, logits = mlp_forward(FIX / "mlp_sigmoid.onnx", x, sigmoid, ablate={0: (r1, m1), 1: (r2, m2)})
+    assert rows[1]["accuracy"] == pytest.approx((logits.argmax(1) == test_data.y).mean(), abs=1 / 2000 + 1e-9)
+    with pytest.raises(ConfigError):
+        parse_hybrid("fc1")
+
+
+def test_errors(sigmoid_store, test_data, tmp_path):
+    with pytest.raises(ConfigError, match="unknown measure"):
+        cumulative_ablation(FIX / "mlp_sigmoid.onnx", sigmoid_store, test_data, measures=("nope",), progress=False)
+    np.savez(tmp_path / "nolabels.npz", x=test_data.x)
+    with pytest.raises(DataError, match="labels"):
+        cumulative_ablation(FIX / "mlp_sigmoid.onnx", sigmoid_store, load_data(tmp_path / "nolabels.npz"),
+                            progress=False)
+    with pytest.raises(DataError, match="another model"):
+        cumulative_ablation(FIX / "mlp_relu.onnx", sigmoid_store, test_data, layers=["fc1_matmul"],
+                            progress=False)

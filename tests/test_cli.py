@@ -1,0 +1,134 @@
+"""The command line: results, machine-readable output, one-line errors with exit status 2."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import FIX
+from infoprobe.cli.main import cli
+
+
+def run(*args):
+    res = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return res
+
+
+def assert_one_line_error(res, match):
+    assert res.exit_code == 2, res.output
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("infoprobe: error:"), res.output
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_inspect_json():
+    res = run("inspect", FIX / "cnn_small.onnx", "--json")
+    assert res.exit_code == 0
+    info = json.loads(res.output)
+    assert [(l["name"], l["units"], l["activation"]) for l in info["layers"]] == \
+        [("conv1", 4, "relu"), ("conv2", 6, "relu"), ("fc", 10, "none")]
+    assert "fc1" in run("inspect", FIX / "mlp_sigmoid.onnx").output
+
+
+def test_help_has_examples():
+    for cmd in ("inspect", "capture", "importance", "ablate", "demo"):
+        res = run(cmd, "--help")
+        assert res.exit_code == 0 and "Example" in res.output
+
+
+def test_capture_importance_ablate(tmp_path):
+    acts = tmp_path / "acts.h5"
+    res = run("capture", FIX / "mlp_relu.onnx", "--data", FIX / "mnist_demo.npz", "--split", "validation",
+              "--out", acts, "--no-progress")
+    assert res.exit_code == 0, res.output
+    res = run("importance", acts, "--out", tmp_path / "r", "--quantizer", "quantile", "--bins", "3", "--json",
+              "--no-progress")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert set(out["mean_bits"]) == {"fc1_matmul", "fc2_matmul", "fc3_matmul"}
+    rows = json.loads((tmp_path / "r" / "importance.json").read_text())
+    assert rows["meta"]["parameters"]["quantizer"] == "quantile" and len(rows["rows"]) == 60
+    assert rows["meta"]["inputs"]["store"]["sha256"]
+    res = run("ablate", FIX / "mlp_relu.onnx", acts, "--data", FIX / "mnist_demo.npz", "--split", "test",
+              "--out", tmp_path / "r", "--steps", "5", "--random-repeats", "2", "--scope", "both", "--json",
+              "--no-progress")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert 0.85 < out["baseline_accuracy"] < 1
+    assert (tmp_path / "r" / "ablation_layer.png").stat().st_size > 1000
+    assert (tmp_path / "r" / "ablation_network.png").exists()
+    # results are not overwritten silently
+    res = run("importance", acts, "--out", tmp_path / "r", "--no-progress")
+    assert_one_line_error(res, "--overwrite")
+
+
+def test_truncated_model(tmp_path):
+    data = (FIX / "mlp_sigmoid.onnx").read_bytes()
+    (tmp_path / "t.onnx").write_bytes(data[:5000])
+    assert_one_line_error(run("inspect", tmp_path / "t.onnx"), "t.onnx")
+
+
+def test_external_data_outside_folder(tmp_path):
+    from test_model import _external
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 48)
+    assert_one_line_error(run("inspect", _external(tmp_path, "../secret.bin")), "'..'")
+
+
+def test_data_that_does_not_fit_leaves_nothing(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 20, 20), np.uint8), y=np.zeros(10, np.int64))
+    res = run("capture", FIX / "mlp_sigmoid.onnx", "--data", tmp_path / "d.npz", "--out", tmp_path / "a.h5",
+              "--no-progress")
+    assert_one_line_error(res, "expects [784]")
+    assert list(tmp_path.iterdir()) == [tmp_path / "d.npz"]
+
+
+def test_missing_labels(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((10, 28, 28), np.uint8))
+    res = run("capture", FIX / "mlp_sigmoid.onnx", "--data", tmp_path / "d.npz", "--out", tmp_path / "a.h5",
+              "--no-progress")
+    assert res.exit_code == 0
+    assert_one_line_error(run("importance", tmp_path / "a.h5", "--out", tmp_path / "r", "--no-progress"), "no labels")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_nan_activations(tmp_path, sigmoid_store):
+    import h5py
+
+    p = tmp_path / "nan.h5"
+    shutil.copy(sigmoid_store, p)
+    with h5py.File(p, "r+") as f:
+        f["layers/fc1/post"][5, 0] = np.nan
+    assert_one_line_error(run("importance", p, "--out", tmp_path / "r", "--no-progress"), "NaN")
+    assert not (tmp_path / "r" / "importance.json").exists()
+
+
+def test_incomplete_store(tmp_path, sigmoid_store):
+    import h5py
+
+    p = tmp_path / "inc.h5"
+    shutil.copy(sigmoid_store, p)
+    with h5py.File(p, "r+") as f:
+        f.attrs["complete"] = False
+    assert_one_line_error(run("importance", p, "--out", tmp_path / "r", "--no-progress"), "incomplete")
+
+
+def test_demo(tmp_path):
+    out = tmp_path / "demo"
+    res = run("demo", "--out", out, "--steps", "6", "--random-repeats", "2", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.output)
+    assert s["baseline_accuracy"] > 0.9
+    for f in ("acts.h5", "importance.csv", "ablation.json", "importance.png", "ablation_layer.png",
+              "ablation_network.png", "ablation_hybrid.png", "summary.json"):
+        assert (out / f).exists(), f
+    # information-ordered ablation is at least as good as random in the second layer (Section 5.3)
+    fifty = {(r["layer"], r["ranking"]): r for r in s["accuracy_at_50_percent_ablated"]}
+    assert fifty[("fc2", "mutual_information")]["accuracy_mean"] > 0.85
+    # rerunning into the demo's own folder works; a foreign folder is refused
+    assert run("demo", "--out", out, "--steps", "3", "--random-repeats", "0", "--no-progress").exit_code == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert_one_line_error(run("demo", "--out", tmp_path / "mine", "--no-progress"), "not written by")

@@ -209,18 +209,11 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
          hybrid, scale, batch_size, progress, providers):
     if data.y is None:
         raise DataError(f"{data.path} has no labels ('y'); ablation measures accuracy and needs them")
-    for m in measures:
-        if m not in MEASURES:
-            raise ConfigError(f"unknown measure {m!r}; use one of {', '.join(MEASURES)}")
-    for o in orders:
-        if o not in ORDERS:
-            raise ConfigError(f"unknown order {o!r}; use low or high")
-    for v in values:
-        if v not in VALUES:
-            raise ConfigError(f"unknown ablation value {v!r}; use zero or mean")
-    for s in scopes:
-        if s not in SCOPES:
-            raise ConfigError(f"unknown scope {s!r}; use layer or network")
+    for what, given, allowed in (("measure", measures, MEASURES), ("order", orders, ORDERS),
+                                 ("ablation value", values, VALUES), ("scope", scopes, SCOPES)):
+        for g in given:
+            if g not in allowed:
+                raise ConfigError(f"unknown {what} {g!r}; use one of {', '.join(allowed)}")
     store_model = st.attrs.get("model_sha256")
     if store_model and store_model != lm.sha256:
         raise DataError(f"the store {st.path} was captured from another model (SHA-256 {store_model[:12]}..., "

@@ -39,7 +39,8 @@ def plot_importance(units: list, path) -> Path:
     plt = _pyplot()
     measures = [m for m in MEASURE_LABELS if units and units[0].get(m) is not None]
     layers = list(dict.fromkeys(r["layer"] for r in units))
-    fig, axes = plt.subplots(1, len(measures), figsize=(3.3 * len(measures), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.3 * len(measures), 2.8), squeeze=False,
+                             layout="constrained")
     for ax, m in zip(axes[0], measures):
         vals = [np.array([r[m] for r in units if r["layer"] == lay], float) for lay in layers]
         hi = max((v.max() for v in vals if len(v)), default=1.0)
@@ -65,7 +66,8 @@ def plot_ablation(rows: list, path, *, scope: str = "layer") -> Path | None:
     if not rows:
         return None
     panels = list(dict.fromkeys(r["layer"] for r in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False,
+                             layout="constrained")
     curves = list(dict.fromkeys((r["ranking"], r["order"]) for r in rows))
     colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(curves)}
     for ax, panel in zip(axes[0], panels):

@@ -84,6 +84,6 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     summary = {"model": lm.path.name, "baseline_accuracy": abl.params["baseline_accuracy"],
                "n_validation": len(val), "n_test": len(test), "mean_importance_bits": means,
                "accuracy_at_50_percent_ablated": fifty_percent_table(abl),
-               "files": sorted(p.name for p in out.iterdir() if not p.name.startswith("."))}
+               "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"})}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())
     return summary

@@ -144,7 +144,7 @@ def suffix(lm: LoadedModel, layer: str, *, expose_later: bool = False) -> ir.Mod
         raise ModelError(f"layer {layer!r} is the output layer: there is nothing after it")
     downstream = _downstream(lm, layer)
     keep = set(downstream) | {layer}
-    model = ir.from_proto(ir.to_proto(instrument(lm, expose=expose_later)))
+    model = instrument(lm, expose=expose_later)  # a fresh model: safe to edit in place
     if expose_later:
         # drop exposures of layers outside the suffix
         model = _drop_outputs(model, {io_name(n.name, r) for n in lm.layers if n.name not in downstream

@@ -83,7 +83,7 @@ def main():
 
     def floor():
         for _ in masks:
-            sfx.session.run([lm.output_name], {**sfx._identity, sfx.data_input: post})
+            sfx.session.run([lm.output_name], {**sfx.identity, sfx.data_input: post})
 
     def whole():
         for m in masks:
@@ -92,7 +92,7 @@ def main():
     def fresh():
         for m in masks:
             s = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-            feeds = {**full._identity, **full.intervention_feeds(lay, m, zeros), lm.input_name: x}
+            feeds = {**full.identity, **full.intervention_feeds(lay, m, zeros), lm.input_name: x}
             s.run([lm.output_name], feeds)
 
     # the sweep's answers are the whole model's answers

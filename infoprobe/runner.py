@@ -60,11 +60,12 @@ class Runner:
     providers, threads :
         As for :func:`make_session`.
 
-    Notes
-    -----
-    One session serves every ablation of a sweep: interventions are fed as inputs. Inputs
-    not given to :meth:`run` default to the identity (mask 1, offset 0, shape
-    ``[1, U]`` or ``[1, C, 1, 1]``).
+    Attributes
+    ----------
+    identity : dict
+        Feeds of the identity intervention (mask 1, offset 0, shape ``[1, U]`` or
+        ``[1, C, 1, 1]``) for every mask/offset input; :meth:`run` uses them for inputs it is
+        not given. One session thus serves every ablation of a sweep.
     """
 
     def __init__(self, lm: LoadedModel, *, after: str | None = None, expose: bool = False,
@@ -76,11 +77,11 @@ class Runner:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.data_input = io_name(after, "post_in") if after else lm.input_name
-        self._identity = {}
+        self.identity = {}
         for lay in lm.layers:
             if io_name(lay.name, "mask") in self.input_names:
-                self._identity[io_name(lay.name, "mask")] = np.ones(mask_shape(lay), np.float32)
-                self._identity[io_name(lay.name, "offset")] = np.zeros(mask_shape(lay), np.float32)
+                self.identity[io_name(lay.name, "mask")] = np.ones(mask_shape(lay), np.float32)
+                self.identity[io_name(lay.name, "offset")] = np.zeros(mask_shape(lay), np.float32)
 
     def intervention_feeds(self, layer: UnitLayer, mask: np.ndarray, offset: np.ndarray) -> dict:
         """Feeds for one layer from per-unit arrays ``mask``/``offset`` of shape [U] or [B, U]
@@ -112,31 +113,28 @@ class Runner:
         -------
         dict of name -> ndarray [N, ...]
         """
-        feeds = dict(self._identity, **(feeds or {}))
+        feeds = dict(self.identity, **(feeds or {}))
         unknown = set(feeds) - set(self.input_names)
         if unknown:
             raise ModelError(f"unknown model inputs {sorted(unknown)}")
         outputs = list(outputs or self.output_names)
         n = len(x)
-        if n <= batch_size:  # one batch: no slicing, copying or concatenation
-            f = {self.data_input: np.ascontiguousarray(x, np.float32), **feeds}
-            try:
-                return dict(zip(outputs, self.session.run(outputs, f)))
-            except Exception as exc:
-                raise DataError(f"onnxruntime rejected the input: {str(exc).splitlines()[0]}") from None
+        if n == 0:
+            raise DataError("no samples to run the model on")
         parts = {o: [] for o in outputs}
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             f = {self.data_input: np.ascontiguousarray(x[start:stop], np.float32)}
             for k, v in feeds.items():
-                f[k] = v if v.shape[0] == 1 or (n != 1 and v.shape[0] != n) else v[start:stop]
+                f[k] = v[start:stop] if v.shape[0] == n else v  # per-row arrays follow the batch
             try:
                 res = self.session.run(outputs, f)
             except Exception as exc:
                 raise DataError(f"onnxruntime rejected the input: {str(exc).splitlines()[0]}") from None
             for o, r in zip(outputs, res):
                 parts[o].append(r)
-        return {o: np.concatenate(p) if p else np.empty((0,)) for o, p in parts.items()}
+        # a single batch is returned as is: no copy on the hot path of a sweep
+        return {o: p[0] if len(p) == 1 else np.concatenate(p) for o, p in parts.items()}
 
 
 def default_threads() -> int | None:

@@ -231,7 +231,6 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
           --hybrid 'fc1=mutual_information:1,fc2=kl_selectivity:2' --out results/
     """
     from infoprobe.analyses.ablation import cumulative_ablation, parse_hybrid
-    from infoprobe.analyses.demo import fifty_percent_table
     from infoprobe.data import load_data
     from infoprobe.report import plot_ablation
 
@@ -250,7 +249,7 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
             p = plot_ablation(res.rows, out / f"ablation_{s}.png", scope=s)
             if p:
                 files.append(p)
-    table = fifty_percent_table(res)
+    table = res.layer_table(0.5)
     if as_json:
         click.echo(json.dumps({"files": [str(f) for f in files], "baseline_accuracy": res.params["baseline_accuracy"],
                                "accuracy_at_50_percent_ablated": table}, indent=1))
@@ -265,7 +264,8 @@ def _print_fifty(table):
     click.echo(f"  {'layer':<14} {'ranking':<34} {'to zero':>8} {'bias bal.':>9}")
     for r in table:
         name = r["ranking"] if r["order"] == "-" else f"{r['ranking']} ({r['order']} first)"
-        click.echo(f"  {r['layer']:<14} {name:<34} {r['accuracy_zero']:8.4f} {r['accuracy_mean']:9.4f}")
+        zero, mean = (f"{r[k]:.4f}" if k in r else "-" for k in ("accuracy_zero", "accuracy_mean"))
+        click.echo(f"  {r['layer']:<14} {name:<34} {zero:>8} {mean:>9}")
 
 
 @cli.command()

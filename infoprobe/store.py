@@ -19,6 +19,7 @@ rows recorded in the partial file's ``rows_written`` attribute.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -240,6 +241,13 @@ class Store:
     def close(self):
         """Close the HDF5 file."""
         self.file.close()
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """SHA-256 of the store file, computed once (for result provenance)."""
+        from .model import sha256_file
+
+        return sha256_file(self.path)
 
     @property
     def attrs(self) -> dict:

@@ -107,3 +107,19 @@ def test_errors(sigmoid_store, test_data, tmp_path):
     with pytest.raises(DataError, match="another model"):
         cumulative_ablation(FIX / "mlp_relu.onnx", sigmoid_store, test_data, layers=["fc1_matmul"],
                             progress=False)
+
+
+def test_provenance_hashes_the_store_once(sigmoid_store, test_data, imp, monkeypatch):
+    import infoprobe.model
+
+    from infoprobe.model import sha256_file
+
+    calls = []
+    monkeypatch.setattr(infoprobe.model, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    with Store(sigmoid_store) as st:
+        a = importance(st, layers=["fc2"], js=False, progress=False)
+        b = cumulative_ablation(FIX / "mlp_sigmoid.onnx", st, test_data, importance=a, measures=(),
+                                random_repeats=1, n_steps=2, layers=["fc2"], progress=False)
+    assert a.inputs["store"][1] == b.inputs["store"][1] == sha256_file(sigmoid_store)
+    assert calls.count(st.path) == 1
+    assert b.layer_table(0.5)[0]["ranking"] == "random"

@@ -132,3 +132,15 @@ def test_demo(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     assert_one_line_error(run("demo", "--out", tmp_path / "mine", "--no-progress"), "not written by")
+
+
+@pytest.mark.parametrize("value", ["zero", "mean"])
+def test_ablate_with_one_ablation_value(tmp_path, sigmoid_store, value):
+    res = run("ablate", FIX / "mlp_sigmoid.onnx", sigmoid_store, "--data", FIX / "mnist_demo.npz", "--split", "test",
+              "--out", tmp_path, "--value", value, "--steps", "3", "--random-repeats", "0", "--no-progress")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "ablation.json").read_text())["rows"]
+    assert {r["value"] for r in rows} == {value}
+    line = next(l for l in res.output.splitlines() if "fc2" in l and "mutual_information" in l)
+    missing, present = (-1, -2) if value == "zero" else (-2, -1)  # columns: to zero, bias balancing
+    assert line.split()[missing] == "-" and float(line.split()[present]) > 0.8

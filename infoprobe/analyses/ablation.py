@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError, ModelError
-from ..model import LoadedModel, load_model, sha256_file
+from ..model import LoadedModel, load_model
 from ..results import check_outputs, provenance, write_table
 from ..rewrite import io_name
 from ..runner import Runner, default_threads
@@ -101,6 +101,22 @@ class AblationResult:
         total = max(r["n_units"] for r in self.rows if r["scope"] == kw.get("scope", "layer")
                     and (kw.get("layer") is None or r["layer"] == kw.get("layer")))
         return float(np.interp(fraction * total, n, acc))
+
+    def layer_table(self, fraction: float = 0.5) -> list:
+        """Per layer and ranking, accuracy with ``fraction`` of the layer's units ablated, to
+        zero (``accuracy_zero``) and with bias balancing (``accuracy_mean``); layer scope only."""
+        rows = [r for r in self.rows if r["scope"] == "layer"]
+        out = []
+        for layer in dict.fromkeys(r["layer"] for r in rows):
+            for ranking, order in dict.fromkeys((r["ranking"], r["order"]) for r in rows if r["layer"] == layer):
+                row = {"layer": layer, "ranking": ranking, "order": order}
+                for value in ("zero", "mean"):
+                    if any(r["layer"] == layer and r["ranking"] == ranking and r["order"] == order
+                           and r["value"] == value for r in rows):
+                        row[f"accuracy_{value}"] = self.accuracy_at(fraction, layer=layer, ranking=ranking,
+                                                                    order=order, value=value)
+                out.append(row)
+        return out
 
     def save(self, outdir, *, overwrite: bool = False) -> list:
         """Write ``ablation.{csv,json}`` to ``outdir``."""
@@ -249,8 +265,10 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
     rng = np.random.default_rng(seed)
     rows = []
     threads = default_threads()
-    full = Runner(lm, expose=True, providers=providers, threads=threads)
-    posts = full.run(x, outputs=[io_name(n, "post") for n in names], batch_size=batch_size)
+    layerwise = "layer" in scopes
+    full = Runner(lm, expose=layerwise, providers=providers, threads=threads)
+    if layerwise:  # the layers before each ablated layer, computed once for all its sweeps
+        posts = full.run(x, outputs=[io_name(n, "post") for n in names], batch_size=batch_size)
     full_eval = _Evaluator(full, x, y, n_classes, lm.output_name, batch_size)
     base_acc, base_cls = full_eval({})
 
@@ -293,18 +311,24 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
                 out[("random", "-", v)] = perms
         return out
 
+    if hybrid:
+        hl = list(hybrid)
+        ratios = np.array([hybrid[n][1] for n in hl], np.float64)
+        h_units = np.array([lm.layer(n).units for n in hl])
+        h_steps = _steps(int(np.floor(np.min(h_units * ratios.sum() / ratios))), n_steps)
+
     total = 0
-    if "layer" in scopes:
+    if layerwise:
         total += sum(len(_steps(lm.layer(n).units, n_steps)) for n in names) * \
             (len(measures) * len(orders) + random_repeats) * len(values)
     if "network" in scopes:
         total += len(_steps(sum(lm.layer(n).units for n in names), n_steps)) * \
             (len(measures) * len(orders) + random_repeats) * len(values)
     if hybrid:
-        total += (n_steps or 51) * len(values)
+        total += len(h_steps) * len(values)
     bar = tqdm(total=total, unit="ablation", desc="ablation", disable=not progress)
 
-    if "layer" in scopes:
+    if layerwise:
         for n in names:
             lay = lm.layer(n)
             try:
@@ -331,23 +355,18 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
               plan(int(offsets[-1]), lambda m: np.concatenate([imp.measure(n, m) for n in names])), split)
 
     if hybrid:
-        hl = list(hybrid)
-        ratios = np.array([hybrid[n][1] for n in hl], np.float64)
-        units = np.array([lm.layer(n).units for n in hl])
-        k_max = int(np.floor(np.min(units * ratios.sum() / ratios)))
         perms = {n: rank_units(imp.measure(n, hybrid[n][0]), "low") for n in hl}
         label = ",".join(f"{n}={hybrid[n][0]}:{hybrid[n][1]:g}" for n in hl)
-        ks = np.unique(np.round(np.linspace(0, k_max, n_steps or 51)).astype(int))
         for v in values:
-            for k in ks:
-                per_layer = np.minimum(np.round(k * ratios / ratios.sum()).astype(int), units)
+            for k in h_steps:
+                per_layer = np.minimum(np.round(k * ratios / ratios.sum()).astype(int), h_units)
                 if k == 0:
                     acc, cls = base_acc, base_cls
                 else:
                     acc, cls = full_eval({n: (lm.layer(n), perms[n][:kk], consts[(n, v)])
                                           for n, kk in zip(hl, per_layer)})
                 bar.update(1)
-                emit("hybrid", "+".join(hl), label, "low", v, int(units.sum()), int(per_layer.sum()),
+                emit("hybrid", "+".join(hl), label, "low", v, int(h_units.sum()), int(per_layer.sum()),
                      acc, cls)
     bar.close()
     params = {"measures": list(measures), "orders": list(orders), "values": list(values),
@@ -356,6 +375,6 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
               "hybrid": {k: list(v) for k, v in (hybrid or {}).items()}, "input_scale": factor,
               "data_split": data.split, "n_test": len(data), "baseline_accuracy": base_acc,
               "importance": imp.params if imp is not None else None}
-    inputs = {"model": (lm.path, lm.sha256), "store": (st.path, sha256_file(st.path)),
+    inputs = {"model": (lm.path, lm.sha256), "store": (st.path, st.sha256),
               "data": (data.path, data.sha256)}
     return AblationResult(rows, params, inputs)

@@ -10,6 +10,7 @@ from ..errors import OutputExistsError
 from ..model import load_model
 from ..report import plot_ablation, plot_importance
 from ..results import atomic_write_bytes
+from ..store import Store
 from .ablation import cumulative_ablation
 from .capture import capture
 from .importance import importance
@@ -20,21 +21,6 @@ MARKER = ".infoprobe-demo"
 def fixture_path(name: str) -> Path:
     """Path of a bundled fixture file (``infoprobe.fixtures``)."""
     return Path(str(resources.files("infoprobe.fixtures") / name))
-
-
-def fifty_percent_table(result) -> list:
-    """Accuracy after ablating 50% of each layer's units, per ranking and ablation value."""
-    rows = []
-    layers = list(dict.fromkeys(r["layer"] for r in result.rows if r["scope"] == "layer"))
-    rankings = list(dict.fromkeys((r["ranking"], r["order"]) for r in result.rows if r["scope"] == "layer"))
-    for lay in layers:
-        for ranking, order in rankings:
-            row = {"layer": lay, "ranking": ranking, "order": order}
-            for value in ("zero", "mean"):
-                row[f"accuracy_{value}"] = result.accuracy_at(0.5, scope="layer", layer=lay, ranking=ranking,
-                                                              order=order, value=value)
-            rows.append(row)
-    return rows
 
 
 def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats: int = 5,
@@ -68,22 +54,26 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     data_file = fixture_path("mnist_demo.npz")
     val = load_data(data_file, split="validation")
     test = load_data(data_file, split="test")
-    store = capture(lm, val, out / "acts.h5", overwrite=True, progress=progress)
-    imp = importance(store, progress=progress)
-    imp.save(out, overwrite=True)
-    plot_importance(imp.units, out / "importance.png")
-    abl = cumulative_ablation(lm, store, test, importance=imp, measures=("mutual_information", "kl_selectivity"),
-                              orders=("low",), values=("zero", "mean"), scopes=("layer", "network"),
-                              hybrid={"fc1": ("mutual_information", 1.0), "fc2": ("kl_selectivity", 2.0)},
-                              n_steps=n_steps, random_repeats=random_repeats, progress=progress)
+    with Store(capture(lm, val, out / "acts.h5", overwrite=True, progress=progress)) as store:
+        imp = importance(store, progress=progress)
+        imp.save(out, overwrite=True)
+        abl = cumulative_ablation(lm, store, test, importance=imp,
+                                  measures=("mutual_information", "kl_selectivity"), orders=("low",),
+                                  values=("zero", "mean"), scopes=("layer", "network"),
+                                  hybrid={"fc1": ("mutual_information", 1.0), "fc2": ("kl_selectivity", 2.0)},
+                                  n_steps=n_steps, random_repeats=random_repeats, progress=progress)
     abl.save(out, overwrite=True)
+    plot_importance(imp.units, out / "importance.png")
     for scope in ("layer", "network", "hybrid"):
         plot_ablation(abl.rows, out / f"ablation_{scope}.png", scope=scope)
-    means = {lay: {m: float(sum(imp.measure(lay, m)) / len(imp.measure(lay, m)))
-                   for m in ("entropy", "mutual_information", "kl_selectivity")} for lay in imp.layers()}
-    summary = {"model": lm.path.name, "baseline_accuracy": abl.params["baseline_accuracy"],
-               "n_validation": len(val), "n_test": len(test), "mean_importance_bits": means,
-               "accuracy_at_50_percent_ablated": fifty_percent_table(abl),
-               "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"})}
+    summary = {
+        "model": lm.path.name, "baseline_accuracy": abl.params["baseline_accuracy"],
+        "n_validation": len(val), "n_test": len(test),
+        "mean_importance_bits": {lay: {m: float(imp.measure(lay, m).mean())
+                                       for m in ("entropy", "mutual_information", "kl_selectivity")}
+                                 for lay in imp.layers()},
+        "accuracy_at_50_percent_ablated": abl.layer_table(0.5),
+        "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"}),
+    }
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())
     return summary

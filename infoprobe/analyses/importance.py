@@ -205,10 +205,7 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                   "threshold": quantizer.threshold, "js": js, "conv_reduce": conv_reduce,
                   "layers": names, "n_samples": st.n_rows, "n_classes": n_classes, "units": "bits",
                   "seed": seed, "store_attrs": {k: st.attrs.get(k) for k in ("model_sha256", "data_split")}}
-        from ..model import sha256_file
-
-        return ImportanceResult(units_rows, spec_rows, params,
-                                inputs={"store": (st.path, sha256_file(st.path))})
+        return ImportanceResult(units_rows, spec_rows, params, inputs={"store": (st.path, st.sha256)})
     finally:
         if own:
             st.close()

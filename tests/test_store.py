@@ -30,12 +30,22 @@ def test_capture_round_trip(sigmoid_store, demo_data):
         assert st.attrs["complete"] and st.attrs["schema_version"] == 1
 
 
-def test_conv_capture_shapes(tmp_path):
+def test_conv_capture_values(tmp_path):
+    """Stored conv activations, weights and logits against the ONNX file run by onnxruntime."""
+    import onnxruntime as ort
+
+    from conftest import initializers
+
     data = load_data(FIX / "mnist_demo.npz", split="test", limit=64)
     p = capture(FIX / "cnn_small.onnx", data, tmp_path / "c.h5", batch_size=20, progress=False)
+    x = data.x[:, None].astype(np.float32) / 255
+    logits = ort.InferenceSession(str(FIX / "cnn_small.onnx")).run(None, {"input": x})[0]
     with Store(p) as st:
-        assert st.dataset("conv1", "post").shape == (64, 4, 28, 28)
-        assert st.dataset("conv2", "weight").shape == (6, 4, 3, 3)
+        np.testing.assert_allclose(st.file["outputs/logits"][()], logits, atol=1e-5)
+        for layer in ("conv1", "conv2"):
+            np.testing.assert_array_equal(st.read(layer), np.maximum(st.read(layer, "pre"), 0))
+        np.testing.assert_array_equal(st.dataset("conv2", "weight")[()], initializers(FIX / "cnn_small.onnx")["conv2.weight"])
+        assert st.read("conv1").shape == (64, 4, 28, 28)
 
 
 def test_interrupted_capture_resumes_without_rewriting(tmp_path, monkeypatch):

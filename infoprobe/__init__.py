@@ -6,14 +6,17 @@ README for the command-line tour; the library's entry points are:
 - :func:`infoprobe.model.load_model` -- safe loading and unit-layer discovery,
 - :func:`infoprobe.analyses.capture.capture` -- activations of a data set into a store,
 - :func:`infoprobe.analyses.importance.importance` -- single-unit information measures,
-- :func:`infoprobe.analyses.ablation.cumulative_ablation` -- cumulative ablation curves.
+- :func:`infoprobe.analyses.ablation.cumulative_ablation` -- cumulative ablation curves,
+- :mod:`infoprobe.analyses.plans` -- pruning plans (:class:`infoprobe.plan.PruningPlan`),
+- :func:`infoprobe.prune.prune` -- physical pruning of an ONNX model by a plan,
+- :func:`infoprobe.analyses.check.check` -- the CI gate comparing a candidate with its reference.
 """
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
     ConfigError, DataError, DeviceError, InfoprobeError, ModelError, OutputExistsError,
-    StoreError, UnsafeModelError,
+    PlanError, StoreError, UnsafeModelError,
 )
 
 __all__ = ["__version__", "InfoprobeError", "ModelError", "UnsafeModelError", "StoreError",
-           "DataError", "ConfigError", "DeviceError", "OutputExistsError"]
+           "DataError", "ConfigError", "DeviceError", "OutputExistsError", "PlanError"]

@@ -35,3 +35,7 @@ class DeviceError(InfoprobeError):
 
 class OutputExistsError(InfoprobeError):
     """An output file exists and would be overwritten; pass ``overwrite=True`` (``--overwrite``)."""
+
+
+class PlanError(InfoprobeError):
+    """A pruning plan is malformed, does not fit the model, or cannot be applied exactly."""

@@ -138,6 +138,46 @@ class LoadedModel:
         nodes = {n.name: n for n in self.ir_model.graph}
         return _layer_params([nodes[n] for n in lay.nodes], lay.units)
 
+    def lesion_constants(self, layer: str | UnitLayer) -> np.ndarray:
+        """Post-activation of each unit when its incoming weights are zeroed: sigma(b_j).
+
+        Returns
+        -------
+        float64 [U]
+            The activation of the bias (batch norm folded in for conv layers).
+
+        Raises
+        ------
+        ModelError
+            An activation infoprobe cannot evaluate in NumPy (e.g. PRelu).
+        """
+        lay = layer if isinstance(layer, UnitLayer) else self.layer(layer)
+        nodes = {n.name: n for n in self.ir_model.graph}
+        act = nodes[lay.nodes[-1]] if lay.activation != "none" else None
+        _, bias = self.weights(lay)
+        return np.asarray(_activation_numpy(act, lay.activation)(bias.astype(np.float64)), np.float64)
+
+
+def _activation_numpy(node, name: str):
+    """NumPy version of a unit layer's activation (for constants such as sigma(b))."""
+    from scipy import special
+
+    alpha = (node.attributes["alpha"].value if node is not None and "alpha" in node.attributes else None)
+    table = {
+        "none": lambda z: z,
+        "relu": lambda z: np.maximum(z, 0.0),
+        "sigmoid": special.expit,
+        "tanh": np.tanh,
+        "leakyrelu": lambda z: np.where(z >= 0, z, (0.01 if alpha is None else alpha) * z),
+        "elu": lambda z: np.where(z >= 0, z, (1.0 if alpha is None else alpha) * np.expm1(z)),
+        "softplus": lambda z: np.logaddexp(0.0, z),
+        "gelu": lambda z: 0.5 * z * (1.0 + special.erf(z / np.sqrt(2.0))),
+        "softsign": lambda z: z / (1.0 + np.abs(z)),
+    }
+    if name not in table:
+        raise ModelError(f"infoprobe cannot evaluate the {name} activation outside onnxruntime")
+    return table[name]
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file, read in 1 MiB chunks."""
@@ -201,9 +241,9 @@ def _check_external_location(location: str, model_dir: Path) -> Path:
     return target
 
 
-def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
-               check: bool = True) -> LoadedModel:
-    """Load an untrusted ONNX model safely and discover its unit layers.
+def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+              check: bool = True) -> tuple[ir.Model, str]:
+    """Load an untrusted ONNX file safely, without looking for unit layers.
 
     The graph is parsed without weights first; every external-data location must be a
     relative path inside the model's folder, without ``..``, symbolic links or hard links;
@@ -222,12 +262,13 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
 
     Returns
     -------
-    LoadedModel
+    (onnx_ir.Model, str)
+        The model and the SHA-256 of the ``.onnx`` file.
 
     Raises
     ------
     ModelError
-        Missing, truncated or invalid file; opset below 13; no unit layer found.
+        Missing, truncated or invalid file; opset below 13.
     UnsafeModelError
         External data outside the folder, through a link, or a model over ``max_bytes``.
     """
@@ -269,7 +310,28 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         model = ir.load(path)
     except Exception as exc:
         raise ModelError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    return _discover(model, path, sha256_file(path), max_bytes)
+    return model, sha256_file(path)
+
+
+def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+               check: bool = True) -> LoadedModel:
+    """Load an untrusted ONNX model safely (:func:`load_onnx`) and discover its unit layers.
+
+    Parameters are those of :func:`load_onnx`.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelError
+        As :func:`load_onnx`; also when no unit layer is found.
+    UnsafeModelError
+        As :func:`load_onnx`.
+    """
+    model, sha = load_onnx(path, max_bytes=max_bytes, check=check)
+    return _discover(model, Path(path), sha, max_bytes)
 
 
 # ----------------------------------------------------------------------------- discovery

@@ -7,7 +7,7 @@
 layer, so that a sweep over that layer starts from its stored post-activation.
 
 Value names used by the rewritten graphs (``L`` is the layer name): ``L:pre``, ``L:post``
-(outputs), ``L:mask``, ``L:offset`` (inputs), ``L:post_in`` (suffix input).
+(outputs), ``L:mask``, ``L:offset``, ``L:mix`` (inputs), ``L:post_in`` (suffix input).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .model import LoadedModel, UnitLayer
 
 
 def io_name(layer: str, role: str) -> str:
-    """Graph input/output name for ``role`` in {"pre", "post", "mask", "offset", "post_in"}."""
+    """Graph input/output name for ``role`` in {"pre", "post", "mask", "offset", "mix", "post_in"}."""
     return f"{layer}:{role}"
 
 
@@ -55,7 +55,7 @@ def _float_value(name: str, dims) -> ir.Value:
 
 
 def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
-               intervene: bool = True) -> ir.Model:
+               intervene: bool = True, mix: bool = False) -> ir.Model:
     """Rewrite a model so that unit layers can be read and ablated through graph I/O.
 
     Parameters
@@ -71,6 +71,12 @@ def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
         Add graph inputs ``L:mask`` and ``L:offset`` (float32, broadcastable to
         ``[N, *layer.shape]``: ``[B, U]`` dense, ``[B, C, 1, 1]`` or ``[B, C, H, W]`` conv, B = 1
         or N) and route every consumer of the post-activation through ``m * t + c``.
+    mix : bool
+        With ``intervene``, also add ``L:mix`` (float32 ``[U, U]`` dense, ``[C, C, 1, 1]`` conv)
+        and compute ``t' = m * t + c + mix(t)``, where ``mix(t)_j = sum_k P[j, k] t_k`` (dense:
+        ``t @ mix`` with ``mix = P.T``; conv: a 1x1 convolution with weight ``mix``). This is
+        the affine replacement of a pruning plan applied without removing anything
+        (:meth:`infoprobe.runner.Runner.plan_feeds`); zeros leave the model unchanged.
 
     Returns
     -------
@@ -98,9 +104,18 @@ def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
             was_output = t.is_graph_output()
             mul = ir.Node("", "Mul", [t, mask], name=f"infoprobe/{name}/mask_mul")
             add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
+            graph.extend([mul, add])  # placed by the topological sort in finalize()
+            if mix:
+                mdims = [lay.units, lay.units] if lay.kind == "dense" else [lay.units, lay.units, 1, 1]
+                mixer = _float_value(io_name(name, "mix"), mdims)
+                graph.inputs.append(mixer)
+                prod = (ir.Node("", "MatMul", [t, mixer], name=f"infoprobe/{name}/mix") if lay.kind == "dense"
+                        else ir.Node("", "Conv", [t, mixer], name=f"infoprobe/{name}/mix"))
+                add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
+                graph.extend([prod, add2])
+                add = add2
             new = add.outputs[0]
             new.type, new.shape = t.type, t.shape
-            graph.extend([mul, add])  # placed by the topological sort in finalize()
             for node, idx in uses:
                 node.replace_input_with(idx, new)
             if was_output:

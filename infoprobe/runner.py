@@ -57,6 +57,9 @@ class Runner:
         whole model. See :func:`infoprobe.rewrite.suffix`.
     expose : bool
         Expose every layer's ``pre`` and ``post`` as outputs (whole model only).
+    mix : bool
+        Add the ``L:mix`` inputs that apply a pruning plan's affine replacements
+        (whole model only; see :meth:`plan_feeds`).
     providers, threads :
         As for :func:`make_session`.
 
@@ -69,10 +72,10 @@ class Runner:
     """
 
     def __init__(self, lm: LoadedModel, *, after: str | None = None, expose: bool = False,
-                 providers=None, threads: int | None = None):
+                 mix: bool = False, providers=None, threads: int | None = None):
         self.lm = lm
         self.after = after
-        model = suffix(lm, after) if after else instrument(lm, expose=expose)
+        model = suffix(lm, after) if after else instrument(lm, expose=expose, mix=mix)
         self.session = make_session(model, providers=providers, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -82,6 +85,9 @@ class Runner:
             if io_name(lay.name, "mask") in self.input_names:
                 self.identity[io_name(lay.name, "mask")] = np.ones(mask_shape(lay), np.float32)
                 self.identity[io_name(lay.name, "offset")] = np.zeros(mask_shape(lay), np.float32)
+            if io_name(lay.name, "mix") in self.input_names:
+                dims = (lay.units, lay.units) if lay.kind == "dense" else (lay.units, lay.units, 1, 1)
+                self.identity[io_name(lay.name, "mix")] = np.zeros(dims, np.float32)
 
     def intervention_feeds(self, layer: UnitLayer, mask: np.ndarray, offset: np.ndarray) -> dict:
         """Feeds for one layer from per-unit arrays ``mask``/``offset`` of shape [U] or [B, U]
@@ -94,6 +100,35 @@ class Runner:
         elif mask.ndim == 1:
             mask, offset = mask[None], offset[None]
         return {io_name(layer.name, "mask"): mask, io_name(layer.name, "offset"): offset}
+
+    def plan_feeds(self, plan) -> dict:
+        """Feeds that apply a :class:`~infoprobe.plan.PruningPlan` without removing anything:
+        each removed unit j becomes ``sum_k a_jk t_k + c_j`` (mask 0, offset c, and the
+        ``L:mix`` matrix for affine terms). The model must be built with ``mix=True`` when a
+        plan has terms.
+
+        Raises
+        ------
+        PlanError
+            The plan has affine terms but the runner has no ``L:mix`` inputs.
+        """
+        from .errors import PlanError
+
+        feeds = {}
+        for name, lp in plan.layers.items():
+            lay = self.lm.layer(name)
+            mask = np.ones(lay.units, np.float32)
+            offset = np.zeros(lay.units, np.float32)
+            mask[lp.remove] = 0.0
+            offset[lp.remove] = lp.constant
+            feeds.update(self.intervention_feeds(lay, mask, offset))
+            if not lp.is_constant:
+                key = io_name(name, "mix")
+                if key not in self.input_names:
+                    raise PlanError(f"layer {name!r} of the plan has affine terms; build the Runner with mix=True")
+                p = lp.replacement_matrix().astype(np.float32)
+                feeds[key] = np.ascontiguousarray(p.T) if lay.kind == "dense" else p[:, :, None, None]
+        return feeds
 
     def run(self, x: np.ndarray, *, feeds: dict | None = None, outputs=None,
             batch_size: int = 4096) -> dict:

@@ -1,0 +1,549 @@
+"""Physical pruning: apply a pruning plan to an ONNX model by graph surgery with ``onnx-ir``.
+
+Every removed unit j of a layer is replaced by ``t_j = sum_k a_jk t_k + c_j`` (see
+:mod:`infoprobe.plan`) and folded into the layers that read it, by one rule::
+
+    W_next <- W_next[:, kept] + W_next[:, removed] @ A
+    b_next <- b_next + W_next[:, removed] @ c
+
+after which the unit's row (output) is removed from its own layer's weights, bias and batch
+norm, and its columns (input) from every consumer. The result computes exactly what the
+original computes with the plan's replacements applied through the mask mechanism
+(:meth:`infoprobe.runner.Runner.plan_feeds`).
+
+Between a pruned layer and the unit layers that read it the graph may hold ``Identity``,
+``Dropout``, ``Flatten``, ``Reshape`` (to ``[N, features]``), ``MaxPool``, ``AveragePool``,
+``GlobalMaxPool``, ``GlobalAveragePool`` and elementwise ``Relu``, ``LeakyRelu``,
+``Sigmoid``, ``Tanh``. A constant travels through them exactly (an elementwise op maps c to
+f(c)); an affine term travels exactly only through linear ops, and a single non-negative term
+also through max pooling and (without a constant) through ``Relu``/``LeakyRelu``. Anything
+else is refused with a message naming the node -- never approximated.
+
+Flatten -> dense: a removed channel removes its block of H*W columns of the dense weight.
+Zero padding: when the next conv zero-pads its input, a constant c_j contributes
+``sum W[o, j] c_j`` in the interior but less at the borders, where padding supplies 0
+instead of c_j. The interior value goes into the conv's bias and the exact border
+correction (a [1, C_out, H_out, W_out] constant) into an ``Add`` after the conv.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from .errors import ModelError, PlanError
+from .model import LoadedModel, load_model
+from .plan import LayerPlan, PruningPlan
+from .results import atomic_write_bytes, check_outputs
+from .rewrite import finalize
+
+_LINEAR = {"Identity", "Dropout", "Flatten", "Reshape", "AveragePool", "GlobalAveragePool"}
+_MAXPOOL = {"MaxPool", "GlobalMaxPool"}
+_ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh"}
+_AFFINE = {"Gemm", "MatMul", "Conv"}
+
+
+@dataclass
+class _Route:
+    """How a pruned layer's post-activation reaches one consumer unit layer."""
+
+    consumer: ir.Node
+    ops: list            # pass-through nodes on the way, in order
+    block: int           # consumer input features per unit (H*W after flattening a conv output)
+    reshapes: list       # Reshape nodes whose target shape holds the feature count
+
+
+def _elementwise(node, c: np.ndarray) -> np.ndarray:
+    op = node.op_type
+    if op == "Relu":
+        return np.maximum(c, 0.0)
+    if op == "LeakyRelu":
+        alpha = node.attributes["alpha"].value if "alpha" in node.attributes else 0.01
+        return np.where(c >= 0, c, alpha * c)
+    if op == "Sigmoid":
+        return 1.0 / (1.0 + np.exp(-c))
+    return np.tanh(c)
+
+
+def _ints(node, name, default):
+    a = node.attributes.get(name)
+    return list(a.value) if a is not None else default
+
+
+def _static_dims(value, what) -> list:
+    dims = None if value.shape is None else list(value.shape.dims)
+    if dims is None or any(not isinstance(d, int) for d in dims[1:]):
+        raise PlanError(f"the shape of {what} ({value.name}) is not known statically; physical pruning "
+                        "needs it")
+    return dims
+
+
+def _routes(graph: ir.Graph, lay, firsts: dict) -> list:
+    """Consumers of ``lay``'s post-activation and the pass-through ops before each.
+
+    The walk tracks the tensor's layout: ``("spatial", (H, W))`` while it is [N, C, H, W],
+    ``("flat", block)`` once it is [N, units * block].
+    """
+    start = next(v for n in graph for v in n.outputs if v.name == lay.post_value)
+    routes = []
+
+    def refuse(msg):
+        raise PlanError(f"cannot prune layer {lay.name!r}: {msg}")
+
+    def walk(value, ops, state):
+        if value.is_graph_output():
+            refuse(f"{value.name!r} is a graph output, whose shape pruning would change")
+        for node, idx in list(value.uses()):
+            op = node.op_type
+            where = f"{node.name or op} ({op})"
+            if op in _AFFINE and idx == 0:
+                if node.name not in firsts:
+                    refuse(f"it feeds {where}, which is not a unit layer infoprobe can rewrite")
+                if op == "Conv":
+                    if state[0] != "spatial":
+                        refuse(f"it reaches the convolution {where} flattened")
+                    if (node.attributes["group"].value if "group" in node.attributes else 1) != 1:
+                        refuse(f"it feeds the grouped convolution {where}")
+                    routes.append(_Route(node, ops, 1, []))
+                else:
+                    if state[0] != "flat":
+                        refuse(f"it reaches {where} without being flattened to [N, features]")
+                    routes.append(_Route(node, ops, state[1], [n for n in ops if n.op_type == "Reshape"]))
+                continue
+            if idx != 0 or (op not in _LINEAR and op not in _MAXPOOL and op not in _ELEMENTWISE):
+                refuse(f"its output reaches {where}, which physical pruning cannot rewrite exactly "
+                       "(supported between unit layers: Identity, Dropout, Flatten, Reshape, MaxPool, "
+                       "AveragePool, GlobalMaxPool, GlobalAveragePool, Relu, LeakyRelu, Sigmoid, Tanh)")
+            out = node.outputs[0]
+            if any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:]):
+                refuse(f"{where} has a second output in use")
+            nxt = state
+            if op in ("Flatten", "Reshape"):
+                dims = _static_dims(out, f"the output of {where}")
+                in_dims = _static_dims(value, f"the input of {where}")
+                axis = node.attributes["axis"].value if op == "Flatten" and "axis" in node.attributes else 1
+                if len(dims) != 2 or axis != 1 or in_dims[1] != (lay.units if state[0] == "spatial"
+                                                                 else lay.units * state[1]):
+                    refuse(f"{where} does not flatten [N, units, ...] to [N, features]")
+                block = int(np.prod(in_dims[2:])) if state[0] == "spatial" else state[1]
+                if dims[1] != lay.units * block:
+                    refuse(f"{where} does not keep each unit's features together")
+                nxt = ("flat", block)
+            elif op in _LINEAR | _MAXPOOL and op not in ("Identity", "Dropout"):
+                if state[0] != "spatial":
+                    refuse(f"{where} pools a flattened tensor")
+                nxt = ("spatial", tuple(_static_dims(out, f"the output of {where}")[2:]))
+            walk(out, ops + [node], nxt)
+
+    walk(start, [], ("flat", 1) if lay.kind == "dense" else ("spatial", tuple(lay.shape[1:])))
+    if not routes:
+        raise PlanError(f"cannot prune layer {lay.name!r}: no unit layer reads it")
+    return routes
+
+
+def _transport(route: _Route, lp: LayerPlan, layer: str) -> np.ndarray:
+    """Constants as the consumer sees them, after the route's ops; checks that the affine
+    terms pass the route exactly."""
+    c = lp.constant.copy()
+    nterms = (lp.coef != 0).sum(axis=1)
+    for node in route.ops:
+        op = node.op_type
+        where = f"{node.name or op} ({op})"
+        if op in _LINEAR:
+            if op == "AveragePool" and any(_ints(node, "pads", [0])) and \
+                    (node.attributes["count_include_pad"].value if "count_include_pad" in node.attributes else 0) \
+                    and c.any():
+                raise PlanError(f"cannot prune layer {layer!r} with non-zero constants: {where} averages "
+                                "zero padding, so a constant is not preserved at the borders")
+            continue
+        if op in _MAXPOOL:
+            bad = (nterms > 1) | ((lp.coef < 0).any(axis=1))
+            if bad.any():
+                raise PlanError(f"cannot prune layer {layer!r}: unit {int(lp.remove[bad][0])} is replaced by "
+                                f"a combination of units that {where} does not preserve (only one "
+                                "non-negative term passes a max pooling exactly)")
+            continue
+        # elementwise activation
+        with_terms = nterms > 0
+        bad = with_terms & ((nterms > 1) | (lp.coef < 0).any(axis=1) | (c != 0) | (op not in ("Relu", "LeakyRelu")))
+        if bad.any():
+            raise PlanError(f"cannot prune layer {layer!r}: unit {int(lp.remove[bad][0])} is replaced by an "
+                            f"affine function that {where} does not preserve")
+        c = np.where(with_terms, 0.0, _elementwise(node, c))
+    return c
+
+
+class _Arrays:
+    """Initializer arrays edited in memory and written back once."""
+
+    def __init__(self, graph: ir.Graph):
+        self.graph = graph
+        self.arrays: dict = {}
+        self.values: dict = {}
+
+    def get(self, value: ir.Value, what: str) -> np.ndarray:
+        if value is None or value.const_value is None or value.is_graph_input():
+            raise PlanError(f"{what} is not a constant initializer; physical pruning needs it")
+        key = id(value)
+        if key not in self.arrays:
+            if len(value.uses()) != 1:
+                raise PlanError(f"{what} ({value.name}) is shared by {len(value.uses())} nodes; "
+                                "infoprobe cannot prune a shared initializer")
+            self.arrays[key] = np.array(value.const_value.numpy(), dtype=np.float64)
+            self.values[key] = value
+        return self.arrays[key]
+
+    def set(self, value: ir.Value, arr: np.ndarray) -> None:
+        self.arrays[id(value)] = arr
+        self.values[id(value)] = value
+
+    def new(self, name: str, arr: np.ndarray) -> ir.Value:
+        v = ir.Value(name=_unique(self.graph, name), const_value=ir.tensor(np.asarray(arr, np.float32)))
+        self.graph.register_initializer(v)
+        self.set(v, np.asarray(arr, np.float64))
+        return v
+
+    def write_back(self) -> None:
+        for key, arr in self.arrays.items():
+            v = self.values[key]
+            dtype = v.const_value.dtype.numpy() if v.const_value is not None else np.float32
+            v.const_value = ir.tensor(np.ascontiguousarray(arr.astype(dtype)), name=v.name)
+            v.shape = ir.Shape(arr.shape)
+
+
+def _unique(graph: ir.Graph, base: str) -> str:
+    taken = set(graph.initializers) | {v.name for v in graph.inputs} | \
+        {o.name for n in graph for o in n.outputs}
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _insert_add(graph: ir.Graph, value: ir.Value, const: ir.Value, name: str) -> ir.Node:
+    """Insert ``value + const`` before every consumer of ``value`` (graph outputs keep their names)."""
+    uses = list(value.uses())
+    add = ir.Node("", "Add", [value, const], name=name)
+    graph.append(add)
+    new = add.outputs[0]
+    for node, idx in uses:
+        node.replace_input_with(idx, new)
+    if value.is_graph_output():
+        for i, v in enumerate(graph.outputs):
+            if v is value:
+                graph.outputs[i] = new
+        out_name = value.name
+        value.name = _unique(graph, f"{out_name}__pruned_raw")
+        new.name = out_name
+        new.type, new.shape = value.type, value.shape
+    else:
+        new.name = _unique(graph, f"{name}_out")
+    return add
+
+
+def _conv_pads(node, in_hw, k_hw, strides, dilations) -> list:
+    auto = node.attributes["auto_pad"].value if "auto_pad" in node.attributes else "NOTSET"
+    if auto in ("NOTSET", b"NOTSET"):
+        return _ints(node, "pads", [0, 0, 0, 0])
+    if auto in ("VALID", b"VALID"):
+        return [0, 0, 0, 0]
+    begin, end = [], []
+    for size, k, s, d in zip(in_hw, k_hw, strides, dilations):
+        out = -(-size // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        if auto in ("SAME_UPPER", b"SAME_UPPER"):
+            begin.append(small), end.append(large)
+        else:
+            begin.append(large), end.append(small)
+    return begin + end
+
+
+def _border_map(node, wc: np.ndarray, in_hw, out_hw) -> np.ndarray:
+    """Exact response of a conv to a per-channel constant input under its zero padding.
+
+    ``wc`` is ``sum_j W[o, j, kh, kw] c_j`` of shape [O, kh, kw]; returns [O, H_out, W_out].
+    """
+    k_hw = wc.shape[1:]
+    strides = _ints(node, "strides", [1, 1])
+    dil = _ints(node, "dilations", [1, 1])
+    pads = _conv_pads(node, in_hw, k_hw, strides, dil)
+    valid = []
+    for ax in range(2):
+        pos = np.arange(out_hw[ax])[None, :] * strides[ax] - pads[ax] + np.arange(k_hw[ax])[:, None] * dil[ax]
+        valid.append(((pos >= 0) & (pos < in_hw[ax])).astype(np.float64))  # [k, out]
+    return np.einsum("okl,kh,lw->ohw", wc, valid[0], valid[1])
+
+
+def _layer_nodes(graph, lay):
+    by_name = {n.name: n for n in graph}
+    return [by_name[n] for n in lay.nodes]
+
+
+def _consumer_weight(arrays: _Arrays, node) -> tuple:
+    """Weight of a consumer as [out, in, ...] (a view convention) and a function storing it back."""
+    op = node.op_type
+    w_val = node.inputs[1]
+    w = arrays.get(w_val, f"the weight of {node.name}")
+    if op == "Gemm":
+        if node.attributes["transB"].value if "transB" in node.attributes else 0:
+            return w, lambda a: arrays.set(w_val, a)
+        return w.T, lambda a: arrays.set(w_val, a.T)
+    if op == "MatMul":
+        return w.T, lambda a: arrays.set(w_val, a.T)
+    return w, lambda a: arrays.set(w_val, a)
+
+
+def _add_to_bias(graph, arrays: _Arrays, node, members, delta: np.ndarray) -> None:
+    """Add ``delta`` [out] to the effective bias of consumer ``node`` (first node of a layer)."""
+    op = node.op_type
+    if op == "Gemm":
+        alpha = node.attributes["alpha"].value if "alpha" in node.attributes else 1.0
+        beta = node.attributes["beta"].value if "beta" in node.attributes else 1.0
+        delta = alpha * delta
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = arrays.get(node.inputs[2], f"the bias of {node.name}")
+            eff = beta * np.broadcast_to(c.reshape(-1) if c.size in (1, len(delta)) else c, delta.shape)
+            if c.size not in (1, len(delta)):
+                raise PlanError(f"the bias of {node.name} has shape {list(c.shape)}, not per unit")
+            arrays.set(node.inputs[2], eff + delta)
+        else:
+            node.resize_inputs(3)
+            node.replace_input_with(2, arrays.new(f"{node.name}.bias", delta))
+        node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+    elif op == "MatMul":
+        add = members[1] if len(members) > 1 and members[1].op_type == "Add" else None
+        if add is None:
+            _insert_add(graph, node.outputs[0], arrays.new(f"{node.name}.bias", delta), f"{node.name}/bias")
+            return
+        idx = 1 if add.inputs[0] is node.outputs[0] else 0
+        b = arrays.get(add.inputs[idx], f"the bias of {add.name}")
+        arrays.set(add.inputs[idx], np.broadcast_to(b.reshape(-1), delta.shape) + delta)
+    else:  # Conv
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            b = arrays.get(node.inputs[2], f"the bias of {node.name}")
+            arrays.set(node.inputs[2], b + delta)
+        else:
+            node.resize_inputs(3)
+            node.replace_input_with(2, arrays.new(f"{node.name}.bias", delta))
+
+
+def _remove_rows(arrays: _Arrays, lay, members, kept: np.ndarray) -> None:
+    """Remove the pruned units from their own layer: weight rows, bias, batch norm."""
+    first = members[0]
+    op = first.op_type
+    if op == "Gemm":
+        w = arrays.get(first.inputs[1], f"the weight of {first.name}")
+        trans = first.attributes["transB"].value if "transB" in first.attributes else 0
+        arrays.set(first.inputs[1], w[kept] if trans else w[:, kept])
+        if len(first.inputs) > 2 and first.inputs[2] is not None:
+            c = arrays.get(first.inputs[2], f"the bias of {first.name}")
+            if c.size == lay.units:
+                arrays.set(first.inputs[2], c.reshape(-1)[kept].reshape(c.shape[:-1] + (len(kept),)))
+            elif c.size != 1:
+                raise PlanError(f"the bias of {first.name} has shape {list(c.shape)}, not per unit")
+    elif op == "MatMul":
+        w = arrays.get(first.inputs[1], f"the weight of {first.name}")
+        arrays.set(first.inputs[1], w[:, kept])
+        if len(members) > 1 and members[1].op_type == "Add":
+            add = members[1]
+            idx = 1 if add.inputs[0] is first.outputs[0] else 0
+            b = arrays.get(add.inputs[idx], f"the bias of {add.name}")
+            if b.size == lay.units:
+                arrays.set(add.inputs[idx], b.reshape(-1)[kept].reshape(b.shape[:-1] + (len(kept),)))
+    else:
+        w = arrays.get(first.inputs[1], f"the weight of {first.name}")
+        arrays.set(first.inputs[1], w[kept])
+        if len(first.inputs) > 2 and first.inputs[2] is not None:
+            arrays.set(first.inputs[2], arrays.get(first.inputs[2], f"the bias of {first.name}")[kept])
+        if len(members) > 1 and members[1].op_type == "BatchNormalization":
+            bn = members[1]
+            for v in bn.inputs[1:5]:
+                arrays.set(v, arrays.get(v, f"a batch-norm parameter of {bn.name}")[kept])
+
+
+def outgoing_weights(lm: LoadedModel, layer: str) -> np.ndarray:
+    """Every weight of the next unit layers that reads each unit of ``layer``.
+
+    Returns
+    -------
+    float64 [U, F]
+        Row j: the consumer weights of unit j (dense consumer after a flattened conv: its
+        block of H*W columns; conv consumer: the kernel slices ``W[:, j]``), concatenated
+        over consumers. Gemm's ``alpha`` is folded in.
+
+    Raises
+    ------
+    PlanError
+        As :func:`apply_plan` for layers whose consumers cannot be rewritten.
+    """
+    lay = lm.layer(layer)
+    if lay.is_output:
+        raise PlanError(f"layer {layer!r} is the output layer; it has no outgoing weights")
+    firsts = {lay2.nodes[0]: lay2 for lay2 in lm.layers}
+    parts = []
+    for route in _routes(lm.ir_model.graph, lay, firsts):
+        node = route.consumer
+        w = np.asarray(node.inputs[1].const_value.numpy(), np.float64)
+        if node.op_type == "Gemm":
+            trans = node.attributes["transB"].value if "transB" in node.attributes else 0
+            alpha = node.attributes["alpha"].value if "alpha" in node.attributes else 1.0
+            w = alpha * (w if trans else w.T)
+        elif node.op_type == "MatMul":
+            w = w.T
+        if node.op_type != "Conv":
+            w = w.reshape(w.shape[0], lay.units, route.block)
+        parts.append(np.moveaxis(w, 1, 0).reshape(lay.units, -1))
+    return np.concatenate(parts, axis=1)
+
+
+def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
+    """Prune ``lm`` physically by ``plan`` and return the new, checked ``onnx_ir.Model``.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+        The model to prune (not modified).
+    plan : PruningPlan
+        Removals and affine replacements per unit layer (:mod:`infoprobe.plan`).
+
+    Returns
+    -------
+    onnx_ir.Model
+        A model whose outputs equal the original's with the plan's replacements applied
+        (:meth:`infoprobe.runner.Runner.plan_feeds`) up to float32 rounding. It passes
+        ``onnx.checker.check_model(full_check=True)``, its shapes are re-inferred, its nodes
+        sorted and its IR version accepted by the installed onnxruntime.
+
+    Raises
+    ------
+    PlanError
+        The plan does not fit the model, or a replacement cannot be folded exactly (an op
+        between layers that does not preserve it, shared initializers, unknown shapes).
+    """
+    plan.check_model(lm)
+    model = lm.fresh_ir()
+    model = ir_passes.ShapeInferencePass()(model).model
+    graph = model.graph
+    arrays = _Arrays(graph)
+    firsts = {lay.nodes[0]: lay for lay in lm.layers}
+    members_of = {lay.name: _layer_nodes(graph, lay) for lay in lm.layers}
+    consumer_cols = {}   # consumer node name -> kept column mask (input side)
+    border = {}          # consumer node name -> border correction [O, H, W]
+
+    active = {n: lp for n, lp in plan.layers.items() if len(lp.remove)}
+    # phase 1: fold each removed unit into the layers that read it (full-size arrays)
+    for name, lp in active.items():
+        lay = lm.layer(name)
+        for route in _routes(graph, lay, firsts):
+            node = route.consumer
+            c = _transport(route, lp, name)
+            w, store = _consumer_weight(arrays, node)
+            out = w.shape[0]
+            wr = w.reshape(out, lay.units, route.block, *w.shape[2:]) if node.op_type != "Conv" else w
+            wr = wr.copy()
+            removed_cols = wr[:, lp.remove]                       # [O, R, ...]
+            if not lp.is_constant:
+                wr[:, lp.kept] += np.einsum("rk,or...->ok...", lp.coef, removed_cols)
+            wc = np.einsum("or...,r->o...", removed_cols, c)      # conv: [O, kh, kw]; dense: [O, block]
+            delta = wc.reshape(out, -1).sum(axis=1)
+            if node.op_type == "Conv" and c.any():
+                in_hw = _static_dims(node.inputs[0], f"the input of {node.name}")[2:]
+                out_hw = _static_dims(node.outputs[0], f"the output of {node.name}")[2:]
+                corr = _border_map(node, wc, in_hw, out_hw) - delta[:, None, None]
+                if np.abs(corr).max() > 1e-9 * max(1.0, np.abs(delta).max()):  # zero padding reached
+                    border[node.name] = border.get(node.name, 0.0) + corr
+            if delta.any():
+                _add_to_bias(graph, arrays, node, members_of[firsts[node.name].name], delta)
+            store(wr.reshape(w.shape))
+            mask = consumer_cols.setdefault(node.name, np.ones(lay.units, bool))
+            mask[lp.remove] = False
+            for rs in route.reshapes:
+                shape = arrays.get(rs.inputs[1], f"the target shape of {rs.name}")
+                if shape[-1] > 0:
+                    shape = shape.copy()
+                    shape[-1] = len(lp.kept) * route.block
+                    arrays.set(rs.inputs[1], shape)
+
+    # phase 2: remove input columns of consumers and output rows of pruned layers
+    by_name = {n.name: n for n in graph}
+    for cname, keep_units in consumer_cols.items():
+        node = by_name[cname]
+        w, store = _consumer_weight(arrays, node)
+        units = len(keep_units)
+        if node.op_type == "Conv":
+            store(w[:, keep_units])
+        else:
+            block = w.shape[1] // units
+            store(w.reshape(w.shape[0], units, block)[:, keep_units].reshape(w.shape[0], -1))
+    for name, lp in active.items():
+        _remove_rows(arrays, lm.layer(name), members_of[name], lp.kept)
+    for cname, corr in border.items():
+        node = by_name[cname]
+        lay = firsts[cname]
+        if lay.name in active:
+            corr = corr[active[lay.name].kept]
+        _insert_add(graph, node.outputs[0], arrays.new(f"{cname}.border_correction", corr[None]),
+                    f"infoprobe/{cname}/border_correction")
+    arrays.write_back()
+    model = ir_passes.RemoveUnusedNodesPass()(model).model
+    model.metadata_props["infoprobe.pruned_from_sha256"] = lm.sha256
+    model.metadata_props["infoprobe.plan_sha256"] = plan.sha256()
+    try:
+        return finalize(model)
+    except ModelError as exc:
+        raise PlanError(f"the pruned model is invalid: {exc}") from None
+
+
+def save_model(model: ir.Model, path, *, overwrite: bool = False) -> Path:
+    """Write an ``onnx_ir.Model`` to ``path`` atomically (a temporary file, then a rename).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
+    ModelError
+        The model is over the 2 GB protobuf limit (external data is not written here).
+    """
+    path = Path(path)
+    check_outputs([path], overwrite)
+    proto = ir.to_proto(model)
+    if proto.ByteSize() > 2**31 - 1:
+        raise ModelError("the pruned model is over 2 GB; infoprobe does not write external data yet")
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+def prune(model, plan, out=None, *, overwrite: bool = False) -> ir.Model:
+    """Load a model and a plan, prune, and optionally save (``infoprobe prune``).
+
+    Parameters
+    ----------
+    model : LoadedModel or path-like
+    plan : PruningPlan or path-like
+    out : path-like, optional
+        Where to write the pruned ``.onnx`` (atomically).
+
+    Returns
+    -------
+    onnx_ir.Model
+
+    Raises
+    ------
+    ModelError, PlanError, OutputExistsError
+    """
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    pl = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
+    if out is not None:
+        check_outputs([out], overwrite)
+        if Path(os.path.abspath(out)) == Path(os.path.abspath(lm.path)):
+            raise PlanError("the output path is the input model; write the pruned model elsewhere")
+    pruned = apply_plan(lm, pl)
+    if out is not None:
+        save_model(pruned, out, overwrite=overwrite)
+    return pruned

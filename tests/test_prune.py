@@ -1,0 +1,299 @@
+"""Physical pruning against the mask-ablated original and against NumPy references."""
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from conftest import FIX, initializers, sigmoid
+from infoprobe.analyses.plans import (hybrid_plan, magnitude_plan, merge_order, merge_plan,
+                                      parse_fractions, random_plan)
+from infoprobe.data import load_data, prepare_inputs
+from infoprobe.errors import ConfigError, PlanError
+from infoprobe.model import load_model
+from infoprobe.plan import LayerPlan, PruningPlan
+from infoprobe.prune import apply_plan, outgoing_weights, prune
+from infoprobe.rewrite import io_name
+from infoprobe.runner import Runner, make_session
+
+FIXTURES = ["mlp_sigmoid", "mlp_relu", "cnn_small", "cnn_pad"]
+
+
+@pytest.fixture(scope="module")
+def test_x():
+    return load_data(FIX / "mnist_demo.npz", split="test")
+
+
+def _inputs(lm, data, n=600):
+    idx = np.linspace(0, len(data) - 1, n).astype(int)  # every class: the split is sorted by class
+    return prepare_inputs(data.x[idx], lm.input_shape, 1 / 255)
+
+
+def _posts(lm, x):
+    r = Runner(lm, expose=True)
+    return r.run(x, outputs=[io_name(lay.name, "post") for lay in lm.hidden_layers])
+
+
+def _realistic_plan(lm, x, kind, rng):
+    """Half of every hidden layer removed, with constants = the units' means (bias balancing)
+    and terms fitted to the activations: one-hot (best single non-negative partner) or least
+    squares over all kept units (dense layers)."""
+    posts = _posts(lm, x)
+    layers = {}
+    for lay in lm.hidden_layers:
+        t = posts[io_name(lay.name, "post")].astype(np.float64)
+        t = t.reshape(len(t), lay.units, -1).transpose(0, 2, 1).reshape(-1, lay.units)  # positions as samples
+        remove = np.sort(rng.choice(lay.units, lay.units // 2, replace=False))
+        kept = np.setdiff1d(np.arange(lay.units), remove)
+        mean = t.mean(0)
+        if kind == "constant":
+            layers[lay.name] = LayerPlan.build(lay.name, lay.units, remove, mean[remove])
+            continue
+        if kind == "onehot":
+            corr = np.corrcoef(t.T + 1e-9 * rng.normal(size=t.T.shape))[np.ix_(remove, kept)]
+            partner = np.argmax(corr, axis=1)
+            coef = np.zeros((len(remove), len(kept)))
+            coef[np.arange(len(remove)), partner] = 1.0
+            layers[lay.name] = LayerPlan.build(lay.name, lay.units, remove, np.zeros(len(remove)), coef)
+            continue
+        design = np.column_stack([t[:, kept], np.ones(len(t))])
+        sol, *_ = np.linalg.lstsq(design, t[:, remove], rcond=None)
+        layers[lay.name] = LayerPlan.build(lay.name, lay.units, remove, sol[-1], sol[:-1].T)
+    return PruningPlan(layers, lm.sha256, {"method": "test", "kind": kind})
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+@pytest.mark.parametrize("kind", ["constant", "onehot", "lstsq"])
+def test_pruned_equals_mask_ablated(fixture, kind, test_x):
+    lm = load_model(FIX / f"{fixture}.onnx")
+    x = _inputs(lm, test_x)
+    plan = _realistic_plan(lm, x, kind, np.random.default_rng(0))
+    if kind == "lstsq" and fixture == "cnn_small":
+        with pytest.raises(PlanError, match="pool1"):   # a combination of channels through MaxPool
+            apply_plan(lm, plan)
+        return
+    pruned = apply_plan(lm, plan)
+    ref = Runner(lm, mix=True)
+    expected = ref.run(x, feeds=ref.plan_feeds(plan), outputs=[lm.output_name])[lm.output_name]
+    got = make_session(pruned).run([lm.output_name], {lm.input_name: x})[0]
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+    # the ablation really changes the function, so the comparison is not vacuous
+    intact = ref.run(x, outputs=[lm.output_name])[lm.output_name]
+    assert np.abs(intact - expected).max() > 1e-3
+    # the pruned model is smaller, valid, and its layers have the kept unit counts
+    proto = ir.to_proto(pruned)
+    onnx.checker.check_model(proto, full_check=True)
+    n_before = sum(v.const_value.size for v in lm.ir_model.graph.initializers.values())
+    n_after = sum(v.const_value.size for v in pruned.graph.initializers.values())
+    assert n_after < n_before
+
+
+def test_pruned_mlp_matches_numpy_forward(test_x, tmp_path):
+    """Independent of the mask mechanism: a NumPy forward pass with the affine replacements."""
+    lm = load_model(FIX / "mlp_sigmoid.onnx")
+    x = _inputs(lm, test_x, 300)
+    plan = _realistic_plan(lm, x, "lstsq", np.random.default_rng(1))
+    w = initializers(FIX / "mlp_sigmoid.onnx")
+    h = x.astype(np.float64)
+    for name in ("fc1", "fc2", "fc3"):
+        h = h @ w[f"{name}.weight"].T.astype(np.float64) + w[f"{name}.bias"]
+        if name != "fc3":
+            h = sigmoid(h)
+            lp = plan.layers[name]
+            h[:, lp.remove] = h[:, lp.kept] @ lp.coef.T + lp.constant
+    out = tmp_path / "pruned.onnx"
+    prune(lm, plan, out)
+    got = make_session(ir.load(out)).run(None, {lm.input_name: x})[0]
+    np.testing.assert_allclose(got, h, atol=1e-4, rtol=1e-5)
+    pruned = load_model(out)
+    assert [lay.units for lay in pruned.layers] == [50, 50, 10]
+    assert pruned.ir_model.metadata_props["infoprobe.pruned_from_sha256"] == lm.sha256
+
+
+def test_zero_padding_border_is_corrected_exactly(test_x):
+    """conv2 of cnn_pad zero-pads its input: a constant folded into its bias alone is wrong at
+    the borders, so the surgery adds an exact border correction."""
+    lm = load_model(FIX / "cnn_pad.onnx")
+    x = _inputs(lm, test_x, 200)
+    c = np.array([0.7, 1.3])
+    plan = PruningPlan({"conv1": LayerPlan.build("conv1", 4, [0, 2], c)}, lm.sha256)
+    pruned = apply_plan(lm, plan)
+    ref = Runner(lm)
+    expected = ref.run(x, feeds=ref.plan_feeds(plan))[lm.output_name]
+    got = make_session(pruned).run(None, {lm.input_name: x})[0]
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+    corr = pruned.graph.initializers["conv2.border_correction"].const_value.numpy()
+    assert corr.shape == (1, 6, 7, 7)
+    assert np.abs(corr[0, :, 1:, 1:]).max() < 1e-5       # interior (and the unpadded far side) is 0
+    assert np.abs(corr[0, :, 0, :]).max() > 1e-2          # the top border is not
+    # without the correction the pruned model would be wrong: check that it matters
+    pruned.graph.initializers["conv2.border_correction"].const_value = ir.tensor(np.zeros_like(corr))
+    wrong = make_session(pruned).run(None, {lm.input_name: x})[0]
+    assert np.abs(wrong - expected).max() > 1e-2
+
+
+def test_flatten_blocks_and_batch_norm_are_removed():
+    lm = load_model(FIX / "cnn_small.onnx")
+    plan = PruningPlan({"conv1": LayerPlan.build("conv1", 4, [1], [0.0]),
+                        "conv2": LayerPlan.build("conv2", 6, [0, 5], [0.0, 0.0])}, lm.sha256)
+    pruned = apply_plan(lm, plan)
+    inits = {k: v.const_value.numpy() for k, v in pruned.graph.initializers.items()}
+    orig = initializers(FIX / "cnn_small.onnx")
+    np.testing.assert_array_equal(inits["bn1.var"], orig["bn1.var"][[0, 2, 3]])
+    np.testing.assert_array_equal(inits["conv2.weight"], orig["conv2.weight"][1:5][:, [0, 2, 3]])
+    blocks = orig["fc.weight"].reshape(10, 6, 36)[:, 1:5].reshape(10, -1)
+    np.testing.assert_array_equal(inits["fc.weight"], blocks)
+
+
+def test_refusals():
+    lm = load_model(FIX / "mlp_sigmoid.onnx")
+    with pytest.raises(PlanError, match="output layer"):
+        apply_plan(lm, PruningPlan({"fc3": LayerPlan.build("fc3", 10, [1])}))
+    with pytest.raises(PlanError, match="another model"):
+        apply_plan(lm, PruningPlan({"fc1": LayerPlan.build("fc1", 100, [1])}, "0" * 64))
+    with pytest.raises(PlanError, match="100 units in the model but 99"):
+        apply_plan(lm, PruningPlan({"fc1": LayerPlan.build("fc1", 99, [1])}))
+    with pytest.raises(PlanError, match="does not have"):
+        apply_plan(lm, PruningPlan({"nope": LayerPlan.build("nope", 3, [1])}))
+    lm = load_model(FIX / "cnn_small.onnx")
+    # a negative merge coefficient cannot pass the max pooling after conv1
+    bad = PruningPlan({"conv1": LayerPlan.build("conv1", 4, [0], [0.0], [[-1.0, 0.0, 0.0]])})
+    with pytest.raises(PlanError, match="pool1"):
+        apply_plan(lm, bad)
+
+
+# ---------------------------------------------------------------- plan file format
+
+def test_plan_round_trip(tmp_path):
+    lp = LayerPlan.build("fc1", 5, [3, 1], [0.5, -1.0], [[0.0, 2.0, 0.0], [1.0, 0.0, 0.25]])
+    plan = PruningPlan({"fc1": lp}, "a" * 64, {"method": "test"})
+    path = plan.save(tmp_path / "plan.json")
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "infoprobe-pruning-plan" and doc["version"] == 1
+    # sorted by unit, terms name kept units by their index in the layer
+    assert doc["layers"][0]["remove"] == [{"unit": 1, "constant": -1.0, "terms": [[0, 1.0], [4, 0.25]]},
+                                          {"unit": 3, "constant": 0.5, "terms": [[2, 2.0]]}]
+    back = PruningPlan.load(path)
+    np.testing.assert_array_equal(back.layers["fc1"].coef, plan.layers["fc1"].coef)
+    np.testing.assert_array_equal(back.layers["fc1"].replacement_matrix(), lp.replacement_matrix())
+    with pytest.raises(Exception, match="already exists"):
+        plan.save(path)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(version=2), "version 2"),
+    (lambda d: d.update(format="x"), "not a pruning plan"),
+    (lambda d: d["layers"][0]["remove"].append({"unit": 1, "constant": 0}), "twice"),
+    (lambda d: d["layers"][0]["remove"][0].update(terms=[[3, 1.0]]), "not a kept unit"),
+    (lambda d: d["layers"][0]["remove"][0].update(unit=7), "out of range"),
+    (lambda d: d["layers"][0]["remove"][0].update(unit=True), "integer"),
+    (lambda d: d["layers"][0]["remove"][0].update(constant="1"), "finite number"),
+    (lambda d: d["layers"][0].update(remove=[{"unit": i} for i in range(5)]), "keep at least one"),
+])
+def test_plan_validation(tmp_path, mutate, message):
+    doc = {"format": "infoprobe-pruning-plan", "version": 1, "model_sha256": None, "generator": {},
+           "layers": [{"layer": "fc1", "units": 5, "remove": [{"unit": 1, "constant": 0.5},
+                                                            {"unit": 3, "constant": 0.0}]}]}
+    mutate(doc)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(PlanError, match=message):
+        PruningPlan.load(path)
+
+
+def test_plan_rejects_nan_and_garbage(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text('{"format": "infoprobe-pruning-plan", "version": 1, "layers": '
+                    '[{"layer": "a", "units": 3, "remove": [{"unit": 0, "constant": NaN}]}]}')
+    with pytest.raises(PlanError, match="JSON"):
+        PruningPlan.load(path)
+    path.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(PlanError, match="JSON"):
+        PruningPlan.load(path)
+
+
+# ---------------------------------------------------------------- generators
+
+def _merge_reference(w_in, w_out, n, surgery):
+    """Srinivas & Babu, recomputing every saliency s_ij = <a_j^2> ||w_i - w_j||^2 each step."""
+    alive = list(range(len(w_in)))
+    out = [row.copy() for row in np.asarray(w_out, np.float64)]
+    merges = []
+    for _ in range(n):
+        best = None
+        for j in alive:
+            for i in alive:
+                if i != j:
+                    s = np.mean(out[j] ** 2) * np.sum((w_in[i] - w_in[j]) ** 2)
+                    if best is None or s < best[0]:
+                        best = (s, j, i)
+        _, j, i = best
+        merges.append((j, i))
+        alive.remove(j)
+        if surgery:
+            out[i] = out[i] + out[j]
+    return merges
+
+
+@pytest.mark.parametrize("surgery", [True, False])
+def test_merge_order_matches_brute_force(surgery):
+    rng = np.random.default_rng(3)
+    w_in = rng.normal(size=(14, 5))
+    w_in[7] = w_in[2] + 0.01          # near twins are merged first
+    w_out = rng.normal(size=(14, 4))
+    got = merge_order(w_in, w_out, 10, surgery=surgery)
+    assert got == _merge_reference(w_in, w_out, 10, surgery)
+    assert set(got[0]) == {2, 7}
+
+
+def test_merge_plan_is_one_hot_to_surviving_partner(sigmoid_store):
+    from infoprobe.store import Store
+
+    lm = load_model(FIX / "mlp_sigmoid.onnx")
+    with Store(sigmoid_store) as st:
+        plan = merge_plan(lm, 0.4, replace="mean", store=st)
+        means = st.read("fc1").astype(np.float64).mean(0)
+    lp = plan.layers["fc1"]
+    assert len(lp.remove) == 40
+    assert np.all((lp.coef != 0).sum(1) == 1) and np.all(lp.coef.max(1) == 1.0)
+    partner = lp.kept[lp.coef.argmax(1)]
+    np.testing.assert_allclose(lp.constant, means[lp.remove] - means[partner], rtol=1e-9, atol=1e-12)
+    # outgoing weights of fc1 are the columns of fc2's weight
+    np.testing.assert_array_equal(outgoing_weights(lm, "fc1"), initializers(FIX / "mlp_sigmoid.onnx")["fc2.weight"].T)
+    plain = merge_plan(lm, 0.4, surgery=False)
+    assert plain.layers["fc1"].is_constant and not plain.layers["fc1"].constant.any()
+
+
+def test_magnitude_random_hybrid_generators(sigmoid_store):
+    from infoprobe.analyses.importance import importance
+    from infoprobe.store import Store
+
+    lm = load_model(FIX / "mlp_sigmoid.onnx")
+    w = initializers(FIX / "mlp_sigmoid.onnx")
+    plan = magnitude_plan(lm, 0.3, replace="bias")
+    l1 = np.abs(w["fc2.weight"]).sum(1)
+    assert set(plan.layers["fc2"].remove) == set(np.argsort(l1)[:30])
+    np.testing.assert_allclose(plan.layers["fc2"].constant, sigmoid(w["fc2.bias"][plan.layers["fc2"].remove]),
+                               rtol=1e-6)
+    a, b = random_plan(lm, 0.5, seed=4), random_plan(lm, 0.5, seed=4)
+    assert a.layers["fc1"].remove.tolist() == b.layers["fc1"].remove.tolist()
+    assert random_plan(lm, 0.5, seed=5).layers["fc1"].remove.tolist() != a.layers["fc1"].remove.tolist()
+    with Store(sigmoid_store) as st:
+        imp = importance(st, progress=False)
+        plan = hybrid_plan(lm, st, "fc1=mutual_information:1,fc2=kl_selectivity:2", 0.3, importance=imp)
+        assert {n: len(p.remove) for n, p in plan.layers.items()} == {"fc1": 20, "fc2": 40}
+        mi = imp.measure("fc1", "mutual_information")
+        assert set(plan.layers["fc1"].remove) == set(np.argsort(mi, kind="stable")[:20])
+        means = st.read("fc2").astype(np.float64).mean(0)
+        np.testing.assert_allclose(plan.layers["fc2"].constant, means[plan.layers["fc2"].remove], rtol=1e-9)
+
+
+def test_fraction_parsing():
+    assert parse_fractions("0.25", ["a", "b"]) == {"a": 0.25, "b": 0.25}
+    assert parse_fractions("a=0.1, b=0.5", ["a", "b"]) == {"a": 0.1, "b": 0.5}
+    with pytest.raises(ConfigError):
+        parse_fractions("1.0", ["a"])
+    with pytest.raises(ConfigError):
+        parse_fractions("a=x", ["a"])

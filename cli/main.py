@@ -60,8 +60,12 @@ def cli():
       infoprobe capture model.onnx --data mnist.npz --split validation --out acts.h5
       infoprobe importance acts.h5 --out results/
       infoprobe ablate model.onnx acts.h5 --data mnist.npz --split test --out results/
+      infoprobe plan model.onnx --method hybrid --fraction 0.5 --store acts.h5 --out plan.json
+      infoprobe prune model.onnx plan.json --out small.onnx --data mnist.npz --split test
+      infoprobe check model.onnx small.onnx --data mnist.npz --split test --junit report.xml
 
-    Errors caused by inputs print one line and exit with status 2.
+    Errors caused by inputs print one line and exit with status 2 (`check` exits with 1
+    when a threshold fails).
     """
 
 
@@ -95,9 +99,15 @@ def inspect(model, as_json, max_model_size):
         click.echo(f"not interpreted: {u['node']} ({u['op']}): {u['reason']}")
 
 
-data_options = [
-    click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                 help=".npz (x, y, optional split), .npy or .h5 file of samples."),
+def _data_options(required=True, help=".npz (x, y, optional split), .npy or .h5 file of samples."):
+    return [
+        click.option("--data", "data_path", required=required, type=click.Path(dir_okay=False, path_type=Path),
+                     help=help),
+        *_data_details,
+    ]
+
+
+_data_details = [
     click.option("--split", default=None, help="Split of the data file: all, train, validation, test or a number."),
     click.option("--scale", default="auto", show_default=True,
                  help="Input multiplier; auto = 1/255 for uint8 data, else 1."),
@@ -105,6 +115,7 @@ data_options = [
     click.option("--y-key", default="y", show_default=True, help="Array of labels in the data file."),
     click.option("--limit", type=int, default=None, help="Use only the first N samples of the split."),
 ]
+data_options = _data_options()
 
 
 def _with(options):
@@ -266,6 +277,223 @@ def _print_fifty(table):
         name = r["ranking"] if r["order"] == "-" else f"{r['ranking']} ({r['order']} first)"
         zero, mean = (f"{r[k]:.4f}" if k in r else "-" for k in ("accuracy_zero", "accuracy_mean"))
         click.echo(f"  {r['layer']:<14} {name:<34} {zero:>8} {mean:>9}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--method", type=click.Choice(["measure", "hybrid", "random", "magnitude", "merge"]),
+              default="measure", show_default=True, help="How units are chosen (see below).")
+@click.option("--fraction", default="0.5", show_default=True,
+              help="Fraction of units removed per layer (0.5 or fc1=0.3,fc2=0.6); hybrid: of all listed units.")
+@click.option("--measure", default="mutual_information", show_default=True,
+              help="Ranking for --method measure: entropy, mutual_information, kl_selectivity, "
+                   "js_subset_separation, labeled_mi.")
+@click.option("--hybrid", default="", help="For --method hybrid: e.g. 'fc1=mutual_information:1,fc2=kl_selectivity:2'.")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Activation store (validation split) for information measures and --replace mean.")
+@click.option("--replace", type=click.Choice(["zero", "mean", "bias"]), default=None,
+              help="Constant replacing a removed unit: zero, mean (bias balancing) or bias (sigma(b)). "
+                   "Default: mean for measure/hybrid, zero otherwise.")
+@click.option("--surgery/--no-surgery", default=True, show_default=True,
+              help="merge: add a removed unit's outgoing weights to its partner's.")
+@click.option("--order", type=click.Choice(["low", "high"]), default="low", show_default=True,
+              help="measure: remove lowest- or highest-ranked units.")
+@click.option("--layers", default=None, help="Comma-separated hidden layers (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int, help="random: the seed.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Plan to write (.json).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plan file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
+@max_size_option
+def plan(model, method, fraction, measure, hybrid, store, replace, surgery, order, layers, seed, out,
+         overwrite, as_json, max_model_size):
+    """Write a pruning plan for MODEL: units to remove and what replaces each.
+
+    \b
+    Methods:
+      measure    lowest values of an information measure per layer (needs --store)
+      hybrid     a measure per layer, removal counts in a ratio (Liu et al. 2018, Sec. 6)
+      random     a seeded random choice (the baseline)
+      magnitude  smallest L1 norm of incoming weights (data-free)
+      merge      data-free neuron merging of Srinivas & Babu 2015 (--no-surgery: no weight update)
+
+    The plan is JSON (format infoprobe-pruning-plan, version 1; see the README) and is
+    applied by `infoprobe prune`.
+
+    \b
+    Examples:
+      infoprobe plan model.onnx --method measure --measure kl_selectivity --fraction 0.3 \\
+          --store acts.h5 --out plan.json
+      infoprobe plan model.onnx --method hybrid --hybrid fc1=mutual_information:1,fc2=kl_selectivity:2 \\
+          --fraction 0.5 --store acts.h5 --out plan.json
+      infoprobe plan model.onnx --method merge --fraction 0.5 --out plan.json
+    """
+    from infoprobe.analyses.plans import make_plan
+    from infoprobe.store import Store
+
+    lm = _load(model, max_model_size)
+    st = Store(store) if store else None
+    try:
+        res = make_plan(lm, method, fraction, store=st, measure=measure, hybrid=hybrid or None, replace=replace,
+                        surgery=surgery, order=order, seed=seed, layers=_csv_list(layers))
+    finally:
+        if st is not None:
+            st.close()
+    res.save(out, overwrite=overwrite)
+    summary = {"out": str(out), "generator": res.generator,
+               "layers": {n: {"units": lp.units, "removed": len(lp.remove),
+                              "replacement": "constant" if lp.is_constant else "affine"}
+                          for n, lp in res.layers.items()}}
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    for n, d in summary["layers"].items():
+        click.echo(f"{n:<20} remove {d['removed']:>5} of {d['units']:<5} ({d['replacement']} replacement)")
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Pruned model to write (.onnx).")
+@_with(_data_options(required=False, help="Real inputs: verify the pruned model against the original with the "
+                                          "plan applied by masks, and measure latency on them."))
+@click.option("--latency-batch", default=64, show_default=True, type=int, help="Batch size of the latency measurement.")
+@click.option("--repeats", default=30, show_default=True, type=int, help="Latency repetitions (median reported).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@max_size_option
+def prune(model, plan_path, out, data_path, split, scale, x_key, y_key, limit, latency_batch, repeats,
+          overwrite, as_json, max_model_size):
+    """Physically remove the units a PLAN lists from MODEL and write a smaller ONNX model.
+
+    Each removed unit's replacement (constant or affine function of kept units) is folded
+    into the next layer's weights and bias; rows, columns, batch-norm parameters and
+    Flatten column blocks are removed. The report compares parameters, file size,
+    multiply-accumulates and onnxruntime latency of both models. With --data the pruned
+    model is verified on real inputs; a mismatch exits with status 1.
+
+    \b
+    Example:
+      infoprobe prune model.onnx plan.json --out small.onnx --data mnist.npz --split test
+    """
+    from infoprobe.analyses.compress import prune_model
+    from infoprobe.data import load_data
+
+    lm = _load(model, max_model_size)
+    data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit) if data_path else None
+    rep = prune_model(lm, plan_path, out, data=data, scale=scale, latency_batch=latency_batch, repeats=repeats,
+                      overwrite=overwrite)
+    ver = rep.get("verification")
+    if as_json:
+        click.echo(json.dumps(rep, indent=1))
+    else:
+        for lay in rep["layers"]:
+            if lay["kept"] != lay["units"]:
+                click.echo(f"{lay['layer']:<20} {lay['units']:>6} -> {lay['kept']:<6} units")
+        o, p, r = rep["original"], rep["pruned"], rep["ratios"]
+        click.echo(f"{'':<22} {'original':>14} {'pruned':>14} {'ratio':>7}")
+        click.echo(f"{'parameters':<22} {o['parameters']:>14,} {p['parameters']:>14,} {r['parameters']:>7.3f}")
+        click.echo(f"{'file size (bytes)':<22} {o['bytes']:>14,} {p['bytes']:>14,} {r['bytes']:>7.3f}")
+        click.echo(f"{'MACs per sample':<22} {o['macs']:>14,} {p['macs']:>14,} {r['macs'] or float('nan'):>7.3f}")
+        lat = f"latency (ms/{o['latency']['batch']})"
+        click.echo(f"{lat:<22} {o['latency']['median_ms']:>14.4f} {p['latency']['median_ms']:>14.4f} "
+                   f"{r['latency']:>7.3f}")
+        if ver:
+            acc = (f"; accuracy {ver['accuracy_original']:.4f} -> {ver['accuracy_pruned']:.4f}"
+                   if "accuracy_pruned" in ver else "")
+            click.echo(f"verified on {ver['n_samples']} samples: max |delta| vs the plan applied by masks "
+                       f"{ver['max_abs_diff']:.2e} ({'exact' if ver['exact'] else 'MISMATCH'}); labels kept "
+                       f"{ver['label_agreement_with_original']:.4f}{acc}")
+        click.echo(f"wrote {out}")
+    if ver and not ver["exact"]:
+        click.echo("infoprobe: error: the pruned model differs from the plan applied by masks; please report "
+                   "this with the model and plan", err=True)
+        sys.exit(1)
+
+
+def _threshold(value):
+    if value is None:
+        return None
+    if str(value).lower() in ("off", "none"):
+        return "off"
+    try:
+        v = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or 'off'") from None
+    if v < 0:
+        raise click.BadParameter("thresholds are non-negative")
+    return v
+
+
+_THRESHOLD_HELP = {
+    "max_label_change": "Largest fraction of changed predicted labels [default 0.01].",
+    "max_accuracy_drop": "Largest top-1 accuracy drop [default 0.005].",
+    "max_class_drop": "Largest accuracy drop of any class [default 0.02].",
+    "max_kl": "Largest mean KL(reference || candidate) in bits [default off].",
+    "max_logit_diff": "Largest |output difference| [default off].",
+    "max_latency_ratio": "Largest candidate/reference latency [default off].",
+    "max_size_ratio": "Largest candidate/reference file size [default off].",
+}
+
+
+def _threshold_options(f):
+    for name in reversed(list(_THRESHOLD_HELP)):
+        f = click.option("--" + name.replace("_", "-"), name, default=None, callback=lambda c, p, v: _threshold(v),
+                         help=_THRESHOLD_HELP[name] + " 'off' disables it.")(f)
+    return f
+
+
+@cli.command()
+@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@_with(_data_options(help="Labelled samples both models run on (.npz with x, y, optional split; .npy; .h5)."))
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML file of thresholds (keys as the options below, top level or in [check]).")
+@_threshold_options
+@click.option("--batch-size", default=1024, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of the summary.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a JUnit XML report (one test case per threshold).")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a Markdown summary for a pull-request comment.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --junit/--markdown files.")
+@max_size_option
+@progress_option
+def check(reference, candidate, data_path, split, scale, x_key, y_key, limit, config, batch_size, as_json,
+          junit, markdown, overwrite, max_model_size, progress, **thresholds):
+    """CI gate: compare a compressed CANDIDATE with its REFERENCE on labelled data.
+
+    Reports the fraction of changed predicted labels, top-1 accuracy of each model and its
+    drop, per-class drops (worst class named), mean KL divergence between output
+    distributions, max |output difference|, sizes and latencies. Thresholds come from
+    the defaults, then --config, then options.
+
+    \b
+    Exit status: 0 every threshold holds, 1 a threshold fails, 2 usage or input error.
+
+    \b
+    Examples:
+      infoprobe check model.onnx small.onnx --data test.npz
+      infoprobe check model.onnx small.onnx --data mnist.npz --split test --config gate.toml \\
+          --max-class-drop 0.05 --junit report.xml --markdown summary.md
+    """
+    from infoprobe.analyses.check import check as run, load_thresholds
+    from infoprobe.data import load_data
+    from infoprobe.results import atomic_write_bytes, check_outputs
+
+    outs = [p for p in (junit, markdown) if p is not None]
+    check_outputs(outs, overwrite)
+    th = load_thresholds(config) if config else {}
+    th.update({k: (None if v == "off" else v) for k, v in thresholds.items() if v is not None})
+    data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit)
+    res = run(reference, candidate, data, thresholds=th, scale=scale, batch_size=batch_size,
+              max_bytes=_size(max_model_size), progress=progress)
+    if junit:
+        atomic_write_bytes(junit, res.junit_xml())
+    if markdown:
+        atomic_write_bytes(markdown, res.markdown().encode())
+    click.echo(json.dumps(res.to_dict(), indent=1) if as_json else res.summary())
+    sys.exit(0 if res.passed else 1)
 
 
 @cli.command()

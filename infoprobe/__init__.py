@@ -8,7 +8,7 @@ README for the command-line tour; the library's entry points are:
 - :func:`infoprobe.analyses.importance.importance` -- single-unit information measures,
 - :func:`infoprobe.analyses.ablation.cumulative_ablation` -- cumulative ablation curves,
 - :mod:`infoprobe.analyses.plans` -- pruning plans (:class:`infoprobe.plan.PruningPlan`),
-- :func:`infoprobe.prune.prune` -- physical pruning of an ONNX model by a plan,
+- :func:`infoprobe.prune.apply_plan` -- physical pruning of an ONNX model by a plan,
 - :func:`infoprobe.analyses.check.check` -- the CI gate comparing a candidate with its reference.
 """
 __version__ = "0.1.0"

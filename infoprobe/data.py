@@ -149,7 +149,7 @@ def prepare_inputs(x: np.ndarray, input_shape: tuple, scale: float, *, input_nam
     """
     want = tuple(input_shape[1:])
     have = tuple(x.shape[1:])
-    out = x.astype(np.float32) * np.float32(scale)
+    out = np.multiply(x, np.float32(scale), dtype=np.float32)   # one pass, no float64 temporary
     if have != want:
         if any(d is None for d in want):
             if len(have) != len(want) or any(w is not None and w != h for w, h in zip(want, have)):
@@ -160,6 +160,6 @@ def prepare_inputs(x: np.ndarray, input_shape: tuple, scale: float, *, input_nam
         else:
             raise DataError(f"data samples have shape {list(have)} ({int(np.prod(have))} values) but the "
                             f"model input {input_name!r} expects {list(want)} ({int(np.prod(want))} values)")
-    if not np.isfinite(out).all():
+    if not np.issubdtype(x.dtype, np.integer) and not np.isfinite(out).all():
         raise DataError("input data contain NaN or inf")
     return out

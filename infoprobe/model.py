@@ -286,9 +286,10 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
                          f"{type(exc).__name__}") from None
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelError(f"{path} holds no graph (truncated or not an ONNX model)")
-    total = size
+    total, external = size, False
     for tensor in _tensors_with_external_data(proto.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            external = True
             entries = {e.key: e.value for e in tensor.external_data}
             total += _check_external_location(entries.get("location", ""), path.parent).stat().st_size
     if total > max_bytes:
@@ -300,14 +301,13 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         raise ModelError(f"{path} uses default-domain opset {opset}; infoprobe needs opset "
                          f">= {MIN_OPSET} (convert with onnx.version_converter.convert_version)")
     if check:
-        try:
-            onnx.checker.check_model(str(path), full_check=True)
+        try:  # a model without external data is checked from memory instead of re-reading the file
+            onnx.checker.check_model(str(path) if external else proto, full_check=True)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path} fails onnx.checker: {msg}") from None
-    del proto
-    try:
-        model = ir.load(path)
+    try:  # external weights are memory-mapped by ir.load; otherwise the parsed proto is reused
+        model = ir.load(path) if external else ir.from_proto(proto)
     except Exception as exc:
         raise ModelError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     return model, sha256_file(path)

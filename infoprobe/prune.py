@@ -27,7 +27,6 @@ correction (a [1, C_out, H_out, W_out] constant) into an ``Add`` after the conv.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from .errors import ModelError, PlanError
-from .model import LoadedModel, load_model
+from .model import LoadedModel
 from .plan import LayerPlan, PruningPlan
 from .results import atomic_write_bytes, check_outputs
 from .rewrite import finalize
@@ -517,33 +516,3 @@ def save_model(model: ir.Model, path, *, overwrite: bool = False) -> Path:
         raise ModelError("the pruned model is over 2 GB; infoprobe does not write external data yet")
     atomic_write_bytes(path, proto.SerializeToString())
     return path
-
-
-def prune(model, plan, out=None, *, overwrite: bool = False) -> ir.Model:
-    """Load a model and a plan, prune, and optionally save (``infoprobe prune``).
-
-    Parameters
-    ----------
-    model : LoadedModel or path-like
-    plan : PruningPlan or path-like
-    out : path-like, optional
-        Where to write the pruned ``.onnx`` (atomically).
-
-    Returns
-    -------
-    onnx_ir.Model
-
-    Raises
-    ------
-    ModelError, PlanError, OutputExistsError
-    """
-    lm = model if isinstance(model, LoadedModel) else load_model(model)
-    pl = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
-    if out is not None:
-        check_outputs([out], overwrite)
-        if Path(os.path.abspath(out)) == Path(os.path.abspath(lm.path)):
-            raise PlanError("the output path is the input model; write the pruned model elsewhere")
-    pruned = apply_plan(lm, pl)
-    if out is not None:
-        save_model(pruned, out, overwrite=overwrite)
-    return pruned

@@ -13,7 +13,7 @@ from infoprobe.data import load_data, prepare_inputs
 from infoprobe.errors import ConfigError, PlanError
 from infoprobe.model import load_model
 from infoprobe.plan import LayerPlan, PruningPlan
-from infoprobe.prune import apply_plan, outgoing_weights, prune
+from infoprobe.prune import apply_plan, outgoing_weights, save_model
 from infoprobe.rewrite import io_name
 from infoprobe.runner import Runner, make_session
 
@@ -104,7 +104,7 @@ def test_pruned_mlp_matches_numpy_forward(test_x, tmp_path):
             lp = plan.layers[name]
             h[:, lp.remove] = h[:, lp.kept] @ lp.coef.T + lp.constant
     out = tmp_path / "pruned.onnx"
-    prune(lm, plan, out)
+    save_model(apply_plan(lm, plan), out)
     got = make_session(ir.load(out)).run(None, {lm.input_name: x})[0]
     np.testing.assert_allclose(got, h, atol=1e-4, rtol=1e-5)
     pruned = load_model(out)
@@ -297,3 +297,41 @@ def test_fraction_parsing():
         parse_fractions("1.0", ["a"])
     with pytest.raises(ConfigError):
         parse_fractions("a=x", ["a"])
+
+
+# ---------------------------------------------------------------- command line
+
+def test_plan_and_prune_commands(tmp_path, sigmoid_store):
+    from click.testing import CliRunner
+
+    from infoprobe.cli.main import cli
+
+    runner = CliRunner()
+    model, data = FIX / "mlp_sigmoid.onnx", FIX / "mnist_demo.npz"
+    plan_path = tmp_path / "plan.json"
+    r = runner.invoke(cli, ["plan", str(model), "--method", "hybrid", "--fraction", "0.3", "--store",
+                            str(sigmoid_store), "--hybrid", "fc1=mutual_information:1,fc2=kl_selectivity:2",
+                            "--out", str(plan_path), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert {n: d["removed"] for n, d in summary["layers"].items()} == {"fc1": 20, "fc2": 40}
+    plan = PruningPlan.load(plan_path)
+    assert plan.generator["method"] == "hybrid" and plan.generator["replace"] == "mean"
+    out = tmp_path / "small.onnx"
+    r = runner.invoke(cli, ["prune", str(model), str(plan_path), "--out", str(out), "--data", str(data),
+                            "--split", "test", "--limit", "500", "--repeats", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["verification"]["exact"] and rep["verification"]["n_samples"] == 500
+    assert rep["pruned"]["parameters"] == 784 * 80 + 80 + 80 * 60 + 60 + 60 * 10 + 10
+    assert rep["original"]["macs"] == 784 * 100 + 100 * 100 + 100 * 10
+    assert rep["pruned"]["macs"] == 784 * 80 + 80 * 60 + 60 * 10
+    assert rep["pruned"]["bytes"] == out.stat().st_size
+    # refusals: existing output, the input itself, a store-less measure plan, a plan of another model
+    r = runner.invoke(cli, ["prune", str(model), str(plan_path), "--out", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output
+    r = runner.invoke(cli, ["plan", str(model), "--method", "measure", "--out", str(tmp_path / "p2.json")])
+    assert r.exit_code == 2 and "--store" in r.output
+    r = runner.invoke(cli, ["prune", str(FIX / "mlp_relu.onnx"), str(plan_path), "--out", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 2 and "another model" in r.output
+    assert not (tmp_path / "x.onnx").exists()

@@ -503,11 +503,11 @@ def check(reference, candidate, data_path, split, scale, x_key, y_key, limit, co
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @progress_option
 def demo(out, n_steps, random_repeats, as_json, progress):
-    """Capture -> importance -> ablation on the bundled sigmoid MLP and MNIST images.
+    """Capture -> importance -> ablation -> prune -> check on the bundled sigmoid MLP.
 
     Uses fixtures/mlp_sigmoid.onnx (784-100-100-10) with 2,000 validation images for the
-    measures and 2,000 test images for accuracy; writes tables, PNG plots and
-    summary.json to --out.
+    measures and 2,000 test images for accuracy; writes tables, PNG plots, a pruning plan,
+    the pruned model, the CI gate's report and summary.json to --out.
 
     \b
     Example:
@@ -526,6 +526,10 @@ def demo(out, n_steps, random_repeats, as_json, progress):
         click.echo(f"  {lay:<6} H {m['entropy']:.3f}  I(T;Y) {m['mutual_information']:.3f}  "
                    f"KL selectivity {m['kl_selectivity']:.3f}")
     _print_fifty(summary["accuracy_at_50_percent_ablated"])
+    pr = summary["pruned"]
+    click.echo(f"pruned model ({pr['plan']}): {pr['parameters'][0]:,} -> {pr['parameters'][1]:,} parameters, "
+               f"accuracy {pr['accuracy'][0]:.4f} -> {pr['accuracy'][1]:.4f}, labels kept {pr['label_agreement']:.4f}, "
+               f"latency x{pr['latency_ratio']:.2f}; CI gate {'passed' if pr['check_passed'] else 'failed'} (check.md)")
     click.echo(f"results in {out}/: " + ", ".join(summary["files"]))
 
 

@@ -33,7 +33,7 @@ def test_inspect_json():
 
 
 def test_help_has_examples():
-    for cmd in ("inspect", "capture", "importance", "ablate", "demo"):
+    for cmd in ("inspect", "capture", "importance", "ablate", "plan", "prune", "check", "demo"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.output
 
@@ -122,8 +122,10 @@ def test_demo(tmp_path):
     s = json.loads(res.output)
     assert s["baseline_accuracy"] > 0.9
     for f in ("acts.h5", "importance.csv", "ablation.json", "importance.png", "ablation_layer.png",
-              "ablation_network.png", "ablation_hybrid.png", "summary.json"):
+              "ablation_network.png", "ablation_hybrid.png", "summary.json", "plan.json", "pruned.onnx",
+              "check.md", "check.xml"):
         assert (out / f).exists(), f
+    assert s["pruned"]["check_passed"] and s["pruned"]["parameters"][1] < 0.75 * s["pruned"]["parameters"][0]
     # information-ordered ablation is at least as good as random in the second layer (Section 5.3)
     fifty = {(r["layer"], r["ranking"]): r for r in s["accuracy_at_50_percent_ablated"]}
     assert fifty[("fc2", "mutual_information")]["accuracy_mean"] > 0.85

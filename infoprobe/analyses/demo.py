@@ -13,7 +13,10 @@ from ..results import atomic_write_bytes
 from ..store import Store
 from .ablation import cumulative_ablation
 from .capture import capture
+from .check import check
+from .compress import prune_model
 from .importance import importance
+from .plans import make_plan
 
 MARKER = ".infoprobe-demo"
 
@@ -30,8 +33,10 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     Steps: capture the validation split (2,000 images) of ``mnist_demo.npz`` through
     ``mlp_sigmoid.onnx``; compute single-unit measures (one-bit quantizer, bits); ablate
     units cumulatively per layer and over the whole network (lowest MI / KL selectivity
-    first, and random), with and without bias balancing, on the test split; and the hybrid
-    scheme of Section 6 (fc1 by MI, fc2 by KL selectivity, ratio 1:2).
+    first, and random), with and without bias balancing, on the test split; the hybrid
+    scheme of Section 6 (fc1 by MI, fc2 by KL selectivity, ratio 1:2); then a physically
+    pruned model (30% of the hidden units merged data-free, with bias balancing) checked
+    against the original by the CI gate (``check.md``, ``check.xml``).
 
     ``out`` may be reused only if it is absent, empty, or an earlier demo's folder.
 
@@ -62,6 +67,13 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
                                   values=("zero", "mean"), scopes=("layer", "network"),
                                   hybrid={"fc1": ("mutual_information", 1.0), "fc2": ("kl_selectivity", 2.0)},
                                   n_steps=n_steps, random_repeats=random_repeats, progress=progress)
+        plan = make_plan(lm, "merge", 0.3, store=store, replace="mean")
+    plan.save(out / "plan.json", overwrite=True)
+    pruned = prune_model(lm, plan, out / "pruned.onnx", data=test, overwrite=True, repeats=10)
+    gate = check(lm.path, out / "pruned.onnx", test, thresholds={"max_label_change": 0.03,
+                                                                 "max_accuracy_drop": 0.01, "max_class_drop": 0.05})
+    atomic_write_bytes(out / "check.md", gate.markdown().encode())
+    atomic_write_bytes(out / "check.xml", gate.junit_xml())
     abl.save(out, overwrite=True)
     plot_importance(imp.units, out / "importance.png")
     for scope in ("layer", "network", "hybrid"):
@@ -73,6 +85,11 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
                                        for m in ("entropy", "mutual_information", "kl_selectivity")}
                                  for lay in imp.layers()},
         "accuracy_at_50_percent_ablated": abl.layer_table(0.5),
+        "pruned": {"plan": "merge 30% of hidden units, bias balanced",
+                   "parameters": [pruned["original"]["parameters"], pruned["pruned"]["parameters"]],
+                   "accuracy": [pruned["verification"]["accuracy_original"], pruned["verification"]["accuracy_pruned"]],
+                   "label_agreement": pruned["verification"]["label_agreement_with_original"],
+                   "latency_ratio": pruned["ratios"]["latency"], "check_passed": gate.passed},
         "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"}),
     }
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())

@@ -334,20 +334,25 @@ def merge_plan(lm: LoadedModel, fraction, *, surgery: bool = True, layers=None, 
                                         "fractions": {n: counts[n] / lm.layer(n).units for n in counts}})
 
 
-def make_plan(lm: LoadedModel, method: str, fraction, *, store: Store | None = None,
+def make_plan(lm: LoadedModel, method: str, fraction, *, store=None,
               measure: str = "mutual_information", hybrid=None, replace: str | None = None,
               surgery: bool = True, order: str = "low", seed: int = 0, layers=None,
               importance: ImportanceResult | None = None) -> PruningPlan:
     """Dispatch to a generator by name (``infoprobe plan``); see the module docstring.
 
-    ``replace`` defaults to ``mean`` (bias balancing) for ``measure`` and ``hybrid`` and to
-    ``zero`` for the data-free generators. ``fraction`` is a float (or per-layer spec, see
+    ``store`` is a :class:`~infoprobe.store.Store` or the path of one. ``replace`` defaults
+    to ``mean`` (bias balancing) for ``measure`` and ``hybrid`` and to ``zero`` for the
+    data-free generators. ``fraction`` is a float (or per-layer spec, see
     :func:`parse_fractions`); for ``hybrid`` it is the fraction of all listed units.
 
     Raises
     ------
     ConfigError
     """
+    if store is not None and not isinstance(store, Store):
+        with Store(store) as st:
+            return make_plan(lm, method, fraction, store=st, measure=measure, hybrid=hybrid, replace=replace,
+                             surgery=surgery, order=order, seed=seed, layers=layers, importance=importance)
     if method not in METHODS:
         raise ConfigError(f"unknown plan method {method!r}; use one of {', '.join(METHODS)}")
     if replace is None:

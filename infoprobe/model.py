@@ -155,11 +155,24 @@ class LoadedModel:
         nodes = {n.name: n for n in self.ir_model.graph}
         act = nodes[lay.nodes[-1]] if lay.activation != "none" else None
         _, bias = self.weights(lay)
-        return np.asarray(_activation_numpy(act, lay.activation)(bias.astype(np.float64)), np.float64)
+        return np.asarray(activation_numpy(act, lay.activation)(bias.astype(np.float64)), np.float64)
 
 
-def _activation_numpy(node, name: str):
-    """NumPy version of a unit layer's activation (for constants such as sigma(b))."""
+def activation_numpy(node, name: str):
+    """NumPy version of an activation, for constants such as sigma(b).
+
+    Parameters
+    ----------
+    node : onnx_ir.Node or None
+        The activation node (its ``alpha`` attribute is used where the op has one).
+    name : str
+        Lower-case name from :data:`ACTIVATIONS` (or ``"none"``).
+
+    Raises
+    ------
+    ModelError
+        An activation without a NumPy version here (e.g. PRelu, whose slope is an input).
+    """
     from scipy import special
 
     alpha = (node.attributes["alpha"].value if node is not None and "alpha" in node.attributes else None)

@@ -35,7 +35,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from .errors import ModelError, PlanError
-from .model import LoadedModel
+from .model import ACTIVATIONS, LoadedModel, activation_numpy
 from .plan import LayerPlan, PruningPlan
 from .results import atomic_write_bytes, check_outputs
 from .rewrite import finalize
@@ -54,18 +54,6 @@ class _Route:
     ops: list            # pass-through nodes on the way, in order
     block: int           # consumer input features per unit (H*W after flattening a conv output)
     reshapes: list       # Reshape nodes whose target shape holds the feature count
-
-
-def _elementwise(node, c: np.ndarray) -> np.ndarray:
-    op = node.op_type
-    if op == "Relu":
-        return np.maximum(c, 0.0)
-    if op == "LeakyRelu":
-        alpha = node.attributes["alpha"].value if "alpha" in node.attributes else 0.01
-        return np.where(c >= 0, c, alpha * c)
-    if op == "Sigmoid":
-        return 1.0 / (1.0 + np.exp(-c))
-    return np.tanh(c)
 
 
 def _ints(node, name, default):
@@ -172,7 +160,7 @@ def _transport(route: _Route, lp: LayerPlan, layer: str) -> np.ndarray:
         if bad.any():
             raise PlanError(f"cannot prune layer {layer!r}: unit {int(lp.remove[bad][0])} is replaced by an "
                             f"affine function that {where} does not preserve")
-        c = np.where(with_terms, 0.0, _elementwise(node, c))
+        c = np.where(with_terms, 0.0, activation_numpy(node, ACTIVATIONS[op])(c))
     return c
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from .errors import DataError, ModelError
+from .errors import DataError, ModelError, PlanError
 from .model import LoadedModel, UnitLayer
 from .rewrite import instrument, io_name, mask_shape, suffix
 
@@ -112,8 +112,6 @@ class Runner:
         PlanError
             The plan has affine terms but the runner has no ``L:mix`` inputs.
         """
-        from .errors import PlanError
-
         feeds = {}
         for name, lp in plan.layers.items():
             lay = self.lm.layer(name)

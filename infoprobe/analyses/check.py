@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from tqdm.auto import tqdm
 
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError, ModelError
@@ -282,12 +283,10 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
     if n == 0:
         raise DataError("no samples to compare the models on")
     y = data.y
-    changed, kl_sum, max_diff = 0, 0.0, 0.0
+    kl_sum, max_diff = 0.0, 0.0
     pred = {k: np.empty(n, np.int64) for k in sessions}
     times = {k: [] for k in sessions}
     is_prob = {}
-    from tqdm.auto import tqdm
-
     for start in tqdm(range(0, n, batch_size), desc="check", unit="batch", disable=not progress):
         xb = batch_inputs(start)
         outs = {}

@@ -155,10 +155,6 @@ class PruningPlan:
     model_sha256: str | None = None
     generator: dict = field(default_factory=dict)
 
-    @property
-    def n_removed(self) -> int:
-        return sum(len(p.remove) for p in self.layers.values())
-
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model_sha256": self.model_sha256,
                 "generator": self.generator, "layers": [p.to_dict() for p in self.layers.values()]}

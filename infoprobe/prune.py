@@ -267,11 +267,6 @@ def _border_map(node, wc: np.ndarray, in_hw, out_hw) -> np.ndarray:
     return np.einsum("okl,kh,lw->ohw", wc, valid[0], valid[1])
 
 
-def _layer_nodes(graph, lay):
-    by_name = {n.name: n for n in graph}
-    return [by_name[n] for n in lay.nodes]
-
-
 def _consumer_weight(arrays: _Arrays, node) -> tuple:
     """Weight of a consumer as [out, in, ...] (a view convention) and a function storing it back."""
     op = node.op_type
@@ -362,7 +357,8 @@ def outgoing_weights(lm: LoadedModel, layer: str) -> np.ndarray:
     float64 [U, F]
         Row j: the consumer weights of unit j (dense consumer after a flattened conv: its
         block of H*W columns; conv consumer: the kernel slices ``W[:, j]``), concatenated
-        over consumers. Gemm's ``alpha`` is folded in.
+        over consumers, as :meth:`~infoprobe.model.LoadedModel.weights` gives them (Gemm's
+        ``alpha`` and a consumer's batch norm folded in).
 
     Raises
     ------
@@ -375,15 +371,8 @@ def outgoing_weights(lm: LoadedModel, layer: str) -> np.ndarray:
     firsts = {lay2.nodes[0]: lay2 for lay2 in lm.layers}
     parts = []
     for route in _routes(lm.ir_model.graph, lay, firsts):
-        node = route.consumer
-        w = np.asarray(node.inputs[1].const_value.numpy(), np.float64)
-        if node.op_type == "Gemm":
-            trans = node.attributes["transB"].value if "transB" in node.attributes else 0
-            alpha = node.attributes["alpha"].value if "alpha" in node.attributes else 1.0
-            w = alpha * (w if trans else w.T)
-        elif node.op_type == "MatMul":
-            w = w.T
-        if node.op_type != "Conv":
+        w = lm.weights(firsts[route.consumer.name])[0].astype(np.float64)   # [out, in] or [out, C, kh, kw]
+        if route.consumer.op_type != "Conv":
             w = w.reshape(w.shape[0], lay.units, route.block)
         parts.append(np.moveaxis(w, 1, 0).reshape(lay.units, -1))
     return np.concatenate(parts, axis=1)
@@ -419,7 +408,8 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
     graph = model.graph
     arrays = _Arrays(graph)
     firsts = {lay.nodes[0]: lay for lay in lm.layers}
-    members_of = {lay.name: _layer_nodes(graph, lay) for lay in lm.layers}
+    by_name = {n.name: n for n in graph}
+    members_of = {lay.name: [by_name[n] for n in lay.nodes] for lay in lm.layers}
     consumer_cols = {}   # consumer node name -> kept column mask (input side)
     border = {}          # consumer node name -> border correction [O, H, W]
 
@@ -458,7 +448,6 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
                     arrays.set(rs.inputs[1], shape)
 
     # phase 2: remove input columns of consumers and output rows of pruned layers
-    by_name = {n.name: n for n in graph}
     for cname, keep_units in consumer_cols.items():
         node = by_name[cname]
         w, store = _consumer_weight(arrays, node)

@@ -101,6 +101,15 @@ class Runner:
             mask, offset = mask[None], offset[None]
         return {io_name(layer.name, "mask"): mask, io_name(layer.name, "offset"): offset}
 
+    def replacement_feeds(self, layer: UnitLayer, units, constants) -> dict:
+        """Feeds replacing the post-activation of ``units`` (indices) of ``layer`` by
+        ``constants`` (one per listed unit): mask 0 and offset c there, identity elsewhere."""
+        mask = np.ones(layer.units, np.float32)
+        offset = np.zeros(layer.units, np.float32)
+        mask[units] = 0.0
+        offset[units] = constants
+        return self.intervention_feeds(layer, mask, offset)
+
     def plan_feeds(self, plan) -> dict:
         """Feeds that apply a :class:`~infoprobe.plan.PruningPlan` without removing anything:
         each removed unit j becomes ``sum_k a_jk t_k + c_j`` (mask 0, offset c, and the
@@ -115,11 +124,7 @@ class Runner:
         feeds = {}
         for name, lp in plan.layers.items():
             lay = self.lm.layer(name)
-            mask = np.ones(lay.units, np.float32)
-            offset = np.zeros(lay.units, np.float32)
-            mask[lp.remove] = 0.0
-            offset[lp.remove] = lp.constant
-            feeds.update(self.intervention_feeds(lay, mask, offset))
+            feeds.update(self.replacement_feeds(lay, lp.remove, lp.constant))
             if not lp.is_constant:
                 key = io_name(name, "mix")
                 if key not in self.input_names:

@@ -144,11 +144,7 @@ class _Evaluator:
         """``ablations``: layer -> (UnitLayer, unit indices, constants [U])."""
         feeds = {}
         for lay, units, consts in ablations.values():
-            mask = np.ones(lay.units, np.float32)
-            offset = np.zeros(lay.units, np.float32)
-            mask[units] = 0.0
-            offset[units] = consts[units]
-            feeds.update(self.runner.intervention_feeds(lay, mask, offset))
+            feeds.update(self.runner.replacement_feeds(lay, units, consts[units]))
         logits = self.runner.run(self.x, feeds=feeds, outputs=[self.output],
                                  batch_size=self.batch_size)[self.output]
         correct = logits.reshape(len(self.x), -1).argmax(1) == self.y

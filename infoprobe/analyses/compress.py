@@ -94,8 +94,8 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
                           "kept": lay.units - (len(pl.layers[lay.name].remove) if lay.name in pl.layers else 0)}
                          for lay in lm.layers]}
     x_lat = latency_inputs(lm, data, latency_batch, scale)
-    for key, path in (("original", lm.path), ("pruned", out)):
-        cost = model_cost(load_model(path).ir_model if key == "pruned" else lm.ir_model, path)
+    for key, path, ir_model in (("original", lm.path, lm.ir_model), ("pruned", out, pruned)):
+        cost = model_cost(ir_model, path)
         cost["latency"] = measure_latency(file_session(path, threads), lm.input_name, x_lat, repeats=repeats)
         report[key] = cost
     o, p = report["original"], report["pruned"]

@@ -1,0 +1,564 @@
+"""O-information of multiplets of units under the Gaussian copula, batched and searched.
+
+O-information (Rosas et al. 2019; eq. 1 of the O-information multi-neuron importance paper):
+
+    Omega(Z) = (n - 2) H(Z) + sum_j [H(Z_j) - H(Z \\ Z_j)]
+
+Omega > 0: redundancy-dominated; Omega < 0: synergy-dominated. With Gaussian entropies,
+H = 1/2 log det(2 pi e Sigma), and with L = log det Sigma_Z, P = Sigma_Z^-1, every
+log det Sigma_{Z\\j} = L + log P_jj, so (constants cancel)
+
+    Omega = -L + 1/2 sum_j log Sigma_jj - 1/2 sum_j log P_jj          (nats)
+
+One factorisation per multiplet gives both L and diag(P). The engine keeps, for a batch of
+multiplets (multiplet axis last, so every arithmetic step is a vector operation over the
+batch), the inverse Cholesky factor M = L_chol^-1. Adding a variable j with covariance
+column s to a multiplet is one step of a Cholesky factorisation:
+
+    l = M s,  delta = Sigma_jj - |l|^2,  u = M^T l (= P s),
+    log det' = log det + log delta,  diag(P') = [diag(P) + u^2 / delta, 1 / delta]
+
+(the Schur complement of the new variable), so a multiplet of size k costs O(k^2) given its
+parent. Exhaustive search extends every multiplet of size k - 1 by every larger unit index
+(colexicographic order, indices built in bulk), greedy search extends the best multiplet by
+every remaining unit; a batch of arbitrary multiplets is factorised column by column.
+
+The class label as a member of the multiplet (the paper computes Omega(x_1..x_k, y)):
+
+``labels="ordinal"``
+    The label is copula-normalised like a unit (ties broken by order of appearance) and
+    enters the covariance as one more variable. This is what ``hoi`` does.
+``labels="exact"`` (default)
+    Mixed discrete/continuous entropies: H(X_S, Y) = H(Y) + sum_y p(y) H(X_S | y) with
+    class-conditional Gaussian covariances (as gcmi's model-based GC-MI). H(Y) cancels, so
+
+    Omega(X, Y) = (k-1) H(X|Y) + sum_i H(X_i) - sum_i H(X_{-i}|Y) - H(X)
+                = -1/2 L_0 + 1/2 sum_i log Sigma_ii - 1/2 sum_y p(y) [L_y + sum_i log P_y,ii]
+
+    It does not depend on how label ties are broken.
+``labels="none"``
+    Omega of the units alone.
+
+Every entropy can carry the analytic bias correction of Ince et al. (2017), with its own
+sample count (N for unconditional terms, N_y for class-conditional ones).
+
+All results are in **bits**, accumulated in float64, on NumPy or CuPy.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from math import comb
+from typing import Any
+
+import numpy as np
+
+from .._array import namespace, to_numpy
+from ..errors import ConfigError, DataError
+from .gaussian import LN2, _as_2d, _labels, constant_units, copnorm, entropy_bias
+
+LABELS = ("exact", "ordinal", "none")
+#: A new variable whose conditional variance given the multiplet falls below this fraction of
+#: its variance makes the multiplet degenerate (collinear units); its Omega is NaN.
+DEGENERATE = 1e-12
+#: Bytes of engine state per batch (the chunk size follows from it and the multiplet size).
+CHUNK_BYTES = 8 * 2 ** 20
+#: Searches smaller than this many multiplet-covariances run in one thread (threads cost more).
+THREAD_WORK = 300_000
+
+
+@dataclass(frozen=True)
+class CopulaModel:
+    """Covariances of copula-normalised units (and the label) of one layer.
+
+    Built by :func:`copula_model`. Attributes: ``cov`` [G, V, V] on the chosen device (group
+    0 unconditional; with ``labels="exact"`` groups 1..C are the class-conditional
+    covariances); ``weights`` [G] (p(y) for the classes, 1 for group 0); ``counts`` [G]
+    samples behind each covariance; ``units`` [n] the original index of each candidate
+    variable (constant units excluded); ``constant`` the original indices of the excluded
+    constant units; ``n_inputs`` the number of units in the input.
+    """
+    cov: Any
+    weights: np.ndarray
+    counts: np.ndarray
+    labels: str
+    units: np.ndarray
+    constant: np.ndarray
+    n_inputs: int
+    biascorrect: bool = True
+    device: str = "cpu"
+    _bias: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        xp = namespace(self.device)
+        object.__setattr__(self, "xp", xp)
+        object.__setattr__(self, "flat_cov", xp.reshape(self.cov, (self.cov.shape[0], -1)))
+
+    @property
+    def n_units(self) -> int:
+        """Candidate units (constant units excluded)."""
+        return len(self.units)
+
+    @property
+    def fixed(self) -> tuple:
+        """Variables in every multiplet: the label's index for ``ordinal``."""
+        return (self.n_units,) if self.labels == "ordinal" else ()
+
+    def variables(self, multiplets) -> np.ndarray:
+        """Map original unit indices [B, k] to candidate-variable indices.
+
+        Raises
+        ------
+        ConfigError
+            Not a 2-D integer array, repeated units in a multiplet, an index out of range,
+            or a constant (excluded) unit.
+        """
+        m = np.asarray(multiplets)
+        if m.ndim != 2 or not np.issubdtype(m.dtype, np.integer):
+            raise ConfigError(f"multiplets must be a 2-D integer array [B, k]; got {m.dtype} {m.shape}")
+        if m.size and (m.min() < 0 or m.max() >= self.n_inputs):
+            raise ConfigError(f"unit indices must lie in [0, {self.n_inputs})")
+        s = np.sort(m, axis=1)
+        if m.shape[1] > 1 and (s[:, 1:] == s[:, :-1]).any():
+            raise ConfigError("a multiplet repeats a unit")
+        lookup = np.full(self.n_inputs, -1, np.int64)
+        lookup[self.units] = np.arange(self.n_units)
+        v = lookup[m]
+        if (v < 0).any():
+            bad = sorted(set(m[v < 0].tolist()))[:5]
+            raise ConfigError(f"unit(s) {bad} are constant over the samples and were excluded")
+        return v
+
+    def bias(self, k: int) -> float:
+        """Bias correction of Omega for multiplets of k units, in nats (0 if disabled).
+
+        Raises
+        ------
+        DataError
+            Too few samples (overall or in a class) for multiplets of this size.
+        """
+        if not self.biascorrect:
+            return 0.0
+        if k not in self._bias:
+            n, w = self.counts, self.weights
+            if self.labels == "exact":
+                b = lambda d, c: float(entropy_bias(d, c))  # noqa: E731
+                cond = lambda d: sum(w[g] * b(d, n[g]) for g in range(1, len(n)))  # noqa: E731
+                val = (k - 1) * cond(k) + k * b(1, n[0]) - k * cond(k - 1) - b(k, n[0])
+            else:
+                v = k + len(self.fixed)
+                val = float((v - 2) * entropy_bias(v, n[0]) + v * entropy_bias(1, n[0])
+                            - v * entropy_bias(v - 1, n[0]))
+            self._bias[k] = val
+        return self._bias[k]
+
+
+def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
+                 biascorrect: bool = True, device: str = "cpu") -> CopulaModel:
+    """Copula-normalise a layer's activations and compute the covariances O-information needs.
+
+    Parameters
+    ----------
+    x : array [N, U]
+        Activations (pre-activations recommended: post-ReLU values tie at 0).
+    y : int array [N], optional
+        Class labels; required unless ``labels="none"``.
+    labels : {"exact", "ordinal", "none"}
+        How the label joins every multiplet (see the module docstring).
+    ties : {"average", "ordinal"}
+        Tie handling of the units' copula (:func:`~infoprobe.estimators.gaussian.copnorm`).
+    biascorrect : bool
+        Ince et al.'s analytic bias correction of every entropy (default on, as gcmi).
+    device : {"cpu", "cuda"}
+        Where the covariances live and the search runs.
+
+    Returns
+    -------
+    CopulaModel
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``labels`` or ``ties``; labels missing.
+    DataError
+        NaN values, shapes that disagree, fewer than 3 non-constant units, a class with
+        fewer than 2 samples.
+    DeviceError
+        ``device="cuda"`` without CuPy or a GPU.
+    """
+    if labels not in LABELS:
+        raise ConfigError(f"unknown label encoding {labels!r}; use one of {', '.join(LABELS)}")
+    xp = namespace(device)
+    a = _as_2d(x)
+    n = a.shape[0]
+    const = constant_units(a)
+    keep = np.flatnonzero(~const)
+    if len(keep) < 3 - (labels != "none"):
+        raise DataError(f"O-information needs at least {3 - (labels != 'none')} non-constant units; "
+                        f"{len(keep)} of {a.shape[1]} vary")
+    z = np.asarray(copnorm(a[:, keep], ties=ties))
+    z -= z.mean(axis=0)
+    weights, counts = np.ones(1), np.array([n])
+    if labels == "none":
+        covs = [z.T @ z / (n - 1)]
+    else:
+        if y is None:
+            raise ConfigError(f"labels={labels!r} needs class labels; use labels='none' for unlabelled data")
+        y = _labels(y, n)
+        if labels == "ordinal":
+            zy = np.asarray(copnorm(y.astype(np.float64), ties="ordinal"))
+            zz = np.column_stack([z, zy - zy.mean()])
+            covs = [zz.T @ zz / (n - 1)]
+        else:
+            classes, inv, cnt = np.unique(y, return_inverse=True, return_counts=True)
+            if (cnt < 2).any():
+                raise DataError(f"class {classes[np.argmax(cnt < 2)]} has fewer than 2 samples")
+            covs = [z.T @ z / (n - 1)]
+            for g in range(len(classes)):
+                zg = z[inv == g]
+                zg = zg - zg.mean(axis=0)
+                covs.append(zg.T @ zg / (len(zg) - 1))
+            weights = np.concatenate([[1.0], cnt / n])
+            counts = np.concatenate([[n], cnt])
+    return CopulaModel(cov=xp.asarray(np.stack(covs)), weights=weights, counts=counts, labels=labels,
+                       units=keep, constant=np.flatnonzero(const), n_inputs=a.shape[1],
+                       biascorrect=biascorrect, device=device)
+
+
+# --------------------------------------------------------------------------------------------
+# engine: batches of multiplets, multiplet axis last
+
+@dataclass
+class _Batch:
+    vars: Any      # [m, B] variable indices (fixed variables first)
+    M: Any         # [G, m, m, B] inverse Cholesky factors
+    logdet: Any    # [G, B]
+    dp: Any        # [G, m, B] diagonal of the inverse covariance
+    slogvar: Any   # [B] sum of log variances (group 0)
+
+    @property
+    def size(self) -> int:
+        return int(self.vars.shape[1])
+
+
+def _root(model: CopulaModel) -> _Batch:
+    xp, g = model.xp, model.cov.shape[0]
+    b = _Batch(vars=xp.zeros((0, 1), dtype=xp.int64), M=xp.zeros((g, 0, 0, 1)), logdet=xp.zeros((g, 1)),
+               dp=xp.zeros((g, 0, 1)), slogvar=xp.zeros(1))
+    for v in model.fixed:
+        b = _extend(model, b, xp.zeros(1, dtype=xp.int64), xp.full(1, v, dtype=xp.int64))
+    return b
+
+
+def _take(b: _Batch, rows) -> _Batch:
+    return _Batch(*(x[..., rows] for x in (b.vars, b.M, b.logdet, b.dp, b.slogvar)))
+
+
+def _extend(model: CopulaModel, b: _Batch, rows, cols, *, full: bool = True):
+    """Children b[rows] + variable cols[i] (one Cholesky step each, see module docstring).
+
+    ``rows`` is a slice (a view, no copy) or an index array. ``full=False`` returns only what
+    Omega needs: (vars, logdet [G,B], sum log diag P [G,B], slogvar [B]), without building
+    the children's factors.
+    """
+    xp, flat = model.xp, model.flat_cov
+    v = model.cov.shape[-1]
+    if isinstance(rows, slice):
+        M, vars_, dp, logdet, slogvar = b.M[..., rows], b.vars[:, rows], b.dp[..., rows], \
+            b.logdet[:, rows], b.slogvar[rows]
+    else:
+        M, vars_, dp = xp.take(b.M, rows, axis=-1), xp.take(b.vars, rows, axis=-1), xp.take(b.dp, rows, axis=-1)
+        logdet, slogvar = xp.take(b.logdet, rows, axis=-1), xp.take(b.slogvar, rows)
+    g, m, nb = flat.shape[0], vars_.shape[0], vars_.shape[1]
+    s = xp.take(flat, vars_ * v + cols, axis=1)                   # [G, m, B] covariance column
+    cjj = xp.take(flat, cols * (v + 1), axis=1)                   # [G, B]
+    if cjj.ndim == 1:                                             # scalar column
+        cjj = xp.broadcast_to(cjj[:, None], (g, nb))
+    ljj = xp.einsum("gabk,gbk->gak", M, s)
+    delta = cjj - xp.einsum("gak,gak->gk", ljj, ljj)
+    delta = xp.where(delta > DEGENERATE * cjj, delta, xp.nan)
+    u = xp.einsum("gabk,gak->gbk", M, ljj)                        # P s
+    new_logdet = logdet + xp.log(delta)
+    new_slogvar = slogvar + xp.log(cjj[0])
+    dp_old = dp + u * u / delta[:, None, :]
+    new_vars = xp.concatenate([vars_, xp.broadcast_to(cols, (1, nb))], axis=0)
+    if not full:
+        if m <= 16:  # one log of a product instead of m + 1 logs
+            slogdp = xp.log(xp.prod(dp_old, axis=1) / delta)
+        else:
+            slogdp = xp.sum(xp.log(dp_old), axis=1) - xp.log(delta)
+        return new_vars, new_logdet, slogdp, new_slogvar
+    sd = xp.sqrt(delta)
+    M2 = xp.zeros((g, m + 1, m + 1, nb))
+    M2[:, :m, :m] = M
+    M2[:, m, :m] = -u / sd[:, None, :]
+    M2[:, m, m] = 1.0 / sd
+    dp2 = xp.concatenate([dp_old, (1.0 / delta)[:, None, :]], axis=1)
+    return _Batch(new_vars, M2, new_logdet, dp2, new_slogvar)
+
+
+def _omega(model: CopulaModel, logdet, slogdp, slogvar, k: int):
+    """Omega in bits for a batch of multiplets of k units (see the module docstring)."""
+    xp = model.xp
+    if model.labels == "exact":
+        w = xp.asarray(model.weights[1:])[:, None]
+        val = -0.5 * logdet[0] + 0.5 * slogvar - 0.5 * xp.sum(w * (logdet[1:] + slogdp[1:]), axis=0)
+    else:
+        val = -logdet[0] + 0.5 * slogvar - 0.5 * slogdp[0]
+    return (val - model.bias(k)) / LN2
+
+
+def _slogdp(b: _Batch, xp):
+    return xp.sum(xp.log(b.dp), axis=1)
+
+
+def _chunk(model: CopulaModel, k: int, chunk: int | None) -> int:
+    if chunk:
+        return int(chunk)
+    v = k + len(model.fixed) + 1
+    return max(1024, CHUNK_BYTES // (8 * model.cov.shape[0] * (v * v + 3 * v)))
+
+
+def o_information(model: CopulaModel, multiplets, *, chunk: int | None = None) -> np.ndarray:
+    """O-information of a batch of multiplets of one size, in **bits**.
+
+    Parameters
+    ----------
+    model : CopulaModel
+        From :func:`copula_model` (fixes the label encoding and the bias correction).
+    multiplets : int array [B, k]
+        Original unit indices, k >= 2 with a label (Omega of k units and the label) or k >= 3
+        without.
+    chunk : int, optional
+        Multiplets per batch (default: from a memory budget; memory scales with
+        chunk * k^2, never with the number of units).
+
+    Returns
+    -------
+    NumPy array [B] (bits); NaN for degenerate (collinear) multiplets.
+
+    Raises
+    ------
+    ConfigError
+        Bad indices or sizes (see :meth:`CopulaModel.variables`).
+    DataError
+        Too few samples for the bias correction.
+    """
+    v = model.variables(multiplets)
+    k = v.shape[1]
+    if k + len(model.fixed) + (model.labels == "exact") < 3:
+        raise ConfigError(f"O-information needs at least 3 variables; multiplets of {k} units are too small")
+    xp = model.xp
+    out = np.empty(len(v))
+    step = _chunk(model, k, chunk)
+    root = _root(model)
+    for lo in range(0, len(v), step):
+        cols = xp.asarray(v[lo:lo + step].T)
+        nb = cols.shape[1]
+        b = _take(root, xp.zeros(nb, dtype=xp.int64))
+        for i in range(k - 1):
+            b = _extend(model, b, slice(None), cols[i])
+        _, logdet, slogdp, slogvar = _extend(model, b, slice(None), cols[k - 1], full=False)
+        out[lo:lo + nb] = to_numpy(_omega(model, logdet, slogdp, slogvar, k))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# search
+
+@dataclass
+class _Best:
+    """The ``keep`` lowest and highest Omega seen for one multiplet size."""
+    keep: int
+    low: tuple = (np.empty(0), np.empty((0, 0), np.int64))
+    high: tuple = (np.empty(0), np.empty((0, 0), np.int64))
+    count: int = 0
+    degenerate: int = 0
+
+    def add(self, omega: np.ndarray, idx: np.ndarray):
+        self.count += len(omega)
+        ok = ~np.isnan(omega)
+        self.degenerate += int((~ok).sum())
+        omega, idx = omega[ok], idx[ok]
+        for attr, sign in (("low", 1.0), ("high", -1.0)):
+            vals, sets = getattr(self, attr)
+            vals = np.concatenate([vals, omega])
+            sets = np.concatenate([sets.reshape(-1, idx.shape[1]), idx])
+            if len(vals) > self.keep:
+                part = np.argpartition(sign * vals, self.keep - 1)[:self.keep]
+                vals, sets = vals[part], sets[part]
+            order = np.lexsort((*sets.T[::-1], sign * vals))  # ties: smaller unit indices first
+            setattr(self, attr, (vals[order], sets[order]))
+
+    def merge(self, other: "_Best"):
+        for vals, sets in (other.low, other.high):
+            if len(vals):
+                self.add(vals, sets)
+        self.count += other.count - len(other.low[0]) - len(other.high[0])
+        self.degenerate += other.degenerate
+
+
+def n_multiplets(n_units: int, sizes) -> int:
+    """Number of multiplets of the given sizes drawn from ``n_units`` units."""
+    return sum(comb(n_units, k) for k in sizes)
+
+
+def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_to: int = 6,
+                      min_size: int | None = None, keep: int = 1, chunk: int | None = None,
+                      max_multiplets: int = 10 ** 10, threads: int | None = None,
+                      progress=None) -> list:
+    """Best synergistic (lowest Omega) and redundant (highest Omega) multiplets per size.
+
+    Exhaustive over every multiplet of ``min_size .. exhaustive_up_to`` units, then greedy
+    (the paper, Section 4.1): the best multiplet of size k - 1 is extended by the one unit
+    that lowers (synergy) or raises (redundancy) Omega most, separately per direction, up to
+    ``max_size``. Children are built from their parent's factor (one Cholesky step, O(k^2)),
+    never from scratch.
+
+    Parameters
+    ----------
+    model : CopulaModel
+    max_size : int
+        Largest multiplet (units, the label not counted); capped at the number of units.
+    exhaustive_up_to : int
+        Largest size searched exhaustively (default 6, as in the paper).
+    min_size : int, optional
+        Smallest size reported (default: 2 with a label, 3 without; smaller sets have
+        Omega = 0).
+    keep : int
+        Multiplets kept per size and direction.
+    chunk : int, optional
+        Multiplets per batch (default from a memory budget).
+    max_multiplets : int
+        Refuse exhaustive searches larger than this (they would take hours).
+    threads : int, optional
+        CPU threads, each searching the subtrees of some smallest units (default: all
+        cores; 1 on CUDA and for searches too small to gain from threads).
+    progress : callable(int), optional
+        Called with the number of multiplets just evaluated.
+
+    Returns
+    -------
+    list of dict, one per size k and direction ("synergy", "redundancy"): ``size``,
+    ``direction``, ``method`` ("exhaustive"/"greedy"), ``omega`` (bits), ``units`` (original
+    unit indices), ``evaluated``, ``degenerate``; with ``keep > 1`` also ``runners_up``.
+
+    Raises
+    ------
+    ConfigError
+        Inconsistent sizes, or an exhaustive search over more than ``max_multiplets``.
+    """
+    n = model.n_units
+    lo_default = 3 - (model.labels != "none")
+    min_size = lo_default if min_size is None else int(min_size)
+    max_size = min(int(max_size), n)
+    exhaustive_up_to = min(int(exhaustive_up_to), max_size)
+    if min_size < lo_default:
+        raise ConfigError(f"the smallest multiplet with labels={model.labels!r} has {lo_default} units")
+    if max_size < min_size:
+        raise ConfigError(f"max_size ({max_size}) is below the smallest multiplet size ({min_size}); "
+                          f"the layer has {n} non-constant units")
+    if exhaustive_up_to < min_size:
+        raise ConfigError(f"exhaustive_up_to must be at least {min_size}: greedy search starts from the "
+                          "best exhaustive multiplet")
+    total = n_multiplets(n, range(1, exhaustive_up_to + 1))
+    if total > max_multiplets:
+        raise ConfigError(f"an exhaustive search of {n} units up to size {exhaustive_up_to} evaluates "
+                          f"{total:.3g} multiplets; lower exhaustive_up_to (greedy search goes on from there)")
+    xp = model.xp
+    nf = len(model.fixed)
+
+    def descend(b: _Batch, k: int, best: dict):
+        """``b``: multiplets of k units in colexicographic order; enumerate their children."""
+        last = b.vars[-1] if k else xp.full(b.vars.shape[1], -1, dtype=xp.int64)
+        cnt = to_numpy(xp.searchsorted(last, xp.arange(n), side="left"))  # parents with last < j
+        start = np.concatenate([[0], np.cumsum(cnt)])
+        leaf = k + 1 == exhaustive_up_to
+        step = _chunk(model, k + 1, chunk)
+        for lo in range(0, int(start[-1]), step):
+            c = np.arange(lo, min(lo + step, int(start[-1])))
+            j = np.searchsorted(start, c, side="right") - 1
+            rows, cols = xp.asarray(c - start[j]), xp.asarray(j)
+            if leaf:
+                vars_, logdet, slogdp, slogvar = _extend(model, b, rows, cols, full=False)
+            else:
+                child = _extend(model, b, rows, cols)
+                vars_, logdet, slogvar = child.vars, child.logdet, child.slogvar
+                slogdp = _slogdp(child, xp) if k + 1 >= min_size else None
+            if k + 1 >= min_size:
+                om = to_numpy(_omega(model, logdet, slogdp, slogvar, k + 1))
+                best[k + 1].add(om, to_numpy(vars_[nf:]).T)
+            if progress:
+                progress(len(c))
+            if not leaf:
+                descend(child, k + 1, best)
+
+    # single units, then one subtree per group of smallest units, balanced over threads
+    singles = _extend(model, _root(model), xp.zeros(n, dtype=xp.int64), xp.arange(n, dtype=xp.int64))
+    if progress:
+        progress(n)
+    threads = max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
+    if model.device != "cpu" or exhaustive_up_to == 1 or total * model.cov.shape[0] < THREAD_WORK:
+        threads = 1
+    work = [sum(comb(n - 1 - a, k - 1) for k in range(2, exhaustive_up_to + 1)) for a in range(n)]
+    groups, load = [[] for _ in range(threads)], [0] * threads
+    for a in sorted(range(n), key=lambda a: -work[a]):
+        i = load.index(min(load))
+        groups[i].append(a)
+        load[i] += work[a]
+    bests = [{k: _Best(keep) for k in range(min_size, exhaustive_up_to + 1)} for _ in groups]
+
+    def run(i):
+        if groups[i] and exhaustive_up_to > 1:
+            descend(_take(singles, xp.asarray(sorted(groups[i]))), 1, bests[i])
+
+    if threads == 1:
+        run(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, range(threads)))
+    best = bests[0]
+    for other in bests[1:]:
+        for k in best:
+            best[k].merge(other[k])
+    rows = []
+    for k, bk in best.items():
+        for direction, (vals, sets) in (("synergy", bk.low), ("redundancy", bk.high)):
+            rows.append(_row(model, k, direction, "exhaustive", vals, sets, bk.count, bk.degenerate))
+    for direction, pick in (("synergy", np.nanargmin), ("redundancy", np.nanargmax)):
+        bk = best[exhaustive_up_to]
+        vals, sets = bk.low if direction == "synergy" else bk.high
+        if not len(vals) or max_size <= exhaustive_up_to:
+            continue
+        chain = sets[0]
+        b = _root(model)
+        for v in chain:
+            b = _extend(model, b, xp.zeros(1, dtype=xp.int64), xp.full(1, int(v), dtype=xp.int64))
+        for k in range(exhaustive_up_to + 1, max_size + 1):
+            cands = np.setdiff1d(np.arange(n), chain)
+            child = _extend(model, b, xp.zeros(len(cands), dtype=xp.int64), xp.asarray(cands))
+            om = to_numpy(_omega(model, child.logdet, _slogdp(child, xp), child.slogvar, k))
+            if progress:
+                progress(len(cands))
+            if np.isnan(om).all():
+                break
+            i = int(pick(om))
+            chain = np.append(chain, cands[i])
+            b = _take(child, xp.asarray([i]))
+            rows.append(_row(model, k, direction, "greedy", om[[i]], chain[None, :], len(cands),
+                             int(np.isnan(om).sum())))
+    rows.sort(key=lambda r: (r["size"], r["direction"] != "synergy"))
+    return rows
+
+
+def _row(model, k, direction, method, vals, sets, count, degenerate) -> dict:
+    units = model.units
+    row = {"size": k, "direction": direction, "method": method,
+           "omega": float(vals[0]) if len(vals) else float("nan"),
+           "units": [int(units[v]) for v in sets[0]] if len(vals) else [],
+           "evaluated": int(count), "degenerate": int(degenerate)}
+    if len(vals) > 1:
+        row["runners_up"] = [{"omega": float(o), "units": [int(units[v]) for v in s]}
+                             for o, s in zip(vals[1:], sets[1:])]
+    return row

@@ -1,0 +1,334 @@
+"""Gaussian-copula estimators and O-information against closed forms, brute force, frites and hoi."""
+import itertools
+
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from infoprobe.errors import ConfigError, DataError
+from infoprobe.estimators.gaussian import (
+    constant_units, copnorm, entropy_bias, gaussian_entropy, gcmi_mixture_cd, gcmi_model_cd,
+)
+from infoprobe.estimators.oinfo import copula_model, o_information, search_multiplets
+
+LN2 = np.log(2)
+
+
+# ---------------------------------------------------------------- independent references
+
+def ref_copnorm(x):
+    """Plain loop: rank (no ties) / (N + 1) -> normal quantile."""
+    out = np.empty_like(x, dtype=float)
+    n = len(x)
+    for j in range(x.shape[1]):
+        order = sorted(range(n), key=lambda i: x[i, j])
+        for r, i in enumerate(order, start=1):
+            out[i, j] = stats.norm.ppf(r / (n + 1))
+    return out
+
+
+def ref_bias(d, n):
+    """Ince et al. 2017: d/2 (ln 2 - ln(N-1)) + 1/2 sum_i psi((N-i)/2), nats."""
+    return d * (np.log(2) - np.log(n - 1)) / 2 + sum(special.digamma((n - i) / 2) for i in range(1, d + 1)) / 2
+
+
+def ref_h(cov, n=None):
+    """Gaussian entropy in nats from slogdet, optionally bias-corrected."""
+    cov = np.atleast_2d(cov)
+    h = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * cov)[1]
+    return h - ref_bias(cov.shape[0], n) if n is not None else h
+
+
+def ref_gcmi_model(x, y, bias=True):
+    """Loop over units and classes (Ince et al. 2017, Section 2.6, ANOVA form), bits."""
+    out = []
+    n = len(y)
+    for j in range(x.shape[1]):
+        z = ref_copnorm(x[:, [j]])[:, 0]
+        h = ref_h(np.var(z, ddof=1), n if bias else None)
+        hc = 0.0
+        for c in np.unique(y):
+            zc = z[y == c]
+            hc += len(zc) / n * ref_h(np.var(zc, ddof=1), len(zc) if bias else None)
+        out.append((h - hc) / LN2)
+    return np.array(out)
+
+
+def ref_gcmi_mixture(x, y):
+    """Loop: per class robust copula fit, unscented mixture entropy with scipy's logsumexp
+    over the classes at every sigma point (Ince et al. 2017; gcmi mi_mixture_gd), bits."""
+    out = []
+    classes = np.unique(y)
+    n = len(y)
+    for j in range(x.shape[1]):
+        means, sds, w = [], [], []
+        for c in classes:
+            xc = x[y == c, j]
+            med = np.median(xc)
+            mad = np.median(np.abs(xc - med))
+            fit = ref_copnorm(xc[:, None])[:, 0] * (1.482602218505602 * mad) + med
+            means.append(fit.mean())
+            sds.append(fit.std(ddof=1))
+            w.append(len(xc) / n)
+        h_mix = 0.0
+        for c in range(len(classes)):
+            for point in (means[c] + sds[c], means[c] - sds[c]):
+                logs = [np.log(w[h]) + stats.norm.logpdf(point, means[h], sds[h]) for h in range(len(classes))]
+                h_mix -= w[c] * special.logsumexp(logs) / 2
+        h_cond = sum(w[c] * 0.5 * np.log(2 * np.pi * np.e * sds[c] ** 2) for c in range(len(classes)))
+        out.append((h_mix - h_cond) / LN2)
+    return np.array(out)
+
+
+def ref_omega(model, units):
+    """Eq. 1 with every sub-determinant computed explicitly (bits)."""
+    cov, n, w = model.cov, model.counts, model.weights
+    bias = model.biascorrect
+    vidx = list(model.variables(np.array([units]))[0])
+
+    def h(g, s):
+        return ref_h(cov[g][np.ix_(s, s)], n[g] if bias else None)
+
+    if model.labels == "exact":
+        k = len(vidx)
+
+        def hc(s):
+            return sum(w[g] * h(g, s) for g in range(1, len(n)))
+
+        om = (k - 1) * hc(vidx) + sum(h(0, [v]) for v in vidx) \
+            - sum(hc([t for t in vidx if t != v]) for v in vidx) - h(0, vidx)
+    else:
+        z = vidx + list(model.fixed)
+        om = (len(z) - 2) * h(0, z) + sum(h(0, [v]) - h(0, [t for t in z if t != v]) for v in z)
+    return om / LN2
+
+
+@pytest.fixture(scope="module")
+def mixed_data():
+    rng = np.random.default_rng(7)
+    n = 3000
+    x = rng.standard_normal((n, 7))
+    x[:, 1] += x[:, 0]                                   # redundancy
+    x[:, 2] = x[:, 3] + x[:, 4] + 0.3 * rng.standard_normal(n)  # synergy
+    y = (x[:, 0] + rng.standard_normal(n) > 0).astype(int) + (x[:, 5] > 0.5)
+    return x, y
+
+
+# ---------------------------------------------------------------- copula and entropy
+
+def test_copnorm_matches_rank_loop_and_is_order_free_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 3))
+    np.testing.assert_allclose(copnorm(x), ref_copnorm(x), atol=1e-12)
+    t = np.maximum(x, 0)                                  # ReLU: many exact zeros
+    perm = rng.permutation(len(t))
+    z = copnorm(t)
+    np.testing.assert_array_equal(copnorm(t[perm]), z[perm])   # average ranks: order-free
+    zero = z[t[:, 0] == 0, 0]
+    assert np.ptp(zero) == 0                             # all ties share one value
+    k = int((t[:, 0] == 0).sum())
+    assert zero[0] == pytest.approx(stats.norm.ppf((k + 1) / 2 / 301))
+    zo = copnorm(t, ties="ordinal")                      # hoi's stable argsort(argsort)
+    hoi_like = special.ndtri((np.argsort(np.argsort(t, axis=0, kind="stable"), axis=0, kind="stable") + 1) / 301)
+    np.testing.assert_allclose(zo, hoi_like, atol=1e-12)
+    with pytest.raises(ConfigError):
+        copnorm(x, ties="random")
+
+
+def test_constant_units_are_detected_and_excluded():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 5))
+    x[:, 2] = 0.0
+    np.testing.assert_array_equal(constant_units(x), [False, False, True, False, False])
+    m = copula_model(x, labels="none")
+    assert list(m.units) == [0, 1, 3, 4] and list(m.constant) == [2]
+    with pytest.raises(ConfigError, match="constant"):
+        o_information(m, np.array([[0, 1, 2]]))
+    rows = search_multiplets(m, max_size=4, exhaustive_up_to=4)
+    assert all(2 not in r["units"] for r in rows)
+
+
+def test_gaussian_entropy_closed_form_and_bias_correction():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((4, 4))
+    cov = a @ a.T + np.eye(4)
+    assert gaussian_entropy(cov, biascorrect=False) == pytest.approx(ref_h(cov) / LN2, abs=1e-12)
+    assert gaussian_entropy(cov, 50) == pytest.approx(ref_h(cov, 50) / LN2, abs=1e-12)
+    np.testing.assert_allclose(entropy_bias(np.array([1, 3]), 40), [ref_bias(1, 40), ref_bias(3, 40)])
+    # on average over repeated small samples, the correction removes the plug-in's bias
+    true = ref_h(cov) / LN2
+    plug, corr = [], []
+    for _ in range(300):
+        s = rng.multivariate_normal(np.zeros(4), cov, size=20)
+        c = np.cov(s.T)
+        plug.append(gaussian_entropy(c, biascorrect=False))
+        corr.append(gaussian_entropy(c, 20))
+    assert np.mean(plug) < true - 0.3                    # the plug-in underestimates
+    assert abs(np.mean(corr) - true) < 0.08
+    with pytest.raises(DataError):
+        gaussian_entropy(np.zeros((2, 2)), 10)
+
+
+# ---------------------------------------------------------------- GC-MI with the label
+
+def test_gcmi_model_cd_matches_loop_and_frites(mixed_data):
+    x, y = mixed_data
+    ours = gcmi_model_cd(x, y)
+    np.testing.assert_allclose(ours, ref_gcmi_model(x, y), atol=1e-10)
+    np.testing.assert_allclose(gcmi_model_cd(x, y, biascorrect=False), ref_gcmi_model(x, y, bias=False),
+                               atol=1e-10)
+    frites = pytest.importorskip("frites.core")
+    np.testing.assert_allclose(ours, frites.gcmi_model_nd_cd(x.T.copy(), y, traxis=-1), atol=1e-10)
+    assert ours[0] > 0.1 and abs(ours[6]) < 0.01        # unit 0 drives the label, unit 6 does not
+
+
+def test_gcmi_mixture_cd_matches_loop_and_not_frites_bug(mixed_data):
+    x, y = mixed_data
+    ours = gcmi_mixture_cd(x, y)
+    np.testing.assert_allclose(ours, ref_gcmi_mixture(x, y), atol=1e-10)
+    assert (ours > -0.01).all() and (ours < np.log2(3)).all()
+    frites = pytest.importorskip("frites.core")
+    theirs = np.array([frites.gcmi_mixture_1d_cd(x[:, j], y) for j in range(x.shape[1])])
+    # frites 0.4.6 sums its log-sum-exp over all axes: badly negative where the truth is >= 0
+    assert theirs.mean() < -1.0 < ours.mean()
+
+
+def test_gcmi_mixture_is_nan_for_units_constant_within_a_class():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 200)
+    x = rng.standard_normal((400, 2))
+    x[y == 0, 1] = 0.0
+    mi = gcmi_mixture_cd(x, y)
+    assert np.isfinite(mi[0]) and np.isnan(mi[1])
+
+
+# ---------------------------------------------------------------- O-information
+
+@pytest.mark.parametrize("labels", ["none", "ordinal", "exact"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_o_information_matches_brute_force(mixed_data, labels, bias):
+    x, y = mixed_data
+    m = copula_model(x, y, labels=labels, biascorrect=bias)
+    for k in range(2 if labels != "none" else 3, 6):
+        mult = np.array(list(itertools.combinations(range(x.shape[1]), k)))
+        ours = o_information(m, mult, chunk=5)           # tiny chunks exercise the batching
+        ref = np.array([ref_omega(m, list(s)) for s in mult])
+        np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+
+def test_o_information_signs():
+    rng = np.random.default_rng(4)
+    n = 20000
+    ind = rng.standard_normal((n, 4))
+    m = copula_model(ind, labels="none")
+    assert abs(o_information(m, np.array([[0, 1, 2]]))[0]) < 0.01
+    assert abs(o_information(m, np.array([[0, 1, 2, 3]]))[0]) < 0.01
+    s = rng.standard_normal(n)
+    copies = s[:, None] + 0.3 * rng.standard_normal((n, 4))
+    assert (o_information(copula_model(copies, labels="none"), np.array([[0, 1, 2, 3]])) > 1.0).all()
+    x1, x2 = rng.standard_normal((2, n))
+    syn = np.column_stack([x1, x2, x1 + x2 + 0.1 * rng.standard_normal(n)])
+    assert o_information(copula_model(syn, labels="none"), np.array([[0, 1, 2]]))[0] < -1.0
+    # noisy XOR: the label is synergistic with two units that say nothing about it alone
+    b = rng.integers(0, 2, (n, 2))
+    xor = b[:, 0] ^ b[:, 1]
+    flip = rng.random(n) < 0.05
+    units = b + 0.2 * rng.standard_normal((n, 2))
+    label = np.where(flip, 1 - xor, xor)
+    assert o_information(copula_model(units, label), np.array([[0, 1]]))[0] < -0.2
+    # a label copula-normalised like a unit (hoi's encoding) is linearly unrelated to the units:
+    # the Gaussian model sees no XOR at all; the class-conditional covariances of "exact" do
+    assert abs(o_information(copula_model(units, label, labels="ordinal"), np.array([[0, 1]]))[0]) < 0.01
+
+
+def test_degenerate_multiplets_are_nan_and_counted():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1000, 4))
+    x[:, 3] = x[:, 0]                                     # an exact copy: singular covariance
+    m = copula_model(x, labels="none")
+    om = o_information(m, np.array([[0, 1, 3], [0, 1, 2]]))
+    assert np.isnan(om[0]) and np.isfinite(om[1])
+    rows = search_multiplets(m, max_size=3, exhaustive_up_to=3)
+    assert rows[0]["degenerate"] == 2 and rows[0]["evaluated"] == 4
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # hoi writes float64 into float32
+def test_hoi_agrees_with_ordinal_and_none():
+    hoi = pytest.importorskip("hoi.metrics")
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(6)
+    n = 2000
+    x = rng.standard_normal((n, 6))
+    x[:, 1] += x[:, 0]
+    x[:, 2] = x[:, 3] - x[:, 4] + 0.5 * rng.standard_normal(n)
+    y = rng.integers(0, 3, n) + (x[:, 0] > 0)
+    mults = [list(c) for k in (2, 3, 4) for c in itertools.combinations(range(6), k)]
+    theirs = hoi.Oinfo(x, y=y.astype(float), multiplets=mults, verbose=False).fit(method="gc")[:, 0]
+    ours = np.concatenate([o_information(copula_model(x, y, labels="ordinal", ties="ordinal"),
+                                         np.array([m for m in mults if len(m) == k])) for k in (2, 3, 4)])
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)  # hoi stores results as float32
+    mults3 = [m for m in mults if len(m) >= 3]
+    theirs = hoi.Oinfo(x, multiplets=mults3, verbose=False).fit(method="gc")[:, 0]
+    ours = np.concatenate([o_information(copula_model(x, labels="none"),
+                                         np.array([m for m in mults3 if len(m) == k])) for k in (3, 4)])
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+@pytest.mark.parametrize("labels", ["none", "exact"])
+def test_search_matches_enumeration_and_greedy_steps(mixed_data, labels):
+    x, y = mixed_data
+    m = copula_model(x, y, labels=labels)
+    rows = search_multiplets(m, max_size=6, exhaustive_up_to=4, keep=3, threads=1)
+    rows2 = search_multiplets(m, max_size=6, exhaustive_up_to=4, keep=3, threads=2, chunk=7)
+    assert rows == rows2                                   # threads and batching change nothing
+    by = {(r["size"], r["direction"]): r for r in rows}
+    lo = 2 if labels != "none" else 3
+    for k in range(lo, 5):
+        mult = np.array(list(itertools.combinations(range(7), k)))
+        om = o_information(m, mult)
+        for direction, order in (("synergy", np.argsort(om)), ("redundancy", np.argsort(-om))):
+            r = by[(k, direction)]
+            assert r["method"] == "exhaustive" and r["evaluated"] == len(mult)
+            assert r["omega"] == pytest.approx(om[order[0]], abs=1e-12)
+            assert r["units"] == list(mult[order[0]])
+            assert [u["omega"] for u in r["runners_up"]] == pytest.approx(list(om[order[1:3]]), abs=1e-12)
+    for direction, pick in (("synergy", np.argmin), ("redundancy", np.argmax)):
+        for k in (5, 6):
+            prev = by[(k - 1, direction)]["units"]
+            cands = [u for u in range(7) if u not in prev]
+            om = o_information(m, np.array([prev + [c] for c in cands]))
+            r = by[(k, direction)]
+            assert r["method"] == "greedy" and r["units"] == prev + [cands[int(pick(om))]]
+            assert r["omega"] == pytest.approx(pick_val(om, pick), abs=1e-12)
+
+
+def pick_val(om, pick):
+    return om[int(pick(om))]
+
+
+def test_search_validates_sizes(mixed_data):
+    x, y = mixed_data
+    m = copula_model(x, labels="none")
+    with pytest.raises(ConfigError):
+        search_multiplets(m, max_size=6, exhaustive_up_to=2)
+    with pytest.raises(ConfigError, match="multiplets"):
+        search_multiplets(m, max_size=7, exhaustive_up_to=7, max_multiplets=10)
+    with pytest.raises(ConfigError):
+        copula_model(x, labels="exact")                   # labels missing
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(mixed_data):
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except cupy.cuda.runtime.CUDARuntimeError:
+        pytest.skip("CUDA unusable")
+    x, y = mixed_data
+    for labels in ("none", "exact"):
+        cpu = search_multiplets(copula_model(x, y, labels=labels), max_size=6, exhaustive_up_to=5)
+        gpu = search_multiplets(copula_model(x, y, labels=labels, device="cuda"), max_size=6, exhaustive_up_to=5)
+        for a, b in zip(cpu, gpu):
+            assert a["units"] == b["units"] and a["omega"] == pytest.approx(b["omega"], abs=1e-9)

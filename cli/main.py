@@ -59,6 +59,7 @@ def cli():
       infoprobe inspect model.onnx
       infoprobe capture model.onnx --data mnist.npz --split validation --out acts.h5
       infoprobe importance acts.h5 --out results/
+      infoprobe synergy acts.h5 --out results/
       infoprobe ablate model.onnx acts.h5 --data mnist.npz --split test --out results/
       infoprobe plan model.onnx --method hybrid --fraction 0.5 --store acts.h5 --out plan.json
       infoprobe prune model.onnx plan.json --out small.onnx --data mnist.npz --split test
@@ -267,6 +268,120 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
         return
     click.echo(f"baseline test accuracy {res.params['baseline_accuracy']:.4f}")
     _print_fifty(table)
+    click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+@cli.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", default="infoprobe-results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layers", default=None, help="Comma-separated layers (default: hidden layers common to all stores).")
+@click.option("--which", type=click.Choice(["pre", "post"]), default="pre", show_default=True,
+              help="Pre-activations (the paper's choice: post-ReLU values tie at 0) or post-activations.")
+@click.option("--labels", type=click.Choice(["exact", "ordinal", "none"]), default="exact", show_default=True,
+              help="The label in every multiplet: exact mixed discrete/continuous entropies, ordinal "
+                   "(copula-normalised like a unit, as hoi), or none.")
+@click.option("--max-size", default=10, show_default=True, type=int, help="Largest multiplet (units).")
+@click.option("--exhaustive-up-to", default=6, show_default=True, type=int,
+              help="Search every multiplet up to this size; greedy beyond.")
+@click.option("--keep", default=1, show_default=True, type=int, help="Multiplets kept per size and direction.")
+@click.option("--ties", type=click.Choice(["average", "ordinal"]), default="average", show_default=True,
+              help="Copula ranks of tied activations: average (order-free) or by order of appearance (hoi).")
+@click.option("--bias-correct/--no-bias-correct", default=True, show_default=True,
+              help="Ince et al.'s analytic bias correction of each Gaussian entropy.")
+@click.option("--max-samples", type=int, default=None, help="Use a seeded random subset of the samples.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for the search (default: all cores).")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The network of the first store: needed by --plan and --data.")
+@click.option("--plan", "plan_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a pruning plan keeping only each layer's most synergistic multiplet.")
+@click.option("--plan-size", type=int, default=None, help="Multiplet size kept by --plan and tested by --data "
+                                                          "(default: --max-size).")
+@click.option("--replace", type=click.Choice(["zero", "mean", "bias"]), default="zero", show_default=True,
+              help="Constants for removed or ablated units (mean: bias balancing from the store).")
+@_with(_data_options(required=False, help="Labelled test data: compare ablating the synergistic multiplet with "
+                                          "GC-MI-ranked and random units (writes multiunit_importance.csv)."))
+@click.option("--random-repeats", default=20, show_default=True, type=int, help="Random selections per layer.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles (and importance) as JSON.")
+@max_size_option
+@progress_option
+def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, keep, ties, bias_correct, max_samples,
+            device, threads, model, plan_out, plan_size, replace, data_path, split, scale, x_key, y_key, limit,
+            random_repeats, seed, plot, overwrite, as_json, max_model_size, progress):
+    """Synergy and redundancy of multiplets of units: Gaussian-copula O-information (bits).
+
+    For every layer of every STORE, finds the most synergistic (lowest O-information) and
+    most redundant (highest) multiplet of k units together with the class label, for
+    k = 2..--max-size: exhaustively up to --exhaustive-up-to, greedily beyond. Several
+    stores (e.g. one network trained from several seeds) give profiles averaged over
+    networks. Writes synergy.csv/json (best multiplets), synergy_profile.csv/json and
+    synergy.png (bars per layer and size) to --out.
+
+    \b
+    Examples:
+      infoprobe synergy acts.h5 --out results/
+      infoprobe synergy seed1.h5 seed2.h5 seed3.h5 --max-size 8 --labels ordinal
+      infoprobe synergy acts.h5 --model model.onnx --plan keep_synergy.json --plan-size 10
+      infoprobe synergy acts.h5 --model model.onnx --data mnist.npz --split test
+    """
+    from infoprobe.analyses.synergy import multiunit_importance, synergy as run, synergy_plan
+    from infoprobe.data import load_data
+    from infoprobe.report import plot_synergy
+    from infoprobe.results import check_outputs, write_table
+
+    if (plan_out or data_path) and model is None:
+        raise click.UsageError("--plan and --data need --model (the network of the first store)")
+    if plan_out:
+        check_outputs([plan_out], overwrite)
+    if data_path:
+        check_outputs([out / "multiunit_importance.csv", out / "multiunit_importance.json"], overwrite)
+    lm = _load(model, max_model_size) if model else None
+    res = run(list(stores), layers=_csv_list(layers), which=which, labels=labels, max_size=max_size,
+              exhaustive_up_to=exhaustive_up_to, keep=keep, ties=ties, biascorrect=bias_correct,
+              max_samples=max_samples, seed=seed, device=device, threads=threads, progress=progress)
+    files = res.save(out, overwrite=overwrite)
+    if plot:
+        files.append(plot_synergy(res.profiles, out / "synergy.png"))
+    summary = {"profiles": res.profiles, "constant_units": {f"{n}:{lay}": u for (n, lay), u in res.constant.items()}}
+    if plan_out or data_path:
+        from infoprobe.store import Store
+
+        with Store(stores[0]) as st:
+            if plan_out:
+                pl = synergy_plan(lm, res, size=plan_size, replace=replace, store=st)
+                pl.save(plan_out, overwrite=overwrite)
+                files.append(plan_out)
+            if data_path:
+                data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit)
+                imp = multiunit_importance(lm, st, data, res, size=plan_size, replace=replace,
+                                           random_repeats=random_repeats, seed=seed, scale=scale)
+                files += write_table(out, "multiunit_importance", imp, res.meta)
+                summary["importance"] = imp
+    if as_json:
+        click.echo(json.dumps(dict(summary, files=[str(f) for f in files]), indent=1))
+        return
+    nets = max(r["networks"] for r in res.profiles)
+    click.echo(f"best O-information [bits], mean over {nets} network{'s' if nets > 1 else ''} "
+               f"(labels={labels}, {which}-activations)")
+    click.echo(f"{'layer':<16} {'k':>3} {'synergy':>9} {'redundancy':>11}  method")
+    for lay in res.layers():
+        for k in sorted({r["size"] for r in res.profiles if r["layer"] == lay}):
+            s = next(r for r in res.profiles if (r["layer"], r["size"], r["direction"]) == (lay, k, "synergy"))
+            d = next(r for r in res.profiles if (r["layer"], r["size"], r["direction"]) == (lay, k, "redundancy"))
+            click.echo(f"{lay:<16} {k:>3} {s['mean']:9.3f} {d['mean']:11.3f}  {s['method']}")
+    for key, u in summary["constant_units"].items():
+        click.echo(f"excluded constant units of {key}: {u}")
+    if "importance" in summary:
+        click.echo(f"\nmulti-unit importance (baseline accuracy {summary['importance'][0]['accuracy']:.4f})")
+        click.echo(f"{'layer':<16} {'k':>3} {'selection':<13} {'ablate':>8} {'keep only':>10}")
+        imp = [r for r in summary["importance"] if r["layer"]]
+        for r in imp:
+            if r["mode"] == "ablate":
+                kept = next(q for q in imp if (q["layer"], q["selection"], q["mode"]) == (r["layer"], r["selection"], "keep"))
+                click.echo(f"{r['layer']:<16} {r['k']:>3} {r['selection']:<13} {r['accuracy']:8.4f} {kept['accuracy']:10.4f}")
     click.echo("wrote " + ", ".join(str(f) for f in files))
 
 

@@ -1,0 +1,341 @@
+"""Synergy and redundancy of multiplets of units, layer by layer, and multi-unit importance.
+
+Source: "O-information for multi-neuron importance" (workshop paper, ~2022), Sections 3-4:
+for each hidden layer, O-information Omega(x_1..x_k, y) of multiplets of k units with the
+class label, on pre-activations of the test set; the most synergistic (min Omega) and most
+redundant (max Omega) multiplet for each k, exhaustively up to k = 6 and greedily beyond;
+profiles averaged over networks trained from different seeds (Fig. 1); importance of the
+synergistic multiplet against single-unit GC-MI rankings and random units (Section 4.2; the
+paper retrains the sub-network, infoprobe ablates through the mask mechanism instead).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import Dataset, prepare_inputs, resolve_scale
+from ..errors import ConfigError, DataError
+from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
+from ..estimators.oinfo import CopulaModel, copula_model, n_multiplets, search_multiplets
+from ..model import LoadedModel, load_model
+from ..plan import LayerPlan, PruningPlan
+from ..results import check_outputs, provenance, write_table
+from ..runner import Runner, default_threads
+from ..store import Store
+from .ablation import _Evaluator, rank_units
+from .plans import replacement_constants
+
+SELECTIONS = ("synergy", "gcmi_model", "gcmi_mixture", "random")
+MODES = ("ablate", "keep")
+
+
+def layer_activations(store: Store, layer: str, which: str = "pre", *, max_samples: int | None = None,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """A layer's activations [N, U] (float64) and the store's labels [N] (or None).
+
+    Convolutional layers are reduced to one value per channel (the mean over positions),
+    the paper's "naive solution" for feature maps (Section 5). ``max_samples`` draws a
+    seeded random subset of rows (sorted, so the result does not depend on chunking).
+
+    Raises
+    ------
+    StoreError, DataError
+        Unknown layer, NaN activations.
+    """
+    if which not in ("pre", "post"):
+        raise ConfigError(f"which must be 'pre' or 'post', not {which!r}")
+    x = store.read(layer, which)
+    x = x.reshape(len(x), x.shape[1], -1).mean(axis=2) if x.ndim > 2 else x
+    y = store.labels
+    if max_samples is not None and len(x) > max_samples:
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), int(max_samples), replace=False))
+        x, y = x[rows], (y[rows] if y is not None else None)
+    return x.astype(np.float64), y
+
+
+@dataclass
+class SynergyResult:
+    """Best multiplets per network, layer, size and direction, and their profiles.
+
+    ``rows``: one per network (store), layer, size and direction with ``network``, ``store``,
+    ``layer``, ``size``, ``direction`` ("synergy"/"redundancy"), ``method``
+    ("exhaustive"/"greedy"), ``omega`` (bits), ``units`` and ``evaluated``.
+    ``profiles``: per layer, size and direction, ``mean``/``std``/``min``/``max`` of the best
+    Omega over networks (the paper's Fig. 1). ``constant``: {(network, layer): [units]}
+    excluded as constant.
+    """
+    rows: list
+    profiles: list
+    constant: dict
+    meta: dict = field(default_factory=dict)
+
+    def layers(self) -> list:
+        return list(dict.fromkeys(r["layer"] for r in self.rows))
+
+    def best(self, layer: str, *, direction: str = "synergy", size: int | None = None,
+             network: int = 0) -> dict:
+        """The row of the best multiplet (largest reported size unless ``size``).
+
+        Raises
+        ------
+        ConfigError
+            No such layer, size or network in the result.
+        """
+        rows = [r for r in self.rows if r["layer"] == layer and r["direction"] == direction
+                and r["network"] == network and r["units"]]
+        if not rows:
+            raise ConfigError(f"no {direction} multiplets for layer {layer!r} (network {network})")
+        if size is None:
+            return max(rows, key=lambda r: r["size"])
+        for r in rows:
+            if r["size"] == size:
+                return r
+        raise ConfigError(f"layer {layer!r} has no multiplet of size {size}; sizes "
+                          f"{min(r['size'] for r in rows)}..{max(r['size'] for r in rows)}")
+
+    def save(self, outdir, *, overwrite: bool = False) -> list:
+        """Write synergy.csv/json (best multiplets) and synergy_profile.csv/json."""
+        outdir = Path(outdir)
+        names = [outdir / f"{n}.{e}" for n in ("synergy", "synergy_profile") for e in ("csv", "json")]
+        check_outputs(names, overwrite)
+        meta = dict(self.meta, constant_units={f"{n}:{lay}": u for (n, lay), u in self.constant.items()})
+        return write_table(outdir, "synergy", self.rows, meta) + \
+            write_table(outdir, "synergy_profile", self.profiles, self.meta)
+
+
+def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", max_size: int = 10,
+            exhaustive_up_to: int = 6, keep: int = 1, ties: str = "average", biascorrect: bool = True,
+            max_samples: int | None = None, seed: int = 0, device: str = "cpu", threads: int | None = None,
+            progress: bool = True) -> SynergyResult:
+    """Most synergistic and most redundant multiplets of every layer of one or more networks.
+
+    Parameters
+    ----------
+    stores : path-like or Store, or a list of them
+        Activation stores, one per network (e.g. the same architecture trained from several
+        seeds); profiles average over them.
+    layers : list of str, optional
+        Layers to analyse (default: the hidden layers common to all stores).
+    which : {"pre", "post"}
+        Pre-activations by default, as in the paper (ReLU post-activations tie at 0).
+    labels : {"exact", "ordinal", "none"}
+        How the class label joins each multiplet (:mod:`infoprobe.estimators.oinfo`).
+    max_size, exhaustive_up_to, keep
+        See :func:`~infoprobe.estimators.oinfo.search_multiplets` (defaults: greedy up to 10
+        units, exhaustive up to 6 as in the paper, the best multiplet only).
+    ties, biascorrect
+        See :func:`~infoprobe.estimators.oinfo.copula_model`.
+    max_samples : int, optional
+        Use a seeded random subset of at most this many samples.
+    device : {"cpu", "cuda"}
+    threads : int, optional
+        CPU threads for the search.
+
+    Returns
+    -------
+    SynergyResult
+
+    Raises
+    ------
+    StoreError, DataError
+        Unreadable stores, NaN activations, labels missing (unless ``labels="none"``).
+    ConfigError
+        Unknown layers, bad sizes, a search too large to run exhaustively.
+    """
+    paths = stores if isinstance(stores, (list, tuple)) else [stores]
+    if not paths:
+        raise ConfigError("give at least one activation store")
+    opened = [(s if isinstance(s, Store) else Store(s)) for s in paths]
+    try:
+        return _run(opened, layers, which, labels, max_size, exhaustive_up_to, keep, ties, biascorrect,
+                    max_samples, seed, device, threads, progress)
+    finally:
+        for s, p in zip(opened, paths):
+            if not isinstance(p, Store):
+                s.close()
+
+
+def _run(stores, layers, which, labels, max_size, exhaustive_up_to, keep, ties, biascorrect,
+         max_samples, seed, device, threads, progress):
+    common = [n for n in stores[0].hidden_layers() if all(n in s.layer_names for s in stores[1:])]
+    names = list(layers) if layers else common
+    if not names:
+        raise ConfigError("the stores have no hidden layer in common")
+    for s in stores:
+        for n in names:
+            if n not in s.layer_names:
+                raise ConfigError(f"layer {n!r} is not in {s.path}; it has: {', '.join(s.layer_names)}")
+    units = {n: int(np.prod(stores[0].layer_info(n)["shape"][:1])) for n in names}
+    total = sum(n_multiplets(units[n], range(1, min(exhaustive_up_to, max_size, units[n]) + 1))
+                + max(0, min(max_size, units[n]) - exhaustive_up_to) * 2 * units[n]
+                for n in names) * len(stores)
+    bar = tqdm(total=total, disable=not progress, unit="multiplet", unit_scale=True, desc="O-information")
+    rows, constant = [], {}
+    try:
+        for net, st in enumerate(stores):
+            for n in names:
+                bar.set_postfix_str(f"{Path(st.path).name}:{n}")
+                x, y = layer_activations(st, n, which, max_samples=max_samples, seed=seed)
+                if labels != "none" and y is None:
+                    st.require_labels()
+                model = copula_model(x, y, labels=labels, ties=ties, biascorrect=biascorrect, device=device)
+                if len(model.constant):
+                    constant[(net, n)] = [int(u) for u in model.constant]
+                found = search_multiplets(model, max_size=max_size, exhaustive_up_to=exhaustive_up_to,
+                                          keep=keep, threads=threads, progress=bar.update)
+                for r in found:
+                    rows.append({"network": net, "store": str(st.path), "layer": n, **r})
+    finally:
+        bar.close()
+    meta = provenance({f"store{i}": (s.path, s.sha256) for i, s in enumerate(stores)},
+                      {"which": which, "labels": labels, "max_size": max_size,
+                       "exhaustive_up_to": exhaustive_up_to, "keep": keep, "ties": ties,
+                       "biascorrect": biascorrect, "max_samples": max_samples, "seed": seed,
+                       "units": "bits", "source": "O-information multi-neuron importance, Sections 3-4"})
+    meta["model_sha256"] = [s.attrs.get("model_sha256") for s in stores]
+    return SynergyResult(rows, profiles(rows), constant, meta)
+
+
+def profiles(rows: list) -> list:
+    """Mean, sd, min and max over networks of the best Omega per layer, size and direction."""
+    out = []
+    keys = list(dict.fromkeys((r["layer"], r["size"], r["direction"]) for r in rows))
+    for layer, size, direction in keys:
+        vals = np.array([r["omega"] for r in rows if (r["layer"], r["size"], r["direction"])
+                         == (layer, size, direction)], float)
+        methods = {r["method"] for r in rows if (r["layer"], r["size"]) == (layer, size)}
+        out.append({"layer": layer, "size": size, "direction": direction,
+                    "method": "/".join(sorted(methods)), "mean": float(np.nanmean(vals)),
+                    "std": float(np.nanstd(vals)), "min": float(np.nanmin(vals)),
+                    "max": float(np.nanmax(vals)), "networks": int(np.isfinite(vals).sum())})
+    return out
+
+
+def _network_of(result: SynergyResult, lm: LoadedModel) -> int:
+    shas = result.meta.get("model_sha256") or []
+    matches = [i for i, s in enumerate(shas) if s == lm.sha256]
+    if not matches:
+        raise DataError(f"none of the analysed stores was captured from {lm.path.name} (SHA-256 "
+                        f"{lm.sha256[:12]}...); run synergy on a store of this model")
+    return matches[0]
+
+
+def synergy_plan(model, result: SynergyResult, *, size: int | None = None, replace: str = "zero",
+                 store: Store | None = None) -> PruningPlan:
+    """Keep only the most synergistic multiplet of each analysed layer: a pruning plan that
+    removes its complement (format of :mod:`infoprobe.plan`, for ``infoprobe prune``).
+
+    Parameters
+    ----------
+    model : LoadedModel or path-like
+        The network one of the result's stores was captured from.
+    result : SynergyResult
+    size : int, optional
+        Multiplet size to keep per layer (default: the largest reported).
+    replace : {"zero", "mean", "bias"}
+        Constants for the removed units (:func:`~infoprobe.analyses.plans.replacement_constants`;
+        ``mean``, bias balancing, needs ``store``).
+
+    Raises
+    ------
+    DataError
+        No store of the result comes from this model.
+    ConfigError
+        Missing sizes or layers.
+    """
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    net = _network_of(result, lm)
+    layers = {}
+    for n in result.layers():
+        lay = lm.layer(n)
+        kept = result.best(n, size=size, network=net)["units"]
+        remove = np.setdiff1d(np.arange(lay.units), kept)
+        consts = replacement_constants(lm, n, replace, store)
+        layers[n] = LayerPlan.build(n, lay.units, remove, consts[remove])
+    return PruningPlan(layers, lm.sha256, {"method": "synergy", "size": size, "replace": replace,
+                                           "labels": result.meta.get("parameters", {}).get("labels"),
+                                           "which": result.meta.get("parameters", {}).get("which")})
+
+
+def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, size: int | None = None,
+                         replace: str = "zero", random_repeats: int = 20, seed: int = 0, scale="auto",
+                         batch_size: int = 4096, providers=None) -> list:
+    """Accuracy after ablating the most synergistic multiplet of each layer, against the same
+    number of units chosen by single-unit GC-MI (``gcmi_model_cd``, ``gcmi_mixture_cd``;
+    highest MI first, as in the paper) and at random (Section 4.2).
+
+    Each selection is tested in two modes: ``ablate`` replaces the selected units by
+    constants, ``keep`` replaces every other unit of the layer (the sub-network the paper
+    retrains). A larger drop under ``ablate``, and a smaller one under ``keep``, mean a more
+    important selection.
+
+    Parameters
+    ----------
+    model : LoadedModel or path-like
+    store : Store or path-like
+        The store the synergy result came from (the GC-MI rankings are computed on it, with
+        the same ``which``); also the source of ``mean`` constants.
+    data : Dataset
+        Labelled samples on which accuracy is measured (the test split).
+    result : SynergyResult
+    size : int, optional
+        Multiplet size (default: the largest reported per layer).
+    replace : {"zero", "mean", "bias"}
+    random_repeats : int
+        Random selections per layer (mean and sd reported).
+
+    Returns
+    -------
+    list of dict rows: ``layer``, ``n_units``, ``k``, ``selection``, ``mode``, ``accuracy``,
+    ``accuracy_std``, ``drop`` (baseline minus accuracy), ``repeats``, ``units``.
+
+    Raises
+    ------
+    DataError
+        Unlabelled data, or no store of the result comes from this model.
+    """
+    if data.y is None:
+        raise DataError(f"{data.path} has no labels ('y'); importance measures accuracy and needs them")
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    net = _network_of(result, lm)
+    own = not isinstance(store, Store)
+    st = Store(store) if own else store
+    try:
+        which = result.meta.get("parameters", {}).get("which", "pre")
+        factor = resolve_scale(data.x, scale)
+        x = prepare_inputs(data.x, lm.input_shape, factor, input_name=lm.input_name)
+        n_classes = int(data.y.max()) + 1
+        runner = Runner(lm, providers=providers, threads=default_threads())
+        evaluate = _Evaluator(runner, x, data.y, n_classes, lm.output_name, batch_size)
+        base, _ = evaluate({})
+        rng = np.random.default_rng(seed)
+        rows = [{"layer": "", "n_units": 0, "k": 0, "selection": "none", "mode": "", "accuracy": base,
+                 "accuracy_std": 0.0, "drop": 0.0, "repeats": 1, "units": []}]
+        for n in result.layers():
+            lay = lm.layer(n)
+            syn = result.best(n, size=size, network=net)["units"]
+            k = len(syn)
+            xs, ys = layer_activations(st, n, which)
+            consts = replacement_constants(lm, n, replace, st)
+            picks = {"synergy": [np.array(syn)],
+                     "gcmi_model": [rank_units(gcmi_model_cd(xs, ys), "high")[:k]],
+                     "gcmi_mixture": [rank_units(np.nan_to_num(gcmi_mixture_cd(xs, ys), nan=-np.inf),
+                                                 "high")[:k]],
+                     "random": [rng.choice(lay.units, k, replace=False) for _ in range(random_repeats)]}
+            for sel, sets in picks.items():
+                for mode in MODES:
+                    accs = []
+                    for units in sets:
+                        target = units if mode == "ablate" else np.setdiff1d(np.arange(lay.units), units)
+                        accs.append(evaluate({n: (lay, np.sort(target), consts)})[0])
+                    rows.append({"layer": n, "n_units": lay.units, "k": k, "selection": sel, "mode": mode,
+                                 "accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
+                                 "drop": float(base - np.mean(accs)), "repeats": len(accs),
+                                 "units": [int(u) for u in sets[0]] if sel != "random" else []})
+        return rows
+    finally:
+        if own:
+            st.close()

@@ -618,11 +618,12 @@ def check(reference, candidate, data_path, split, scale, x_key, y_key, limit, co
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @progress_option
 def demo(out, n_steps, random_repeats, as_json, progress):
-    """Capture -> importance -> ablation -> prune -> check on the bundled sigmoid MLP.
+    """Capture -> importance -> ablation -> prune -> check, then synergy, on bundled models.
 
     Uses fixtures/mlp_sigmoid.onnx (784-100-100-10) with 2,000 validation images for the
     measures and 2,000 test images for accuracy; writes tables, PNG plots, a pruning plan,
-    the pruned model, the CI gate's report and summary.json to --out.
+    the pruned model, the CI gate's report and summary.json to --out. Then the synergy and
+    redundancy profiles of five seeds of the 784-20-20-20-10 ReLU MLP (synergy.png).
 
     \b
     Example:
@@ -645,6 +646,10 @@ def demo(out, n_steps, random_repeats, as_json, progress):
     click.echo(f"pruned model ({pr['plan']}): {pr['parameters'][0]:,} -> {pr['parameters'][1]:,} parameters, "
                f"accuracy {pr['accuracy'][0]:.4f} -> {pr['accuracy'][1]:.4f}, labels kept {pr['label_agreement']:.4f}, "
                f"latency x{pr['latency_ratio']:.2f}; CI gate {'passed' if pr['check_passed'] else 'failed'} (check.md)")
+    sy = summary["synergy"]
+    click.echo(f"best O-information of 6 units with the label, mean over {len(sy['networks'])} ReLU MLPs "
+               "(bits): " + "; ".join(f"{lay} synergy {v['synergy']:.2f} redundancy {v['redundancy']:.2f}"
+                                      for lay, v in sy["bits"].items()))
     click.echo(f"results in {out}/: " + ", ".join(summary["files"]))
 
 

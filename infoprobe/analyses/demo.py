@@ -1,4 +1,5 @@
-"""The end-to-end demo: capture -> importance -> cumulative ablation on the bundled MLP."""
+"""The end-to-end demo: capture -> importance -> cumulative ablation -> prune -> check on the
+bundled sigmoid MLP, and synergy profiles of the bundled ReLU MLPs."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 from ..data import load_data
 from ..errors import OutputExistsError
 from ..model import load_model
-from ..report import plot_ablation, plot_importance
+from ..report import plot_ablation, plot_importance, plot_synergy
 from ..results import atomic_write_bytes
 from ..store import Store
 from .ablation import cumulative_ablation
@@ -17,6 +18,10 @@ from .check import check
 from .compress import prune_model
 from .importance import importance
 from .plans import make_plan
+from .synergy import synergy
+
+#: The 784-20-20-20-10 ReLU MLP trained from five seeds (O-information paper's architecture).
+RELU_NETWORKS = ("mlp_relu", "mlp_relu_s2", "mlp_relu_s3", "mlp_relu_s4", "mlp_relu_s5")
 
 MARKER = ".infoprobe-demo"
 
@@ -36,7 +41,9 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     first, and random), with and without bias balancing, on the test split; the hybrid
     scheme of Section 6 (fc1 by MI, fc2 by KL selectivity, ratio 1:2); then a physically
     pruned model (30% of the hidden units merged data-free, with bias balancing) checked
-    against the original by the CI gate (``check.md``, ``check.xml``).
+    against the original by the CI gate (``check.md``, ``check.xml``). Finally the synergy and
+    redundancy profiles (O-information with the label, exhaustive up to 6 units, greedy to 8)
+    of the five bundled ReLU MLPs on the test split (``synergy*.csv``, ``synergy.png``).
 
     ``out`` may be reused only if it is absent, empty, or an earlier demo's folder.
 
@@ -74,6 +81,11 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
                                                                  "max_accuracy_drop": 0.01, "max_class_drop": 0.05})
     atomic_write_bytes(out / "check.md", gate.markdown().encode())
     atomic_write_bytes(out / "check.xml", gate.junit_xml())
+    relu_stores = [capture(fixture_path(f"{n}.onnx"), test, out / f"acts_{n}.h5", overwrite=True, progress=False)
+                   for n in RELU_NETWORKS]
+    syn = synergy(relu_stores, max_size=8, exhaustive_up_to=6, progress=progress)
+    syn.save(out, overwrite=True)
+    plot_synergy(syn.profiles, out / "synergy.png")
     abl.save(out, overwrite=True)
     plot_importance(imp.units, out / "importance.png")
     for scope in ("layer", "network", "hybrid"):
@@ -90,6 +102,9 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
                    "accuracy": [pruned["verification"]["accuracy_original"], pruned["verification"]["accuracy_pruned"]],
                    "label_agreement": pruned["verification"]["label_agreement_with_original"],
                    "latency_ratio": pruned["ratios"]["latency"], "check_passed": gate.passed},
+        "synergy": {"networks": list(RELU_NETWORKS), "size": 6, "bits": {
+            lay: {p["direction"]: p["mean"] for p in syn.profiles if (p["layer"], p["size"]) == (lay, 6)}
+            for lay in syn.layers()}},
         "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"}),
     }
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())

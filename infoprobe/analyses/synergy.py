@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError
 from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
-from ..estimators.oinfo import CopulaModel, copula_model, n_multiplets, search_multiplets
+from ..estimators.oinfo import copula_model, n_multiplets, search_multiplets
 from ..model import LoadedModel, load_model
 from ..plan import LayerPlan, PruningPlan
 from ..results import check_outputs, provenance, write_table

@@ -1,0 +1,104 @@
+"""infoprobe synergy: layer analysis, plans and multi-unit importance on the ReLU fixtures."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import FIX, mlp_forward
+
+from infoprobe.errors import DataError
+from infoprobe.estimators.oinfo import copula_model, search_multiplets
+
+
+@pytest.fixture(scope="module")
+def relu_stores(tmp_path_factory):
+    """Test-split stores of two seeds of the 784-20-20-20-10 ReLU MLP."""
+    from infoprobe.analyses.capture import capture
+    from infoprobe.data import load_data
+
+    d = tmp_path_factory.mktemp("relu")
+    data = load_data(FIX / "mnist_demo.npz", split="test")
+    return [capture(FIX / f"{n}.onnx", data, d / f"{n}.h5", progress=False) for n in ("mlp_relu", "mlp_relu_s2")]
+
+
+@pytest.fixture(scope="module")
+def result(relu_stores):
+    from infoprobe.analyses.synergy import synergy
+
+    return synergy(relu_stores, max_size=6, exhaustive_up_to=4, progress=False)
+
+
+def test_layers_match_the_estimator_on_raw_activations(relu_stores, result):
+    assert result.layers() == ["fc1_matmul", "fc2_matmul", "fc3_matmul"]
+    for net, path in enumerate(relu_stores):
+        with h5py.File(path) as f:                        # read independently of infoprobe's Store
+            y = f["samples/labels"][()]
+            x = f["layers/fc2_matmul/pre"][()]
+        ref = search_multiplets(copula_model(x, y), max_size=6, exhaustive_up_to=4)
+        got = [r for r in result.rows if r["network"] == net and r["layer"] == "fc2_matmul"]
+        assert [(r["size"], r["direction"], r["units"]) for r in got] == \
+            [(r["size"], r["direction"], r["units"]) for r in ref]
+        np.testing.assert_allclose([r["omega"] for r in got], [r["omega"] for r in ref], atol=1e-12)
+    prof = {(p["layer"], p["size"], p["direction"]): p for p in result.profiles}
+    for lay in result.layers():
+        for k in range(2, 7):
+            vals = [r["omega"] for r in result.rows if (r["layer"], r["size"], r["direction"]) == (lay, k, "synergy")]
+            assert prof[(lay, k, "synergy")]["mean"] == pytest.approx(np.mean(vals))
+            assert prof[(lay, k, "synergy")]["networks"] == 2
+            assert prof[(lay, k, "synergy")]["mean"] < 0 < prof[(lay, k, "redundancy")]["mean"]
+
+
+def test_plan_keeps_the_synergistic_multiplet(result):
+    from infoprobe.analyses.synergy import synergy_plan
+    from infoprobe.model import load_model
+
+    plan = synergy_plan(FIX / "mlp_relu.onnx", result, size=5)
+    for lay, lp in plan.layers.items():
+        assert sorted(lp.kept.tolist()) == sorted(result.best(lay, size=5)["units"])
+        assert lp.is_constant and len(lp.remove) == 15
+    plan.check_model(load_model(FIX / "mlp_relu.onnx"))
+    with pytest.raises(DataError, match="captured from"):
+        synergy_plan(FIX / "mlp_sigmoid.onnx", result)
+
+
+def test_multiunit_importance_matches_a_numpy_forward_pass(relu_stores, result):
+    from infoprobe.analyses.synergy import multiunit_importance
+    from infoprobe.data import load_data
+
+    data = load_data(FIX / "mnist_demo.npz", split="test")
+    rows = multiunit_importance(FIX / "mlp_relu.onnx", relu_stores[0], data, result, size=4, random_repeats=3)
+    x = data.x.reshape(len(data.x), -1) / 255.0
+    relu = (lambda z: np.maximum(z, 0))
+    _, logits = mlp_forward(FIX / "mlp_relu.onnx", x, relu)
+    assert rows[0]["selection"] == "none" and rows[0]["accuracy"] == pytest.approx((logits.argmax(1) == data.y).mean())
+    for i, lay in enumerate(result.layers()):
+        units = np.array(result.best(lay, size=4)["units"])
+        for mode, target in (("ablate", units), ("keep", np.setdiff1d(np.arange(20), units))):
+            _, lg = mlp_forward(FIX / "mlp_relu.onnx", x, relu, ablate={i: (target, np.zeros(20))})
+            row = next(r for r in rows if (r["layer"], r["selection"], r["mode"]) == (lay, "synergy", mode))
+            assert row["accuracy"] == pytest.approx((lg.argmax(1) == data.y).mean(), abs=1e-12)
+        rnd = next(r for r in rows if (r["layer"], r["selection"], r["mode"]) == (lay, "random", "ablate"))
+        assert rnd["repeats"] == 3 and rnd["k"] == 4
+
+
+def test_cli_synergy(tmp_path, relu_stores):
+    from infoprobe.cli.main import cli
+
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(out), "--max-size", "5",
+                                 "--exhaustive-up-to", "4", "--labels", "ordinal", "--json", "--no-progress",
+                                 "--model", str(FIX / "mlp_relu.onnx"), "--plan", str(tmp_path / "plan.json"),
+                                 "--data", str(FIX / "mnist_demo.npz"), "--split", "test", "--random-repeats", "2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert {p["size"] for p in summary["profiles"]} == {2, 3, 4, 5}
+    assert {"synergy", "gcmi_model", "gcmi_mixture", "random"} <= {i["selection"] for i in summary["importance"]}
+    for f in ("synergy.csv", "synergy_profile.json", "synergy.png", "multiunit_importance.csv"):
+        assert (out / f).stat().st_size > 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert all(len(lp["remove"]) == 15 for lp in plan["layers"])
+    again = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(out), "--no-progress"])
+    assert again.exit_code == 2 and "already exists" in again.output
+    bad = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--plan", str(tmp_path / "p.json")])
+    assert bad.exit_code == 2 and "--model" in bad.output

@@ -178,6 +178,13 @@ def _class_index(y: np.ndarray, min_count: int):
     return classes, inv, counts
 
 
+def _with_classes(x, y):
+    """Validated activations [N, U], labels [N], classes, class index [N] and counts."""
+    a = _as_2d(x)
+    y = _labels(y, a.shape[0])
+    return (a, y, *_class_index(y, 2))
+
+
 def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
     """GC-MI between each unit and a discrete label, ANOVA / model-comparison form, in **bits**.
 
@@ -204,9 +211,7 @@ def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
     DataError
         Shapes disagree, NaN values, fewer than 2 classes, a class with fewer than 2 samples.
     """
-    a = _as_2d(x)
-    y = _labels(y, a.shape[0])
-    classes, inv, counts = _class_index(y, 2)
+    a, y, classes, inv, counts = _with_classes(x, y)
     z = np.asarray(copnorm(a, ties=ties))
     n = a.shape[0]
     var = z.var(axis=0, ddof=1)
@@ -260,9 +265,7 @@ def gcmi_mixture_cd(x, y, *, ties: str = "average"):
     DataError
         Shapes disagree, NaN values, fewer than 2 classes, a class with fewer than 2 samples.
     """
-    a = _as_2d(x)
-    y = _labels(y, a.shape[0])
-    classes, inv, counts = _class_index(y, 2)
+    a, y, classes, inv, counts = _with_classes(x, y)
     n, u = a.shape
     w = counts / n
     means = np.empty((len(classes), u))

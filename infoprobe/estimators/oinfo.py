@@ -56,7 +56,7 @@ import numpy as np
 
 from .._array import namespace, to_numpy
 from ..errors import ConfigError, DataError
-from .gaussian import LN2, _as_2d, _labels, constant_units, copnorm, entropy_bias
+from .gaussian import LN2, _as_2d, _class_index, _labels, constant_units, copnorm, entropy_bias
 
 LABELS = ("exact", "ordinal", "none")
 #: A new variable whose conditional variance given the multiplet falls below this fraction of
@@ -211,9 +211,7 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
             zz = np.column_stack([z, zy - zy.mean()])
             covs = [zz.T @ zz / (n - 1)]
         else:
-            classes, inv, cnt = np.unique(y, return_inverse=True, return_counts=True)
-            if (cnt < 2).any():
-                raise DataError(f"class {classes[np.argmax(cnt < 2)]} has fewer than 2 samples")
+            classes, inv, cnt = _class_index(y, 2)
             covs = [z.T @ z / (n - 1)]
             for g in range(len(classes)):
                 zg = z[inv == g]

@@ -168,7 +168,7 @@ def _run(stores, layers, which, labels, max_size, exhaustive_up_to, keep, ties, 
         for n in names:
             if n not in s.layer_names:
                 raise ConfigError(f"layer {n!r} is not in {s.path}; it has: {', '.join(s.layer_names)}")
-    units = {n: int(np.prod(stores[0].layer_info(n)["shape"][:1])) for n in names}
+    units = {n: int(stores[0].layer_info(n)["shape"][0]) for n in names}  # units or channels
     total = sum(n_multiplets(units[n], range(1, min(exhaustive_up_to, max_size, units[n]) + 1))
                 + max(0, min(max_size, units[n]) - exhaustive_up_to) * 2 * units[n]
                 for n in names) * len(stores)

@@ -26,6 +26,7 @@ from ..results import check_outputs, provenance, write_table
 from ..runner import Runner, default_threads
 from ..store import Store
 from .ablation import _Evaluator, rank_units
+from .importance import _reduce
 from .plans import replacement_constants
 
 SELECTIONS = ("synergy", "gcmi_model", "gcmi_mixture", "random")
@@ -48,7 +49,7 @@ def layer_activations(store: Store, layer: str, which: str = "pre", *, max_sampl
     if which not in ("pre", "post"):
         raise ConfigError(f"which must be 'pre' or 'post', not {which!r}")
     x = store.read(layer, which)
-    x = x.reshape(len(x), x.shape[1], -1).mean(axis=2) if x.ndim > 2 else x
+    x = _reduce(x, which, "mean")
     y = store.labels
     if max_samples is not None and len(x) > max_samples:
         rows = np.sort(np.random.default_rng(seed).choice(len(x), int(max_samples), replace=False))

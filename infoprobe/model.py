@@ -138,13 +138,14 @@ class LoadedModel:
         nodes = {n.name: n for n in self.ir_model.graph}
         return _layer_params([nodes[n] for n in lay.nodes], lay.units)
 
-    def lesion_constants(self, layer: str | UnitLayer) -> np.ndarray:
-        """Post-activation of each unit when its incoming weights are zeroed: sigma(b_j).
+    def lesion_constants(self, layer: str | UnitLayer, *, keep_bias: bool = True) -> np.ndarray:
+        """Post-activation of each unit when its incoming weights are zeroed: sigma(b_j), or
+        sigma(0) when the bias is zeroed too (``keep_bias=False``).
 
         Returns
         -------
         float64 [U]
-            The activation of the bias (batch norm folded in for conv layers).
+            The activation of the bias (batch norm folded in for conv layers) or of zero.
 
         Raises
         ------
@@ -154,8 +155,8 @@ class LoadedModel:
         lay = layer if isinstance(layer, UnitLayer) else self.layer(layer)
         nodes = {n.name: n for n in self.ir_model.graph}
         act = nodes[lay.nodes[-1]] if lay.activation != "none" else None
-        _, bias = self.weights(lay)
-        return np.asarray(activation_numpy(act, lay.activation)(bias.astype(np.float64)), np.float64)
+        z = self.weights(lay)[1].astype(np.float64) if keep_bias else np.zeros(lay.units)
+        return np.asarray(activation_numpy(act, lay.activation)(z), np.float64)
 
 
 def activation_numpy(node, name: str):

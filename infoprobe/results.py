@@ -34,10 +34,8 @@ def atomic_write_bytes(path, data: bytes) -> None:
 def _plain(v):
     if isinstance(v, (np.integer,)):
         return int(v)
-    if isinstance(v, (np.floating,)):
-        return None if np.isnan(v) else float(v)
-    if isinstance(v, float) and np.isnan(v):
-        return None
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
     if isinstance(v, np.ndarray):
         return [_plain(x) for x in v.tolist()]
     if isinstance(v, (list, tuple)):
@@ -88,7 +86,8 @@ def check_outputs(paths, overwrite: bool) -> None:
 def write_table(outdir, name: str, rows: list, meta: dict) -> list:
     """Write ``rows`` (list of dicts with the same keys) as ``name.csv`` and ``name.json``.
 
-    The JSON holds ``{"meta": meta, "columns": [...], "rows": [...]}``; NaN becomes null.
+    The JSON holds ``{"meta": meta, "columns": [...], "rows": [...]}``; NaN and infinities
+    become null (an empty CSV cell).
     Returns the two paths.
     """
     outdir = Path(outdir)

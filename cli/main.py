@@ -60,6 +60,7 @@ def cli():
       infoprobe capture model.onnx --data mnist.npz --split validation --out acts.h5
       infoprobe importance acts.h5 --out results/
       infoprobe synergy acts.h5 --out results/
+      infoprobe modules model.onnx --data fashion.npz --split test --out modules/
       infoprobe ablate model.onnx acts.h5 --data mnist.npz --split test --out results/
       infoprobe plan model.onnx --method hybrid --fraction 0.5 --store acts.h5 --out plan.json
       infoprobe prune model.onnx plan.json --out small.onnx --data mnist.npz --split test
@@ -382,6 +383,135 @@ def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, keep
             if r["mode"] == "ablate":
                 kept = next(q for q in imp if (q["layer"], q["selection"], q["mode"]) == (r["layer"], r["selection"], "keep"))
                 click.echo(f"{r['layer']:<16} {r['k']:>3} {r['selection']:<13} {r['accuracy']:8.4f} {kept['accuracy']:10.4f}")
+    click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for results.")
+@_with(_data_options(required=False, help="Labelled test data for the lesion tests (without it: clustering and "
+                                          "clusterability only)."))
+@click.option("--clusters", default=12, show_default=True, type=int, help="Number of clusters k.")
+@click.option("--graph", "kind", type=click.Choice(["auto", "mlp", "cnn"]), default="auto", show_default=True,
+              help="Graph of neurons (mlp) or of conv feature maps (cnn); auto: cnn when there are convs.")
+@click.option("--random", "n_random", default=20, show_default=True, type=int,
+              help="Random sub-clusters per true sub-cluster.")
+@click.option("--shuffles", default=50, show_default=True, type=int,
+              help="Shuffled networks for clusterability (0: skip).")
+@click.option("--shuffle", "variant", type=click.Choice(["all", "nonzero", "both"]), default="all", show_default=True,
+              help="Permute every weight of each layer, only the non-zero ones (keeps a pruned network's "
+                   "sparsity), or both.")
+@click.option("--lesion", type=click.Choice(["zero", "bias"]), default="zero", show_default=True,
+              help="zero: incoming weights and bias zeroed (unit outputs sigma(0)); bias: weights only (sigma(b)).")
+@click.option("--double-random", default=50, show_default=True, type=int,
+              help="Random partners per double lesion of important sub-clusters (0: skip double lesions).")
+@click.option("--alpha", default=0.05, show_default=True, type=float, help="Significance threshold of the taxonomy.")
+@click.option("--min-drop", default=0.01, show_default=True, type=float,
+              help="Accuracy drop that matters (0.01 = one percentage point).")
+@click.option("--small-fraction", default=0.05, show_default=True, type=float,
+              help="Sub-clusters under this fraction of their layer are 'small'.")
+@click.option("--small-units", default=0, show_default=True, type=int,
+              help="Sub-clusters with fewer units are 'small' too.")
+@click.option("--visualise/--no-visualise", default=True, show_default=True,
+              help="Correlation-based visualisations of sub-clusters (image inputs).")
+@click.option("--plan", "plan_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a pruning plan removing the units of 'prunable' sub-clusters (one model only).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the network-level results as JSON.")
+@max_size_option
+@progress_option
+def modules(sources, out, data_path, split, scale, x_key, y_key, limit, clusters, kind, n_random, shuffles, variant,
+            lesion, double_random, alpha, min_drop, small_fraction, small_units, visualise, plan_out, seed, plot,
+            overwrite, as_json, max_model_size, progress):
+    """Modules of a network from its weights: spectral clustering, clusterability, lesion tests.
+
+    Graphifies each SOURCE (an ONNX model, or an activation store's saved weights), splits it
+    into --clusters clusters by normalised spectral clustering and compares its n-cut with
+    --shuffles networks whose layer weights are shuffled. With --data, lesions every
+    sub-cluster (the units of one cluster in one hidden layer) and --random random
+    sub-clusters of the same size and layer: importance (change of the mean per-class test
+    accuracy, left-sided p) and output coherence (class-wise range, right-sided p), combined
+    over the network by Fisher's method and a chi-squared test of p-value ranks; a taxonomy;
+    double lesions of important sub-clusters and their dependency graph; correlation-based
+    visualisations. Several SOURCES get one folder each under --out and a networks table
+    with Benjamini-Hochberg and Holm-Bonferroni adjusted p values.
+
+    \b
+    Examples:
+      infoprobe modules model.onnx --out modules/ --shuffles 20
+      infoprobe modules model.onnx --data fashion.npz --split test --out modules/
+      infoprobe modules pruned.onnx --data fashion.npz --split test --shuffle both --plan prunable.json --out m/
+      infoprobe modules net1.onnx net2.onnx net3.onnx --data fashion.npz --split test --out modules/
+    """
+    from infoprobe import report
+    from infoprobe.analyses.modules import modules as run, network_table, prunable_plan
+    from infoprobe.data import load_data
+    from infoprobe.results import check_outputs, provenance, write_table
+
+    if plan_out and (len(sources) > 1 or not data_path or sources[0].suffix.lower() in (".h5", ".hdf5")):
+        raise click.UsageError("--plan needs --data and a single ONNX model")
+    if plan_out:
+        check_outputs([plan_out], overwrite)
+    if len(sources) > 1:
+        check_outputs([out / "networks.csv", out / "networks.json"], overwrite)
+    data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit) if data_path else None
+    variants = ("all", "nonzero") if variant == "both" else (variant,)
+    results, files, table = [], [], []
+    for src in sources:
+        folder = out if len(sources) == 1 else out / src.stem
+        source = src if src.suffix.lower() in (".h5", ".hdf5") else _load(src, max_model_size)
+        res = run(source, data, n_clusters=clusters, kind=kind, n_random=n_random, n_shuffles=shuffles,
+                  variants=variants, lesion=lesion, n_double=double_random, alpha=alpha, min_drop=min_drop,
+                  small_fraction=small_fraction, small_units=small_units, visualise=visualise, seed=seed,
+                  scale=scale, progress=progress)
+        files += res.save(folder, overwrite=overwrite)
+        if plot:
+            if res.clusterability:
+                files.append(report.plot_clusterability(res.clusterability, folder / "clusterability.png"))
+            if res.subclusters:
+                files.append(report.plot_subclusters(res.subclusters, folder / "subclusters.png"))
+                files.append(report.plot_class_profiles(res.subclusters, res.random_lesions, res.base_class_accuracy,
+                                                        folder / "class_profiles.png"))
+            for f in (report.plot_double_lesions(res.pairs, res.subclusters, folder / "double_lesions.png"),
+                      report.plot_dependencies(res.edges, res.subclusters, folder / "dependencies.png")):
+                if f:
+                    files.append(f)
+            if res.visualisation:
+                files.append(report.plot_visualisations(res.visualisation, folder / "visualisations.png"))
+        results.append(res)
+        table.append({"network": str(src), **{k: v for k, v in res.network.items() if k != "categories"}})
+    if len(sources) > 1:
+        table = network_table(table, alpha=alpha)
+        files += write_table(out, "networks", table, provenance(params={"alpha": alpha}))
+    if plan_out:
+        prunable_plan(source, results[0]).save(plan_out, overwrite=overwrite)
+        files.append(plan_out)
+    if as_json:
+        click.echo(json.dumps({"networks": table, "files": [str(f) for f in files]}, indent=1, default=str))
+        return
+    for src, res in zip(sources, results):
+        net = res.network
+        click.echo(f"{src}: {res.partition.graph.kind} graph, {net['vertices']} vertices "
+                   f"({net['removed_vertices']} of zero degree removed), k = {clusters}, n-cut {net['ncut']:.3f}")
+        for c in res.clusterability:
+            click.echo(f"  shuffled ({c['variant']}): n-cut {c['mean']:.3f} +/- {c['std']:.3f} over "
+                       f"{len(c['shuffled'])}, p = {c['p']:.3g}, z = {c['z']:.2f}")
+        if res.subclusters:
+            click.echo(f"  base accuracy (mean per class) {net['base_accuracy']:.4f}; combined p values over "
+                       f"{net['n_importance']} sub-clusters:")
+            click.echo(f"    importance: Fisher {net['fisher_importance']:.3g}, chi-squared {net['chi2_importance']:.3g}")
+            click.echo(f"    output coherence: Fisher {net['fisher_coherence']:.3g}, "
+                       f"chi-squared {net['chi2_coherence']:.3g}")
+            click.echo("  " + ", ".join(f"{k}: {v}" for k, v in net["categories"].items() if v))
+            click.echo(f"  {'layer':<14} {'cl':>3} {'size':>5} {'drop pp':>8} {'p':>6} {'coher.':>7} {'p':>6}  category")
+            for r in res.subclusters:
+                click.echo(f"  {r['layer']:<14} {r['cluster']:>3} {r['size']:>5} {-100 * r['accuracy_change']:8.2f} "
+                           f"{r['p_importance']:6.3f} {r['coherence']:7.2f} {r['p_coherence']:6.3f}  {r['category']}")
+            if res.edges:
+                click.echo("  dependencies: " + "; ".join(f"{e['source']} -> {e['target']} ({e['relation']})"
+                                                          for e in res.edges))
     click.echo("wrote " + ", ".join(str(f) for f in files))
 
 

@@ -1,5 +1,7 @@
 """Plots from result tables only (never from models): importance distributions and
-cumulative-ablation curves in the style of Liu, Amjad & Geiger 2018, Figs. 1-4."""
+cumulative-ablation curves (Liu, Amjad & Geiger 2018, Figs. 1-4), synergy profiles, and the
+lesion tests, double lesions, visualisations and clusterability of modules (Hod et al.,
+Figs. 1, 2, 6, 8, 9)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -119,4 +121,176 @@ def plot_synergy(profiles: list, path) -> Path:
     nets = max((r["networks"] for r in profiles), default=1)
     fig.suptitle(f"Best redundancy and synergy per layer (mean over {nets} network"
                  f"{'s' if nets > 1 else ''}; hatched: greedy)", fontsize=10)
+    return _save(fig, path)
+
+
+CATEGORY_COLORS = {"important": "tab:red", "sig-but-not-diff": "tab:orange", "diff-but-not-sig": "tab:purple",
+                   "complete": "black", "prunable": "tab:green", "small": "tab:gray", "other": "tab:blue"}
+
+
+def plot_subclusters(rows: list, path) -> Path:
+    """Sub-cluster size (fraction of its layer) against accuracy drop under lesion, coloured
+    by taxonomy; important sub-clusters labelled ``layer/cluster`` (Hod et al., Fig. 2).
+    Writes a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for cat, color in CATEGORY_COLORS.items():
+        sel = [r for r in rows if r["category"] == cat]
+        if sel:
+            ax.scatter([r["fraction"] for r in sel], [-100 * r["accuracy_change"] for r in sel], s=28,
+                       color=color, label=f"{cat} ({len(sel)})", edgecolor="white", linewidth=0.5)
+        if cat == "important":
+            for r in sel:
+                ax.annotate(f"{r['layer']}/{r['cluster']}", (r["fraction"], -100 * r["accuracy_change"]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("proportion of the layer's units in the sub-cluster")
+    ax.set_ylabel("accuracy drop under lesion [percentage points]")
+    ax.set_title("Lesioned sub-clusters (drop of the mean per-class test accuracy)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_class_profiles(rows: list, random_rows: list, base: list, path, *, max_panels: int = 48) -> Path:
+    """Per-class accuracy of the network with each sub-cluster lesioned (red), with random
+    sub-clusters of the same size lesioned (grey), and intact (green); the mean over classes
+    is the rightmost point (Hod et al., Fig. 6). One panel per sub-cluster; writes a PNG."""
+    plt = _pyplot()
+    rows = rows[:max_panels]
+    n_classes = len(base)
+    cols = min(6, len(rows)) or 1
+    nrows = int(np.ceil(len(rows) / cols)) or 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.3 * cols, 1.9 * nrows), squeeze=False, sharey=True,
+                             layout="constrained")
+    xs = np.arange(n_classes + 1)
+    b = np.append(base, np.mean(base))
+    for ax, r in zip(axes.ravel(), rows):
+        for q in (q for q in random_rows if (q["layer"], q["cluster"]) == (r["layer"], r["cluster"])):
+            d = np.array([q[f"class_{c}_change"] for c in range(n_classes)])
+            ax.plot(xs, b + np.append(d, d.mean()), color="0.6", linewidth=0.6, alpha=0.7)
+        d = np.array([r[f"class_{c}_change"] for c in range(n_classes)])
+        ax.plot(xs, b, color="tab:green", linewidth=1.2)
+        ax.plot(xs, b + np.append(d, d.mean()), color="tab:red", linewidth=1.4)
+        ax.set_title(f"{r['layer']}/{r['cluster']} ({r['size']} units, {r['category']})", fontsize=7)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(c) for c in range(n_classes)] + ["all"], fontsize=5)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_ylim(0, 1.02)
+    for ax in axes.ravel()[len(rows):]:
+        ax.axis("off")
+    fig.suptitle("Per-class test accuracy: intact (green), sub-cluster lesioned (red), random "
+                 "sub-clusters lesioned (grey)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_double_lesions(pairs: list, rows: list, path) -> Path | None:
+    """Matrix of double lesions of important sub-clusters (Hod et al., Fig. 9): cell (X, Y)
+    is delta(Y, X), the extra accuracy drop from lesioning Y once X is lesioned, starred when Y
+    is important given X; the diagonal is the single-lesion drop. Writes a PNG; None without
+    pairs."""
+    if not pairs:
+        return None
+    plt = _pyplot()
+    names = [f"{r['layer']}/{r['cluster']}" for r in rows if r["category"] == "important"]
+    idx = {n: i for i, n in enumerate(names)}
+    m = np.full((len(names), len(names)), np.nan)
+    star = np.zeros_like(m, bool)
+    for r in rows:
+        n = f"{r['layer']}/{r['cluster']}"
+        if n in idx:
+            m[idx[n], idx[n]] = -100 * r["accuracy_change"]
+    for p in pairs:
+        x, y = idx[p["x"]], idx[p["y"]]
+        m[x, y], star[x, y] = 100 * p["delta_y_given_x"], p["y_given_x"]
+        m[y, x], star[y, x] = 100 * p["delta_x_given_y"], p["x_given_y"]
+    size = 0.55 * len(names) + 2
+    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    im = ax.imshow(m, cmap="viridis")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if np.isfinite(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.1f}{'*' if star[i, j] else ''}", ha="center", va="center",
+                        fontsize=6, color="white" if m[i, j] < np.nanmax(m) / 2 else "black")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_xlabel("Y (lesioned second)")
+    ax.set_ylabel("X (lesioned first)")
+    fig.colorbar(im, ax=ax, label="extra accuracy drop [percentage points]")
+    ax.set_title("Double lesions: delta(Y, X) (* important given X); diagonal: single lesion", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_dependencies(edges: list, rows: list, path) -> Path | None:
+    """Dependency graph of important sub-clusters from double lesions (Hod et al., Fig. 8):
+    one column per layer, arrows X -> Y coloured by relation. Writes a PNG; None without
+    edges."""
+    if not edges:
+        return None
+    plt = _pyplot()
+    imp = [r for r in rows if r["category"] == "important"]
+    layers = list(dict.fromkeys(r["layer"] for r in imp))
+    pos = {}
+    for i, lay in enumerate(layers):
+        sel = [r for r in imp if r["layer"] == lay]
+        for j, r in enumerate(sel):
+            pos[f"{lay}/{r['cluster']}"] = (i, j - (len(sel) - 1) / 2)
+    colors = {"exclusive": "tab:red", "Y has other sources": "tab:blue", "X has other targets": "tab:green"}
+    fig, ax = plt.subplots(figsize=(1.8 * len(layers) + 2, 3.6), layout="constrained")
+    for e in edges:
+        (x0, y0), (x1, y1) = pos[e["source"]], pos[e["target"]]
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "color": colors[e["relation"]],
+                                                        "linewidth": 1.3, "shrinkA": 12, "shrinkB": 12})
+    for name, (x, y) in pos.items():
+        ax.scatter([x], [y], s=500, color="white", edgecolor="black", zorder=3)
+        ax.text(x, y, name.split("/")[1], ha="center", va="center", fontsize=8, zorder=4)
+    for rel, c in colors.items():
+        ax.plot([], [], color=c, label=rel)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers)
+    ax.set_yticks([])
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set_title("Dependencies between important sub-clusters (double lesions)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_visualisations(vis: dict, path) -> Path:
+    """Correlation-based visualisations (Hod et al., Fig. 1): the top row for the true
+    sub-clusters, the rows below for random sub-clusters of the same size and layer; each
+    column scaled from black to white independently. Writes a PNG."""
+    plt = _pyplot()
+    images = np.asarray(vis["images"])
+    n_rows, n_cols = images.shape[:2]
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(0.9 * n_cols + 0.6, 0.95 * n_rows + 0.5), squeeze=False)
+    for j in range(n_cols):
+        lo, hi = images[:, j].min(), images[:, j].max()
+        for i in range(n_rows):
+            ax = axes[i, j]
+            ax.imshow(images[i, j], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(vis["columns"][j], fontsize=6)
+        axes[0, 0].set_ylabel("true", fontsize=7)
+    for i in range(1, n_rows):
+        axes[i, 0].set_ylabel(f"random {i}", fontsize=7)
+    fig.suptitle("Spearman correlation of units with input pixels, sign-aligned mean per sub-cluster",
+                 fontsize=8)
+    return _save(fig, path)
+
+
+def plot_clusterability(clus: list, path) -> Path:
+    """Histogram of the n-cuts of shuffled networks with the network's n-cut (Filan et al.
+    2021), one panel per shuffle variant. Writes a PNG."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(clus), figsize=(4.2 * len(clus), 3.0), squeeze=False, layout="constrained")
+    for ax, c in zip(axes[0], clus):
+        ax.hist(c["shuffled"], bins=15, color="0.6", label=f"shuffled ({len(c['shuffled'])})")
+        ax.axvline(c["ncut"], color="tab:red", linewidth=2, label="network")
+        ax.set_xlabel("n-cut")
+        ax.set_title(f"shuffle {c['variant']}: p = {c['p']:.3g}, z = {c['z']:.2f}", fontsize=9)
+        ax.legend(fontsize=7)
     return _save(fig, path)

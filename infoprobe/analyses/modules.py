@@ -87,7 +87,8 @@ class Partition:
         return out
 
 
-def partition(graph: WeightGraph, n_clusters: int = 12, *, seed: int = 0, blocks=None) -> Partition:
+def partition(graph: WeightGraph, n_clusters: int = 12, *, seed: int = 0, blocks=None,
+              eigen_solver: str = "auto") -> Partition:
     """Normalised spectral clustering of a weight graph (Hod et al., Section 2 and A.1).
 
     Parameters
@@ -100,6 +101,8 @@ def partition(graph: WeightGraph, n_clusters: int = 12, *, seed: int = 0, blocks
         ``random_state`` of scikit-learn's ``SpectralClustering``.
     blocks : list, optional
         Replacement edge blocks (e.g. shuffled ones).
+    eigen_solver : {"auto", "arpack", "lobpcg"}
+        See :func:`infoprobe.estimators.graphcut.spectral_partition`.
 
     Returns
     -------
@@ -111,12 +114,12 @@ def partition(graph: WeightGraph, n_clusters: int = 12, *, seed: int = 0, blocks
         ``n_clusters`` < 2 or not below the number of connected vertices.
     """
     a = graph.adjacency(blocks)
-    labels = spectral_partition(a, n_clusters, seed=seed)
+    labels = spectral_partition(a, n_clusters, seed=seed, eigen_solver=eigen_solver)
     return Partition(graph, labels, n_clusters, ncut(a, labels), seed)
 
 
 def clusterability(graph: WeightGraph, true_ncut: float, *, n_clusters: int = 12, n_shuffles: int = 50,
-                   variant: str = "all", seed: int = 0, progress: bool = True) -> dict:
+                   variant: str = "all", seed: int = 0, eigen_solver: str = "auto", progress: bool = True) -> dict:
     """n-cut of a network against the n-cuts of networks with shuffled weights (Filan et al.
     2021).
 
@@ -129,7 +132,7 @@ def clusterability(graph: WeightGraph, true_ncut: float, *, n_clusters: int = 12
     graph : WeightGraph
     true_ncut : float
         The network's n-cut (from :func:`partition`).
-    n_clusters, seed :
+    n_clusters, seed, eigen_solver :
         As for :func:`partition`; shuffles draw from ``numpy.random.default_rng(seed)``.
     n_shuffles : int
     variant : {"all", "nonzero"}
@@ -154,7 +157,7 @@ def clusterability(graph: WeightGraph, true_ncut: float, *, n_clusters: int = 12
     vals = []
     for _ in tqdm(range(n_shuffles), desc=f"shuffles ({variant})", unit="net", disable=not progress):
         blocks = graph.shuffled_blocks(rng, nonzero_only=variant == "nonzero")
-        vals.append(partition(graph, n_clusters, seed=seed, blocks=blocks).ncut)
+        vals.append(partition(graph, n_clusters, seed=seed, blocks=blocks, eigen_solver=eigen_solver).ncut)
     vals = np.array(vals)
     sd = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
     return {"variant": variant, "ncut": float(true_ncut), "shuffled": vals.tolist(), "mean": float(vals.mean()),
@@ -601,8 +604,8 @@ def load_graph(source, kind: str = "auto"):
 def modules(source, data: Dataset | None = None, *, n_clusters: int = 12, kind: str = "auto",
             n_random: int = 20, n_shuffles: int = 50, variants=("all",), lesion: str = "zero",
             n_double: int = 50, alpha: float = 0.05, min_drop: float = 0.01, small_fraction: float = 0.05,
-            small_units: int = 0, visualise: bool = True, seed: int = 0, scale="auto", batch_size: int = 4096,
-            progress: bool = True, providers=None) -> ModulesResult:
+            small_units: int = 0, visualise: bool = True, seed: int = 0, eigen_solver: str = "auto", scale="auto",
+            batch_size: int = 4096, progress: bool = True, providers=None) -> ModulesResult:
     """Modules of a network from its weights, tested by lesions (Hod et al. 2021; Filan et
     al. 2021).
 
@@ -632,6 +635,8 @@ def modules(source, data: Dataset | None = None, *, n_clusters: int = 12, kind: 
         percentage point).
     seed : int
         Seeds the clustering, shuffles and random sub-clusters.
+    eigen_solver : {"auto", "arpack", "lobpcg"}
+        See :func:`infoprobe.estimators.graphcut.spectral_partition`.
 
     Returns
     -------
@@ -647,12 +652,14 @@ def modules(source, data: Dataset | None = None, *, n_clusters: int = 12, kind: 
     graph, lm, sha = load_graph(source, kind)
     if data is not None and lm is None:
         raise ConfigError("lesion tests need the ONNX model, not an activation store")
-    part = partition(graph, n_clusters, seed=seed)
+    part = partition(graph, n_clusters, seed=seed, eigen_solver=eigen_solver)
     clus = [clusterability(graph, part.ncut, n_clusters=n_clusters, n_shuffles=n_shuffles, variant=v,
-                           seed=seed, progress=progress) for v in variants] if n_shuffles > 0 else []
+                           seed=seed, eigen_solver=eigen_solver, progress=progress)
+            for v in variants] if n_shuffles > 0 else []
     params = {"n_clusters": n_clusters, "graph": graph.kind, "n_random": n_random, "n_shuffles": n_shuffles,
               "variants": list(variants), "lesion": lesion, "n_double": n_double, "alpha": alpha,
-              "min_drop": min_drop, "small_fraction": small_fraction, "small_units": small_units, "seed": seed}
+              "min_drop": min_drop, "small_fraction": small_fraction, "small_units": small_units, "seed": seed,
+              "eigen_solver": eigen_solver}
     inputs = {"model" if lm is not None else "store": (getattr(lm, "path", source), sha)}
     network = {"ncut": part.ncut, "n_clusters": n_clusters, "vertices": graph.n_vertices,
                "removed_vertices": int(np.count_nonzero(part.labels < 0))}

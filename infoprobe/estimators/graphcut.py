@@ -62,7 +62,14 @@ def ncut(adjacency, labels) -> float:
     return float(np.sum((vol[ok] - within[ok]) / vol[ok]))
 
 
-def spectral_partition(adjacency, n_clusters: int = 12, *, seed: int = 0, eigen_solver: str = "arpack",
+#: Above this many connected vertices ``eigen_solver="auto"`` uses LOBPCG: scikit-learn's
+#: ARPACK path factorises the Laplacian (shift-invert), which took 361 s on a 20,794-vertex
+#: graph with 7.9 M edges where LOBPCG took 7 s for the same n-cut (benchmarks/modules.py).
+ARPACK_MAX_VERTICES = 5000
+SOLVERS = ("auto", "arpack", "lobpcg")
+
+
+def spectral_partition(adjacency, n_clusters: int = 12, *, seed: int = 0, eigen_solver: str = "auto",
                        assign_labels: str = "kmeans", n_init: int = 10) -> np.ndarray:
     """Normalised spectral clustering (Shi & Malik) of a weighted graph with scikit-learn's
     ``SpectralClustering(affinity="precomputed")``, as the authors of the method did.
@@ -77,7 +84,9 @@ def spectral_partition(adjacency, n_clusters: int = 12, *, seed: int = 0, eigen_
         k (the paper uses 12).
     seed : int
         ``random_state`` of the eigensolver's start vector and of k-means.
-    eigen_solver : {"arpack", "lobpcg", "amg"}
+    eigen_solver : {"auto", "arpack", "lobpcg"}
+        ``auto``: ARPACK (the authors' choice) up to :data:`ARPACK_MAX_VERTICES` connected
+        vertices, LOBPCG above.
     assign_labels : {"kmeans", "discretize", "cluster_qr"}
     n_init : int
         k-means restarts.
@@ -90,14 +99,18 @@ def spectral_partition(adjacency, n_clusters: int = 12, *, seed: int = 0, eigen_
     Raises
     ------
     ConfigError
-        ``n_clusters`` < 2 or not smaller than the number of connected vertices, or a bad
-        adjacency.
+        ``n_clusters`` < 2 or not smaller than the number of connected vertices, an unknown
+        solver, or a bad adjacency.
     """
     from sklearn.cluster import SpectralClustering
 
+    if eigen_solver not in SOLVERS:
+        raise ConfigError(f"unknown eigen solver {eigen_solver!r}; use one of {', '.join(SOLVERS)}")
     a = _adjacency(adjacency)
     deg = np.asarray(a.sum(axis=1)).ravel()
     keep = np.flatnonzero(deg > 0)
+    if eigen_solver == "auto":
+        eigen_solver = "arpack" if len(keep) <= ARPACK_MAX_VERTICES else "lobpcg"
     if n_clusters < 2 or n_clusters >= len(keep):
         raise ConfigError(f"cannot make {n_clusters} clusters of {len(keep)} connected vertices")
     sc = SpectralClustering(n_clusters=n_clusters, affinity="precomputed", eigen_solver=eigen_solver,

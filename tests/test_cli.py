@@ -33,7 +33,7 @@ def test_inspect_json():
 
 
 def test_help_has_examples():
-    for cmd in ("inspect", "capture", "importance", "ablate", "plan", "prune", "check", "demo"):
+    for cmd in ("inspect", "capture", "importance", "ablate", "synergy", "modules", "plan", "prune", "check", "demo"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.output
 
@@ -129,6 +129,10 @@ def test_demo(tmp_path):
     # information-ordered ablation is at least as good as random in the second layer (Section 5.3)
     fifty = {(r["layer"], r["ranking"]): r for r in s["accuracy_at_50_percent_ablated"]}
     assert fifty[("fc2", "mutual_information")]["accuracy_mean"] > 0.85
+    # the pruned Fashion MLP's sub-clusters matter more than random ones (Hod et al., Table 1)
+    md = s["modules"]
+    assert md["fisher_importance"] < 0.01 and md["chi2_importance"] < 0.01 and md["categories"]["important"] > 0
+    assert (out / "modules" / "subclusters.csv").exists() and (out / "modules" / "visualisations.png").exists()
     # rerunning into the demo's own folder works; a foreign folder is refused
     assert run("demo", "--out", out, "--steps", "3", "--random-repeats", "0", "--no-progress").exit_code == 0
     (tmp_path / "mine").mkdir()

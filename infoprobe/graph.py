@@ -65,10 +65,6 @@ class WeightGraph:
         i = self.layers.index(layer)
         return np.arange(self.offsets[i], self.offsets[i + 1])
 
-    def vertex_layer(self) -> np.ndarray:
-        """int64 [V]: the layer index of every vertex."""
-        return np.repeat(np.arange(len(self.layers)), self.units)
-
     def adjacency(self, blocks=None) -> sp.csr_matrix:
         """Symmetric float64 CSR adjacency [V, V] from ``blocks`` (default: the graph's)."""
         off = self.offsets

@@ -448,7 +448,6 @@ def modules(sources, out, data_path, split, scale, x_key, y_key, limit, clusters
       infoprobe modules pruned.onnx --data fashion.npz --split test --shuffle both --plan prunable.json --out m/
       infoprobe modules net1.onnx net2.onnx net3.onnx --data fashion.npz --split test --out modules/
     """
-    from infoprobe import report
     from infoprobe.analyses.modules import modules as run, network_table, prunable_plan
     from infoprobe.data import load_data
     from infoprobe.results import check_outputs, provenance, write_table
@@ -471,18 +470,7 @@ def modules(sources, out, data_path, split, scale, x_key, y_key, limit, clusters
                   eigen_solver=eigen_solver, scale=scale, progress=progress)
         files += res.save(folder, overwrite=overwrite)
         if plot:
-            if res.clusterability:
-                files.append(report.plot_clusterability(res.clusterability, folder / "clusterability.png"))
-            if res.subclusters:
-                files.append(report.plot_subclusters(res.subclusters, folder / "subclusters.png"))
-                files.append(report.plot_class_profiles(res.subclusters, res.random_lesions, res.base_class_accuracy,
-                                                        folder / "class_profiles.png"))
-            for f in (report.plot_double_lesions(res.pairs, res.subclusters, folder / "double_lesions.png"),
-                      report.plot_dependencies(res.edges, res.subclusters, folder / "dependencies.png")):
-                if f:
-                    files.append(f)
-            if res.visualisation:
-                files.append(report.plot_visualisations(res.visualisation, folder / "visualisations.png"))
+            files += res.plot(folder)
         results.append(res)
         table.append({"network": str(src), **{k: v for k, v in res.network.items() if k != "categories"}})
     if len(sources) > 1:

@@ -135,12 +135,12 @@ def build_graph(specs: list, kind: str = "auto") -> WeightGraph:
         firsts = [s for s in specs if not s["inputs"]]
         if len(firsts) != 1:
             raise ModelError(f"an MLP graph needs one layer fed by the input; found {len(firsts)}")
-        chain = specs
-        fan_in = firsts[0]["weight"]().shape[1]
         layers.append(INPUT)
-        units.append(int(fan_in))
-        for s in chain:
+        units.append(0)  # the input's width is the fan-in of the layer it feeds
+        for s in specs:
             w = np.abs(np.asarray(s["weight"](), np.float64))
+            if not s["inputs"]:
+                units[0] = w.shape[1]
             if len(s["inputs"]) > 1:
                 raise ModelError(f"layer {s['name']!r} is fed by several layers ({', '.join(s['inputs'])}); "
                                  "an MLP graph needs a chain of dense layers")

@@ -84,7 +84,7 @@ def test_cnn_graph_folds_batch_norm_into_kernel_l1_norms(tmp_path):
         graph_from_model(load_model(path), "mlp")
 
 
-def test_store_graph_equals_model_graph(tmp_path, fashion):
+def test_store_graph_equals_model_graph(tmp_path):
     from infoprobe.analyses.capture import capture
     from infoprobe.store import Store
 

@@ -10,8 +10,7 @@ from pathlib import Path
 from ..data import load_data
 from ..errors import OutputExistsError
 from ..model import load_model
-from ..report import (plot_ablation, plot_class_profiles, plot_clusterability, plot_importance, plot_subclusters,
-                      plot_synergy, plot_visualisations)
+from ..report import plot_ablation, plot_importance, plot_synergy
 from ..results import atomic_write_bytes
 from ..store import Store
 from .ablation import cumulative_ablation
@@ -95,12 +94,7 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     fashion = load_data(fixture_path("fashion_demo.npz"), split="test")
     mod = modules(fixture_path("fashion_mlp_pruned.onnx"), fashion, n_shuffles=10, n_double=20, progress=progress)
     mod.save(out / "modules", overwrite=True)
-    plot_clusterability(mod.clusterability, out / "modules" / "clusterability.png")
-    plot_subclusters(mod.subclusters, out / "modules" / "subclusters.png")
-    plot_class_profiles(mod.subclusters, mod.random_lesions, mod.base_class_accuracy,
-                        out / "modules" / "class_profiles.png")
-    if mod.visualisation:
-        plot_visualisations(mod.visualisation, out / "modules" / "visualisations.png")
+    mod.plot(out / "modules")
     abl.save(out, overwrite=True)
     plot_importance(imp.units, out / "importance.png")
     for scope in ("layer", "network", "hybrid"):

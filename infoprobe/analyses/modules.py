@@ -222,20 +222,20 @@ class Lesioner:
         self.factor = factor
         self.x = prepare_inputs(data.x, lm.input_shape, factor, input_name=lm.input_name)
         threads = threads if threads is not None else default_threads()
-        self.batch_size = batch_size
         self.full = Runner(lm, expose=True, providers=providers, threads=threads)
         posts = self.full.run(self.x, outputs=[io_name(n, "post") for n in self.layers], batch_size=batch_size)
+        #: post-activations of the intact model, {layer: float32 [N, ...]}
+        self.posts = {n: posts[io_name(n, "post")] for n in self.layers}
         self.evaluators = {}
         for n in self.layers:
             try:
-                runner, inputs = Runner(lm, after=n, providers=providers, threads=threads), posts[io_name(n, "post")]
+                runner, inputs = Runner(lm, after=n, providers=providers, threads=threads), self.posts[n]
             except ModelError:  # a skip connection around the layer: run the whole model
                 runner, inputs = self.full, self.x
             self.evaluators[n] = _Evaluator(runner, inputs, self.y, self.n_classes, lm.output_name, batch_size)
         self.whole = _Evaluator(self.full, self.x, self.y, self.n_classes, lm.output_name, batch_size)
         self.constants = {n: lesion_constants(lm, n, lesion) for n in self.layers}
-        self.lesion = lesion
-        self.calls = 0
+        self.calls = 0  # runs so far (benchmarks compare with as many plain forward passes)
         self.base = self({})
 
     def __call__(self, lesions: dict) -> np.ndarray:
@@ -496,15 +496,16 @@ def align_signs(v: np.ndarray, iterations: int = 20) -> np.ndarray:
     return v * sign[:, None]
 
 
-def correlation_visualisations(lm: LoadedModel, data: Dataset, rows: list, part: Partition, *,
-                               n_random: int = 4, iterations: int = 20, seed: int = 0, scale="auto",
-                               max_samples: int | None = 10000, batch_size: int = 4096) -> dict | None:
+def correlation_visualisations(lesioner: Lesioner, rows: list, part: Partition, *, n_random: int = 4,
+                               iterations: int = 20, seed: int = 0, max_samples: int | None = 10000) -> dict | None:
     """Correlation-based visualisation of sub-clusters (Hod et al., Section 3.1.1, A.3).
 
     Each unit's visualisation is the Spearman correlation of its post-activation (conv: the
     L1 norm of its feature map) with every input pixel over the test samples; a sub-cluster's
     is the mean of its units' visualisations after :func:`align_signs`; the same is drawn for
-    ``n_random`` random sub-clusters of the same size and layer (the paper's Fig. 1).
+    ``n_random`` random sub-clusters of the same size and layer (the paper's Fig. 1). Inputs
+    and post-activations are the ones the :class:`Lesioner` computed for the intact model
+    (a seeded subset of ``max_samples`` rows).
 
     Returns
     -------
@@ -512,21 +513,17 @@ def correlation_visualisations(lm: LoadedModel, data: Dataset, rows: list, part:
         ``image_shape`` (H, W), ``columns`` (``layer/cluster`` labels) and ``images`` float
         [1 + n_random, n_columns, H, W]; None when the input is not an image.
     """
-    hw = image_shape(lm.input_shape)
+    hw = image_shape(lesioner.lm.input_shape)
     if hw is None or not rows:
         return None
-    factor = resolve_scale(data.x, scale)
-    x = data.x
-    if max_samples is not None and len(x) > max_samples:
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_samples, replace=False))]
-    xin = prepare_inputs(x, lm.input_shape, factor, input_name=lm.input_name)
-    pix = _ranked(xin.reshape(len(xin), -1, hw[0] * hw[1]).mean(axis=1))
-    layers = list(dict.fromkeys(r["layer"] for r in rows))
-    runner = Runner(lm, expose=True, threads=default_threads())
-    posts = runner.run(xin, outputs=[io_name(n, "post") for n in layers], batch_size=batch_size)
+    keep = slice(None)
+    if max_samples is not None and len(lesioner.x) > max_samples:
+        keep = np.sort(np.random.default_rng(seed).choice(len(lesioner.x), max_samples, replace=False))
+    x = lesioner.x[keep]
+    pix = _ranked(x.reshape(len(x), -1, hw[0] * hw[1]).mean(axis=1))
     corr = {}
-    for n in layers:  # Spearman correlation [U, P] of every unit with every pixel
-        act = posts[io_name(n, "post")]
+    for n in dict.fromkeys(r["layer"] for r in rows):  # Spearman correlation [U, P] of every unit with every pixel
+        act = lesioner.posts[n][keep]
         if act.ndim > 2:
             act = np.abs(act.reshape(len(act), act.shape[1], -1)).sum(axis=2)
         corr[n] = _ranked(act).T @ pix
@@ -564,6 +561,27 @@ class ModulesResult:
     meta: dict = field(default_factory=dict)
 
     TABLES = ("partition", "subclusters", "random_lesions", "double_lesions", "dependencies")
+
+    def plot(self, outdir) -> list:
+        """Write the PNG plots of what was computed (clusterability, sub-clusters, class
+        profiles, double lesions, dependencies, visualisations) to ``outdir``; returns their
+        paths."""
+        from .. import report
+
+        outdir = Path(outdir)
+        files = []
+        if self.clusterability:
+            files.append(report.plot_clusterability(self.clusterability, outdir / "clusterability.png"))
+        if self.subclusters:
+            files.append(report.plot_subclusters(self.subclusters, outdir / "subclusters.png"))
+            files.append(report.plot_class_profiles(self.subclusters, self.random_lesions, self.base_class_accuracy,
+                                                    outdir / "class_profiles.png"))
+        files += [f for f in (report.plot_double_lesions(self.pairs, self.subclusters, outdir / "double_lesions.png"),
+                              report.plot_dependencies(self.edges, self.subclusters, outdir / "dependencies.png"))
+                  if f is not None]
+        if self.visualisation:
+            files.append(report.plot_visualisations(self.visualisation, outdir / "visualisations.png"))
+        return files
 
     def save(self, outdir, *, overwrite: bool = False) -> list:
         """Write partition, subclusters, random_lesions, double_lesions and dependencies
@@ -682,8 +700,7 @@ def modules(source, data: Dataset | None = None, *, n_clusters: int = 12, kind: 
                                                   min_drop=min_drop, progress=progress)
         if visualise:
             shown = [r for r in rows if r["category"] not in ("small", "complete")]
-            res.visualisation = correlation_visualisations(lm, data, shown, part, seed=seed, scale=scale,
-                                                           batch_size=batch_size)
+            res.visualisation = correlation_visualisations(les, shown, part, seed=seed)
         params.update(input_scale=les.factor, data_split=data.split, n_test=len(data))
         inputs["data"] = (data.path, data.sha256)
     res.meta = provenance(inputs, params)

@@ -506,6 +506,202 @@ def modules(sources, out, data_path, split, scale, x_key, y_key, limit, clusters
     click.echo("wrote " + ", ".join(str(f) for f in files))
 
 
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for results.")
+@_with(_data_options(required=False, help="Test samples the units are measured on (needed for models; labels "
+                                          "are not: predictions are compared with the intact network's)."))
+@click.option("--sweep", is_flag=True,
+              help="SOURCES are one architecture at several widths: add sweep tables, gains and plots.")
+@click.option("--widths", default=None,
+              help="Width factors of the swept models, e.g. 0.25,0.5,1,2,4 (default: hidden units / median).")
+@click.option("--layers", default=None, help="Comma-separated hidden layers (default: all).")
+@click.option("--tolerance", default=0.2, show_default=True, type=float,
+              help="Prunability: tolerated fraction of changed predictions.")
+@click.option("--redundancy-tolerance", default=0.05, show_default=True, type=float,
+              help="Redundancy (and --thin): largest fraction of variance left unexplained.")
+@click.option("--steps", default=7, show_default=True, type=int,
+              help="Ablated fractions 0, 1/(steps-1), ..., 1 per curve.")
+@click.option("--permutations", default=3, show_default=True, type=int,
+              help="Random permutations per curve; the largest prunable fraction is kept.")
+@click.option("--mode", type=click.Choice(["layer", "network", "both"]), default="both", show_default=True,
+              help="Ablate one layer at a time, all layers at once, or both.")
+@click.option("--conv-units", type=click.Choice(["position", "channel"]), default="position", show_default=True,
+              help="Conv ablation units: channel x position (the paper's) or whole channels (for --plan-prunable).")
+@click.option("--max-rows", default=50_000, show_default=True, type=int,
+              help="Redundancy: rows of a layer's activation matrix (conv: samples x positions) kept at random.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where PCA runs (NumPy or CuPy).")
+@click.option("--plan-prunable", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a plan removing the prunable units (network mode, replaced by 0), for infoprobe prune.")
+@click.option("--plan-redundant", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a plan removing the redundant units, refactored into the kept ones by least squares.")
+@click.option("--thin", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the refactored thinner ONNX and check it against the original on --data.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tables as JSON.")
+@max_size_option
+@progress_option
+def frivolous(sources, out, data_path, split, scale, x_key, y_key, limit, sweep, widths, layers, tolerance,
+              redundancy_tolerance, steps, permutations, mode, conv_units, max_rows, device, plan_prunable,
+              plan_redundant, thin, seed, plot, overwrite, as_json, max_model_size, progress):
+    """Frivolous units: how many units are prunable and how many redundant, per layer.
+
+    Prunability (ONNX models, needs --data): a random permutation of a layer's units is
+    ablated cumulatively (post-activations times 0) at the fractions 0, 1/6, ..., 1, and the
+    fraction of predictions that stay unchanged is recorded; the prunable fraction is where
+    that curve crosses 1 - --tolerance (linear interpolation; 1.0 when it never does), the
+    largest over --permutations. Conv units are channel x position. Redundancy (models with
+    --data, or activation stores): PCA of each layer's activations (conv: positions are
+    samples); units beyond the components that leave --redundancy-tolerance of the variance
+    unexplained are redundant. With --sweep, SOURCES are one architecture at several widths:
+    counts normalised by the widest model, and the gain g (growth factor per doubling of the
+    width; g > 2: frivolous units grow faster than the network). Method: Casper, Boix et al.,
+    "Frivolous Units" (AAAI 2021).
+
+    \b
+    Examples:
+      infoprobe frivolous model.onnx --data test.npz --split test --out friv/
+      infoprobe frivolous acts.h5 --out friv/                        # redundancy only
+      infoprobe frivolous model.onnx --data mnist.npz --split test --thin thin.onnx --out friv/
+      infoprobe frivolous --sweep m_0.25.onnx m_0.5.onnx m_1.onnx m_2.onnx m_4.onnx \\
+          --data synthetic_10d.npz --split test --out sweep/
+    """
+    from infoprobe.analyses.compress import prune_model
+    from infoprobe.analyses.frivolous import frivolous as run, prunable_plan, refactor_plan, width_sweep
+    from infoprobe.data import load_data
+    from infoprobe.results import check_outputs
+
+    if len(sources) > 1 and not sweep:
+        raise click.UsageError("several SOURCES are analysed as a width family: pass --sweep")
+    if sweep and len(sources) < 2:
+        raise click.UsageError("--sweep needs at least two models")
+    is_store = [s.suffix.lower() in (".h5", ".hdf5") for s in sources]
+    if (plan_prunable or plan_redundant or thin) and (len(sources) > 1 or is_store[0] or not data_path):
+        raise click.UsageError("--plan-prunable, --plan-redundant and --thin need one ONNX model and --data")
+    if not all(is_store) and not data_path:
+        raise click.UsageError("ONNX models need --data (or pass activation stores for redundancy only)")
+    if steps < 2:
+        raise click.BadParameter("--steps must be at least 2", param_hint="--steps")
+    check_outputs([p for p in (plan_prunable, plan_redundant, thin) if p], overwrite)
+    data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit) if data_path else None
+    width_list = None
+    if widths:
+        try:
+            width_list = [float(w) for w in _csv_list(widths)]
+        except ValueError:
+            raise click.BadParameter(f"{widths!r} is not a list of numbers", param_hint="--widths") from None
+    modes = ("layer", "network") if mode == "both" else (mode,)
+    results, files = [], []
+    for src, store in zip(sources, is_store):
+        folder = out if len(sources) == 1 else out / src.stem
+        source = src if store else _load(src, max_model_size)
+        res = run(source, data if not store else None, layers=_csv_list(layers), prune_tolerance=tolerance,
+                  redundancy_tolerance=redundancy_tolerance, fractions=[i / (steps - 1) for i in range(steps)],
+                  n_permutations=permutations, conv_units=conv_units, modes=modes, max_rows=max_rows, seed=seed,
+                  device=device, scale=scale, progress=progress)
+        files += res.save(folder, overwrite=overwrite)
+        if plot:
+            files += res.plot(folder)
+        results.append(res)
+    doc = {"models": [{"source": r.source, "layers": r.layers} for r in results]}
+    sw = None
+    if sweep:
+        sw = width_sweep(results, width_list)
+        files += sw.save(out, overwrite=overwrite)
+        if plot:
+            files += sw.plot(out)
+        doc["sweep"] = {"rows": sw.rows, "gains": sw.gains, "g_range": sw.g_range}
+    if plan_prunable:
+        if results[0].prunability is None:
+            raise click.UsageError("--plan-prunable needs prunability (a model with --data)")
+        plan = prunable_plan(source, results[0].prunability, mode="network" if "network" in modes else "layer")
+        files.append(plan.save(plan_prunable, overwrite=overwrite))
+    if plan_redundant or thin:
+        plan, refactor_rows = refactor_plan(source, data, layers=_csv_list(layers), tolerance=redundancy_tolerance,
+                                            max_rows=max_rows, seed=seed, scale=scale, progress=progress)
+        doc["refactor"] = refactor_rows
+        if plan_redundant:
+            files.append(plan.save(plan_redundant, overwrite=overwrite))
+        if thin:
+            rep = prune_model(source, plan, thin, data=data, scale=scale, overwrite=overwrite)
+            doc["thin"] = rep
+            files.append(thin)
+    if as_json:
+        from infoprobe.results import _plain
+
+        click.echo(json.dumps(_plain(doc) | {"files": [str(f) for f in files]}, indent=1))
+        return
+    for res in results:
+        click.echo(f"{res.source}:")
+        click.echo(f"  {'layer':<14} {'units':>6} {'prunable':>9} {'of':>7} {'redundant':>9}  mean |r|")
+        for r in res.layers:
+            pru = (f"{r['prunable_units']:9.1f} {r['ablation_units']:>7}" if r.get("prunable_units") is not None
+                   else f"{'-':>9} {'':>7}")
+            red = f"{r['redundant']:>9}" if r.get("redundant") is not None else f"{'-':>9}"
+            corr = f"{r['corr_mean']:.3f}" if r.get("corr_mean") is not None else ""
+            click.echo(f"  {r['layer']:<14} {r['units']:>6} {pru} {red}  {corr}")
+    if sw is not None:
+        click.echo("width sweep (network; counts / widest model's units):")
+        for r in (r for r in sw.rows if r["layer"] == "all"):
+            pn = f"{r['prunable_norm']:.4f}" if "prunable_norm" in r else "-"
+            click.echo(f"  {r['width']:>6g}x  prunable {pn:>7}  redundant {r['redundant_norm']:.4f}")
+        for meas, (lo, hi) in sw.g_range.items():
+            click.echo(f"  g {meas}: min {lo:.3f}, max {hi:.3f}")
+    if "refactor" in doc:
+        rm = sum(r["removed"] for r in doc["refactor"])
+        click.echo(f"refactoring at tolerance {redundancy_tolerance}: removes {rm} of "
+                   f"{sum(r['units'] for r in doc['refactor'])} hidden units ("
+                   + ", ".join(f"{r['layer']} {r['units']}->{r['kept']}" for r in doc["refactor"]) + ")")
+    if "thin" in doc and "verification" in doc["thin"]:
+        ver = doc["thin"]["verification"]
+        click.echo(f"thinner model {thin}: labels kept {ver['label_agreement_with_original']:.4f} of "
+                   f"{ver['n_samples']}, max |delta logit| {ver['max_abs_diff_original']:.3g}, parameters "
+                   f"x{doc['thin']['ratios']['parameters']:.3f}")
+    click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Data file to write (.npz).")
+@click.option("--dims", default=10, show_default=True, type=int, help="Input dimensions (the paper: 10 and 10000).")
+@click.option("--train", "n_train", default=1000, show_default=True, type=int, help="Training samples (split 0).")
+@click.option("--test", "n_test", default=1000, show_default=True, type=int, help="Test samples (split 2).")
+@click.option("--teacher-width", default=32, show_default=True, type=int,
+              help="Hidden units of the random teacher (1/4 of a 128-unit student).")
+@click.option("--classes", default=2, show_default=True, type=int)
+@click.option("--balance", default="0.4,0.6", show_default=True, help="Bounds on each class's share of the inputs.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+def synthetic(out, dims, n_train, n_test, teacher_width, classes, balance, seed, overwrite):
+    """Synthetic data: Gaussian inputs labelled by a random teacher MLP.
+
+    Inputs are uncorrelated N(0, I); the label is the argmax of a randomly initialised
+    dims-teacher_width-classes ReLU network, redrawn until each class covers a share of the
+    inputs within --balance (Casper et al., "Frivolous Units", Section 4). Writes an .npz with
+    x, y and split (0 train, 2 test) that every command reads with --data.
+
+    \b
+    Example:
+      infoprobe synthetic --dims 10000 --out synthetic_10k.npz
+    """
+    import numpy as np
+
+    from infoprobe.synthetic import save_npz, teacher_data
+
+    try:
+        lo, hi = (float(v) for v in balance.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{balance!r} is not two numbers like 0.4,0.6", param_hint="--balance") from None
+    d = teacher_data(dims, n_train=n_train, n_test=n_test, hidden=teacher_width, n_classes=classes,
+                     balance=(lo, hi), seed=seed)
+    save_npz({k: d[k] for k in ("x", "y", "split")}, out, overwrite=overwrite)
+    shares = ", ".join(f"{v:.3f}" for v in np.bincount(d["y"], minlength=classes) / len(d["y"]))
+    click.echo(f"wrote {out}: {n_train} + {n_test} samples of {dims} dimensions, class shares {shares} "
+               f"(teacher drawn {d['tries']} time{'s' if d['tries'] > 1 else ''})")
+
+
 def _print_fifty(table):
     click.echo("accuracy with 50% of a layer's units ablated:")
     click.echo(f"  {'layer':<14} {'ranking':<34} {'to zero':>8} {'bias bal.':>9}")
@@ -638,8 +834,8 @@ def prune(model, plan_path, out, data_path, split, scale, x_key, y_key, limit, l
             acc = (f"; accuracy {ver['accuracy_original']:.4f} -> {ver['accuracy_pruned']:.4f}"
                    if "accuracy_pruned" in ver else "")
             click.echo(f"verified on {ver['n_samples']} samples: max |delta| vs the plan applied by masks "
-                       f"{ver['max_abs_diff']:.2e} ({'exact' if ver['exact'] else 'MISMATCH'}); labels kept "
-                       f"{ver['label_agreement_with_original']:.4f}{acc}")
+                       f"{ver['max_abs_diff']:.2e} ({'exact' if ver['exact'] else 'MISMATCH'}), vs the original "
+                       f"{ver['max_abs_diff_original']:.2e}; labels kept {ver['label_agreement_with_original']:.4f}{acc}")
         click.echo(f"wrote {out}")
     if ver and not ver["exact"]:
         click.echo("infoprobe: error: the pruned model differs from the plan applied by masks; please report "

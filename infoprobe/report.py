@@ -1,7 +1,7 @@
 """Plots from result tables only (never from models): importance distributions and
 cumulative-ablation curves (Liu, Amjad & Geiger 2018, Figs. 1-4), synergy profiles, and the
 lesion tests, double lesions, visualisations and clusterability of modules (Hod et al.,
-Figs. 1, 2, 6, 8, 9)."""
+Figs. 1, 2, 6, 8, 9), and frivolous units (Casper et al., Figs. 2-4)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -293,4 +293,98 @@ def plot_clusterability(clus: list, path) -> Path:
         ax.set_xlabel("n-cut")
         ax.set_title(f"shuffle {c['variant']}: p = {c['p']:.3g}, z = {c['z']:.2f}", fontsize=9)
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_prunability(curves: dict, path, *, tolerance: float = 0.2, mode: str | None = None) -> Path:
+    """Fraction of unchanged predictions against the fraction of units ablated at random
+    (Casper et al., Fig. 2a-b); writes a PNG.
+
+    ``curves``: {label: prunability curve rows}. One panel per (mode, layer) when one label
+    is given (each permutation a thin line); with several labels (a width sweep) one panel
+    of ``mode`` rows, one line per label (the mean over permutations). The dashed line is
+    1 - tolerance, where the prunable fraction is read.
+    """
+    plt = _pyplot()
+    labels = list(curves)
+    single = len(labels) == 1
+    rows0 = curves[labels[0]]
+    panels = (list(dict.fromkeys((r["mode"], r["layer"]) for r in rows0)) if single
+              else [(mode or "network", "all" if (mode or "network") == "network" else rows0[0]["layer"])])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False, layout="constrained")
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(2, len(labels))))
+    for ax, (md, layer) in zip(axes[0], panels):
+        for li, lab in enumerate(labels):
+            sel = [r for r in curves[lab] if r["mode"] == md and r["layer"] == layer]
+            if not sel:
+                continue
+            perms = sorted({r["permutation"] for r in sel})
+            if single:
+                for p in perms:
+                    pr = [r for r in sel if r["permutation"] == p]
+                    ax.plot([r["fraction"] for r in pr], [r["unchanged"] for r in pr], "o-", ms=3, lw=1,
+                            color=plt.cm.tab10(p % 10), label=f"permutation {p}")
+            else:
+                f = np.array([r["fraction"] for r in sel if r["permutation"] == perms[0]])
+                u = np.mean([[r["unchanged"] for r in sel if r["permutation"] == p] for p in perms], axis=0)
+                ax.plot(f, u, "o-", ms=3, lw=1.4, color=colors[li], label=lab)
+        ax.axhline(1 - tolerance, color="grey", ls="--", lw=1)
+        ax.set_title(f"{layer}" if md == "layer" else "all layers at once", fontsize=9)
+        ax.set_xlabel("fraction of units ablated")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("predictions unchanged")
+    axes[0][-1].legend(fontsize=6, loc="lower left")
+    return _save(fig, path)
+
+
+def plot_correlations(correlations: dict, path) -> Path:
+    """Violins of the absolute unit-to-unit correlation coefficients (Casper et al.,
+    Fig. 2c-d); writes a PNG. ``correlations``: {label: {layer: |r| array}}; one violin
+    per (label, layer)."""
+    plt = _pyplot()
+    items = [(f"{lab}\n{layer}" if len(correlations) > 1 else layer, np.asarray(v, float))
+             for lab, d in correlations.items() for layer, v in d.items()]
+    items = [(n, v) for n, v in items if len(v)]
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.0 * len(items) + 1), 3.2), layout="constrained")
+    if items:
+        ax.violinplot([v for _, v in items], showmedians=True)
+        ax.set_xticks(np.arange(1, len(items) + 1), [n for n, _ in items], fontsize=7)
+    ax.set_ylabel("|correlation| between units")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_sweep(rows: list, g_range: dict, path) -> Path:
+    """Prunable and redundant units (normalised by the widest model) against width on
+    log-log axes, one line per layer and a bold one for the network, with g_min/g_max
+    (Casper et al., Figs. 3-4); the dotted line has g = 2 (growth with the width); writes a PNG."""
+    plt = _pyplot()
+    measures = [m for m in ("prunable", "redundant") if any(f"{m}_norm" in r for r in rows)]
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.6), squeeze=False,
+                             layout="constrained")
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    for ax, m in zip(axes[0], measures):
+        for i, layer in enumerate(layers):
+            sel = sorted((r for r in rows if r["layer"] == layer and r.get(f"{m}_norm") is not None),
+                         key=lambda r: r["width"])
+            sel = [r for r in sel if r[f"{m}_norm"] > 0]
+            if not sel:
+                continue
+            net = layer == "all"
+            ax.plot([r["width"] for r in sel], [r[f"{m}_norm"] for r in sel], "o-", lw=2.4 if net else 1,
+                    color="black" if net else plt.cm.tab10(i % 10), label="network" if net else layer)
+        ws = sorted({r["width"] for r in rows})
+        ref = [r[f"{m}_norm"] for r in rows if r["layer"] == "all" and r["width"] == ws[-1] and r.get(f"{m}_norm")]
+        if ref:
+            ax.plot(ws, [ref[0] * w / ws[-1] for w in ws], ":", color="grey", label="g = 2")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        lo, hi = g_range.get(m, (float("nan"), float("nan")))
+        ax.set_title(f"{m} units: g_min {lo:.2f}, g_max {hi:.2f}", fontsize=9)
+        ax.set_xlabel("width factor")
+        ax.set_ylabel(f"{m} units / units of the widest model")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
     return _save(fig, path)

@@ -33,7 +33,8 @@ def test_inspect_json():
 
 
 def test_help_has_examples():
-    for cmd in ("inspect", "capture", "importance", "ablate", "synergy", "modules", "plan", "prune", "check", "demo"):
+    for cmd in ("inspect", "capture", "importance", "ablate", "synergy", "modules", "frivolous", "synthetic", "plan",
+                "prune", "check", "demo"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.output
 
@@ -133,6 +134,12 @@ def test_demo(tmp_path):
     md = s["modules"]
     assert md["fisher_importance"] < 0.01 and md["chi2_importance"] < 0.01 and md["categories"]["important"] > 0
     assert (out / "modules" / "subclusters.csv").exists() and (out / "modules" / "visualisations.png").exists()
+    # frivolous units grow faster than the width (Casper et al., g > 2); the thinner sigmoid
+    # MLP keeps most labels with far fewer units
+    fr = s["frivolous"]
+    assert fr["g"]["prunable"][0] > 2 and fr["g"]["redundant"][0] > 2
+    assert all(kept < units for units, kept in fr["units"]) and fr["label_agreement"] > 0.9
+    assert (out / "frivolous" / "thin.onnx").exists() and (out / "frivolous" / "sweep.png").exists()
     # rerunning into the demo's own folder works; a foreign folder is refused
     assert run("demo", "--out", out, "--steps", "3", "--random-repeats", "0", "--no-progress").exit_code == 0
     (tmp_path / "mine").mkdir()

@@ -73,7 +73,8 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
     dict
         ``original`` and ``pruned``: parameters, bytes, per-sample MACs and latency;
         ``ratios`` (pruned / original); ``layers`` (units before and after);
-        ``verification`` (with data: max |delta output|, tolerance, label agreement,
+        ``verification`` (with data: max |delta output| against the plan applied by masks
+        and against the original, tolerance, label agreement with the original,
         accuracies); ``out``.
 
     Raises
@@ -113,6 +114,7 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
         diff = float(np.abs(got - expected).max())
         tol = VERIFY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
         ver = {"n_samples": len(x), "max_abs_diff": diff, "tolerance": tol, "exact": diff <= tol,
+               "max_abs_diff_original": float(np.abs(got - intact).max()),
                "label_agreement_with_original": float((got.reshape(len(x), -1).argmax(1)
                                                         == intact.reshape(len(x), -1).argmax(1)).mean())}
         if data.y is not None:

@@ -1,6 +1,6 @@
 """The end-to-end demo: capture -> importance -> cumulative ablation -> prune -> check on the
-bundled sigmoid MLP, synergy profiles of the bundled ReLU MLPs, and the modules of the bundled
-pruned Fashion-MNIST MLP."""
+bundled sigmoid MLP, synergy profiles of the bundled ReLU MLPs, the modules of the bundled
+pruned Fashion-MNIST MLP, and the frivolous units of a width family and of the sigmoid MLP."""
 from __future__ import annotations
 
 import json
@@ -17,10 +17,14 @@ from .ablation import cumulative_ablation
 from .capture import capture
 from .check import check
 from .compress import prune_model
+from .frivolous import frivolous, refactor_plan, width_sweep
 from .importance import importance
 from .modules import modules
 from .plans import make_plan
 from .synergy import synergy
+
+#: Width factors of the bundled synthetic-data family (frivolous-units paper, 128 units at 1x).
+WIDTHS = ("0.25", "0.5", "1", "2", "4")
 
 #: The 784-20-20-20-10 ReLU MLP trained from five seeds (O-information paper's architecture).
 RELU_NETWORKS = ("mlp_relu", "mlp_relu_s2", "mlp_relu_s3", "mlp_relu_s4", "mlp_relu_s5")
@@ -48,7 +52,12 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     of the five bundled ReLU MLPs on the test split (``synergy*.csv``, ``synergy.png``). Last,
     the modules of the 90%-pruned 4x256 Fashion-MNIST MLP: 12 spectral clusters, n-cut against
     10 shuffled networks, lesion tests of every sub-cluster against 20 random ones on 2,000
-    Fashion-MNIST test images, double lesions and visualisations (``modules/``).
+    Fashion-MNIST test images, double lesions and visualisations (``modules/``). Then the
+    frivolous units of the five bundled synthetic-data MLPs of widths 1/4x ... 4x (prunable
+    and redundant units per width and the gain g, ``frivolous/``), and the sigmoid MLP
+    refactored into a thinner ONNX without its redundant units (tolerance 0.05,
+    ``frivolous/thin.onnx``), fitted on the validation split and checked against the original
+    on the test split.
 
     ``out`` may be reused only if it is absent, empty, or an earlier demo's folder.
 
@@ -95,6 +104,16 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     mod = modules(fixture_path("fashion_mlp_pruned.onnx"), fashion, n_shuffles=10, n_double=20, progress=progress)
     mod.save(out / "modules", overwrite=True)
     mod.plot(out / "modules")
+    synth = load_data(fixture_path("synthetic_10d.npz"), split="test")
+    family = [frivolous(fixture_path(f"synth_mlp_w{w}.onnx"), synth, seed=0, progress=progress) for w in WIDTHS]
+    for w, res in zip(WIDTHS, family):
+        res.save(out / "frivolous" / f"w{w}", overwrite=True)
+    sweep = width_sweep(family)
+    sweep.save(out / "frivolous", overwrite=True)
+    sweep.plot(out / "frivolous")
+    thin_plan, thin_rows = refactor_plan(lm, val, tolerance=0.05, progress=progress)
+    thin_plan.save(out / "frivolous" / "refactor_plan.json", overwrite=True)
+    thin = prune_model(lm, thin_plan, out / "frivolous" / "thin.onnx", data=test, overwrite=True, repeats=10)
     abl.save(out, overwrite=True)
     plot_importance(imp.units, out / "importance.png")
     for scope in ("layer", "network", "hybrid"):
@@ -117,6 +136,15 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
         "modules": {"model": "fashion_mlp_pruned.onnx", **{k: mod.network[k] for k in (
             "ncut", "clusterability_p_all", "clusterability_z_all", "fisher_importance", "chi2_importance",
             "fisher_coherence", "chi2_coherence", "categories")}},
+        "frivolous": {
+            "widths": [float(w) for w in WIDTHS],
+            "prunable_normalised": [r["prunable_norm"] for r in sweep.rows if r["layer"] == "all"],
+            "redundant_normalised": [r["redundant_norm"] for r in sweep.rows if r["layer"] == "all"],
+            "g": {m: list(v) for m, v in sweep.g_range.items() if m in ("prunable", "redundant")},
+            "refactored_model": lm.path.name,
+            "units": [[r["units"], r["kept"]] for r in thin_rows],
+            "label_agreement": thin["verification"]["label_agreement_with_original"],
+            "max_abs_logit_diff": thin["verification"]["max_abs_diff_original"]},
         "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"}),
     }
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())

@@ -61,6 +61,7 @@ def cli():
       infoprobe importance acts.h5 --out results/
       infoprobe synergy acts.h5 --out results/
       infoprobe modules model.onnx --data fashion.npz --split test --out modules/
+      infoprobe frivolous model.onnx --data mnist.npz --split test --out frivolous/
       infoprobe ablate model.onnx acts.h5 --data mnist.npz --split test --out results/
       infoprobe plan model.onnx --method hybrid --fraction 0.5 --store acts.h5 --out plan.json
       infoprobe prune model.onnx plan.json --out small.onnx --data mnist.npz --split test

@@ -16,7 +16,8 @@ from .rewrite import instrument, io_name, mask_shape, suffix
 _PROTO_LIMIT = 1_800_000_000  # bytes; above this a model is saved with external data
 
 
-def make_session(model: ir.Model, *, providers=None, threads: int | None = None) -> ort.InferenceSession:
+def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
+                 spin: bool = True) -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` for an ``onnx_ir.Model``.
 
     Small models are passed as bytes; models near the 2 GB protobuf limit are written to a
@@ -28,9 +29,15 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None)
         onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
     threads : int, optional
         Intra-op threads (default: onnxruntime's choice).
+    spin : bool
+        Let idle intra-op threads spin (onnxruntime's default: lower latency for runs back to
+        back). False for a session that runs once while others work, so that its idle
+        threads do not compete with theirs for the cores.
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     providers = providers or ["CPUExecutionProvider"]
@@ -60,7 +67,7 @@ class Runner:
     mix : bool
         Add the ``L:mix`` inputs that apply a pruning plan's affine replacements
         (whole model only; see :meth:`plan_feeds`).
-    providers, threads :
+    providers, threads, spin :
         As for :func:`make_session`.
 
     Attributes
@@ -72,11 +79,11 @@ class Runner:
     """
 
     def __init__(self, lm: LoadedModel, *, after: str | None = None, expose: bool = False,
-                 mix: bool = False, providers=None, threads: int | None = None):
+                 mix: bool = False, providers=None, threads: int | None = None, spin: bool = True):
         self.lm = lm
         self.after = after
         model = suffix(lm, after) if after else instrument(lm, expose=expose, mix=mix)
-        self.session = make_session(model, providers=providers, threads=threads)
+        self.session = make_session(model, providers=providers, threads=threads, spin=spin)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.data_input = io_name(after, "post_in") if after else lm.input_name

@@ -162,7 +162,7 @@ class Prunability:
 
 def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutations: int = 3,
                 tolerance: float = 0.2, conv_units: str = "position", modes=MODES, seed: int = 0,
-                scale="auto", batch_size: int = 4096, rows_per_run: int = 4096, progress: bool = True,
+                scale="auto", batch_size: int = 4096, rows_per_run: int = 256, progress: bool = True,
                 providers=None) -> Prunability:
     """Prunability of each hidden layer, and of all of them at once, by cumulative random
     ablation (Casper et al., Section 4, "Prunability"; Fig. 2a-b).
@@ -196,7 +196,10 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
     batch_size : int
         Rows per onnxruntime call.
     rows_per_run : int
-        Ablations are stacked along the batch so that one run holds about this many rows.
+        Ablations are stacked along the batch so that one run holds about this many rows
+        (default 256: stacking only pays when the per-call overhead of onnxruntime dominates,
+        i.e. for small data sets; on a CPU, repeating the masks costs more than it saves for
+        1,000 samples and more, as ``benchmarks/frivolous.py`` measures).
 
     Returns
     -------
@@ -223,21 +226,26 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
         raise ConfigError(f"{lm.path.name} has no hidden unit layer to ablate")
     threads = default_threads()
     x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
-    full = Runner(lm, expose=True, providers=providers, threads=threads)
+    # the intact pass runs once; its idle threads must not spin while the suffix sessions work
+    full = Runner(lm, expose=True, providers=providers, threads=threads, spin=False)
     res = full.run(x, outputs=[lm.output_name] + [io_name(n, "post") for n in names], batch_size=batch_size)
     intact = predicted_labels(res[lm.output_name])
     shapes = {n: _unit_shape(lm.layer(n), conv_units) for n in names}
     sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
     rng = np.random.default_rng(seed)
 
+    runners = {}   # one suffix session per first layer, shared by the layer and network modes
+
     def sweep_for(members):
         first = members[0]
-        try:
-            runner = Runner(lm, after=first, providers=providers, threads=threads)
-            if all(io_name(n, "mask") in runner.input_names for n in members):
-                return _Sweep(runner, res[io_name(first, "post")], intact, lm.output_name, rows_per_run, batch_size)
-        except ModelError:   # a skip connection around the layer: run the whole model
-            pass
+        if first not in runners:
+            try:
+                runners[first] = Runner(lm, after=first, providers=providers, threads=threads)
+            except ModelError:   # a skip connection around the layer: run the whole model
+                runners[first] = None
+        runner = runners[first]
+        if runner is not None and all(io_name(n, "mask") in runner.input_names for n in members):
+            return _Sweep(runner, res[io_name(first, "post")], intact, lm.output_name, rows_per_run, batch_size)
         return _Sweep(full, x, intact, lm.output_name, rows_per_run, batch_size)
 
     jobs = [("layer", n, [n]) for n in names] if "layer" in modes else []

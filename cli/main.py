@@ -599,6 +599,9 @@ def frivolous(sources, out, data_path, split, scale, x_key, y_key, limit, sweep,
     for src, store in zip(sources, is_store):
         folder = out if len(sources) == 1 else out / src.stem
         source = src if store else _load(src, max_model_size)
+        if plan_prunable and conv_units == "position" and any(lay.kind == "conv" for lay in source.hidden_layers):
+            raise click.UsageError("--plan-prunable on a model with conv layers needs --conv-units channel: a "
+                                   "channel x position cannot be removed from a model")
         res = run(source, data if not store else None, layers=_csv_list(layers), prune_tolerance=tolerance,
                   redundancy_tolerance=redundancy_tolerance, fractions=[i / (steps - 1) for i in range(steps)],
                   n_permutations=permutations, conv_units=conv_units, modes=modes, max_rows=max_rows, seed=seed,

@@ -473,6 +473,9 @@ def test_cli_one_model_plans_and_thin_model(tmp_path):
                                     "--data", str(SYNTH), "--out", str(tmp_path / "g")]).exit_code == 2
     assert CliRunner().invoke(cli, ["frivolous", str(FIX / "synth_mlp_w1.onnx"), "--out",
                                     str(tmp_path / "h")]).exit_code == 2
+    r = CliRunner().invoke(cli, ["frivolous", str(FIX / "cnn_small.onnx"), "--data", str(FIX / "mnist_demo.npz"),
+                                 "--out", str(tmp_path / "k"), "--plan-prunable", str(tmp_path / "k.json")])
+    assert r.exit_code == 2 and "--conv-units channel" in r.output and not (tmp_path / "k").exists()
 
 
 def test_cli_sweep_and_synthetic(tmp_path):

@@ -29,6 +29,18 @@ def sigmoid_store(tmp_path_factory):
                    progress=False)
 
 
+@pytest.fixture
+def cupy():
+    """CuPy with a usable CUDA device, or the test is skipped."""
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception:
+        pytest.skip("CUDA is unusable")
+    return cp
+
+
 def initializers(path) -> dict:
     """Initializers of an ONNX file straight from the protobuf (independent of infoprobe)."""
     m = onnx.load(str(path))

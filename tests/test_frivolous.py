@@ -502,13 +502,8 @@ def test_cli_sweep_and_synthetic(tmp_path):
 
 # --------------------------------------------------------------------------- GPU
 
-def test_redundancy_on_cuda_matches_cpu():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("CUDA is unusable")
+@pytest.mark.gpu
+def test_redundancy_on_cuda_matches_cpu(cupy):
     d = load_data(SYNTH, split="test")
     a, ca = redundancy(FIX / "synth_mlp_w2.onnx", d, progress=False)
     b, cb = redundancy(FIX / "synth_mlp_w2.onnx", d, device="cuda", progress=False)

@@ -386,6 +386,41 @@ def test_redundancy_from_a_store_equals_redundancy_from_the_model(sigmoid_store)
     assert b[1]["non_redundant"] == int(np.flatnonzero(ratio >= 0.95 - 1e-12)[0]) + 1
 
 
+def test_conv_redundancy_from_a_store_subsamples_the_same_positions(tmp_path):
+    from infoprobe.analyses.capture import capture
+
+    d = load_data(FIX / "mnist_demo.npz", split="test", limit=300)
+    store = capture(FIX / "cnn_small.onnx", d, tmp_path / "c.h5", batch_size=64, progress=False)
+    # layers of different sizes are stored in different chunks; blocks must stay in step
+    a, ca = redundancy(FIX / "cnn_small.onnx", d, max_rows=7000, seed=3, batch_size=128, progress=False)
+    b, cb = redundancy(store, max_rows=7000, seed=3, batch_size=128, progress=False)
+    assert [r["rows"] for r in a] == [7000, 7000]
+    for ra, rb in zip(a, b):
+        assert ra["non_redundant"] == rb["non_redundant"]
+        np.testing.assert_allclose(ca[ra["layer"]], cb[rb["layer"]], atol=1e-6)
+
+
+def test_store_layers_of_different_widths_are_read_in_step(tmp_path):
+    """A 5-unit and a 300-unit layer are chunked differently in a store of 5,000 samples:
+    every row of both must reach the PCA."""
+    import h5py
+    from sklearn.decomposition import PCA
+
+    from infoprobe.analyses.capture import capture
+
+    rng = np.random.default_rng(6)
+    layers = [(rng.normal(size=(5, 10)), np.zeros(5), "Tanh"), (rng.normal(size=(300, 5)), np.zeros(300), "Tanh"),
+              (rng.normal(size=(2, 300)), np.zeros(2), None)]
+    path = _dense_model(tmp_path / "m.onnx", layers, 10)
+    store = capture(path, _data(rng.normal(size=(5000, 10))), tmp_path / "s.h5", progress=False)
+    rows, _ = redundancy(store, max_rows=10**6, progress=False)
+    assert [r["rows"] for r in rows] == [5000, 5000]
+    with h5py.File(store, "r") as f:
+        for r in rows:
+            ratio = np.cumsum(PCA().fit(f[f"layers/{r['layer']}/post"][:].astype(np.float64)).explained_variance_ratio_)
+            assert r["non_redundant"] == int(np.flatnonzero(ratio >= 0.95 - 1e-12)[0]) + 1
+
+
 def _fake(source, units, prunable, redundant, network_prunable):
     rows = [{"layer": f"l{i}", "units": u, "ablation_units": u, "prunable_units": p, "redundant": r,
              "non_redundant": u - r} for i, (u, p, r) in enumerate(zip(units, prunable, redundant))]

@@ -261,15 +261,22 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
         n_units = int(offsets[-1])
         counts = np.round(fr * n_units).astype(np.int64)
         per_perm, kept_perms = [], []
+        # masks of several fractions are built together, within about 64 MiB
+        per_call = max(1, min(len(fr) - 1, 2**24 // n_units))
         for p in range(n_permutations):
             order = rng.permutation(n_units)
             kept_perms.append(order)
-            flat = np.ones((len(fr) - 1, n_units), np.float32)
-            for i, c in enumerate(counts[1:]):
-                flat[i, order[:c]] = 0.0
-            masks = {n: flat[:, offsets[j]:offsets[j + 1]].reshape(-1, *shapes[n]) for j, n in enumerate(members)}
-            unchanged = np.concatenate([[1.0], sweep(masks)])
-            bar.update(len(fr) - 1)
+            unchanged = [1.0]
+            for i0 in range(1, len(fr), per_call):
+                part = counts[i0:i0 + per_call]
+                flat = np.ones((len(part), n_units), np.float32)
+                for i, c in enumerate(part):
+                    flat[i, order[:c]] = 0.0
+                masks = {n: flat[:, offsets[j]:offsets[j + 1]].reshape(-1, *shapes[n])
+                         for j, n in enumerate(members)}
+                unchanged += list(sweep(masks))
+                bar.update(len(part))
+            unchanged = np.array(unchanged)
             frac = counts / n_units
             per_perm.append(prunable_fraction(frac, unchanged, tolerance))
             curves += [{"mode": mode, "layer": label, "permutation": p, "fraction": float(f), "ablated": int(c),
@@ -300,8 +307,8 @@ def _rows(block: np.ndarray, kind: str) -> np.ndarray:
 def _batches(source, names, *, data=None, scale="auto", batch_size=4096, plan=None, providers=None):
     """Yield {layer: post-activation block} over the samples, from a store or a model (with
     ``plan``'s replacements applied through the mask mechanism)."""
-    if isinstance(source, Store):
-        iters = [source.iter_rows(n, "post") for n in names]
+    if isinstance(source, Store):   # one block size for every layer keeps the layers in step
+        iters = [source.iter_rows(n, "post", rows=batch_size) for n in names]
         for blocks in zip(*iters):
             yield {n: b for n, (_, b) in zip(names, blocks)}
         return

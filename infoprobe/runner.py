@@ -16,6 +16,18 @@ from .rewrite import instrument, io_name, mask_shape, suffix
 _PROTO_LIMIT = 1_800_000_000  # bytes; above this a model is saved with external data
 
 
+def session_options(threads: int | None = None, *, spin: bool = True) -> ort.SessionOptions:
+    """onnxruntime session options: quiet logging, ``threads`` intra-op threads (None:
+    onnxruntime's choice) and, with ``spin=False``, idle threads that do not spin."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
 def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
                  spin: bool = True) -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` for an ``onnx_ir.Model``.
@@ -34,12 +46,7 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
         back). False for a session that runs once while others work, so that its idle
         threads do not compete with theirs for the cores.
     """
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = session_options(threads, spin=spin)
     providers = providers or ["CPUExecutionProvider"]
     proto = ir.to_proto(model)
     try:

@@ -427,7 +427,7 @@ def _fake(source, units, prunable, redundant, network_prunable):
     total = sum(units)
     rows.append({"layer": "all", "units": total, "ablation_units": total, "prunable_units": network_prunable,
                  "redundant": sum(redundant), "non_redundant": total - sum(redundant)})
-    meta = {"inputs": {"source": {"path": source, "sha256": "0" * 64}}, "parameters": {"tolerance": 0.2}}
+    meta = {"inputs": {"source": {"path": source, "sha256": "0" * 64}}, "parameters": {"prune_tolerance": 0.2}}
     return FrivolousResult(source, rows, None, [], {}, meta)
 
 

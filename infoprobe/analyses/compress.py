@@ -13,7 +13,7 @@ from ..modelstats import measure_latency, model_cost
 from ..plan import PruningPlan
 from ..prune import apply_plan, save_model
 from ..results import check_outputs
-from ..runner import Runner, default_threads
+from ..runner import Runner, default_threads, session_options
 
 #: Largest |pruned - reference| accepted, relative to max(1, max |reference|).
 VERIFY_TOLERANCE = 1e-5
@@ -25,14 +25,8 @@ def file_session(path, threads: int | None = None, *, spin: bool = True) -> ort.
     ``spin=False`` stops idle intra-op threads from spinning, for sessions that take turns
     (their spinning threads would otherwise compete for the cores).
     """
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(threads, spin=spin), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run {path}: {str(exc).splitlines()[0]}") from None
 

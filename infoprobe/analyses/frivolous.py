@@ -612,7 +612,7 @@ class FrivolousResult:
         files = []
         if self.prunability:
             files.append(report.plot_prunability({self.source: self.prunability.curves}, outdir / "prunability.png",
-                                                 tolerance=self.meta["parameters"]["tolerance"]))
+                                                 tolerance=self.meta["parameters"]["prune_tolerance"]))
         if self.correlations:
             files.append(report.plot_correlations({self.source: self.correlations}, outdir / "correlations.png"))
         return files
@@ -682,8 +682,7 @@ def _frivolous(src, data, layers, prune_tolerance, redundancy_tolerance, fractio
     inputs = {"source": (path, src.sha256)}
     if data is not None:
         inputs["data"] = (data.path, data.sha256)
-    params = {"prune_tolerance": prune_tolerance, "tolerance": prune_tolerance,
-              "redundancy_tolerance": redundancy_tolerance, "fractions": list(_fractions(fractions)),
+    params = {"prune_tolerance": prune_tolerance, "redundancy_tolerance": redundancy_tolerance, "fractions": list(_fractions(fractions)),
               "n_permutations": n_permutations, "conv_units": conv_units, "modes": list(modes),
               "max_rows": max_rows, "seed": seed, "layers": layers, "split": getattr(data, "split", None)}
     return FrivolousResult(str(path), rows, pr, red, corrs, provenance(inputs, params))
@@ -727,7 +726,7 @@ class SweepResult:
         curves = {lab: res.prunability.curves for lab, res in zip(labels, self.results) if res.prunability}
         if curves:
             files.append(report.plot_prunability(curves, outdir / "sweep_prunability.png",
-                                                 tolerance=self.results[0].meta["parameters"]["tolerance"],
+                                                 tolerance=self.results[0].meta["parameters"]["prune_tolerance"],
                                                  mode="network"))
         last = [res.redundancy[-1]["layer"] for res in self.results if res.redundancy]
         if last:

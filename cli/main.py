@@ -62,6 +62,7 @@ def cli():
       infoprobe synergy acts.h5 --out results/
       infoprobe modules model.onnx --data fashion.npz --split test --out modules/
       infoprobe frivolous model.onnx --data mnist.npz --split test --out frivolous/
+      infoprobe flow model.onnx --data szt.npz --beta 0.005 --out flow/
       infoprobe ablate model.onnx acts.h5 --data mnist.npz --split test --out results/
       infoprobe plan model.onnx --method hybrid --fraction 0.5 --store acts.h5 --out plan.json
       infoprobe prune model.onnx plan.json --out small.onnx --data mnist.npz --split test
@@ -704,6 +705,97 @@ def synthetic(out, dims, n_train, n_test, teacher_width, classes, balance, seed,
     shares = ", ".join(f"{v:.3f}" for v in np.bincount(d["y"], minlength=classes) / len(d["y"]))
     click.echo(f"wrote {out}: {n_train} + {n_test} samples of {dims} dimensions, class shares {shares} "
                f"(teacher drawn {d['tries']} time{'s' if d['tries'] > 1 else ''})")
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for results.")
+@_with(_data_options(help="The inputs X (each equally likely; labels split the distance histograms)."))
+@click.option("--beta", required=True, type=float,
+              help="Standard deviation of the Gaussian noise added to every hidden layer's output (0: none).")
+@click.option("--checkpoints", is_flag=True, help="MODELS are checkpoints of one architecture, in training order.")
+@click.option("--epochs", default=None, help="Epoch of each checkpoint, e.g. 0,10,50 (default 0, 1, 2, ...).")
+@click.option("--samples", "n_samples", default=200, show_default=True, type=int,
+              help="Noisy draws per input for the conditional entropies (n_x).")
+@click.option("--mc", "n_mc", default=100_000, show_default=True, type=int,
+              help="Monte Carlo draws for each layer's unconditional entropy.")
+@click.option("--mc-conditional", default=200, show_default=True, type=int,
+              help="Monte Carlo draws for each input's conditional entropy.")
+@click.option("--bin-size", type=float, default=None, help="Bin side for H(Bin(T)) (default 10 x beta, or 0.1).")
+@click.option("--layers", default=None, help="Comma-separated hidden layers (default: all).")
+@click.option("--max-points", default=2000, show_default=True, type=int,
+              help="Samples whose pairwise distances are histogrammed.")
+@click.option("--nats", is_flag=True, help="Report I(X;T) and entropies in nats instead of bits.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the mixture entropies are computed (NumPy or CuPy).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the trajectory table as JSON.")
+@max_size_option
+@progress_option
+def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkpoints, epochs, n_samples, n_mc,
+         mc_conditional, bin_size, layers, max_points, nats, device, seed, plot, overwrite, as_json, max_model_size,
+         progress):
+    """Information flow: I(X;T) of each hidden layer in the noisy network, and clustering.
+
+    Adds N(0, beta^2) noise to the output of every hidden layer (not the output layer) and
+    estimates I(X;T_l) by sample propagation: the entropy of the Gaussian mixture around the
+    layer's noise-free outputs S_l of all inputs, minus the mean entropy of the mixtures around
+    --samples noisy draws of each input, each computed by Monte Carlo integration (reported
+    with its standard error). Also the binned entropy H(Bin(T_l)) of each layer and unit, and
+    histograms of within- and between-class distances between representations. With
+    --checkpoints, MODELS are training checkpoints: trajectories, and per-unit trends of the
+    binned entropy. beta = 0 gives only the clustering measures: I(X;T) of a deterministic
+    network is not a meaningful number. Method: Goldfeld et al., "Estimating Information Flow
+    in Deep Neural Networks" (ICML 2019).
+
+    \b
+    Examples:
+      infoprobe flow model.onnx --data szt.npz --beta 0.005 --out flow/
+      infoprobe flow --checkpoints epoch_*.onnx --epochs 0,10,50,150 --data szt.npz --beta 0.005 --out flow/
+      infoprobe flow model.onnx --data mnist.npz --split test --beta 0 --bin-size 0.01 --out flow/
+    """
+    from infoprobe.analyses.flow import DETERMINISTIC_NOTE, flow_series
+
+    if len(models) > 1 and not checkpoints:
+        raise click.UsageError("several MODELS are read as training checkpoints: pass --checkpoints")
+    epoch_list = None
+    if epochs:
+        try:
+            epoch_list = [float(e) for e in _csv_list(epochs)]
+        except ValueError:
+            raise click.BadParameter(f"{epochs!r} is not a list of numbers", param_hint="--epochs") from None
+    from infoprobe.data import load_data
+
+    data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit)
+    if beta == 0:
+        click.echo(DETERMINISTIC_NOTE, err=True)
+    series = flow_series([_load(m, max_model_size) for m in models], data, epochs=epoch_list, beta=beta,
+                         n_samples=n_samples, n_mc=n_mc, n_mc_conditional=mc_conditional, layers=_csv_list(layers),
+                         bin_size=bin_size, max_points=max_points, unit="nats" if nats else "bits", seed=seed,
+                         device=device, scale=scale, progress=progress)
+    files = series.save(out, overwrite=overwrite)
+    if plot:
+        files += series.plot(out)
+    if as_json:
+        from infoprobe.results import _plain
+
+        click.echo(json.dumps(_plain({"trajectory": series.trajectory, "trend_summary": series.trend_summary,
+                                      "files": files}), indent=1))
+        return
+    unit = "nats" if nats else "bits"
+    head = f"  {'epoch':>8} {'layer':<12} {'units':>5}"
+    head += f" {'I(X;T) [' + unit + ']':>16} {'MC s.e.':>8}" if beta > 0 else ""
+    click.echo(head + f" {'H(Bin(T)) [bits]':>17}")
+    for r in series.trajectory:
+        line = f"  {r['epoch']:>8g} {r['layer']:<12} {r['units']:>5}"
+        line += f" {r['mi']:16.4f} {r['mi_se']:8.4f}" if beta > 0 else ""
+        click.echo(line + f" {r['binned_entropy']:17.4f}")
+    for s in series.trend_summary:
+        click.echo(f"  {s['layer']}: per-unit H(Bin) slope {s['mean_slope']:.3g} +/- {s['std_slope']:.3g} bits/epoch, "
+                   f"{100 * s['negative_fraction']:.0f}% of units negative")
+    click.echo("wrote " + ", ".join(str(f) for f in files))
 
 
 def _print_fifty(table):

@@ -1,7 +1,7 @@
 """Plots from result tables only (never from models): importance distributions and
 cumulative-ablation curves (Liu, Amjad & Geiger 2018, Figs. 1-4), synergy profiles, and the
 lesion tests, double lesions, visualisations and clusterability of modules (Hod et al.,
-Figs. 1, 2, 6, 8, 9), and frivolous units (Casper et al., Figs. 2-4)."""
+Figs. 1, 2, 6, 8, 9), frivolous units (Casper et al., Figs. 2-4), and information flow (Goldfeld et al., Figs. 1, 5, 6)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -387,4 +387,70 @@ def plot_sweep(rows: list, g_range: dict, path) -> Path:
         ax.set_ylabel(f"{m} units / units of the widest model")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_flow(trajectory: list, path) -> Path:
+    """I(X;T_l) (with its Monte Carlo standard error) and H(Bin(T_l)) against the epoch, one
+    line per layer (Goldfeld et al., Figs. 1, 5); writes a PNG. Without MI values (beta = 0)
+    only the binned entropy is drawn."""
+    plt = _pyplot()
+    has_mi = any(r.get("mi") is not None for r in trajectory)
+    fig, axes = plt.subplots(2 if has_mi else 1, 1, figsize=(6, 6 if has_mi else 3.2), squeeze=False,
+                             sharex=True, layout="constrained")
+    layers = list(dict.fromkeys(r["layer"] for r in trajectory))
+    epochs = sorted({r["epoch"] for r in trajectory})
+    log_x = len(epochs) > 2 and min(epochs) >= 0 and max(epochs) / max(min(e for e in epochs if e > 0) if
+                                                                        any(e > 0 for e in epochs) else 1, 1e-12) > 50
+    for i, layer in enumerate(layers):
+        sel = sorted((r for r in trajectory if r["layer"] == layer), key=lambda r: r["epoch"])
+        e = np.array([r["epoch"] for r in sel], float)
+        color = plt.cm.viridis(i / max(1, len(layers) - 1))
+        if has_mi:
+            mi = np.array([r["mi"] for r in sel], float)
+            se = np.array([r["mi_se"] for r in sel], float)
+            axes[0][0].errorbar(e, mi, yerr=se, fmt="o-", ms=3, lw=1.2, capsize=2, color=color, label=layer)
+        axes[-1][0].plot(e, [r["binned_entropy"] for r in sel], "o-", ms=3, lw=1.2, color=color, label=layer)
+    if has_mi:
+        unit = trajectory[0].get("unit", "bits")
+        axes[0][0].set_ylabel(f"I(X;T) [{unit}]")
+        axes[0][0].set_title(f"noisy network, beta = {trajectory[0]['beta']:g}", fontsize=9)
+        axes[0][0].legend(fontsize=6)
+        axes[0][0].grid(alpha=0.3)
+    ax = axes[-1][0]
+    ax.set_ylabel(f"H(Bin(T)) [bits], bin {trajectory[0]['bin_size']:g}")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    if not has_mi:
+        ax.legend(fontsize=6)
+    if log_x:
+        ax.set_xscale("symlog", linthresh=max(1.0, min(e for e in epochs if e > 0)))
+    return _save(fig, path)
+
+
+def plot_distances(by_epoch: dict, path) -> Path:
+    """Histograms of within- and between-class pairwise distances of representations, one row
+    per layer and one column per checkpoint (Goldfeld et al., Figs. 6, 8); writes a PNG.
+    ``by_epoch``: {epoch: distance rows}."""
+    plt = _pyplot()
+    epochs = list(by_epoch)
+    layers = list(dict.fromkeys(r["layer"] for r in by_epoch[epochs[0]]))
+    fig, axes = plt.subplots(len(layers), len(epochs), figsize=(2.8 * len(epochs), 1.8 * len(layers)),
+                             squeeze=False, layout="constrained")
+    colors = {"within": "tab:blue", "between": "tab:orange", "all": "tab:grey"}
+    for ci, ep in enumerate(epochs):
+        for li, layer in enumerate(layers):
+            ax = axes[li][ci]
+            for kind in ("within", "between", "all"):
+                sel = [r for r in by_epoch[ep] if r["layer"] == layer and r["kind"] == kind]
+                if sel:
+                    ax.stairs([r["density"] for r in sel], [sel[0]["lo"]] + [r["hi"] for r in sel],
+                              color=colors[kind], label=kind, fill=kind != "between", alpha=0.6)
+            if li == 0:
+                ax.set_title(f"epoch {ep:g}", fontsize=9)
+            if ci == 0:
+                ax.set_ylabel(layer, fontsize=8)
+            ax.tick_params(labelsize=6)
+    axes[0][-1].legend(fontsize=6)
+    fig.supxlabel("pairwise distance between representations", fontsize=8)
     return _save(fig, path)

@@ -7,7 +7,7 @@
 layer, so that a sweep over that layer starts from its stored post-activation.
 
 Value names used by the rewritten graphs (``L`` is the layer name): ``L:pre``, ``L:post``
-(outputs), ``L:mask``, ``L:offset``, ``L:mix`` (inputs), ``L:post_in`` (suffix input).
+(outputs), ``L:mask``, ``L:offset``, ``L:mix``, ``L:noise`` (inputs), ``L:post_in`` (suffix input).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .model import LoadedModel, UnitLayer
 
 
 def io_name(layer: str, role: str) -> str:
-    """Graph input/output name for ``role`` in {"pre", "post", "mask", "offset", "mix", "post_in"}."""
+    """Graph input/output name for ``role`` in {"pre", "post", "mask", "offset", "mix", "noise", "post_in"}."""
     return f"{layer}:{role}"
 
 
@@ -55,7 +55,7 @@ def _float_value(name: str, dims) -> ir.Value:
 
 
 def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
-               intervene: bool = True, mix: bool = False) -> ir.Model:
+               intervene: bool = True, mix: bool = False, noise: bool = False) -> ir.Model:
     """Rewrite a model so that unit layers can be read and ablated through graph I/O.
 
     Parameters
@@ -77,6 +77,12 @@ def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
         ``t @ mix`` with ``mix = P.T``; conv: a 1x1 convolution with weight ``mix``). This is
         the affine replacement of a pruning plan applied without removing anything
         (:meth:`infoprobe.runner.Runner.plan_feeds`); zeros leave the model unchanged.
+    noise : bool
+        With ``intervene``, also add ``L:noise`` (float32 ``[N, *layer.shape]``, or ``[1, ...]``
+        broadcast) to every *hidden* layer (not the output layer) and add it last:
+        ``t' = m * t + c (+ mix(t)) + z``. Fed with N(0, beta^2) draws this is the noisy
+        network T_l = f_l(T_{l-1}) + Z_l of Goldfeld et al. (2019, Section 2); the exposed
+        ``L:post`` is then S_l = f_l(T_{l-1}), before the noise.
 
     Returns
     -------
@@ -114,6 +120,13 @@ def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
                 add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
                 graph.extend([prod, add2])
                 add = add2
+            if noise and not lay.is_output:
+                ndims = [batch_dim, *lay.shape]
+                z = _float_value(io_name(name, "noise"), ndims)
+                graph.inputs.append(z)
+                add3 = ir.Node("", "Add", [add.outputs[0], z], name=f"infoprobe/{name}/noise_add")
+                graph.append(add3)
+                add = add3
             new = add.outputs[0]
             new.type, new.shape = t.type, t.shape
             for node, idx in uses:

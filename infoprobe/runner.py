@@ -74,6 +74,9 @@ class Runner:
     mix : bool
         Add the ``L:mix`` inputs that apply a pruning plan's affine replacements
         (whole model only; see :meth:`plan_feeds`).
+    noise : bool
+        Add the ``L:noise`` inputs of every hidden layer (whole model only; see
+        :meth:`noise_feeds`): the noisy network of Goldfeld et al. (2019).
     providers, threads, spin :
         As for :func:`make_session`.
 
@@ -86,10 +89,11 @@ class Runner:
     """
 
     def __init__(self, lm: LoadedModel, *, after: str | None = None, expose: bool = False,
-                 mix: bool = False, providers=None, threads: int | None = None, spin: bool = True):
+                 mix: bool = False, noise: bool = False, providers=None, threads: int | None = None,
+                 spin: bool = True):
         self.lm = lm
         self.after = after
-        model = suffix(lm, after) if after else instrument(lm, expose=expose, mix=mix)
+        model = suffix(lm, after) if after else instrument(lm, expose=expose, mix=mix, noise=noise)
         self.session = make_session(model, providers=providers, threads=threads, spin=spin)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -99,6 +103,8 @@ class Runner:
             if io_name(lay.name, "mask") in self.input_names:
                 self.identity[io_name(lay.name, "mask")] = np.ones(mask_shape(lay), np.float32)
                 self.identity[io_name(lay.name, "offset")] = np.zeros(mask_shape(lay), np.float32)
+            if io_name(lay.name, "noise") in self.input_names:
+                self.identity[io_name(lay.name, "noise")] = np.zeros((1, *lay.shape), np.float32)
             if io_name(lay.name, "mix") in self.input_names:
                 dims = (lay.units, lay.units) if lay.kind == "dense" else (lay.units, lay.units, 1, 1)
                 self.identity[io_name(lay.name, "mix")] = np.zeros(dims, np.float32)
@@ -123,6 +129,23 @@ class Runner:
         mask[units] = 0.0
         offset[units] = constants
         return self.intervention_feeds(layer, mask, offset)
+
+    def noise_feeds(self, rng: np.random.Generator, n: int, beta: float) -> dict:
+        """N(0, beta^2) draws for every ``L:noise`` input, float32 ``[n, *layer.shape]``, from
+        ``rng`` (layers in model order, so a seed reproduces them). Empty when beta = 0.
+
+        Raises
+        ------
+        ModelError
+            The runner was built without ``noise=True``.
+        """
+        names = [lay for lay in self.lm.layers if io_name(lay.name, "noise") in self.input_names]
+        if not names and any(not lay.is_output for lay in self.lm.layers):
+            raise ModelError("this runner has no noise inputs; build it with noise=True")
+        if beta == 0:
+            return {}
+        return {io_name(lay.name, "noise"): (beta * rng.standard_normal((n, *lay.shape))).astype(np.float32)
+                for lay in names}
 
     def plan_feeds(self, plan) -> dict:
         """Feeds that apply a :class:`~infoprobe.plan.PruningPlan` without removing anything:

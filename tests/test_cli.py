@@ -33,8 +33,8 @@ def test_inspect_json():
 
 
 def test_help_has_examples():
-    for cmd in ("inspect", "capture", "importance", "ablate", "synergy", "modules", "frivolous", "synthetic", "plan",
-                "prune", "check", "demo"):
+    for cmd in ("inspect", "capture", "importance", "ablate", "synergy", "modules", "frivolous", "synthetic", "flow",
+                "plan", "prune", "check", "demo"):
         res = run(cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.output
 
@@ -140,6 +140,9 @@ def test_demo(tmp_path):
     assert fr["g"]["prunable"][0] > 2 and fr["g"]["redundant"][0] > 2
     assert all(kept < units for units, kept in fr["units"]) and fr["label_agreement"] > 0.9
     assert (out / "frivolous" / "thin.onnx").exists() and (out / "frivolous" / "sweep.png").exists()
+    # the Section 4 toy neuron: I(X;T) rises to log 4, then falls as its Gaussians merge
+    toy = s["flow"]["toy_mi_nats"]
+    assert max(toy) > 1.3 and toy[-1] < 1.0 and (out / "flow" / "flow.png").exists()
     # rerunning into the demo's own folder works; a foreign folder is refused
     assert run("demo", "--out", out, "--steps", "3", "--random-repeats", "0", "--no-progress").exit_code == 0
     (tmp_path / "mine").mkdir()

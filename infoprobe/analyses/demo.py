@@ -17,6 +17,7 @@ from .ablation import cumulative_ablation
 from .capture import capture
 from .check import check
 from .compress import prune_model
+from .flow import flow_series
 from .frivolous import frivolous, refactor_plan, width_sweep
 from .importance import importance
 from .modules import modules
@@ -57,7 +58,8 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     and redundant units per width and the gain g, ``frivolous/``), and the sigmoid MLP
     refactored into a thinner ONNX without its redundant units (tolerance 0.05,
     ``frivolous/thin.onnx``), fitted on the validation split and checked against the original
-    on the test split.
+    on the test split. Last, the information flow of the single noisy tanh neuron of Goldfeld et
+    al. (Section 4) over its 25 training checkpoints (beta = 0.01, ``flow/``).
 
     ``out`` may be reused only if it is absent, empty, or an earlier demo's folder.
 
@@ -114,6 +116,12 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     thin_plan, thin_rows = refactor_plan(lm, val, tolerance=0.05, progress=progress)
     thin_plan.save(out / "frivolous" / "refactor_plan.json", overwrite=True)
     thin = prune_model(lm, thin_plan, out / "frivolous" / "thin.onnx", data=test, overwrite=True, repeats=10)
+    toy_files = sorted(Path(str(p)) for p in resources.files("infoprobe.fixtures").iterdir()
+                       if p.name.startswith("toy_tanh_k") and p.name.endswith(".onnx"))
+    toy = flow_series(toy_files, load_data(fixture_path("toy_tanh.npz")), beta=0.01, n_mc=20_000, unit="nats",
+                      epochs=[int(p.stem.rsplit("_k", 1)[1]) for p in toy_files], progress=False)
+    toy.save(out / "flow", overwrite=True)
+    toy.plot(out / "flow")
     abl.save(out, overwrite=True)
     plot_importance(imp.units, out / "importance.png")
     for scope in ("layer", "network", "hybrid"):
@@ -145,6 +153,8 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
             "units": [[r["units"], r["kept"]] for r in thin_rows],
             "label_agreement": thin["verification"]["label_agreement_with_original"],
             "max_abs_logit_diff": thin["verification"]["max_abs_diff_original"]},
+        "flow": {"model": "toy_tanh_k*.onnx", "beta": 0.01, "epochs": toy.epochs,
+                 "toy_mi_nats": [r["mi"] for r in toy.trajectory]},
         "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"}),
     }
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())

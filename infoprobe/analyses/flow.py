@@ -1,0 +1,313 @@
+"""Information flow: I(X;T_l) in noisy networks by sample propagation, binned entropy and
+pairwise distances of representations, over training checkpoints.
+
+Source: Goldfeld et al., "Estimating Information Flow in Deep Neural Networks" (ICML 2019).
+The noisy network (Section 2) is any ONNX model whose hidden unit layers get i.i.d.
+N(0, beta^2) noise on their outputs, T_l = f_l(T_{l-1}) + Z_l, through the ``L:noise`` inputs
+of the rewritten graph (DESIGN.md); the output layer gets none. The sample-propagation
+estimator (Section 3.1, eq. 1) is
+
+    I_SP = h(p_hat_{S_l} * phi_beta) - (1/n) sum_x h(p_hat_{S_l^(x)} * phi_beta),
+
+with S_l = f_l(T_{l-1}) collected by feeding each input once (the first of its draws) and
+``n_samples`` times with fresh noise (the conditional samples); every entropy is a Gaussian
+mixture's, computed by Monte Carlo integration
+(:func:`~infoprobe.estimators.mixture.mixture_entropy`). Layers fed by the input alone have
+S_l deterministic given x, so their conditional entropy is exactly (d/2) log(2 pi e beta^2)
+(footnote 3). For beta = 0, I(X;T_l) is constant or infinite (Section 1): only the
+clustering measures are computed -- H(Bin(T_l)) of layers and units (Section 5.1) and
+within- against between-class pairwise distances (Figs. 6, 8).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .._array import namespace
+from ..data import Dataset, prepare_inputs, resolve_scale
+from ..errors import ConfigError
+from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
+from ..model import LoadedModel, load_model
+from ..results import check_outputs, provenance, write_table
+from ..rewrite import io_name
+from ..runner import Runner, default_threads
+
+LN2 = math.log(2.0)
+
+#: Explanation printed for beta = 0 (Goldfeld et al., Section 1).
+DETERMINISTIC_NOTE = (
+    "beta = 0: in a deterministic network I(X;T_l) does not depend on the weights -- it is "
+    "H(X) for discrete inputs and infinite for continuous ones with strictly monotone "
+    "activations -- so it is not estimated. The binned entropy H(Bin(T_l)) and the pairwise "
+    "distances measure how the representations cluster instead; pass --beta > 0 to analyse "
+    "the noisy network.")
+
+
+def default_bin_size(beta: float) -> float:
+    """10 beta, the paper's choice for noisy networks (Fig. 5); 0.1 for beta = 0."""
+    return 10 * beta if beta > 0 else 0.1
+
+
+@dataclass
+class FlowResult:
+    """The analyses of one model (one checkpoint).
+
+    ``layers``: one row per hidden layer (``mi``, ``mi_se``, ``h_t``, ``h_t_se``,
+    ``h_t_given_x``, ``h_t_given_x_se``, in ``unit``; ``binned_entropy`` in bits, ``bin_size``;
+    the MI columns are None for beta = 0). ``units``: per-unit binned entropies (bits).
+    ``distances``: histogram rows (layer, kind = within/between, bin edges, density).
+    ``samples``: {layer: T_l of the first draw, float32 [n, d]} for scatter plots.
+    """
+
+    source: str
+    beta: float
+    layers: list
+    units: list
+    distances: list
+    samples: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+def _pairwise_histograms(t: np.ndarray, y, layer: str, *, max_points: int, bins: int, rng) -> list:
+    from scipy.spatial.distance import pdist
+
+    n = len(t)
+    pick = np.sort(rng.choice(n, max_points, replace=False)) if n > max_points else np.arange(n)
+    t = t[pick].astype(np.float64)
+    dist = pdist(t)
+    if y is None:
+        kinds = {"all": dist}
+    else:
+        yy = np.asarray(y)[pick]
+        i, j = np.triu_indices(len(pick), 1)
+        same = yy[i] == yy[j]
+        kinds = {"within": dist[same], "between": dist[~same]}
+    hi = float(dist.max()) if len(dist) else 1.0
+    edges = np.linspace(0.0, hi if hi > 0 else 1.0, bins + 1)
+    rows = []
+    for kind, v in kinds.items():
+        dens, _ = np.histogram(v, bins=edges, density=len(v) > 0 and hi > 0)
+        rows += [{"layer": layer, "kind": kind, "lo": float(a), "hi": float(b), "density": float(p),
+                  "pairs": int(len(v))} for a, b, p in zip(edges[:-1], edges[1:], dens)]
+    return rows
+
+
+def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200, n_mc: int = 100_000,
+                     n_mc_conditional: int = 200, layers=None, bin_size: float | None = None,
+                     max_points: int = 2000, distance_bins: int = 50, unit: str = "bits",
+                     closed_form_first: bool = True, seed: int = 0, device: str = "cpu", scale="auto",
+                     batch_size: int = 8192, progress: bool = True) -> FlowResult:
+    """I(X;T_l) of every hidden layer of the noisy network, with binned entropies and pairwise
+    distances (Goldfeld et al., Sections 3 and 5).
+
+    Parameters
+    ----------
+    model : LoadedModel or path-like
+    data : Dataset
+        The inputs X, each an equally likely point (the empirical distribution, as in the
+        paper's 4,096 inputs of the SZT task); labels, when present, split the distances.
+    beta : float
+        Noise standard deviation (>= 0). 0: no MI estimate, clustering measures only.
+    n_samples : int
+        n_x, noisy draws per input for the conditional entropies.
+    n_mc : int
+        Monte Carlo draws for the unconditional entropy of each layer.
+    n_mc_conditional : int
+        Monte Carlo draws for each input's conditional entropy.
+    layers : list of str, optional
+        Hidden layers (default: all).
+    bin_size : float, optional
+        Bin side for H(Bin(T_l)) (default :func:`default_bin_size`).
+    max_points : int
+        Samples (at random) whose pairwise distances are histogrammed.
+    unit : {"bits", "nats"}
+        Unit of the MI and differential entropies (binned entropies are always in bits).
+    closed_form_first : bool
+        Use (d/2) log(2 pi e beta^2) for the conditional entropy of layers fed by the input
+        alone (exact) instead of sampling it.
+    seed : int
+        Seeds the noise, the Monte Carlo draws and the subsample.
+    device : {"cpu", "cuda"}
+        Where the mixture entropies are computed.
+
+    Returns
+    -------
+    FlowResult
+
+    Raises
+    ------
+    ConfigError
+        beta < 0, unknown unit or layer, fewer than 2 samples.
+    DataError, ModelError, DeviceError
+    """
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    if beta < 0:
+        raise ConfigError(f"beta must be >= 0, got {beta}")
+    if unit not in ("bits", "nats"):
+        raise ConfigError(f"unit must be bits or nats, got {unit!r}")
+    if n_samples < 1 or (beta > 0 and n_samples < 2 and not closed_form_first):
+        raise ConfigError("n_samples must be at least 1")
+    hidden = [lay.name for lay in lm.hidden_layers]
+    names = hidden if layers is None else [n for n in hidden if n in set(layers)]
+    if layers is not None and len(names) != len(set(layers)):
+        bad = sorted(set(layers) - set(hidden))
+        raise ConfigError(f"not hidden unit layers of {lm.path.name}: {', '.join(bad)}; its hidden layers are: "
+                          + ", ".join(hidden))
+    xp = namespace(device)
+    bin_size = default_bin_size(beta) if bin_size is None else bin_size
+    scale_f = 1.0 if unit == "nats" else 1.0 / LN2
+    x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+    n = len(x)
+    runner = Runner(lm, expose=True, noise=True, threads=default_threads())
+    rng = np.random.default_rng(seed)
+    dims = {nm: int(np.prod(lm.layer(nm).shape)) for nm in names}
+    first = {nm: not lm.layer(nm).inputs for nm in names}     # fed by the input alone: S deterministic
+    draws = n_samples if beta > 0 else 1
+    s_first = {nm: np.empty((n, dims[nm]), np.float32) for nm in names}
+    t_first = {nm: np.empty((n, dims[nm]), np.float32) for nm in names}
+    h_cond = {nm: np.zeros(n) for nm in names}
+    se_cond = {nm: np.zeros(n) for nm in names}
+    block = max(1, batch_size // draws)
+    outs = [io_name(nm, "post") for nm in names]
+    bar = tqdm(total=n, desc="flow", unit="input", disable=not progress, leave=False)
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        xb = np.repeat(x[b0:b1], draws, axis=0)              # input i's draws are rows i*draws ...
+        feeds = runner.noise_feeds(rng, len(xb), beta)
+        res = runner.run(xb, feeds=feeds, outputs=outs, batch_size=len(xb))
+        for nm in names:
+            s = res[io_name(nm, "post")].reshape(b1 - b0, draws, dims[nm])
+            s_first[nm][b0:b1] = s[:, 0]
+            z = feeds.get(io_name(nm, "noise"))
+            t_first[nm][b0:b1] = s[:, 0] + (z.reshape(b1 - b0, draws, dims[nm])[:, 0] if z is not None else 0)
+            if beta > 0 and not (first[nm] and closed_form_first):
+                h, se = mixture_entropy(xp.asarray(s), beta, n_mc=n_mc_conditional,
+                                        seed=int(rng.integers(2**31)))
+                h_cond[nm][b0:b1], se_cond[nm][b0:b1] = h, se
+        bar.update(b1 - b0)
+    bar.close()
+    rows, units, dists = [], [], []
+    for nm in names:
+        d = dims[nm]
+        row = {"layer": nm, "units": d, "beta": beta, "unit": unit}
+        if beta > 0:
+            h_t, se_t = mixture_entropy(xp.asarray(s_first[nm]), beta, n_mc=n_mc, seed=int(rng.integers(2**31)))
+            if first[nm] and closed_form_first:
+                hc, sec = gaussian_entropy_isotropic(d, beta), 0.0
+            else:
+                hc, sec = float(h_cond[nm].mean()), float(np.sqrt((se_cond[nm] ** 2).sum()) / n)
+            row.update({"mi": (h_t - hc) * scale_f, "mi_se": math.hypot(se_t, sec) * scale_f,
+                        "h_t": h_t * scale_f, "h_t_se": se_t * scale_f, "h_t_given_x": hc * scale_f,
+                        "h_t_given_x_se": sec * scale_f, "conditional": "closed form" if first[nm]
+                        and closed_form_first else "sampled"})
+        else:
+            row.update({"mi": None, "mi_se": None})
+        row["bin_size"] = bin_size
+        row["binned_entropy"] = binned_entropy(t_first[nm], bin_size)
+        per_unit = binned_entropy(t_first[nm], bin_size, per_unit=True)
+        units += [{"layer": nm, "unit": j, "binned_entropy": float(v)} for j, v in enumerate(per_unit)]
+        rows.append(row)
+        dists += _pairwise_histograms(t_first[nm], data.y, nm, max_points=max_points, bins=distance_bins, rng=rng)
+    params = {"beta": beta, "n_samples": n_samples, "n_mc": n_mc, "n_mc_conditional": n_mc_conditional,
+              "bin_size": bin_size, "max_points": max_points, "unit": unit, "closed_form_first": closed_form_first,
+              "seed": seed, "layers": layers, "split": data.split}
+    meta = provenance({"model": (lm.path, lm.sha256), "data": (data.path, data.sha256)}, params)
+    return FlowResult(str(lm.path), beta, rows, units, dists, t_first, meta)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class FlowSeries:
+    """:func:`information_flow` over checkpoints of one architecture.
+
+    ``trajectory``: one row per (checkpoint, layer) with ``epoch`` and the layer columns;
+    ``unit_trends``: per (layer, unit) the slope of a least-squares line of the unit's binned
+    entropy against the epoch (bits per epoch, Section 5.2); ``trend_summary``: per layer the
+    mean and standard deviation of those slopes and the fraction that is negative.
+    """
+
+    epochs: list
+    results: list
+    trajectory: list
+    unit_trends: list
+    trend_summary: list
+    meta: dict = field(default_factory=dict)
+
+    def save(self, outdir, *, overwrite: bool = False) -> list:
+        """``flow.{csv,json}`` (trajectories), ``unit_trends``, ``trend_summary``,
+        ``distances`` (every checkpoint's histograms) and ``units`` (per-unit binned entropy)."""
+        outdir = Path(outdir)
+        names = ("flow", "unit_trends", "trend_summary", "distances", "units")
+        check_outputs([outdir / f"{t}.{e}" for t in names for e in ("csv", "json")], overwrite)
+        outdir.mkdir(parents=True, exist_ok=True)
+        files = write_table(outdir, "flow", self.trajectory, self.meta)
+        if self.unit_trends:
+            files += write_table(outdir, "unit_trends", self.unit_trends, self.meta)
+            files += write_table(outdir, "trend_summary", self.trend_summary, self.meta)
+        files += write_table(outdir, "distances", [{"epoch": e, **r} for e, res in zip(self.epochs, self.results)
+                                                   for r in res.distances], self.meta)
+        files += write_table(outdir, "units", [{"epoch": e, **r} for e, res in zip(self.epochs, self.results)
+                                               for r in res.units], self.meta)
+        return files
+
+    def plot(self, outdir) -> list:
+        """``flow.png`` (I(X;T_l) with MC error bars and H(Bin(T_l)) against the epoch, Figs.
+        1, 5), ``distances.png`` (within/between-class distance histograms at the first, middle
+        and last checkpoints, Figs. 6, 8)."""
+        from .. import report
+
+        outdir = Path(outdir)
+        picks = sorted({0, len(self.results) // 2, len(self.results) - 1})
+        return [report.plot_flow(self.trajectory, outdir / "flow.png"),
+                report.plot_distances({self.epochs[i]: self.results[i].distances for i in picks},
+                                      outdir / "distances.png")]
+
+
+def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, **kw) -> FlowSeries:
+    """:func:`information_flow` of each checkpoint (``models``: ONNX paths or LoadedModels of
+    one architecture, in training order), as trajectories (Goldfeld et al., Figs. 1, 5, 7),
+    and the per-unit binned-entropy trends (Section 5.2).
+
+    Parameters
+    ----------
+    epochs : list of float, optional
+        Epoch of each checkpoint (default 0, 1, 2, ...).
+    **kw
+        Passed to :func:`information_flow` (the same seed for every checkpoint, so the noise
+        draws are the same).
+
+    Raises
+    ------
+    ConfigError
+        Epochs that do not match the models, or checkpoints with different hidden layers.
+    """
+    models = list(models)
+    epochs = list(range(len(models))) if epochs is None else [float(e) for e in epochs]
+    if len(epochs) != len(models):
+        raise ConfigError(f"{len(epochs)} epochs for {len(models)} checkpoints")
+    results = []
+    for m in tqdm(models, desc="checkpoints", unit="model", disable=not progress or len(models) < 2, leave=False):
+        results.append(information_flow(m, data, progress=progress and len(models) < 2, **kw))
+    shape = [[(r["layer"], r["units"]) for r in res.layers] for res in results]
+    if any(s != shape[0] for s in shape):
+        raise ConfigError("the checkpoints do not share their hidden layers (one architecture is needed)")
+    trajectory = [{"checkpoint": res.source, "epoch": e, **r} for e, res in zip(epochs, results) for r in res.layers]
+    trends, summary = [], []
+    if len(results) >= 2:
+        ep = np.asarray(epochs, np.float64)
+        for li, (layer, d) in enumerate(shape[0]):
+            ent = np.array([[u["binned_entropy"] for u in res.units if u["layer"] == layer] for res in results])
+            slopes = np.polyfit(ep, ent, 1)[0] if np.ptp(ep) > 0 else np.zeros(d)
+            trends += [{"layer": layer, "unit": j, "slope": float(s)} for j, s in enumerate(np.atleast_1d(slopes))]
+            summary.append({"layer": layer, "units": d, "mean_slope": float(np.mean(slopes)),
+                            "std_slope": float(np.std(slopes)), "negative_fraction": float(np.mean(slopes < 0))})
+    meta = dict(results[0].meta)
+    meta["inputs"] = {f"model_{i}": {"path": res.source, "sha256": res.meta["inputs"]["model"]["sha256"]}
+                      for i, res in enumerate(results)} | {"data": results[0].meta["inputs"]["data"]}
+    meta["parameters"] = dict(meta["parameters"], epochs=epochs)
+    return FlowSeries(epochs, results, trajectory, trends, summary, meta)

@@ -1,0 +1,193 @@
+"""Information flow (Goldfeld et al., ICML 2019): Gaussian-mixture entropy by Monte Carlo,
+the sample-propagation estimator on the Section 4 toy, binned entropies, distances, noise."""
+from __future__ import annotations
+
+import glob
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import integrate, stats
+
+from conftest import FIX, initializers
+from infoprobe.analyses.flow import _pairwise_histograms, flow_series, information_flow
+from infoprobe.data import load_data
+from infoprobe.errors import ConfigError
+from infoprobe.estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
+from infoprobe.model import load_model
+from infoprobe.runner import Runner
+
+
+def _mixture_entropy_1d(centres, beta):
+    """-int p log p of the 1-d mixture by adaptive quadrature (an independent reference)."""
+    f = lambda t: np.mean(stats.norm.pdf(t, centres, beta))  # noqa: E731
+    lo, hi = min(centres) - 10 * beta, max(centres) + 10 * beta
+    return integrate.quad(lambda t: -f(t) * np.log(f(t)) if f(t) > 0 else 0.0, lo, hi,
+                          points=sorted(centres), limit=500)[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mixture_entropy_matches_quadrature_in_one_dimension(dtype):
+    c = np.array([-1.0, 0.2, 0.5, 3.0])
+    h, se = mixture_entropy(c[:, None], 0.3, n_mc=100_000, seed=1, dtype=dtype)
+    ref = _mixture_entropy_1d(c, 0.3)
+    assert abs(h - ref) < 4 * se + 1e-4 and se < 0.01
+
+
+def test_mixture_entropy_matches_a_grid_integral_in_two_dimensions():
+    rng = np.random.default_rng(2)
+    c, beta = rng.normal(size=(6, 2)), 0.4
+    g = np.linspace(-5, 5, 801)
+    xx, yy = np.meshgrid(g, g, indexing="ij")
+    dens = np.mean([stats.multivariate_normal.pdf(np.dstack([xx, yy]), m, beta ** 2) for m in c], axis=0)
+    ref = -integrate.trapezoid(integrate.trapezoid(dens * np.log(np.maximum(dens, 1e-300)), g, axis=1), g)
+    h, se = mixture_entropy(c, beta, n_mc=200_000, seed=3)
+    assert abs(h - ref) < 4 * se + 1e-3
+
+
+def test_mixture_entropy_limits_coincident_and_far_apart_centres():
+    h, se = mixture_entropy(np.full((30, 4), 0.7), 0.05, n_mc=20_000)
+    # all draws are exactly Gaussian: the estimate is the Gaussian entropy up to MC error
+    assert abs(h - gaussian_entropy_isotropic(4, 0.05)) < 4 * se
+    far = np.arange(8)[:, None] * np.array([[100.0, -50.0]])
+    h, se = mixture_entropy(far, 0.1, n_mc=20_000)
+    assert abs(h - (math.log(8) + gaussian_entropy_isotropic(2, 0.1))) < 4 * se + 1e-9
+    # a batch of mixtures gives each one's entropy
+    far4 = np.arange(30)[:, None] * np.array([[100.0, -50.0, 30.0, 10.0]])
+    hb, seb = mixture_entropy(np.stack([np.full((30, 4), 0.7), far4]), 0.05, n_mc=20_000)
+    want = np.array([0.0, math.log(30)]) + gaussian_entropy_isotropic(4, 0.05)
+    assert np.all(np.abs(hb - want) < 4 * seb + 1e-9)
+    with pytest.raises(ConfigError):
+        mixture_entropy(far, 0.0)
+
+
+def test_binned_entropy_matches_a_direct_count():
+    rng = np.random.default_rng(4)
+    t = rng.normal(size=(500, 3)) * [1, 0.2, 3]
+    size = 0.5
+    counts = {}
+    for row in t:
+        key = tuple(math.floor(v / size) for v in row)
+        counts[key] = counts.get(key, 0) + 1
+    p = np.array(list(counts.values())) / len(t)
+    assert binned_entropy(t, size) == pytest.approx(-(p * np.log2(p)).sum(), abs=1e-12)
+    for j in range(3):
+        cj = {}
+        for v in t[:, j]:
+            cj[math.floor(v / size)] = cj.get(math.floor(v / size), 0) + 1
+        q = np.array(list(cj.values())) / len(t)
+        assert binned_entropy(t, size, per_unit=True)[j] == pytest.approx(-(q * np.log2(q)).sum(), abs=1e-12)
+
+
+def test_noise_inputs_make_the_noisy_network(tmp_path):
+    lm = load_model(FIX / "szt_e2000.onnx")
+    r = Runner(lm, expose=True, noise=True)
+    x = load_data(FIX / "szt_12bit.npz").x[:50]
+    feeds = r.noise_feeds(np.random.default_rng(0), len(x), 0.1)
+    assert set(feeds) == {f"fc{i}:noise" for i in range(1, 6)}      # every hidden layer, not the output
+    out = r.run(x, feeds=feeds)
+    w = initializers(FIX / "szt_e2000.onnx")
+    t = x.astype(np.float64)
+    for i in range(1, 7):
+        s = t @ w[f"fc{i}.weight"].T + w[f"fc{i}.bias"]
+        if i < 6:
+            s = np.tanh(s)
+            np.testing.assert_allclose(out[f"fc{i}:post"], s, atol=1e-5)          # S_l, before the noise
+            t = s + feeds[f"fc{i}:noise"]
+        else:
+            np.testing.assert_allclose(out["logits"], s, atol=1e-4)
+    assert r.noise_feeds(np.random.default_rng(0), 5, 0.0) == {}
+
+
+def _toy(k):
+    return FIX / f"toy_tanh_k{k:06d}.onnx"
+
+
+@pytest.mark.parametrize("k", [1247, 300000])
+def test_sample_propagation_on_the_section_4_toy_matches_numerical_integration(k):
+    """With the 4 inputs equally likely, I(X;T) = I(S;S+Z) for the 4-point constellation
+    S = tanh(w x + b): h of the mixture by quadrature minus h(Z)."""
+    d = load_data(FIX / "toy_tanh.npz")
+    res = information_flow(_toy(k), d, beta=0.01, n_mc=100_000, unit="nats", progress=False)
+    w = initializers(_toy(k))
+    s = np.tanh(d.x[:, 0].astype(np.float64) * w["fc1.weight"][0, 0] + w["fc1.bias"][0])
+    ref = _mixture_entropy_1d(s, 0.01) - 0.5 * math.log(2 * math.pi * math.e * 0.01 ** 2)
+    row = res.layers[0]
+    assert row["conditional"] == "closed form"
+    assert abs(row["mi"] - ref) < 4 * row["mi_se"] + 1e-4
+    # bits are nats / ln 2
+    bits = information_flow(_toy(k), d, beta=0.01, n_mc=100_000, progress=False).layers[0]
+    assert bits["mi"] == pytest.approx(row["mi"] / math.log(2), rel=1e-9)
+
+
+def test_first_layer_closed_form_agrees_with_the_sampled_conditional_entropy():
+    d = load_data(FIX / "szt_12bit.npz", limit=64)
+    kw = dict(beta=0.05, n_samples=20, n_mc=2000, n_mc_conditional=300, layers=["fc1", "fc2"], progress=False)
+    closed = information_flow(FIX / "szt_e0400.onnx", d, **kw)
+    sampled = information_flow(FIX / "szt_e0400.onnx", d, closed_form_first=False, **kw)
+    c, s = closed.layers[0], sampled.layers[0]
+    assert c["conditional"] == "closed form" and s["conditional"] == "sampled"
+    assert c["h_t_given_x"] == pytest.approx(gaussian_entropy_isotropic(10, 0.05) / math.log(2))
+    assert abs(s["h_t_given_x"] - c["h_t_given_x"]) < 4 * s["h_t_given_x_se"]
+    # deeper layers are always sampled, and I(X;T) <= H(X) = log2(64) up to MC error
+    assert sampled.layers[1]["conditional"] == "sampled"
+    assert all(r["mi"] <= 6 + 4 * r["mi_se"] for r in closed.layers)
+
+
+def test_pairwise_histograms_count_within_and_between_class_pairs():
+    rng = np.random.default_rng(5)
+    t = rng.normal(size=(40, 3))
+    y = rng.integers(0, 3, 40)
+    rows = _pairwise_histograms(t, y, "L", max_points=100, bins=10, rng=rng)
+    within = sum(1 for i in range(40) for j in range(i + 1, 40) if y[i] == y[j])
+    by = {r["kind"]: r for r in rows}
+    assert by["within"]["pairs"] == within and by["between"]["pairs"] == 40 * 39 // 2 - within
+    width = rows[0]["hi"] - rows[0]["lo"]
+    assert sum(r["density"] for r in rows if r["kind"] == "within") * width == pytest.approx(1.0)
+    dmax = max(np.linalg.norm(t[i] - t[j]) for i in range(40) for j in range(i + 1, 40))
+    assert max(r["hi"] for r in rows) == pytest.approx(dmax)
+
+
+def test_checkpoint_trends_are_least_squares_slopes():
+    d = load_data(FIX / "szt_12bit.npz", limit=200)
+    models = [FIX / f"szt_e{e:04d}.onnx" for e in (10, 150, 2000)]
+    s = flow_series(models, d, epochs=[10, 150, 2000], beta=0.0, progress=False)
+    assert [r["epoch"] for r in s.trajectory if r["layer"] == "fc1"] == [10, 150, 2000]
+    assert all(r["mi"] is None for r in s.trajectory)
+    ent = np.array([[u["binned_entropy"] for u in res.units if u["layer"] == "fc3"] for res in s.results])
+    for trend in (t for t in s.unit_trends if t["layer"] == "fc3"):
+        want = stats.linregress([10, 150, 2000], ent[:, trend["unit"]]).slope
+        assert trend["slope"] == pytest.approx(want, abs=1e-12)
+    with pytest.raises(ConfigError):
+        flow_series(models, d, epochs=[1, 2], beta=0.0, progress=False)
+
+
+def test_cli_checkpoints_and_deterministic_note(tmp_path):
+    from cli.main import cli
+
+    toys = sorted(glob.glob(str(FIX / "toy_tanh_k*.onnx")))[::6]
+    r = CliRunner().invoke(cli, ["flow", "--checkpoints", *toys, "--data", str(FIX / "toy_tanh.npz"), "--beta", "0.01",
+                                 "--mc", "5000", "--out", str(tmp_path / "f"), "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    table = json.loads((tmp_path / "f" / "flow.json").read_text())["rows"]
+    assert [x["mi"] for x in doc["trajectory"]] == [x["mi"] for x in table] and len(table) == len(toys)
+    assert (tmp_path / "f" / "flow.png").stat().st_size > 0 and (tmp_path / "f" / "distances.png").exists()
+    r = CliRunner().invoke(cli, ["flow", str(FIX / "szt_e0050.onnx"), "--data", str(FIX / "szt_12bit.npz"),
+                                 "--beta", "0", "--out", str(tmp_path / "g"), "--no-progress"])
+    assert r.exit_code == 0 and "does not depend on the weights" in r.output
+    table = json.loads((tmp_path / "g" / "flow.json").read_text())["rows"]
+    assert all(x["mi"] is None for x in table) and len(table) == 5
+    r = CliRunner().invoke(cli, ["flow", *toys[:2], "--data", str(FIX / "toy_tanh.npz"), "--beta", "0.01",
+                                 "--out", str(tmp_path / "h")])
+    assert r.exit_code == 2
+
+
+@pytest.mark.gpu
+def test_mixture_entropy_on_cuda_matches_cpu(cupy):
+    c = np.random.default_rng(6).normal(size=(200, 5))
+    a = mixture_entropy(c, 0.2, n_mc=5000, seed=7)
+    b = mixture_entropy(cupy.asarray(c), 0.2, n_mc=5000, seed=7)
+    assert a[0] == pytest.approx(b[0], abs=1e-4) and a[1] == pytest.approx(b[1], rel=1e-3)

@@ -166,7 +166,8 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
     rng = np.random.default_rng(seed)
     dims = {nm: int(np.prod(lm.layer(nm).shape)) for nm in names}
     first = {nm: not lm.layer(nm).inputs for nm in names}     # fed by the input alone: S deterministic
-    draws = n_samples if beta > 0 else 1
+    sampled = {nm: beta > 0 and not (first[nm] and closed_form_first) for nm in names}
+    draws = n_samples if any(sampled.values()) else 1      # one draw per input when no layer needs more
     s_first = {nm: np.empty((n, dims[nm]), np.float32) for nm in names}
     t_first = {nm: np.empty((n, dims[nm]), np.float32) for nm in names}
     h_cond = {nm: np.zeros(n) for nm in names}
@@ -184,7 +185,7 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
             s_first[nm][b0:b1] = s[:, 0]
             z = feeds.get(io_name(nm, "noise"))
             t_first[nm][b0:b1] = s[:, 0] + (z.reshape(b1 - b0, draws, dims[nm])[:, 0] if z is not None else 0)
-            if beta > 0 and not (first[nm] and closed_form_first):
+            if sampled[nm]:
                 h, se = mixture_entropy(xp.asarray(s), beta, n_mc=n_mc_conditional,
                                         seed=int(rng.integers(2**31)))
                 h_cond[nm][b0:b1], se_cond[nm][b0:b1] = h, se

@@ -41,6 +41,14 @@ def _csv_list(value):
 max_size_option = click.option("--max-model-size", default=str(DEFAULT_MAX_BYTES // 1024**3) + "G",
                                show_default=True, help="Refuse models (with external data) larger than this.")
 progress_option = click.option("--progress/--no-progress", default=True, help="Show progress bars (on stderr).")
+out_dir_option = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                              help="Folder for results.")
+#: Options of every analysis that writes a results folder: seed, plots, overwriting.
+result_options = [
+    click.option("--seed", default=0, show_default=True, type=int),
+    click.option("--plot/--no-plot", default=True, show_default=True),
+    click.option("--overwrite", is_flag=True, help="Replace existing result files."),
+]
 
 
 def _load(path, max_model_size):
@@ -305,9 +313,7 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
 @_with(_data_options(required=False, help="Labelled test data: compare ablating the synergistic multiplet with "
                                           "GC-MI-ranked and random units (writes multiunit_importance.csv)."))
 @click.option("--random-repeats", default=20, show_default=True, type=int, help="Random selections per layer.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--plot/--no-plot", default=True, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@_with(result_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the profiles (and importance) as JSON.")
 @max_size_option
 @progress_option
@@ -390,7 +396,7 @@ def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, keep
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for results.")
+@out_dir_option
 @_with(_data_options(required=False, help="Labelled test data for the lesion tests (without it: clustering and "
                                           "clusterability only)."))
 @click.option("--clusters", default=12, show_default=True, type=int, help="Number of clusters k.")
@@ -421,9 +427,7 @@ def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, keep
               help="Correlation-based visualisations of sub-clusters (image inputs).")
 @click.option("--plan", "plan_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a pruning plan removing the units of 'prunable' sub-clusters (one model only).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--plot/--no-plot", default=True, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@_with(result_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the network-level results as JSON.")
 @max_size_option
 @progress_option
@@ -510,7 +514,7 @@ def modules(sources, out, data_path, split, scale, x_key, y_key, limit, clusters
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for results.")
+@out_dir_option
 @_with(_data_options(required=False, help="Test samples the units are measured on (needed for models; labels "
                                           "are not: predictions are compared with the intact network's)."))
 @click.option("--sweep", is_flag=True,
@@ -540,9 +544,7 @@ def modules(sources, out, data_path, split, scale, x_key, y_key, limit, clusters
               help="Write a plan removing the redundant units, refactored into the kept ones by least squares.")
 @click.option("--thin", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the refactored thinner ONNX and check it against the original on --data.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--plot/--no-plot", default=True, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@_with(result_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the tables as JSON.")
 @max_size_option
 @progress_option
@@ -709,7 +711,7 @@ def synthetic(out, dims, n_train, n_test, teacher_width, classes, balance, seed,
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for results.")
+@out_dir_option
 @_with(_data_options(help="The inputs X (each equally likely; labels split the distance histograms)."))
 @click.option("--beta", required=True, type=float,
               help="Standard deviation of the Gaussian noise added to every hidden layer's output (0: none).")
@@ -728,9 +730,7 @@ def synthetic(out, dims, n_train, n_test, teacher_width, classes, balance, seed,
 @click.option("--nats", is_flag=True, help="Report I(X;T) and entropies in nats instead of bits.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the mixture entropies are computed (NumPy or CuPy).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--plot/--no-plot", default=True, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing result files.")
+@_with(result_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the trajectory table as JSON.")
 @max_size_option
 @progress_option

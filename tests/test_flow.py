@@ -81,7 +81,7 @@ def test_binned_entropy_matches_a_direct_count():
         assert binned_entropy(t, size, per_unit=True)[j] == pytest.approx(-(q * np.log2(q)).sum(), abs=1e-12)
 
 
-def test_noise_inputs_make_the_noisy_network(tmp_path):
+def test_noise_inputs_make_the_noisy_network():
     lm = load_model(FIX / "szt_e2000.onnx")
     r = Runner(lm, expose=True, noise=True)
     x = load_data(FIX / "szt_12bit.npz").x[:50]
@@ -162,6 +162,8 @@ def test_checkpoint_trends_are_least_squares_slopes():
         assert trend["slope"] == pytest.approx(want, abs=1e-12)
     with pytest.raises(ConfigError):
         flow_series(models, d, epochs=[1, 2], beta=0.0, progress=False)
+    with pytest.raises(ConfigError, match="n_samples"):
+        information_flow(models[0], d, beta=0.1, n_samples=1, progress=False)
 
 
 def test_cli_checkpoints_and_deterministic_note(tmp_path):

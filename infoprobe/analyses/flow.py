@@ -60,7 +60,6 @@ class FlowResult:
     ``h_t_given_x``, ``h_t_given_x_se``, in ``unit``; ``binned_entropy`` in bits, ``bin_size``;
     the MI columns are None for beta = 0). ``units``: per-unit binned entropies (bits).
     ``distances``: histogram rows (layer, kind = within/between, bin edges, density).
-    ``samples``: {layer: T_l of the first draw, float32 [n, d]} for scatter plots.
     """
 
     source: str
@@ -68,7 +67,6 @@ class FlowResult:
     layers: list
     units: list
     distances: list
-    samples: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
 
@@ -141,7 +139,7 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
     Raises
     ------
     ConfigError
-        beta < 0, unknown unit or layer, fewer than 2 samples.
+        beta < 0, unknown unit or layer, n_samples < 2 where a conditional entropy is sampled.
     DataError, ModelError, DeviceError
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
@@ -149,8 +147,6 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
         raise ConfigError(f"beta must be >= 0, got {beta}")
     if unit not in ("bits", "nats"):
         raise ConfigError(f"unit must be bits or nats, got {unit!r}")
-    if n_samples < 1 or (beta > 0 and n_samples < 2 and not closed_form_first):
-        raise ConfigError("n_samples must be at least 1")
     hidden = [lay.name for lay in lm.hidden_layers]
     names = hidden if layers is None else [n for n in hidden if n in set(layers)]
     if layers is not None and len(names) != len(set(layers)):
@@ -167,6 +163,8 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
     dims = {nm: int(np.prod(lm.layer(nm).shape)) for nm in names}
     first = {nm: not lm.layer(nm).inputs for nm in names}     # fed by the input alone: S deterministic
     sampled = {nm: beta > 0 and not (first[nm] and closed_form_first) for nm in names}
+    if any(sampled.values()) and n_samples < 2:
+        raise ConfigError("n_samples must be at least 2: a conditional entropy needs several noisy draws per input")
     draws = n_samples if any(sampled.values()) else 1      # one draw per input when no layer needs more
     s_first = {nm: np.empty((n, dims[nm]), np.float32) for nm in names}
     t_first = {nm: np.empty((n, dims[nm]), np.float32) for nm in names}
@@ -217,7 +215,7 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
               "bin_size": bin_size, "max_points": max_points, "unit": unit, "closed_form_first": closed_form_first,
               "seed": seed, "layers": layers, "split": data.split}
     meta = provenance({"model": (lm.path, lm.sha256), "data": (data.path, data.sha256)}, params)
-    return FlowResult(str(lm.path), beta, rows, units, dists, t_first, meta)
+    return FlowResult(str(lm.path), beta, rows, units, dists, meta)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -9,6 +9,7 @@ nothing. Its *pre-activation* is the affine output (after batch norm), its
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,6 +158,33 @@ class LoadedModel:
         act = nodes[lay.nodes[-1]] if lay.activation != "none" else None
         z = self.weights(lay)[1].astype(np.float64) if keep_bias else np.zeros(lay.units)
         return np.asarray(activation_numpy(act, lay.activation)(z), np.float64)
+
+
+def module_map(model) -> dict:
+    """The {framework module name: unit-layer name} mapping an adapter's ONNX export wrote
+    into the model's metadata (``infoprobe.module_map``); empty when there is none.
+
+    Parameters
+    ----------
+    model : LoadedModel or path-like
+
+    Raises
+    ------
+    ModelError
+        The entry is there but is not a JSON object of strings.
+    """
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    raw = lm.ir_model.metadata_props.get("infoprobe.module_map")
+    if raw is None:
+        return {}
+    try:
+        mapping = json.loads(raw)
+    except ValueError:
+        mapping = None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in mapping.items()):
+        raise ModelError(f"{lm.path}: metadata infoprobe.module_map is not a JSON object of names")
+    return mapping
 
 
 def activation_numpy(node, name: str):

@@ -1,0 +1,465 @@
+"""PyTorch adapter: activations into a store, models into ONNX, and the gradient-based methods.
+
+Install with ``pip install 'infoprobe[torch]'``. PyTorch is imported when a function here is
+first called, never by ``import infoprobe``.
+
+- :func:`export_activations` -- pre- and post-activations of every ``nn.Linear`` and
+  ``nn.Conv2d`` over a data set, in the store schema of DESIGN.md;
+- :func:`export_onnx` -- the model as ONNX, each unit layer's node named after its module,
+  with the module -> unit-layer mapping in the model's metadata;
+- :func:`retrain_subnetwork` -- the lottery-ticket retraining of a sub-network
+  (O-information paper, Section 4.2);
+- :func:`visualise` and :func:`coherence` -- feature visualisation by input optimisation and
+  the input-/output-coherence tests (importance-and-coherence paper, Section 3.1.2 and A.8).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from infoprobe.errors import ConfigError, DataError, ModelError, OutputExistsError
+
+from ._store import depths, layer_spec, write_batches
+
+#: Key of the ONNX metadata entry holding {module name: unit-layer name}.
+MODULE_MAP_KEY = "infoprobe.module_map"
+
+#: torch functions (by ``__name__``) recognised as the activation after a unit layer.
+_ACTIVATIONS = {
+    "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
+    "tanh": "tanh", "tanh_": "tanh", "leaky_relu": "leakyrelu", "leaky_relu_": "leakyrelu",
+    "gelu": "gelu", "elu": "elu", "elu_": "elu", "selu": "selu", "selu_": "selu",
+    "softplus": "softplus",
+}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError("the PyTorch adapter needs PyTorch: pip install 'infoprobe[torch]'") from None
+    return torch
+
+
+def _flat_tensors(obj, torch):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _flat_tensors(o, torch)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _flat_tensors(o, torch)
+
+
+def _host(t):
+    """A float32 CPU copy that later in-place ops on ``t`` cannot change."""
+    t = t.detach()
+    return (t.clone() if t.device.type == "cpu" else t.cpu()).float()
+
+
+class _Recorder:
+    """Records the unit layers of one forward pass.
+
+    Forward hooks on ``nn.Linear``/``nn.Conv2d`` give the affine output; a
+    ``TorchFunctionMode`` sees the functions applied to it, whether called by a module
+    (``nn.ReLU``, ``nn.BatchNorm2d``) or in ``forward`` (``F.relu``, ``x.sigmoid()``): a batch
+    norm of a conv output becomes the pre-activation, an activation applied to the
+    pre-activation gives the post-activation. With ``flow=True`` it also tracks which unit
+    layers every tensor derives from, which gives each layer's upstream layers.
+    """
+
+    def __init__(self, model, torch, flow: bool):
+        from torch.overrides import TorchFunctionMode
+
+        self.torch, self.flow = torch, flow
+        self.modules = {name: m for name, m in model.named_modules()
+                        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+        self.handles = []
+        rec = self
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                rec._seen(func, args, kwargs or {}, out)
+                return out
+
+        self.mode = Mode()
+        self.reset()
+        for name, m in self.modules.items():
+            self.handles.append(m.register_forward_hook(self._hook(name)))
+
+    def reset(self):
+        self.pre, self.post, self.activation, self.bn, self.inputs = {}, {}, {}, {}, {}
+        self.order, self.pending, self.prov = [], {}, {}
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+    # provenance: id(tensor) -> (weakref, set of layer names), checked against id reuse
+    def _get(self, t):
+        entry = self.prov.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else set()
+
+    def _set(self, t, layers):
+        self.prov[id(t)] = (weakref.ref(t), layers)
+
+    def _pending(self, t):
+        entry = self.pending.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            if name in self.pre:
+                raise ModelError(f"module {name!r} runs twice in one forward pass; infoprobe stores "
+                                 "one unit layer per module (shared weights are not supported)")
+            self.order.append(name)
+            self.pre[name] = output
+            self.activation[name] = "none"
+            self.pending[id(output)] = (weakref.ref(output), name)
+            if self.flow:
+                ups = set()
+                for t in _flat_tensors(inputs, self.torch):
+                    ups |= self._get(t)
+                self.inputs[name] = ups
+                self._set(output, {name})
+            self.pre[name] = _host(output)
+        return hook
+
+    def _seen(self, func, args, kwargs, out):
+        torch = self.torch
+        fname = getattr(func, "__name__", "")
+        x = args[0] if args else kwargs.get("input")
+        name = self._pending(x) if isinstance(x, torch.Tensor) else None
+        if name is not None and isinstance(out, torch.Tensor):
+            if fname == "batch_norm" and isinstance(self.modules[name], torch.nn.Conv2d) and name not in self.bn:
+                a = list(args) + [None] * 8
+                get = lambda i, k: kwargs.get(k, a[i])  # noqa: E731
+                self.bn[name] = dict(mean=get(1, "running_mean"), var=get(2, "running_var"),
+                                     weight=get(3, "weight"), bias=get(4, "bias"),
+                                     training=get(5, "training"), eps=get(7, "eps"))
+                self.pre[name] = _host(out)
+                self.pending[id(out)] = (weakref.ref(out), name)
+                if self.flow:
+                    self._set(out, {name})
+                return
+            if fname in _ACTIVATIONS:
+                self.activation[name] = _ACTIVATIONS[fname]
+                self.post[name] = _host(out)
+                self.pending.pop(id(x), None)
+                if self.flow:
+                    self._set(out, {name})
+                return
+        if self.flow:
+            ups = set()
+            for t in _flat_tensors((args, kwargs), torch):
+                ups |= self._get(t)
+            if ups:
+                for t in _flat_tensors(out, torch):
+                    if id(t) not in self.prov or self.prov[id(t)][0]() is not t:
+                        self._set(t, set(ups))
+
+    def posts(self) -> dict:
+        return {n: self.post.get(n, self.pre[n]) for n in self.order}
+
+
+def _params(module, bn, torch) -> tuple[np.ndarray, np.ndarray, str]:
+    """Incoming weight and bias in the store's convention, batch norm folded in."""
+    w = module.weight.detach().cpu().double().numpy()
+    b = (module.bias.detach().cpu().double().numpy() if module.bias is not None
+         else np.zeros(w.shape[0]))
+    op = "Linear" if isinstance(module, torch.nn.Linear) else "Conv2d"
+    if bn is not None:
+        if bn["training"]:
+            raise ModelError("batch norm in training mode uses batch statistics; export in eval mode")
+        mean, var = (bn[k].detach().cpu().double().numpy() for k in ("mean", "var"))
+        gamma = bn["weight"].detach().cpu().double().numpy() if bn["weight"] is not None else 1.0
+        beta = bn["bias"].detach().cpu().double().numpy() if bn["bias"] is not None else 0.0
+        k = gamma / np.sqrt(var + float(bn["eps"]))
+        w = w * np.reshape(k, (-1,) + (1,) * (w.ndim - 1))
+        b = (b - mean) * k + beta
+        op += "+BatchNorm2d"
+    return w.astype(np.float32), b.astype(np.float32), op
+
+
+def _batches(data, batch_size: int, labels, torch):
+    """(n_rows, iterator of (x, y or None)) for a tensor/array, (x, y), or a DataLoader."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        try:
+            n = len(data.dataset)
+        except TypeError:
+            raise DataError("the DataLoader's dataset has no length; infoprobe needs N up front") from None
+        if labels is not None:
+            raise ConfigError("labels come from the DataLoader's batches; do not pass labels=")
+
+        def loader():
+            for batch in data:
+                if isinstance(batch, (list, tuple)):
+                    yield batch[0], (batch[1] if len(batch) > 1 else None)
+                else:
+                    yield batch, None
+        return n, loader()
+    if isinstance(data, (list, tuple)):
+        if len(data) != 2:
+            raise DataError("data must be x, (x, y) or a DataLoader")
+        if labels is not None:
+            raise ConfigError("pass labels either in data=(x, y) or as labels=, not both")
+        data, labels = data
+    x = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+    n = len(x)
+    y = None if labels is None else np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if y is not None and len(y) != n:
+        raise DataError(f"{len(y)} labels for {n} samples")
+    if batch_size < 1:
+        raise ConfigError("batch_size must be at least 1")
+    return n, ((x[i:i + batch_size], None if y is None else y[i:i + batch_size])
+               for i in range(0, n, batch_size))
+
+
+def export_activations(model, data, out="acts.h5", *, layers=None, labels=None, batch_size: int = 256,
+                       device=None, eval_mode: bool = True, overwrite: bool = False,
+                       progress: bool = True) -> Path:
+    """Write the activations of a PyTorch model's unit layers over a data set to a store.
+
+    Every ``nn.Linear`` and ``nn.Conv2d`` that runs in the forward pass is a unit layer named
+    by its module name (``"fc1"``, ``"features.0"``). Its pre-activation is the module's
+    output, after a ``BatchNorm2d`` that directly follows a conv (folded into the stored
+    weight and bias, as infoprobe does for ONNX); its post-activation is the output of the
+    activation applied to it -- a module (``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh``,
+    ``nn.LeakyReLU``, ``nn.GELU``, ...) or a functional (``F.relu``, ``torch.tanh``,
+    ``x.sigmoid()``) -- or the pre-activation when none follows. Upstream layers and depths
+    come from the data flow of the first batch. The store equals, to float32 rounding, what
+    ``infoprobe capture`` writes from :func:`export_onnx`'s file.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Feed-forward classifier returning logits [n, classes] (or a tuple whose first item is).
+    data : tensor or array [N, ...], (x, y), or torch.utils.data.DataLoader
+        Inputs as the model takes them; a DataLoader yields ``x`` or ``(x, y, ...)`` batches
+        and its dataset must have a length.
+    out : path-like
+        Store to write (``.partial`` until complete; removed if the export fails).
+    layers : list of str, optional
+        Module names to store (default: every Linear and Conv2d that runs).
+    labels : int array [N], optional
+        Class labels, when ``data`` is a bare tensor.
+    batch_size : int
+        Rows per forward pass (tensor and array data).
+    device : str or torch.device, optional
+        Where the model runs (default: the device of its first parameter); inputs are moved
+        there, activations copied back to the host.
+    eval_mode : bool
+        Run in ``model.eval()`` (batch norm with running statistics, no dropout). Each
+        module's training flag is restored afterwards either way.
+
+    Returns
+    -------
+    Path of the complete store (``source="torch"``).
+
+    Raises
+    ------
+    ConfigError
+        PyTorch is missing, or contradictory options.
+    ModelError
+        No Linear/Conv2d runs, an unknown layer name, or a module that runs twice per pass.
+    DataError
+        Shapes or counts that disagree, labels missing in some batches, NaN/inf activations.
+    OutputExistsError, StoreError
+        ``out`` exists and ``overwrite`` is false.
+    """
+    torch = _torch()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    n_rows, batches = _batches(data, batch_size, labels, torch)
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    modes = {m: m.training for m in model.modules()}
+    rec = _Recorder(model, torch, flow=True)
+    try:
+        if eval_mode:
+            model.eval()
+
+        def run(x):
+            rec.reset()
+            with torch.no_grad(), rec.mode:
+                y = model(x.to(device))
+            y = y[0] if isinstance(y, (list, tuple)) else y
+            return _host(y).reshape(len(x), -1).numpy()
+
+        batches = iter(batches)
+        try:
+            x0, y0 = next(batches)
+        except StopIteration:
+            raise DataError("the data yielded no samples") from None
+        logits0 = run(x0)
+        if not rec.order:
+            raise ModelError("no nn.Linear or nn.Conv2d ran in the forward pass")
+        names = rec.order if layers is None else list(layers)
+        unknown = [n for n in names if n not in rec.order]
+        if unknown:
+            raise ModelError(f"unknown layers {unknown}; the model's unit layers are: " + ", ".join(rec.order))
+        inputs = {n: sorted(rec.inputs[n], key=rec.order.index) for n in rec.order}
+        depth = depths(inputs)
+        downstream = {u for ups in inputs.values() for u in ups}
+        specs = []
+        for n in names:
+            w, b, op = _params(rec.modules[n], rec.bn.get(n), torch)
+            specs.append(layer_spec(n, kind="dense" if w.ndim == 2 else "conv", op=op,
+                                    activation=rec.activation[n], weight=w, bias=b,
+                                    shape=rec.pre[n].shape[1:], inputs=inputs[n], depth=depth[n],
+                                    is_output=n not in downstream))
+        rec.flow = False
+
+        def blocks(x, y, logits):
+            posts = rec.posts()
+            res = {"outputs/logits": logits}
+            for n in names:
+                for which, t in (("pre", rec.pre[n]), ("post", posts[n])):
+                    a = t.numpy()
+                    if not np.isfinite(a).all():
+                        raise DataError(f"layer {n!r} has NaN or inf {which}-activations")
+                    res[f"layers/{n}/{which}"] = a
+            return res, y
+
+        def all_batches():
+            yield blocks(x0, y0, logits0)
+            for x, y in batches:
+                logits = run(x)
+                yield blocks(x, y, logits)
+
+        return write_batches(out, n_rows=n_rows, specs=specs, batches=all_batches(),
+                             has_labels=y0 is not None, source="torch", overwrite=overwrite,
+                             progress=progress, attrs=dict(model_class=type(model).__name__,
+                                                           torch_version=str(torch.__version__)))
+    finally:
+        rec.close()
+        for m, training in modes.items():
+            m.train(training)
+
+
+def _module_of(node, modules: dict) -> str | None:
+    """The Linear/Conv2d module an exported affine node comes from: its weight initialiser's
+    name (``"fc1.weight"``), else the exporter's name scopes."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        name = node.inputs[1].name or ""
+        if name.endswith(".weight") and name[:-len(".weight")] in modules:
+            return name[:-len(".weight")]
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            parts = [s for s in json.loads(scopes.replace("'", '"')) if s]
+        except ValueError:
+            return None
+        for k in range(len(parts), 0, -1):
+            if ".".join(parts[:k]) in modules:
+                return ".".join(parts[:k])
+    return None
+
+
+def export_onnx(model, example_input, path, *, input_name: str = "input", output_name: str = "logits",
+                opset: int | None = None, overwrite: bool = False):
+    """Export a PyTorch model to ONNX with ``torch.onnx.export`` (the ``torch.export``-based
+    exporter) and keep the way back from infoprobe's layers to the user's modules.
+
+    Each ``Gemm``/``MatMul``/``Conv`` node that comes from an ``nn.Linear`` or ``nn.Conv2d`` is
+    renamed after its module, so infoprobe's unit layers carry the module names (``"fc1"``,
+    ``"features.0"``), and the model's metadata gets ``infoprobe.module_map``: a JSON object
+    {module name: unit-layer name} (read it back with :func:`infoprobe.model.module_map`).
+    The batch dimension is dynamic.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Exported in eval mode; each module's training flag is restored afterwards.
+    example_input : tensor [n, ...]
+        One batch (a batch of 1 is repeated to 2, so that the batch dimension stays dynamic).
+    path : path-like
+        ONNX file to write (atomically).
+    input_name, output_name : str
+    opset : int, optional
+        ONNX opset (default: the exporter's).
+
+    Returns
+    -------
+    dict
+        The module map that was written.
+
+    Raises
+    ------
+    ConfigError
+        PyTorch or onnxscript (the exporter's dependency) is missing.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
+    ModelError
+        The exported model has no unit layer infoprobe can analyse.
+    """
+    torch = _torch()
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise ConfigError("torch.onnx.export needs onnxscript: pip install 'infoprobe[torch]'") from None
+    import onnx_ir as ir
+
+    from infoprobe.model import load_model
+    from infoprobe.results import atomic_write_bytes
+
+    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.asarray(example_input))
+    if len(x) < 2:
+        x = torch.cat([x, x])
+    modules = {name: m for name, m in model.named_modules()
+               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    modes = {m: m.training for m in model.modules()}
+    p = next(iter(model.parameters()), None)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    try:
+        model.eval()
+        quiet.setLevel(logging.ERROR)  # the exporter warns about every torchvision op it skips
+        batch = torch.export.Dim("batch")
+        with torch.no_grad():
+            program = torch.onnx.export(model, (x.to(p.device if p is not None else "cpu"),), dynamo=True,
+                                        input_names=[input_name], output_names=[output_name],
+                                        dynamic_shapes=({0: batch},), opset_version=opset,
+                                        verbose=False)
+    finally:
+        quiet.setLevel(level)
+        for m, training in modes.items():
+            m.train(training)
+    irm = program.model
+    used = {n.name for n in irm.graph}
+    renamed = {}
+    for node in irm.graph:
+        if node.op_type not in ("Gemm", "MatMul", "Conv"):
+            continue
+        mod = _module_of(node, modules)
+        if mod is None:
+            continue
+        name, k = mod, 1
+        while name in used and name != node.name:
+            k += 1
+            name = f"{mod}_{k}"
+        used.discard(node.name)
+        used.add(name)
+        node.name = name
+        renamed[name] = mod
+    tmp = path.with_name(f".{path.name}.unmapped")
+    try:
+        atomic_write_bytes(tmp, ir.to_proto(irm).SerializeToString())
+        lm = load_model(tmp)
+        mapping = {renamed[lay.nodes[0]]: lay.name for lay in lm.layers if lay.nodes[0] in renamed}
+    finally:
+        tmp.unlink(missing_ok=True)
+    irm.metadata_props[MODULE_MAP_KEY] = json.dumps(mapping)
+    atomic_write_bytes(path, ir.to_proto(irm).SerializeToString())
+    return mapping

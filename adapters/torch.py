@@ -463,3 +463,179 @@ def export_onnx(model, example_input, path, *, input_name: str = "input", output
     irm.metadata_props[MODULE_MAP_KEY] = json.dumps(mapping)
     atomic_write_bytes(path, ir.to_proto(irm).SerializeToString())
     return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# Retraining a selected sub-network (O-information paper, Section 4.2)
+
+
+def _xy(data, torch, what):
+    if isinstance(data, torch.utils.data.DataLoader):
+        xs, ys = zip(*[(b[0], b[1]) for b in data])
+        return torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])
+    if not isinstance(data, (list, tuple)) or len(data) != 2:
+        raise DataError(f"{what} must be (x, y) or a DataLoader yielding (x, y)")
+    x, y = data
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    y = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y), dtype=torch.long)
+    if len(x) != len(y):
+        raise DataError(f"{what}: {len(y)} labels for {len(x)} samples")
+    return x, y
+
+
+def accuracy(model, data, *, batch_size: int = 1024, device=None) -> float:
+    """Top-1 accuracy of ``model`` on ``data`` ((x, y) or a DataLoader), in eval mode, with
+    each module's training flag restored afterwards.
+
+    Raises
+    ------
+    DataError
+        Malformed data.
+    """
+    torch = _torch()
+    x, y = _xy(data, torch, "data")
+    p = next(iter(model.parameters()), None)
+    device = device or (p.device if p is not None else "cpu")
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        hits = 0
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                out = model(x[i:i + batch_size].to(device))
+                out = out[0] if isinstance(out, (list, tuple)) else out
+                hits += int((out.argmax(-1).cpu() == y[i:i + batch_size]).sum())
+        return hits / max(1, len(x))
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def retrain_subnetwork(model, initial_state: dict, keep: dict, train_data, test_data, *, epochs: int = 5,
+                       lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
+                       device=None, progress: bool = True) -> dict:
+    """Reset a selected sub-network to its initial weights, freeze the rest, retrain, and
+    report test accuracy (O-information paper, Section 4.2: importance evaluated by
+    retraining, after the lottery-ticket hypothesis).
+
+    The units kept in each layer have their *incoming* weights and bias (one row of a
+    ``Linear`` weight, one output filter of a ``Conv2d``) set back to their values in
+    ``initial_state``; only those entries are trained, with Adam on the cross-entropy; every
+    other parameter keeps its trained value exactly (gradients are masked and frozen entries
+    restored after each step, so weight decay cannot move them). Batch-norm layers stay in
+    eval mode, so their running statistics are not retrained either. The paper's criterion:
+    the more important the kept units, the smaller the drop from the trained accuracy.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained network; it is not modified (a deep copy is retrained).
+    initial_state : dict
+        ``model.state_dict()`` at initialisation (same keys and shapes).
+    keep : dict of str -> sequence of int
+        Module name (``nn.Linear`` or ``nn.Conv2d``) -> indices of the units to reset and
+        retrain (an infoprobe unit-layer name works when it equals the module name, as with
+        :func:`export_onnx` and :func:`export_activations`).
+    train_data, test_data : (x, y) or DataLoader
+    epochs, lr, batch_size, weight_decay : training hyper-parameters (Adam)
+    seed : int
+        Seeds the batch order.
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    dict
+        ``accuracy_trained`` (the model as given), ``accuracy_reset`` (kept units at their
+        initial weights, before retraining), ``accuracy_retrained``, ``drop``
+        (trained - retrained), ``history`` (test accuracy after each epoch), ``n_units``
+        (kept units per layer), ``n_trainable`` (trainable weights and biases), and the
+        retrained ``model``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown module, a module that is not Linear/Conv2d, a unit index out of range, an
+        ``initial_state`` without the kept modules' weights, or bad hyper-parameters.
+    DataError
+        Malformed data.
+    """
+    import copy
+
+    torch = _torch()
+    if epochs < 0 or batch_size < 1 or lr <= 0:
+        raise ConfigError("need epochs >= 0, batch_size >= 1 and lr > 0")
+    xtr, ytr = _xy(train_data, torch, "train_data")
+    test = _xy(test_data, torch, "test_data")
+    net = copy.deepcopy(model)
+    p = next(iter(net.parameters()), None)
+    device = device or (p.device if p is not None else "cpu")
+    mods = dict(net.named_modules())
+    for prm in net.parameters():
+        prm.requires_grad_(False)
+    masks, frozen = [], []
+    n_units, n_trainable = {}, 0
+    for name, units in keep.items():
+        mod = mods.get(name)
+        if not isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            raise ConfigError(f"{name!r} is not an nn.Linear or nn.Conv2d of the model")
+        idx = np.unique(np.asarray(list(units), np.int64))
+        if idx.size and (idx.min() < 0 or idx.max() >= mod.weight.shape[0]):
+            raise ConfigError(f"{name!r} has {mod.weight.shape[0]} units; got indices {idx.tolist()}")
+        n_units[name] = int(idx.size)
+        sel = torch.as_tensor(idx, device=mod.weight.device)
+        for pname in ("weight", "bias"):
+            prm = getattr(mod, pname)
+            if prm is None:
+                continue
+            key = f"{name}.{pname}"
+            if key not in initial_state or tuple(initial_state[key].shape) != tuple(prm.shape):
+                raise ConfigError(f"initial_state has no {key} of shape {tuple(prm.shape)}")
+            mask = torch.zeros_like(prm)
+            mask[sel] = 1.0
+            with torch.no_grad():
+                prm[sel] = initial_state[key].to(prm.device, prm.dtype)[sel]
+            prm.requires_grad_(True)
+            masks.append((prm, mask))
+            frozen.append((prm, prm.detach().clone(), mask == 0))
+            n_trainable += int(mask.sum())
+    params = [prm for prm, _ in masks]
+    result = dict(accuracy_trained=accuracy(model, test, device=device),
+                  accuracy_reset=accuracy(net, test, device=device), n_units=n_units,
+                  n_trainable=n_trainable, history=[])
+    if params and epochs:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        gen = torch.Generator().manual_seed(seed)
+        net.train()
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        from tqdm.auto import tqdm
+
+        for _ in tqdm(range(epochs), desc="retrain", unit="epoch", disable=not progress):
+            order = torch.randperm(len(xtr), generator=gen)
+            for i in range(0, len(xtr), batch_size):
+                b = order[i:i + batch_size]
+                out = net(xtr[b].to(device))
+                out = out[0] if isinstance(out, (list, tuple)) else out
+                loss = torch.nn.functional.cross_entropy(out, ytr[b].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for prm, mask in masks:
+                    prm.grad.mul_(mask)
+                opt.step()
+                with torch.no_grad():
+                    for prm, value, fixed in frozen:
+                        prm[fixed] = value[fixed]
+            result["history"].append(accuracy(net, test, device=device))
+    result["accuracy_retrained"] = accuracy(net, test, device=device)
+    result["drop"] = result["accuracy_trained"] - result["accuracy_retrained"]
+    net.eval()
+    result["model"] = net
+    return result
+
+
+from .featurevis import CoherenceResult, coherence, visualise  # noqa: E402  (re-exported)
+from .onnx_torch import from_onnx  # noqa: E402
+
+__all__ = ["export_activations", "export_onnx", "retrain_subnetwork", "accuracy", "visualise",
+           "coherence", "CoherenceResult", "from_onnx", "MODULE_MAP_KEY"]

@@ -282,6 +282,45 @@ def plot_visualisations(vis: dict, path) -> Path:
     return _save(fig, path)
 
 
+def plot_feature_grid(images: dict, rows: list, path, *, max_rows: int = 24) -> Path:
+    """Feature visualisations of sub-clusters (Hod et al., Fig. 5): one row per sub-cluster,
+    the true sub-cluster's optimised input in the first column (framed) and the random
+    sub-clusters' beside it; channels averaged to grey, each image scaled on its own. The
+    row label gives the layer, cluster and the p values of score and entropy. Writes a PNG.
+
+    Parameters
+    ----------
+    images : dict (layer, cluster) -> array [1 + n_random, C, H, W]
+    rows : list of dict with layer, cluster, size, p_score, p_entropy
+    """
+    plt = _pyplot()
+    rows = rows[:max_rows]
+    n_cols = max(len(images[(r["layer"], r["cluster"])]) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(0.8 * n_cols + 1.8, 0.85 * len(rows) + 0.6),
+                             squeeze=False)
+    for i, r in enumerate(rows):
+        imgs = np.asarray(images[(r["layer"], r["cluster"])]).mean(axis=1)
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(imgs):
+                ax.axis("off")
+                continue
+            ax.imshow(imgs[j], cmap="gray")
+            if j == 0:
+                for side in ax.spines.values():
+                    side.set_color("tab:red")
+                    side.set_linewidth(2)
+                ax.set_ylabel(f"{r['layer']} c{r['cluster']} ({r['size']})\n"
+                              f"p {r['p_score']:.2f} / {r['p_entropy']:.2f}", fontsize=6)
+            if i == 0:
+                ax.set_title("true" if j == 0 else f"random {j}", fontsize=7)
+    fig.suptitle("Inputs optimised for sub-clusters (framed) and random sets; p values: score / entropy",
+                 fontsize=8)
+    return _save(fig, path)
+
+
 def plot_clusterability(clus: list, path) -> Path:
     """Histogram of the n-cuts of shuffled networks with the network's n-cut (Filan et al.
     2021), one panel per shuffle variant. Writes a PNG."""

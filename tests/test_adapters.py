@@ -200,3 +200,136 @@ def test_keras_store_agrees_with_capture_of_exported_onnx(keras_net, tmp_path):
         assert s.attrs["source"] == "keras"
         assert s.read("conv", "pre").shape == (200, 4, 26, 26)  # channels first
         np.testing.assert_allclose(s.read("out", "post"), model.predict(x, verbose=0), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- image measures (no torch)
+
+def test_total_variation_against_loops():
+    from infoprobe.estimators.images import fourier_total_variation, total_variation
+
+    rng = np.random.default_rng(0)
+    imgs = rng.random((3, 2, 5, 4))
+    ref = []
+    for b in range(3):
+        s = 0.0
+        for c in range(2):
+            for i in range(5):
+                for j in range(4):
+                    if i + 1 < 5:
+                        s += abs(imgs[b, c, i + 1, j] - imgs[b, c, i, j])
+                    if j + 1 < 4:
+                        s += abs(imgs[b, c, i, j + 1] - imgs[b, c, i, j])
+        ref.append(s)
+    np.testing.assert_allclose(total_variation(imgs), ref)
+    assert total_variation(np.ones((1, 6, 6)))[0] == 0
+    # a constant image has all its Fourier mass at the centre: TV = 2 * 2 * magnitude
+    mag = 6.0  # sqrt(36 pixels) with norm="ortho"
+    np.testing.assert_allclose(fourier_total_variation(np.ones((1, 6, 6))), [4 * mag])
+
+
+def test_softmax_entropy_and_dispersion():
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    from infoprobe.estimators.images import set_dispersion, softmax_entropy
+
+    z = np.random.default_rng(1).normal(size=(4, 10)) * 3
+    np.testing.assert_allclose(softmax_entropy(z), entropy(softmax(z, axis=1), base=2, axis=1))
+    np.testing.assert_allclose(softmax_entropy(np.zeros((1, 8))), [3.0])
+    var, cv = set_dispersion([[1.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_allclose(var, [1.0, 0.0])
+    assert cv[0] == pytest.approx(0.5) and np.isnan(cv[1])
+
+
+# --------------------------------------------------------------------------- retraining, ONNX in torch
+
+def test_retrain_subnetwork_freezes_everything_else(torch_net):
+    from infoprobe.adapters.torch import accuracy, retrain_subnetwork
+
+    torch = torch_net[0]
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(400, 6)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    keep = {"0": [1, 5]}
+    reset = retrain_subnetwork(net, init, keep, (x, y), (x, y), epochs=0, progress=False)
+    w = reset["model"].state_dict()
+    np.testing.assert_array_equal(w["0.weight"][[1, 5]], init["0.weight"][[1, 5]])
+    res = retrain_subnetwork(net, init, keep, (x, y), (x, y), epochs=3, weight_decay=0.1, batch_size=32,
+                             progress=False)
+    w = res["model"].state_dict()
+    frozen = [0, 2, 3, 4, 6, 7]
+    # every entry outside the kept rows is exactly the trained value, weight decay or not
+    np.testing.assert_array_equal(w["0.weight"][frozen], trained["0.weight"][frozen])
+    np.testing.assert_array_equal(w["0.bias"][frozen], trained["0.bias"][frozen])
+    for k in ("2.weight", "2.bias"):
+        np.testing.assert_array_equal(w[k], trained[k])
+    assert not torch.equal(w["0.weight"][[1, 5]], init["0.weight"][[1, 5]])
+    assert res["n_trainable"] == 2 * 6 + 2 and len(res["history"]) == 3
+    assert res["accuracy_trained"] == accuracy(net, (x, y))
+    assert res["accuracy_retrained"] == pytest.approx(accuracy(res["model"], (x, y)))
+    assert torch.equal(net.state_dict()["0.weight"], trained["0.weight"])  # the caller's model untouched
+    from infoprobe.errors import ConfigError
+    with pytest.raises(ConfigError, match="units"):
+        retrain_subnetwork(net, init, {"0": [8]}, (x, y), (x, y), progress=False)
+    with pytest.raises(ConfigError, match="not an nn.Linear"):
+        retrain_subnetwork(net, init, {"1": [0]}, (x, y), (x, y), progress=False)
+
+
+@pytest.mark.parametrize("name", ["fashion_cnn", "cnn_pad", "mlp_relu", "mlp_sigmoid"])
+def test_onnx_in_torch_matches_onnxruntime(name):
+    pytest.importorskip("torch")
+    from infoprobe.adapters.onnx_torch import from_onnx
+    from infoprobe.runner import Runner
+
+    root = Path(__file__).resolve().parents[1] / "fixtures"
+    m = from_onnx(root / f"{name}.onnx")
+    lm = m.loaded
+    x = np.random.default_rng(0).random((7, *lm.input_shape[1:]), dtype=np.float32)
+    import torch
+
+    lay = lm.layers[0]
+    got = m(torch.as_tensor(x), outputs=[lay.post_value, lm.output_name])
+    ref = Runner(lm, expose=True).run(x)
+    np.testing.assert_allclose(got[lm.output_name].detach().numpy(), ref[lm.output_name], atol=2e-5)
+    from infoprobe.rewrite import io_name
+    np.testing.assert_allclose(got[lay.post_value].detach().numpy(), ref[io_name(lay.name, "post")], atol=2e-5)
+
+
+def test_visualise_raises_its_objective_and_coherence_p_values(tmp_path):
+    pytest.importorskip("torch")
+    from infoprobe.adapters.torch import coherence, visualise
+    from infoprobe.analyses.modules import partition
+    from infoprobe.graph import graph_from_model
+    from infoprobe.stats import chi2_ranks, fisher_combined, percentile_p
+
+    model = Path(__file__).resolve().parents[1] / "fixtures" / "mlp_relu.onnx"
+    sets = [[0, 1, 2], list(range(20))]
+    before = visualise(model, "fc1_matmul", sets, steps=0, progress=False)
+    after = visualise(model, "fc1_matmul", sets, steps=40, progress=False)
+    assert (before["score"] > 0).all() and (after["score"] > before["score"] + 0.5).all()
+    assert after["images"].shape == (2, 1, 28, 28) and after["images"].min() >= 0 and after["images"].max() <= 1
+    fashion = model.with_name("fashion_mlp.onnx")
+    part = partition(graph_from_model(load_model(fashion)), 12)
+    res = coherence(fashion, partition=part, n_random=4, layers=["fc1"], steps=5, progress=False)
+    tested = [sc for sc in part.sub_clusters() if sc["layer"] == "fc1" and 3 <= sc["size"] <= 0.8 * sc["in_graph"]]
+    assert [(r["cluster"], r["size"]) for r in res.rows] == [(sc["cluster"], sc["size"]) for sc in tested]
+    assert res.rows
+    for r in res.rows:
+        assert r["p_score"] in {k / 5 for k in range(1, 6)}
+    p = [r["p_score"] for r in res.rows]
+    summ = {s["measure"]: s for s in res.summary}
+    assert summ["score"]["fisher_p"] == pytest.approx(fisher_combined(p, 4))
+    assert summ["score"]["chi2_p"] == pytest.approx(chi2_ranks(p, 4))
+    # the stored p value is the percentile of the true set among its random ones
+    r0 = res.rows[0]
+    assert percentile_p(r0["score"], [r0["score"] + 1] * 4, "right") == 1.0
+    res.save(tmp_path)
+    assert res.plot(tmp_path)[0].stat().st_size > 1000

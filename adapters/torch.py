@@ -405,10 +405,10 @@ def export_onnx(model, example_input, path, *, input_name: str = "input", output
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    try:
-        import onnxscript  # noqa: F401  (the exporter needs it)
-    except ImportError:
-        raise ConfigError("torch.onnx.export needs onnxscript: pip install 'infoprobe[torch]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("onnxscript") is None:  # the exporter needs it
+        raise ConfigError("torch.onnx.export needs onnxscript: pip install 'infoprobe[torch]'")
     import onnx_ir as ir
 
     from infoprobe.model import load_model

@@ -10,6 +10,9 @@ README for the command-line tour; the library's entry points are:
 - :mod:`infoprobe.analyses.plans` -- pruning plans (:class:`infoprobe.plan.PruningPlan`),
 - :func:`infoprobe.prune.apply_plan` -- physical pruning of an ONNX model by a plan,
 - :func:`infoprobe.analyses.check.check` -- the CI gate comparing a candidate with its reference.
+
+Framework adapters (``infoprobe.adapters.torch``, ``infoprobe.adapters.keras``) are installed
+with the ``torch`` and ``keras`` extras and import their framework only when used.
 """
 __version__ = "0.1.0"
 

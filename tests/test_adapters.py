@@ -50,7 +50,7 @@ def test_core_never_imports_a_framework():
 def torch_net():
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxscript")
-    nn, F = torch.nn, torch.nn.functional
+    nn = torch.nn
 
     class Net(nn.Module):
         """Conv+BN+ReLU module, a conv with a functional tanh, an in-place ReLU, a bare Linear."""

@@ -125,3 +125,43 @@ def write_batches(out, *, n_rows: int, specs: list, batches, has_labels: bool, s
         if writer is not None and not done:
             writer.close()
             writer.partial.unlink(missing_ok=True)  # never resumed: leave nothing half-written
+
+
+def write_mapped_onnx(irm, path: Path, modules: dict) -> dict:
+    """Write an exported ``onnx_ir`` model with the module -> unit-layer map in its metadata.
+
+    Parameters
+    ----------
+    irm : onnx_ir.Model
+        The export, its affine nodes already renamed.
+    path : Path
+        Written atomically (a temporary sibling is discovered first, then removed).
+    modules : dict
+        Affine node name -> framework module name.
+
+    Returns
+    -------
+    dict
+        {module name: unit-layer name} as written under
+        :data:`infoprobe.model.MODULE_MAP_KEY`.
+
+    Raises
+    ------
+    ModelError
+        The export has no unit layer infoprobe can analyse.
+    """
+    import onnx_ir as ir
+
+    from infoprobe.model import MODULE_MAP_KEY, load_model
+    from infoprobe.results import atomic_write_bytes
+
+    tmp = path.with_name(f".{path.name}.unmapped")
+    try:
+        atomic_write_bytes(tmp, ir.to_proto(irm).SerializeToString())
+        lm = load_model(tmp)
+        mapping = {modules[lay.nodes[0]]: lay.name for lay in lm.layers if lay.nodes[0] in modules}
+    finally:
+        tmp.unlink(missing_ok=True)
+    irm.metadata_props[MODULE_MAP_KEY] = json.dumps(mapping)
+    atomic_write_bytes(path, ir.to_proto(irm).SerializeToString())
+    return mapping

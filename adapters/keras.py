@@ -6,17 +6,14 @@ imported when a function here is first called, never by ``import infoprobe``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from infoprobe.errors import ConfigError, DataError, ModelError, OutputExistsError
-from infoprobe.model import ACTIVATIONS
+from infoprobe.model import ACTIVATIONS, MODULE_MAP_KEY  # noqa: F401  (re-exported)
 
-from ._store import depths, layer_spec, write_batches
-
-MODULE_MAP_KEY = "infoprobe.module_map"
+from ._store import depths, layer_spec, write_batches, write_mapped_onnx
 
 #: Keras activation functions (by ``__name__``) and activation layers, as infoprobe names them.
 _ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "leaky_relu": "leakyrelu",
@@ -405,9 +402,6 @@ def export_onnx(model, path, *, opset: int | None = None, overwrite: bool = Fals
     import onnx
     import onnx_ir as ir
 
-    from infoprobe.model import load_model
-    from infoprobe.results import atomic_write_bytes
-
     units = _units(model, keras)
     raw = path.with_name(f".{path.name}.keras")
     try:
@@ -439,13 +433,4 @@ def export_onnx(model, path, *, opset: int | None = None, overwrite: bool = Fals
     for name, node in found.items():
         node.name = name
     fold_channels_last(irm)
-    tmp = path.with_name(f".{path.name}.unmapped")
-    try:
-        atomic_write_bytes(tmp, ir.to_proto(irm).SerializeToString())
-        lm = load_model(tmp)
-        mapping = {lay.nodes[0]: lay.name for lay in lm.layers if lay.nodes[0] in found}
-    finally:
-        tmp.unlink(missing_ok=True)
-    irm.metadata_props[MODULE_MAP_KEY] = json.dumps(mapping)
-    atomic_write_bytes(path, ir.to_proto(irm).SerializeToString())
-    return mapping
+    return write_mapped_onnx(irm, path, {node.name: name for name, node in found.items()})

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from infoprobe.errors import ConfigError, DataError, ModelError, OutputExistsError
+from infoprobe.model import MODULE_MAP_KEY
 
-from ._store import depths, layer_spec, write_batches
+from ._store import depths, layer_spec, write_batches, write_mapped_onnx
 
-#: Key of the ONNX metadata entry holding {module name: unit-layer name}.
-MODULE_MAP_KEY = "infoprobe.module_map"
 
 #: torch functions (by ``__name__``) recognised as the activation after a unit layer.
 _ACTIVATIONS = {
@@ -409,11 +408,6 @@ def export_onnx(model, example_input, path, *, input_name: str = "input", output
 
     if importlib.util.find_spec("onnxscript") is None:  # the exporter needs it
         raise ConfigError("torch.onnx.export needs onnxscript: pip install 'infoprobe[torch]'")
-    import onnx_ir as ir
-
-    from infoprobe.model import load_model
-    from infoprobe.results import atomic_write_bytes
-
     x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.asarray(example_input))
     if len(x) < 2:
         x = torch.cat([x, x])
@@ -453,16 +447,7 @@ def export_onnx(model, example_input, path, *, input_name: str = "input", output
         used.add(name)
         node.name = name
         renamed[name] = mod
-    tmp = path.with_name(f".{path.name}.unmapped")
-    try:
-        atomic_write_bytes(tmp, ir.to_proto(irm).SerializeToString())
-        lm = load_model(tmp)
-        mapping = {renamed[lay.nodes[0]]: lay.name for lay in lm.layers if lay.nodes[0] in renamed}
-    finally:
-        tmp.unlink(missing_ok=True)
-    irm.metadata_props[MODULE_MAP_KEY] = json.dumps(mapping)
-    atomic_write_bytes(path, ir.to_proto(irm).SerializeToString())
-    return mapping
+    return write_mapped_onnx(irm, path, renamed)
 
 
 # ---------------------------------------------------------------------------------------------

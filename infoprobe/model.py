@@ -160,6 +160,10 @@ class LoadedModel:
         return np.asarray(activation_numpy(act, lay.activation)(z), np.float64)
 
 
+#: Metadata key under which the adapters record {framework module name: unit-layer name}.
+MODULE_MAP_KEY = "infoprobe.module_map"
+
+
 def module_map(model) -> dict:
     """The {framework module name: unit-layer name} mapping an adapter's ONNX export wrote
     into the model's metadata (``infoprobe.module_map``); empty when there is none.
@@ -174,7 +178,7 @@ def module_map(model) -> dict:
         The entry is there but is not a JSON object of strings.
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
-    raw = lm.ir_model.metadata_props.get("infoprobe.module_map")
+    raw = lm.ir_model.metadata_props.get(MODULE_MAP_KEY)
     if raw is None:
         return {}
     try:

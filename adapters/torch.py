@@ -118,7 +118,6 @@ class _Recorder:
                 raise ModelError(f"module {name!r} runs twice in one forward pass; infoprobe stores "
                                  "one unit layer per module (shared weights are not supported)")
             self.order.append(name)
-            self.pre[name] = output
             self.activation[name] = "none"
             self.pending[id(output)] = (weakref.ref(output), name)
             if self.flow:

@@ -333,3 +333,21 @@ def test_visualise_raises_its_objective_and_coherence_p_values(tmp_path):
     assert percentile_p(r0["score"], [r0["score"] + 1] * 4, "right") == 1.0
     res.save(tmp_path)
     assert res.plot(tmp_path)[0].stat().st_size > 1000
+
+
+def test_visualise_plain_torch_module(torch_net):
+    from infoprobe.adapters.torch import visualise
+
+    torch = torch_net[0]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    with torch.no_grad():
+        net[0].bias.fill_(2.0)  # every unit active on the starting image
+    before = visualise(net, "1", [[0, 1], [2, 3, 4]], input_shape=(64,), steps=0, progress=False)
+    after = visualise(net, "1", [[0, 1], [2, 3, 4]], input_shape=(64,), steps=30, progress=False)
+    assert after["images"].shape == (2, 1, 8, 8)
+    assert (after["score"] > before["score"]).all()
+    # the score is the set's mean post-activation on the final image, by hand
+    x = torch.as_tensor(after["images"].reshape(2, 64), dtype=torch.float32)
+    post = torch.relu(net[0](x)).detach().numpy()
+    np.testing.assert_allclose(after["score"], [post[0, [0, 1]].mean(), post[1, [2, 3, 4]].mean()], rtol=1e-5)

@@ -210,8 +210,8 @@ class CoherenceResult:
     ``rows``: one per tested sub-cluster: ``layer``, ``cluster``, ``size``, each measure of
     the true sub-cluster's image, the mean over its random ones (``<measure>_random``) and
     the percentile p value (``p_<measure>``). ``summary``: per measure, ``fisher_p`` and
-    ``chi2_p`` over the network's sub-clusters (``n`` of them), and for ``cv`` the quartiles
-    of the true sub-clusters' coefficients of variation. ``images``: {(layer, cluster):
+    ``chi2_p`` over the network's sub-clusters (``n`` of them); the row ``cv`` has instead the
+    quartiles (``q1``, ``median``, ``q3``) of the true sub-clusters' coefficients of variation. ``images``: {(layer, cluster):
     [1 + n_random, C, H, W]}, the true sub-cluster first.
     """
     rows: list
@@ -320,11 +320,13 @@ def coherence(model, *, partition=None, n_clusters: int = 12, n_random: int = 9,
         ok = np.isfinite(p)
         summary.append({"measure": key, "n": int(ok.sum()),
                         "fisher_p": fisher_combined(p[ok], n_random) if ok.any() else float("nan"),
-                        "chi2_p": chi2_ranks(p[ok], n_random) if ok.any() else float("nan")})
+                        "chi2_p": chi2_ranks(p[ok], n_random) if ok.any() else float("nan"),
+                        "q1": float("nan"), "median": float("nan"), "q3": float("nan")})
     cv = np.array([r["cv"] for r in rows], np.float64)
     cv = cv[np.isfinite(cv)]
     q = np.percentile(cv, [25, 50, 75]) if len(cv) else [float("nan")] * 3
-    summary.append({"measure": "cv", "n": int(len(cv)), "q1": float(q[0]), "median": float(q[1]), "q3": float(q[2])})
+    summary.append({"measure": "cv", "n": int(len(cv)), "fisher_p": float("nan"), "chi2_p": float("nan"),
+                    "q1": float(q[0]), "median": float(q[1]), "q3": float(q[2])})
     meta = dict(model=str(lm.path), model_sha256=lm.sha256, n_clusters=part.n_clusters, n_random=n_random,
                 min_size=min_size, max_fraction=max_fraction, seed=seed, ncut=float(part.ncut),
                 visualise=dict(visualise_options))

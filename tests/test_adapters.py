@@ -333,6 +333,12 @@ def test_visualise_raises_its_objective_and_coherence_p_values(tmp_path):
     assert percentile_p(r0["score"], [r0["score"] + 1] * 4, "right") == 1.0
     res.save(tmp_path)
     assert res.plot(tmp_path)[0].stat().st_size > 1000
+    from infoprobe.results import read_table
+    cv_row = [r for r in read_table(tmp_path / "coherence_summary.json") if r["measure"] == "cv"][0]
+    assert cv_row["median"] == pytest.approx(summ["cv"]["median"])
+    import csv
+    with open(tmp_path / "coherence_summary.csv") as f:
+        assert {"fisher_p", "chi2_p", "q1", "median", "q3"} <= set(next(csv.DictReader(f)))
 
 
 def test_visualise_plain_torch_module(torch_net):

@@ -316,7 +316,7 @@ def export_activations(model, data, out="acts.h5", *, layers=None, labels=None, 
                                     is_output=n not in downstream))
         rec.flow = False
 
-        def blocks(x, y, logits):
+        def blocks(y, logits):
             posts = rec.posts()
             res = {"outputs/logits": logits}
             for n in names:
@@ -328,10 +328,10 @@ def export_activations(model, data, out="acts.h5", *, layers=None, labels=None, 
             return res, y
 
         def all_batches():
-            yield blocks(x0, y0, logits0)
+            yield blocks(y0, logits0)
             for x, y in batches:
                 logits = run(x)
-                yield blocks(x, y, logits)
+                yield blocks(y, logits)
 
         return write_batches(out, n_rows=n_rows, specs=specs, batches=all_batches(),
                              has_labels=y0 is not None, source="torch", overwrite=overwrite,

@@ -1,5 +1,6 @@
 """Modules: graphification, n-cut, spectral clustering, p values, lesions and the taxonomy."""
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 from scipy import stats
 
 from conftest import FIX, initializers
-from infoprobe.analyses.modules import (Lesioner, Partition, align_signs, classify, clusterability,
-                                        double_lesions, image_shape, lesion_tests, modules, network_table,
-                                        partition, prunable_plan)
+from infoprobe.analyses.modules import (Lesioner, Partition, UnreachableAlphaWarning, align_signs, classify,
+                                        clusterability, double_lesions, draws_needed, image_shape, lesion_tests,
+                                        modules, network_table, partition, prunable_plan)
 from infoprobe.cli.main import cli
 from infoprobe.data import load_data, prepare_inputs
 from infoprobe.errors import ConfigError, ModelError
@@ -330,6 +331,24 @@ def test_lesion_tests_and_double_lesions_on_a_known_damage_model(interaction, re
     assert len(edges) == (0 if relation == "no conclusion" else 1)
 
 
+def test_too_few_random_draws_warn_that_alpha_is_unreachable():
+    assert [draws_needed(a) for a in (0.05, 0.01, 0.1, 0.3, 1.0)] == [20, 100, 10, 3, 1]
+    dmg = {"a": np.r_[np.full(10, 0.006), np.full(10, 0.0001)], "b": np.r_[np.full(10, 0.005), np.full(10, 0.0001)]}
+    les, part = _FakeLesioner(dmg), _fake_partition()
+    with pytest.warns(UnreachableAlphaWarning, match=r"1/11 = 0\.0909.*alpha = 0\.05.*at least 20 random draws"):
+        rows, _ = lesion_tests(les, part, n_random=10, seed=0, progress=False)
+    assert min(r["p_importance"] for r in rows) == pytest.approx(1 / 11)
+    assert not any(r["category"] in ("important", "prunable") for r in rows)   # what the warning says
+    with pytest.warns(UnreachableAlphaWarning, match="1/20 = 0.05"):           # p < alpha is strict
+        lesion_tests(les, part, n_random=19, seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows, _ = lesion_tests(les, part, n_random=20, seed=0, progress=False)
+        assert sum(r["category"] == "important" for r in rows) == 2
+        with pytest.warns(UnreachableAlphaWarning, match=r"double lesions.*--double-random"):
+            double_lesions(les, part, rows, n_random=5, seed=0, progress=False)
+
+
 def test_prunable_plan_reproduces_the_lesion(fashion, tmp_path):
     from infoprobe.prune import apply_plan
     from infoprobe.runner import make_session
@@ -367,7 +386,7 @@ def test_cli_modules(tmp_path):
             "--out", str(out), "--shuffles", "2", "--random", "9", "--double-random", "4", "--no-progress", "--json"]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)              # stderr may carry the warning that 9 draws cannot reach 0.05
     net = doc["networks"][0]
     rows = json.loads((out / "subclusters.json").read_text())["rows"]
     p = np.array([q["p_importance"] for q in rows if q["p_importance"] is not None])

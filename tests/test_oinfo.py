@@ -7,7 +7,8 @@ from scipy import special, stats
 
 from infoprobe.errors import ConfigError, DataError
 from infoprobe.estimators.gaussian import (
-    constant_units, copnorm, entropy_bias, gaussian_entropy, gcmi_mixture_cd, gcmi_model_cd,
+    _untie, constant_units, copnorm, entropy_bias, gaussian_entropy, gcmi_mixture_cd, gcmi_model_cd,
+    label_entropy,
 )
 from infoprobe.estimators.oinfo import copula_model, o_information, search_multiplets
 
@@ -193,15 +194,6 @@ def test_gcmi_mixture_cd_matches_loop_and_not_frites_bug(mixed_data):
     assert theirs.mean() < -1.0 < ours.mean()
 
 
-def test_gcmi_mixture_is_nan_for_units_constant_within_a_class():
-    rng = np.random.default_rng(3)
-    y = np.repeat([0, 1], 200)
-    x = rng.standard_normal((400, 2))
-    x[y == 0, 1] = 0.0
-    mi = gcmi_mixture_cd(x, y)
-    assert np.isfinite(mi[0]) and np.isnan(mi[1])
-
-
 # ---------------------------------------------------------------- O-information
 
 @pytest.mark.parametrize("labels", ["none", "ordinal", "exact"])
@@ -326,3 +318,148 @@ def test_cuda_matches_cpu(mixed_data, cupy):
         gpu = search_multiplets(copula_model(x, y, labels=labels, device="cuda"), max_size=6, exhaustive_up_to=5)
         for a, b in zip(cpu, gpu):
             assert a["units"] == b["units"] and a["omega"] == pytest.approx(b["omega"], abs=1e-9)
+
+
+# ---------------------------------------------------------------- units constant on a class
+
+def relu_dead_on_class0(seed=0, n_per=1000):
+    """3 balanced classes; a ReLU unit exactly 0 on every sample of class 0 (and on some others)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], n_per)
+    x = np.maximum(rng.standard_normal(len(y)) + y, 0.0)
+    x[y == 0] = 0.0
+    return x, y
+
+
+def break_ties(x, rng):
+    """The same values with every tie broken at random by a jitter far below the value spacing."""
+    return x + rng.random(x.shape) * 1e-9
+
+
+def h_y(y):
+    p = np.bincount(y) / len(y)
+    return float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+
+
+def test_gcmi_model_cd_of_a_unit_constant_on_a_class_is_bounded_and_matches_broken_ties():
+    x, y = relu_dead_on_class0()
+    assert label_entropy(y) == pytest.approx(h_y(y), abs=1e-12) == pytest.approx(np.log2(3))
+    mi = gcmi_model_cd(x, y)[0]
+    assert 0.0 <= mi <= label_entropy(y)                  # was 17.5 bits: log of a zero variance
+    rng = np.random.default_rng(1)
+    broken = [gcmi_model_cd(break_ties(x, rng), y)[0] for _ in range(20)]
+    # the estimate is the one on expected variances over random tie-breaking: close to the mean
+    assert mi == pytest.approx(np.mean(broken), abs=0.02)
+    assert np.std(broken) < 0.02
+
+
+def test_gcmi_model_cd_constant_class_equals_a_continuous_class_on_the_same_ranks():
+    # class 0 sits at 0 below every other sample: its tie block holds exactly its ranks, so the
+    # expected variances equal those of any continuous class in that rank range, exactly
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 300)
+    x = np.exp(rng.standard_normal(900) + y)
+    x[y == 0] = 0.0
+    spread = x.copy()
+    spread[y == 0] = -rng.random(300)                      # distinct values, same ranks 1..300
+    for bias in (True, False):
+        np.testing.assert_allclose(gcmi_model_cd(x, y, biascorrect=bias),
+                                   ref_gcmi_model(spread[:, None], y, bias=bias), atol=1e-10)
+
+
+def test_gcmi_model_cd_without_class_constant_units_is_unchanged_with_ties():
+    # ReLU zeros in every class but no class entirely at 0: average-rank copula as before
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 2000)
+    x = np.maximum(rng.standard_normal((2000, 3)) + 0.5 * y[:, None], 0.0)
+    z = np.asarray(copnorm(x))
+    ref = []
+    for j in range(3):
+        h = ref_h(np.var(z[:, j], ddof=1), len(y))
+        hc = sum((y == c).mean() * ref_h(np.var(z[y == c, j], ddof=1), int((y == c).sum())) for c in range(3))
+        ref.append((h - hc) / LN2)
+    np.testing.assert_allclose(gcmi_model_cd(x, y), ref, rtol=0, atol=1e-12)
+
+
+def test_untie_variances_are_the_random_tie_breaking_expectation():
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1, 2], 20)
+    x = rng.integers(0, 6, 60).astype(float)               # tie blocks shared by the classes
+    x[y == 0] = 2.0                                        # and one class inside one block
+    z, extra_all, extra = _untie(x[:, None], y, 3)
+    expect = [(np.sum((z[y == g, 0] - z[y == g, 0].mean()) ** 2) + extra[g, 0]) / 19 for g in range(3)]
+    draws = np.array([[copnorm(break_ties(x, rng))[y == g].var(ddof=1) for g in range(3)]
+                      for _ in range(4000)])
+    se = draws.std(axis=0) / np.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(axis=0) - expect) < 4 * se + 1e-12)
+    pooled = (np.sum((z - z.mean()) ** 2) + extra_all[0]) / 59
+    assert pooled == pytest.approx(np.var(stats.norm.ppf(np.arange(1, 61) / 61), ddof=1), abs=1e-12)
+    block = stats.norm.ppf(np.arange((x < 2).sum() + 1, (x <= 2).sum() + 1) / 61)
+    assert expect[0] == pytest.approx(np.var(block, ddof=1), abs=1e-12)
+
+
+def test_gcmi_mixture_treats_a_class_constant_unit_as_an_atom():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 200)
+    x = rng.standard_normal((400, 2))
+    x[y == 0, 1] = 0.0
+    mi = gcmi_mixture_cd(x, y)
+    assert np.isfinite(mi[0]) and mi[1] == pytest.approx(1.0, abs=1e-12)   # 0 identifies class 0
+    # three classes: h(p) + (1 - p) I(X; Y | Y != 0), the decomposition over the atom's indicator
+    y = np.repeat([0, 1, 2], 300)
+    x = rng.standard_normal(900) + 2.0 * y
+    x[y == 0] = 0.0
+    p = 1 / 3
+    rest = gcmi_mixture_cd(x[y > 0], y[y > 0])[0]
+    hp = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    mi = gcmi_mixture_cd(x, y)[0]
+    assert mi == pytest.approx(hp + (1 - p) * rest, abs=1e-12)
+    assert 0.0 <= mi <= label_entropy(y)
+    squeezed = x.copy()
+    squeezed[y == 0] = rng.standard_normal(300) * 1e-9      # the limit of a vanishing class scale
+    assert gcmi_mixture_cd(squeezed, y)[0] == pytest.approx(mi, abs=1e-6)
+    # classes constant at one shared value are one atom; class-wise constant units reach H(Y)
+    both = np.column_stack([(y > 0).astype(float), y.astype(float)])
+    np.testing.assert_allclose(gcmi_mixture_cd(both, y), [hp, np.log2(3)], atol=1e-12)
+
+
+def test_gcmi_mixture_is_nan_without_a_robust_scale():
+    # most of class 0 at 0 but not all of it: zero median absolute deviation, no atom
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1], 200)
+    x = rng.standard_normal((400, 1))
+    x[:150, 0] = 0.0
+    assert np.isnan(gcmi_mixture_cd(x, y)[0])
+
+
+def test_o_information_with_a_unit_constant_on_a_class():
+    rng = np.random.default_rng(6)
+    n = 3000
+    y = np.repeat([0, 1, 2], n // 3)
+    x = np.maximum(rng.standard_normal((n, 5)) + 0.5 * y[:, None], 0.0)
+    x[:, 4] = rng.standard_normal(n) + y
+    x[y == 0, 0] = 0.0                                     # dead on class 0
+    x[y == 1, 3] = 0.7                                     # saturated on class 1
+    m = copula_model(x, y)
+    assert list(m.class_constant) == [0, 3]
+    c0, c1 = m.cov[1], m.cov[2]
+    assert np.all(c0[0, 1:] == 0) and np.all(c1[3, [0, 1, 2, 4]] == 0)    # independent there
+    block = stats.norm.ppf(np.arange((x[:, 0] < 0).sum() + 1, (x[:, 0] <= 0).sum() + 1) / (n + 1))
+    assert c0[0, 0] == pytest.approx(np.var(block, ddof=1), rel=1e-12)
+    mult = np.array(list(itertools.combinations(range(5), 3)))
+    om = o_information(m, mult)
+    assert np.isfinite(om).all()
+    np.testing.assert_allclose(om, [ref_omega(m, list(s)) for s in mult], atol=1e-9)
+    # the same data with the ties of units 0 and 3 broken at random (their ReLU zeros included)
+    draws = []
+    for _ in range(8):
+        xb = x.copy()
+        xb[:, [0, 3]] = break_ties(x[:, [0, 3]], rng)
+        draws.append(o_information(copula_model(xb, y), mult))
+    np.testing.assert_allclose(om, np.mean(draws, axis=0), atol=0.01)   # rounding residue: 0.025
+    # pairs with the label: Omega(x_i, x_j, Y) = I(x_i; x_j) - I(x_i; x_j | Y), bounded
+    pairs = o_information(m, np.array([[0, 1], [0, 3], [3, 4]]))
+    assert np.all(np.abs(pairs) < 1.0)
+    # label-free and ordinal models are untouched by the label classes
+    assert copula_model(x, y, labels="ordinal").class_constant.size == 0
+    assert copula_model(x, y, ties="ordinal").class_constant.size == 0

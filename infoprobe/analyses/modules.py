@@ -14,6 +14,7 @@ the same layer among the units still in the graph.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,6 +298,51 @@ def _random_units(rng, pool, size, n):
     return [np.sort(rng.choice(pool, size, replace=False)) for _ in range(n)]
 
 
+class UnreachableAlphaWarning(UserWarning):
+    """Too few random draws: no percentile p value can fall below ``alpha``."""
+
+
+def draws_needed(alpha: float) -> int:
+    """Fewest random draws n for which a percentile p value can fall below ``alpha``.
+
+    The smallest percentile p value among n draws is 1/(n + 1) (:func:`infoprobe.stats.
+    percentile_p`, Phipson & Smyth 2010), and the tests call a result significant when
+    p < ``alpha`` (strictly), so n is the least integer with 1/(n + 1) < alpha: 20 for
+    alpha = 0.05 (19 draws give exactly 0.05).
+
+    Parameters
+    ----------
+    alpha : float
+        Significance level, in (0, 1].
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ConfigError
+        ``alpha`` outside (0, 1].
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ConfigError(f"alpha must lie in (0, 1]; got {alpha}")
+    n = max(int(np.floor(1.0 / alpha)) - 1, 0)
+    while 1.0 / (n + 1) >= alpha:
+        n += 1
+    return n
+
+
+def _warn_unreachable(n_random: int, alpha: float, what: str, option: str) -> None:
+    """Warn (:class:`UnreachableAlphaWarning`) when 1/(n_random + 1) >= alpha."""
+    if not 0.0 < alpha <= 1.0:
+        return
+    need = draws_needed(alpha)
+    if n_random < need:
+        warnings.warn(f"{what}: with {n_random} random draws ({option}) the smallest percentile p value is "
+                      f"1/{n_random + 1} = {1.0 / (n_random + 1):.3g}, not below alpha = {alpha:g}, so none can "
+                      f"be significant; use at least {need} random draws", UnreachableAlphaWarning, stacklevel=3)
+
+
 def lesion_tests(lesioner: Lesioner, part: Partition, *, n_random: int = 20, seed: int = 0,
                  alpha: float = 0.05, min_drop: float = 0.01, small_fraction: float = 0.05, small_units: int = 0,
                  progress: bool = True) -> tuple[list, list]:
@@ -310,6 +356,11 @@ def lesion_tests(lesioner: Lesioner, part: Partition, *, n_random: int = 20, see
     - output coherence: the normalised class-wise range ptp(d / mean(d)) of the per-class
       changes d; right-sided p value (``p_coherence``).
 
+    A p value is significant when below ``alpha``; with fewer than :func:`draws_needed`
+    random sub-clusters (1/(n_random + 1) >= alpha) none can be, and an
+    :class:`UnreachableAlphaWarning` says so (no sub-cluster is then ``important`` or
+    ``prunable``).
+
     Returns
     -------
     rows : list of dict
@@ -320,6 +371,7 @@ def lesion_tests(lesioner: Lesioner, part: Partition, *, n_random: int = 20, see
         One per random lesion: layer, cluster, draw, accuracy_change, coherence,
         class_<c>_change.
     """
+    _warn_unreachable(n_random, alpha, "lesion tests", "--random")
     rng = np.random.default_rng(seed)
     subs = part.sub_clusters()
     base = lesioner.base
@@ -394,6 +446,9 @@ def double_lesions(lesioner: Lesioner, part: Partition, rows: list, *, n_random:
     X: ``Y has other sources``; X important given Y but Y not given X: ``X has other
     targets``; both important: no conclusion (no edge).
 
+    With fewer than :func:`draws_needed` random partners no pair can be significant; an
+    :class:`UnreachableAlphaWarning` says so.
+
     Returns
     -------
     pairs : list of dict
@@ -406,6 +461,8 @@ def double_lesions(lesioner: Lesioner, part: Partition, rows: list, *, n_random:
     imp = [r for r in rows if r["category"] == "important"]
     order = lesioner.layers.index
     pairs_idx = [(a, b) for i, a in enumerate(imp) for b in imp[i + 1:] if a["layer"] != b["layer"]]
+    if pairs_idx:
+        _warn_unreachable(n_random, alpha, "double lesions", "--double-random")
     base = float(np.mean(lesioner.base))
     pools = {lay: np.flatnonzero(part.layer_labels(lay) >= 0) for lay in {r["layer"] for r in imp}}
     loss = lambda les: base - float(np.mean(lesioner(les)))  # noqa: E731
@@ -663,6 +720,13 @@ def modules(source, data: Dataset | None = None, *, n_clusters: int = 12, kind: 
     Raises
     ------
     ModelError, StoreError, DataError, ConfigError
+
+    Warns
+    -----
+    UnreachableAlphaWarning
+        ``n_random`` (or ``n_double``, when there are pairs to test) is below
+        :func:`draws_needed` (``alpha``): the smallest percentile p value, 1/(n + 1), is not
+        below ``alpha``, so nothing can be significant.
     """
     for v in variants:
         if v not in VARIANTS:

@@ -14,6 +14,23 @@ not depend on sample order. ``ties="ordinal"`` breaks ties by order of appearanc
 stable argsort of ``hoi`` and of gcmi's ``argsort(argsort(x))`` on a stable sort); use it
 only to reproduce those packages.
 
+Units that are constant on a class (a ReLU unit that is 0 on every sample of one class): with
+average ranks every sample of that class has the same copula value, its class-conditional
+variance is 0 and its Gaussian entropy -inf (or a large negative number from rounding), so
+GC-MI with the label came out far above H(Y). For such units (and only those) a tie is read as
+a continuous value quantised to one number: the samples of a tie block hold the block's ranks
+r_lo..r_hi in an unknown order, and every variance and covariance is replaced by its
+**expectation over random tie-breaking**. A tied sample then takes the mean of the block's
+normal quantiles Phi^-1(r / (N + 1)), and each variance gains the spread the tie removed:
+sum_b m_b s_b^2 [1 - (K_b - m_b) / ((K_b - 1) n)] for a group of n samples with m_b of the
+K_b samples of block b (s_b^2 the block's quantile variance, denominator K_b; sampling without
+replacement). A class entirely inside one block gets the block's quantile variance
+(denominator K_b - 1), what a continuous class holding the same ranks would have; the pooled
+variance becomes that of untied ranks; covariances with other units keep the block means
+(independent tie-breaking adds nothing to them). The result is deterministic and order-free;
+units with at least two distinct values in every class keep their average-rank copula.
+``ties="ordinal"`` already breaks ties and is left as it is.
+
 The ranking runs on the host with ``scipy.stats.rankdata``; CuPy inputs are copied to the
 host and the result is returned in the input's namespace.
 """
@@ -167,6 +184,88 @@ def gaussian_entropy(cov, n_samples=None, *, biascorrect: bool = True):
     return h / LN2
 
 
+def _class_constant(a: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
+    """Boolean [G, U]: unit j takes a single value on every sample of class g."""
+    mask = np.zeros((n_groups, a.shape[1]), dtype=bool)
+    for g in range(n_groups):
+        ag = a[inv == g]
+        mask[g] = ag.max(axis=0) == ag.min(axis=0)
+    return mask
+
+
+def _untie(a: np.ndarray, inv: np.ndarray, n_groups: int):
+    """Copula of some units in expectation over random tie-breaking (see the module docstring).
+
+    Parameters
+    ----------
+    a : float array [N, K]
+        Raw values of the units to treat.
+    inv : int array [N]
+        Class index in 0..G-1 of every sample.
+    n_groups : int
+        G.
+
+    Returns
+    -------
+    z : float array [N, K]
+        Every sample's copula value: the mean of the normal quantiles Phi^-1(r / (N + 1)) of its
+        tie block (its own quantile when untied).
+    extra_all : float array [K]
+        Sum of squares the ties removed from the pooled sample, sum_b K_b s_b^2.
+    extra : float array [G, K]
+        The same for each class, sum_b m_gb s_b^2 [1 - (K_b - m_gb) / ((K_b - 1) n_g)], so that
+        ``(sum of squares of z about the class mean + extra) / (n_g - 1)`` is the expected
+        class variance.
+    """
+    n, k = a.shape
+    q = special.ndtri(np.arange(1, n + 1) / (n + 1.0))
+    n_g = np.bincount(inv, minlength=n_groups).astype(np.float64)
+    z = np.empty((n, k))
+    extra_all = np.zeros(k)
+    extra = np.zeros((n_groups, k))
+    for j in range(k):
+        _, blk, size = np.unique(a[:, j], return_inverse=True, return_counts=True)
+        blk = blk.reshape(-1)
+        start = np.concatenate([[0], np.cumsum(size)[:-1]])
+        mean = np.add.reduceat(q, start) / size
+        s2 = np.add.reduceat((q - np.repeat(mean, size)) ** 2, start) / size
+        z[:, j] = mean[blk]
+        extra_all[j] = (size * s2).sum()
+        m = np.bincount(blk * n_groups + inv, minlength=len(size) * n_groups).reshape(len(size), n_groups)
+        tied = size > 1
+        m, kb, s2 = m[tied], size[tied, None], s2[tied, None]
+        extra[:, j] = (m * s2 * (1.0 - (kb - m) / ((kb - 1.0) * n_g))).sum(axis=0)
+    return z, extra_all, extra
+
+
+def label_entropy(y) -> float:
+    """Plug-in entropy of discrete labels, in **bits**: H(Y) = -sum_y p(y) log2 p(y).
+
+    The upper bound of the mutual information between any variable and the labels
+    (Cover & Thomas 2006, eq. 2.45: I(X; Y) <= H(Y)).
+
+    Parameters
+    ----------
+    y : int array [N]
+        Class labels (NumPy or CuPy).
+
+    Returns
+    -------
+    float (bits); 0 for a single class.
+
+    Raises
+    ------
+    DataError
+        ``y`` is not a non-empty one-dimensional array of integer values.
+    """
+    y = np.asarray(to_numpy(y))
+    if y.ndim != 1 or not len(y):
+        raise DataError(f"labels must be a non-empty [samples] array; got shape {y.shape}")
+    _, counts = np.unique(_labels(y, len(y)), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
 def _class_index(y: np.ndarray, min_count: int):
     classes, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
     if len(classes) < 2:
@@ -193,6 +292,17 @@ def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
     means), each with its own bias correction (Ince et al. 2017, Section 2.6, eq. 12; gcmi's
     ``gcmi_model_cd`` / ``mi_model_gd``).
 
+    A unit constant on some class would give that class zero variance and an entropy of -inf
+    (with ``ties="average"``); for such a unit every variance is its expectation over random
+    tie-breaking (module docstring): the constant class gets the quantile variance of its tie
+    block, as a continuous class holding the same ranks would. The result is then clipped at
+    the plug-in label entropy H(Y) (:func:`label_entropy`), the bound I(X; Y) <= H(Y) of any
+    estimate (Cover & Thomas 2006, eq. 2.45). Units with at least two distinct values in every
+    class are unchanged; on them the clip is a safeguard the copula estimate does not reach in
+    practice (perfectly separated classes give 0.73 bits of the 1 bit of two balanced classes).
+    A class with all but a few samples tied is not treated and can still come out high: with
+    one sample of the class off the tie the estimate may reach the clip.
+
     Parameters
     ----------
     x : array [N] or [N, U]
@@ -204,7 +314,7 @@ def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
 
     Returns
     -------
-    NumPy array [U] (bits). Constant units give 0.
+    NumPy array [U] (bits), at most H(Y). Constant units give 0.
 
     Raises
     ------
@@ -214,13 +324,19 @@ def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
     a, y, classes, inv, counts = _with_classes(x, y)
     z = np.asarray(copnorm(a, ties=ties))
     n = a.shape[0]
-    var = z.var(axis=0, ddof=1)
-    const = var == 0
+    const = constant_units(a)
+    fix = np.zeros(a.shape[1], dtype=bool)
+    if ties == "average":
+        fix = _class_constant(a, inv, len(classes)).any(axis=0) & ~const
+    extra_all, extra = np.zeros(a.shape[1]), np.zeros((len(classes), a.shape[1]))
+    if fix.any():
+        z[:, fix], extra_all[fix], extra[:, fix] = _untie(a[:, fix], inv, len(classes))
+    var = z.var(axis=0, ddof=1) + extra_all / (n - 1)
     var = np.where(const, 1.0, var)
     h_unc = 0.5 * np.log(var)
     h_cond = np.zeros(a.shape[1])
     for g, c in enumerate(counts):
-        vg = z[inv == g].var(axis=0, ddof=1)
+        vg = z[inv == g].var(axis=0, ddof=1) + extra[g] / (c - 1)
         vg = np.where(const, 1.0, vg)
         with np.errstate(divide="ignore"):
             hg = 0.5 * np.log(vg)
@@ -229,7 +345,7 @@ def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
         h_cond += c / n * hg
     if biascorrect:
         h_unc = h_unc - entropy_bias(1, n)
-    mi = (h_unc - h_cond) / LN2
+    mi = np.minimum((h_unc - h_cond) / LN2, -(counts / n * np.log2(counts / n)).sum())
     return np.where(const, 0.0, mi)
 
 
@@ -246,6 +362,16 @@ def gcmi_mixture_cd(x, y, *, ties: str = "average"):
     Unlike ``frites`` 0.4.6 (whose log-sum-exp runs over all axes at once), the mixture
     likelihood here is summed over classes separately at every sigma point.
 
+    A class on which the unit is constant is a point mass (an atom) of the mixture: the estimate
+    is its limit as that class's scale goes to 0. The atom has no density at the other classes'
+    sigma points, and at its own sigma points it outweighs every continuous class, so its term
+    in H(mixture) - H(X | Y) becomes -p(y) log W, with W the total weight of the classes that
+    are constant at the same value (p(y) itself when no other class shares it). With one atom
+    class the estimate is then h(p(y)) + (1 - p(y)) I(X; Y | Y != y), the decomposition of the
+    information over the indicator of the atom. The estimate never exceeds the plug-in
+    H(Y) (:func:`label_entropy`): at every sigma point of class y the mixture density is at least
+    p(y) times that class's own density.
+
     Parameters
     ----------
     x : array [N] or [N, U]
@@ -256,9 +382,10 @@ def gcmi_mixture_cd(x, y, *, ties: str = "average"):
 
     Returns
     -------
-    NumPy array [U] (bits). NaN for a unit that is constant within some class (zero median
-    absolute deviation, e.g. a ReLU post-activation that is 0 on most of a class): the
-    mixture fit is undefined there. Use pre-activations.
+    NumPy array [U] (bits), at most H(Y). NaN for a unit whose median absolute deviation is 0
+    on a class that is not constant (more than half of the class at one value, e.g. a ReLU
+    post-activation that is 0 on most but not all of a class): the robust fit has no scale
+    there. Use pre-activations.
 
     Raises
     ------
@@ -268,23 +395,33 @@ def gcmi_mixture_cd(x, y, *, ties: str = "average"):
     a, y, classes, inv, counts = _with_classes(x, y)
     n, u = a.shape
     w = counts / n
-    means = np.empty((len(classes), u))
-    sds = np.empty((len(classes), u))
-    for g in range(len(classes)):
+    g_n = len(classes)
+    means = np.empty((g_n, u))
+    sds = np.empty((g_n, u))
+    atom = _class_constant(a, inv, g_n)                                     # [G, U] point masses
+    flat = np.zeros((g_n, u), dtype=bool)                                   # zero MAD, not constant
+    for g in range(g_n):
         xm = a[inv == g]
         med = np.median(xm, axis=0)
         mad = np.median(np.abs(xm - med), axis=0)
         cx = np.asarray(copnorm(xm, ties=ties)) * (MAD_TO_SD * mad) + med
-        means[g] = cx.mean(axis=0)
+        means[g] = np.where(atom[g], med, cx.mean(axis=0))
         sds[g] = cx.std(axis=0, ddof=1)
-    bad = (sds <= 0).any(axis=0)
-    sds = np.where(sds > 0, sds, 1.0)
+        flat[g] = (mad == 0) & ~atom[g]
+    bad = flat.any(axis=0)
+    sds = np.where(atom | flat, 1.0, sds)
     # class-conditional entropies (nats), then unscented sigma points m_g +- sd_g (d = 1)
     h_cond = np.log(sds) + 0.5 * (np.log(2 * np.pi) + 1.0)                  # [G, U]
     points = means[:, None, :] + np.array([1.0, -1.0])[None, :, None] * sds[:, None, :]   # [G, 2, U]
     z = (points[:, :, None, :] - means[None, None, :, :]) / sds[None, None, :, :]       # [G, 2, H, U]
     log_lik = -0.5 * z ** 2 - np.log(sds)[None, None] - 0.5 * np.log(2 * np.pi)
+    log_lik = np.where(atom[None, None], -np.inf, log_lik)                  # atoms: no density
     log_mix = special.logsumexp(log_lik, axis=2, b=w[None, None, :, None])             # over classes H
-    h_mix = -(w[:, None, None] * log_mix).sum(axis=(0, 1)) / 2.0
-    mi = (h_mix - (w[:, None] * h_cond).sum(axis=0)) / LN2
+    term = -log_mix.mean(axis=1) - h_cond                                   # [G, U] nats
+    if atom.any():
+        same = (means[:, None, :] == means[None, :, :]) & atom[:, None, :] & atom[None, :, :]
+        shared = (same * w[None, :, None]).sum(axis=1)                      # weight of the atom's value
+        term = np.where(atom, -np.log(np.where(atom, shared, 1.0)), term)
+    mi = (w[:, None] * term).sum(axis=0) / LN2
+    mi = np.minimum(mi, -(w * np.log2(w)).sum())                          # rounding only
     return np.where(bad, np.nan, mi)

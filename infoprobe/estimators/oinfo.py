@@ -36,6 +36,18 @@ The class label as a member of the multiplet (the paper computes Omega(x_1..x_k,
                 = -1/2 L_0 + 1/2 sum_i log Sigma_ii - 1/2 sum_y p(y) [L_y + sum_i log P_y,ii]
 
     It does not depend on how label ties are broken.
+
+    A unit constant on one class (a ReLU unit that is 0 on every sample of the class) has a
+    zero row in that class's covariance: with average ranks the factorisation then ran on
+    rounding residue (Omega off by several hundredths of a bit, or NaN). Such units are
+    copula-normalised in expectation over random tie-breaking, as in
+    :func:`~infoprobe.estimators.gaussian.gcmi_model_cd` (see
+    :mod:`infoprobe.estimators.gaussian`): tied samples take their tie block's mean normal
+    quantile, each variance gains the spread the tie removed, and the unit's covariances with
+    the other units within the class where it is constant are exactly 0. In that class the
+    unit is independent of the rest, its log variance cancels from Omega, and Omega is the
+    limit of the class-wise constant unit; the units are listed in
+    ``CopulaModel.class_constant``.
 ``labels="none"``
     Omega of the units alone.
 
@@ -56,7 +68,9 @@ import numpy as np
 
 from .._array import namespace, to_numpy
 from ..errors import ConfigError, DataError
-from .gaussian import LN2, _as_2d, _class_index, _labels, constant_units, copnorm, entropy_bias
+from .gaussian import (
+    LN2, _as_2d, _class_constant, _class_index, _labels, _untie, constant_units, copnorm, entropy_bias,
+)
 
 LABELS = ("exact", "ordinal", "none")
 #: A new variable whose conditional variance given the multiplet falls below this fraction of
@@ -77,7 +91,10 @@ class CopulaModel:
     covariances); ``weights`` [G] (p(y) for the classes, 1 for group 0); ``counts`` [G]
     samples behind each covariance; ``units`` [n] the original index of each candidate
     variable (constant units excluded); ``constant`` the original indices of the excluded
-    constant units; ``n_inputs`` the number of units in the input.
+    constant units; ``n_inputs`` the number of units in the input; ``class_constant`` the
+    original indices of the units constant on at least one class (``labels="exact"``,
+    ``ties="average"``), copula-normalised in expectation over random tie-breaking (module
+    docstring).
     """
     cov: Any
     weights: np.ndarray
@@ -88,6 +105,7 @@ class CopulaModel:
     n_inputs: int
     biascorrect: bool = True
     device: str = "cpu"
+    class_constant: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     _bias: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -168,6 +186,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         How the label joins every multiplet (see the module docstring).
     ties : {"average", "ordinal"}
         Tie handling of the units' copula (:func:`~infoprobe.estimators.gaussian.copnorm`).
+        With ``"average"`` and ``labels="exact"``, units constant on some class are
+        copula-normalised in expectation over random tie-breaking (module docstring).
     biascorrect : bool
         Ince et al.'s analytic bias correction of every entropy (default on, as gcmi).
     device : {"cpu", "cuda"}
@@ -176,6 +196,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     Returns
     -------
     CopulaModel
+        Covariances of the copula values (denominators N - 1 and N_y - 1); units constant on a
+        class are listed in ``class_constant``.
 
     Raises
     ------
@@ -200,6 +222,7 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     z = np.asarray(copnorm(a[:, keep], ties=ties))
     z -= z.mean(axis=0)
     weights, counts = np.ones(1), np.array([n])
+    class_constant = np.empty(0, np.int64)
     if labels == "none":
         covs = [z.T @ z / (n - 1)]
     else:
@@ -212,16 +235,27 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
             covs = [zz.T @ zz / (n - 1)]
         else:
             classes, inv, cnt = _class_index(y, 2)
-            covs = [z.T @ z / (n - 1)]
-            for g in range(len(classes)):
+            n_g = len(classes)
+            flat = np.zeros((n_g, len(keep)), dtype=bool)
+            if ties == "average":
+                flat = _class_constant(a[:, keep], inv, n_g)
+            fix = flat.any(axis=0)
+            extra_all, extra = np.zeros(len(keep)), np.zeros((n_g, len(keep)))
+            if fix.any():
+                zf, extra_all[fix], extra[:, fix] = _untie(a[:, keep[fix]], inv, n_g)
+                z[:, fix] = zf - zf.mean(axis=0)
+                class_constant = keep[fix]
+            covs = [z.T @ z / (n - 1) + np.diag(extra_all / (n - 1))]
+            for g in range(n_g):
                 zg = z[inv == g]
                 zg = zg - zg.mean(axis=0)
-                covs.append(zg.T @ zg / (len(zg) - 1))
+                zg[:, flat[g]] = 0.0                      # constant on the class: no covariance
+                covs.append((zg.T @ zg + np.diag(extra[g])) / (len(zg) - 1))
             weights = np.concatenate([[1.0], cnt / n])
             counts = np.concatenate([[n], cnt])
     return CopulaModel(cov=xp.asarray(np.stack(covs)), weights=weights, counts=counts, labels=labels,
                        units=keep, constant=np.flatnonzero(const), n_inputs=a.shape[1],
-                       biascorrect=biascorrect, device=device)
+                       biascorrect=biascorrect, device=device, class_constant=class_constant)
 
 
 # --------------------------------------------------------------------------------------------

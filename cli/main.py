@@ -292,8 +292,13 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
               help="The label in every multiplet: exact mixed discrete/continuous entropies, ordinal "
                    "(copula-normalised like a unit, as hoi), or none.")
 @click.option("--max-size", default=10, show_default=True, type=int, help="Largest multiplet (units).")
-@click.option("--exhaustive-up-to", default=6, show_default=True, type=int,
-              help="Search every multiplet up to this size; greedy beyond.")
+@click.option("--exhaustive-up-to", default="auto", show_default=True, metavar="auto|K",
+              callback=lambda ctx, param, v: "auto" if str(v).lower() == "auto" else click.INT.convert(v, param, ctx),
+              help="Search every multiplet up to this size, greedy beyond; auto: per layer, the largest "
+                   "size whose estimated time fits --budget.")
+@click.option("--budget", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS", help="Time for the whole search (every layer and store), from which "
+                                      "--exhaustive-up-to auto picks the sizes.")
 @click.option("--keep", default=1, show_default=True, type=int, help="Multiplets kept per size and direction.")
 @click.option("--ties", type=click.Choice(["average", "ordinal"]), default="average", show_default=True,
               help="Copula ranks of tied activations: average (order-free) or by order of appearance (hoi).")
@@ -317,14 +322,17 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
 @click.option("--json", "as_json", is_flag=True, help="Print the profiles (and importance) as JSON.")
 @max_size_option
 @progress_option
-def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, keep, ties, bias_correct, max_samples,
-            device, threads, model, plan_out, plan_size, replace, data_path, split, scale, x_key, y_key, limit,
-            random_repeats, seed, plot, overwrite, as_json, max_model_size, progress):
+def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, budget, keep, ties, bias_correct,
+            max_samples, device, threads, model, plan_out, plan_size, replace, data_path, split, scale, x_key, y_key,
+            limit, random_repeats, seed, plot, overwrite, as_json, max_model_size, progress):
     """Synergy and redundancy of multiplets of units: Gaussian-copula O-information (bits).
 
     For every layer of every STORE, finds the most synergistic (lowest O-information) and
     most redundant (highest) multiplet of k units together with the class label, for
-    k = 2..--max-size: exhaustively up to --exhaustive-up-to, greedily beyond. Several
+    k = 2..--max-size: exhaustively up to --exhaustive-up-to, greedily beyond. By default
+    the exhaustive size of each layer is the largest whose estimated time fits --budget
+    (from the search's throughput, measured on the data first); the sizes, multiplets and
+    estimated times are printed on stderr before the search starts. Several
     stores (e.g. one network trained from several seeds) give profiles averaged over
     networks. Writes synergy.csv/json (best multiplets), synergy_profile.csv/json and
     synergy.png (bars per layer and size) to --out.
@@ -332,6 +340,8 @@ def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, keep
     \b
     Examples:
       infoprobe synergy acts.h5 --out results/
+      infoprobe synergy acts.h5 --budget 600 --out results/
+      infoprobe synergy acts.h5 --exhaustive-up-to 6 --out results/
       infoprobe synergy seed1.h5 seed2.h5 seed3.h5 --max-size 8 --labels ordinal
       infoprobe synergy acts.h5 --model model.onnx --plan keep_synergy.json --plan-size 10
       infoprobe synergy acts.h5 --model model.onnx --data mnist.npz --split test
@@ -343,14 +353,16 @@ def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, keep
 
     if (plan_out or data_path) and model is None:
         raise click.UsageError("--plan and --data need --model (the network of the first store)")
+    check_outputs([out / f"{n}.{e}" for n in ("synergy", "synergy_profile") for e in ("csv", "json")], overwrite)
     if plan_out:
         check_outputs([plan_out], overwrite)
     if data_path:
         check_outputs([out / "multiunit_importance.csv", out / "multiunit_importance.json"], overwrite)
     lm = _load(model, max_model_size) if model else None
     res = run(list(stores), layers=_csv_list(layers), which=which, labels=labels, max_size=max_size,
-              exhaustive_up_to=exhaustive_up_to, keep=keep, ties=ties, biascorrect=bias_correct,
-              max_samples=max_samples, seed=seed, device=device, threads=threads, progress=progress)
+              exhaustive_up_to=exhaustive_up_to, budget=budget, keep=keep, ties=ties, biascorrect=bias_correct,
+              max_samples=max_samples, seed=seed, device=device, threads=threads, progress=progress,
+              on_estimate=lambda est: click.echo("\n".join(est.lines()), err=True))
     files = res.save(out, overwrite=overwrite)
     if plot:
         files.append(plot_synergy(res.profiles, out / "synergy.png"))

@@ -463,3 +463,77 @@ def test_o_information_with_a_unit_constant_on_a_class():
     # label-free and ordinal models are untouched by the label classes
     assert copula_model(x, y, labels="ordinal").class_constant.size == 0
     assert copula_model(x, y, ties="ordinal").class_constant.size == 0
+
+
+# ---------------------------------------------------------------- planning the search
+
+def cost_by_hand(n, e, rate, max_size=10):
+    """Seconds at a fixed rate: every multiplet of 2..e units, then two greedy steps per larger
+    size, each over the units not yet in the multiplet."""
+    from math import comb
+
+    exhaustive = sum(comb(n, k) for k in range(2, e + 1))
+    greedy = 2 * sum(n - k + 1 for k in range(e + 1, max_size + 1))
+    return (exhaustive + greedy) / rate
+
+
+def test_search_cost_counts_exhaustive_and_greedy_work():
+    from infoprobe.estimators.oinfo import search_cost
+
+    c = search_cost(100, 4, throughput=1e6, max_size=10)
+    assert (c.exhaustive_up_to, c.exhaustive) == (4, 100 + 4950 + 161700 + 3921225)
+    assert c.greedy == 2 * (96 + 95 + 94 + 93 + 92 + 91)
+    assert c.seconds == pytest.approx(cost_by_hand(100, 4, 1e6))
+    capped = search_cost(5, 6, throughput=1e6, max_size=10)      # capped at the width
+    assert (capped.exhaustive_up_to, capped.max_size, capped.greedy) == (5, 5, 0)
+
+
+def test_plan_search_picks_the_largest_exhaustive_size_within_the_budget():
+    from infoprobe.estimators.oinfo import plan_search
+
+    assert cost_by_hand(100, 4, 1e6) < 60 < cost_by_hand(100, 5, 1e6) < 80
+    assert plan_search({"a": 100}, throughput=1e6, budget=60)["a"].exhaustive_up_to == 4
+    assert plan_search({"a": 100}, throughput=1e6, budget=80)["a"].exhaustive_up_to == 5
+    assert plan_search({"a": 100}, throughput=1e7, budget=60)["a"].exhaustive_up_to == 5
+    # the budget covers every layer and network: two layers share 160 s, two networks halve it again
+    two = plan_search({"a": 100, "b": 100}, throughput=1e6, budget=160)
+    assert [c.exhaustive_up_to for c in two.values()] == [5, 5]
+    two = plan_search({"a": 100, "b": 100}, throughput=1e6, budget=160, networks=2)
+    assert [c.exhaustive_up_to for c in two.values()] == [4, 4]
+    # a narrow layer searched exhaustively up to max_size leaves its share to the wide one
+    mixed = plan_search({"narrow": 12, "wide": 100}, throughput=1e6, budget=82)
+    assert cost_by_hand(12, 10, 1e6) < 1 and 41 < cost_by_hand(100, 5, 1e6) < 81
+    assert (mixed["narrow"].exhaustive_up_to, mixed["wide"].exhaustive_up_to) == (10, 5)
+    # nothing fits: the smallest size (greedy search needs an exhaustive start)
+    assert plan_search({"a": 100}, throughput=1e6, budget=1e-6, min_size=3)["a"].exhaustive_up_to == 3
+    assert plan_search({"a": 8}, throughput=1e6, budget=60, max_size=6)["a"].exhaustive_up_to == 6
+
+
+def test_plan_search_honours_an_explicit_size_and_refuses_absurd_ones():
+    from infoprobe.estimators.oinfo import plan_search
+
+    plan = plan_search({"a": 100, "b": 4}, throughput=1e6, budget=1, exhaustive_up_to=6)
+    assert plan["a"].exhaustive_up_to == 6 and plan["a"].seconds > 1000   # far over budget, as asked
+    assert plan["b"].exhaustive_up_to == 4                                 # capped at the width
+    with pytest.raises(ConfigError, match="multiplets"):
+        plan_search({"a": 100}, throughput=1e6, exhaustive_up_to=8)       # 1.9e11 multiplets
+    with pytest.raises(ConfigError, match="at least 2"):
+        plan_search({"a": 100}, throughput=1e6, exhaustive_up_to=1)
+    with pytest.raises(ConfigError, match="budget"):
+        plan_search({"a": 100}, throughput=1e6, budget=0)
+
+
+def test_measured_throughput_is_what_the_cost_uses(mixed_data):
+    from math import comb
+
+    from infoprobe.estimators.oinfo import Throughput, search_cost
+
+    x, y = mixed_data
+    tp = Throughput.measure(copula_model(x, y), threads=1, min_time=0.001)
+    c = search_cost(7, 4, throughput=tp, max_size=6)
+    assert set(tp.measured) == {("inner", 2), ("inner", 3), ("leaf", 4), ("greedy", 5, 3), ("greedy", 6, 2)}
+    by_hand = comb(7, 2) / tp.rate(2, leaf=False) + comb(7, 3) / tp.rate(3, leaf=False) + comb(7, 4) / tp.rate(4) \
+        + 2 * (tp.greedy_step(5, 3) + tp.greedy_step(6, 2))
+    assert c.seconds == pytest.approx(by_hand) and all(v > 0 for v in tp.measured.values())
+    with pytest.raises(ConfigError):
+        Throughput(0)

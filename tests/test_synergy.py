@@ -1,5 +1,6 @@
 """infoprobe synergy: layer analysis, plans and multi-unit importance on the ReLU fixtures."""
 import json
+from math import comb
 
 import h5py
 import numpy as np
@@ -91,7 +92,8 @@ def test_cli_synergy(tmp_path, relu_stores):
                                  "--model", str(FIX / "mlp_relu.onnx"), "--plan", str(tmp_path / "plan.json"),
                                  "--data", str(FIX / "mnist_demo.npz"), "--split", "test", "--random-repeats", "2"])
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.output)
+    summary = json.loads(r.stdout)                        # the search estimate goes to stderr
+    assert "O-information search: exhaustive size 4 (asked)" in r.stderr
     assert {p["size"] for p in summary["profiles"]} == {2, 3, 4, 5}
     assert {"synergy", "gcmi_model", "gcmi_mixture", "random"} <= {i["selection"] for i in summary["importance"]}
     for f in ("synergy.csv", "synergy_profile.json", "synergy.png", "multiunit_importance.csv"):
@@ -102,3 +104,73 @@ def test_cli_synergy(tmp_path, relu_stores):
     assert again.exit_code == 2 and "already exists" in again.output
     bad = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--plan", str(tmp_path / "p.json")])
     assert bad.exit_code == 2 and "--model" in bad.output
+
+
+def test_auto_exhaustive_size_follows_the_budget(relu_stores):
+    from infoprobe.analyses.synergy import SynergyEstimate, synergy
+
+    # 10^4 multiplets/s: a 20-unit search up to 5 takes 2.2 s, up to 6 takes 6.0 s; 3 layers x 2
+    # networks share 20 s, 3.3 s per search
+    seen = []
+    res = synergy(relu_stores, max_size=6, budget=20, throughput=1e4, on_estimate=seen.append, progress=False)
+    assert len(seen) == 1 and isinstance(seen[0], SynergyEstimate)
+    assert seen[0].sizes == res.meta["parameters"]["exhaustive_sizes"] == dict.fromkeys(res.layers(), 5)
+    assert res.meta["parameters"]["exhaustive_up_to"] == "auto" and res.meta["parameters"]["budget_s"] == 20
+    est = res.meta["estimate"]["layers"]
+    assert [r["exhaustive"] for r in est] == [2 * sum(comb(20, k) for k in range(1, 6))] * 3
+    assert all(r["actual"] >= 0 for r in est)
+    for r in res.rows:
+        assert r["exhaustive_up_to"] == 5 and r["method"] == ("greedy" if r["size"] == 6 else "exhaustive")
+    assert seen[0].warning() is None
+    assert "up to 5" in "\n".join(seen[0].lines())
+
+
+def test_explicit_exhaustive_size_is_honoured_over_budget(relu_stores):
+    from infoprobe.analyses.synergy import synergy, synergy_estimate
+
+    est = synergy_estimate(relu_stores[0], max_size=6, exhaustive_up_to=5, budget=1, throughput=1e3)
+    assert est.sizes == {"fc1_matmul": 5, "fc2_matmul": 5, "fc3_matmul": 5}
+    assert est.over_budget > 10 and "running it as asked" in est.warning()
+    res = synergy(relu_stores[0], max_size=6, exhaustive_up_to=5, budget=1, throughput=1e3, progress=False)
+    assert {r["method"] for r in res.rows if r["size"] == 5} == {"exhaustive"}
+    assert res.meta["parameters"]["exhaustive_sizes"] == est.sizes
+
+
+def test_cli_prints_the_estimate_before_searching(tmp_path, relu_stores, monkeypatch):
+    import click
+
+    import infoprobe.analyses.synergy as mod
+    from infoprobe.cli.main import cli
+
+    search = mod.search_multiplets
+
+    def noisy(*args, **kwargs):
+        click.echo("searching", err=True)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "search_multiplets", noisy)
+    r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(tmp_path / "a"), "--max-size", "4",
+                                 "--no-progress", "--no-plot"])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("O-information search: exhaustive size auto, budget 60 s")
+    for lay in ("fc1_matmul", "fc2_matmul", "fc3_matmul"):   # 20 units: every multiplet up to 4 fits
+        row = next(line.split() for line in lines if line.split()[:1] == [lay])
+        assert row[1:5] == ["20", "up", "to", "4"] and row[5:8] == ["6.2k", "+", "0"]
+    assert lines.index("searching") > max(i for i, line in enumerate(lines) if line.split()[:1] == ["total"])
+    assert "WARNING" not in r.stderr
+    rows = (tmp_path / "a" / "synergy.csv").read_text().splitlines()
+    assert rows[0].split(",")[:7] == ["network", "store", "layer", "size", "direction", "method", "exhaustive_up_to"]
+    assert all(row.split(",")[6] == "4" for row in rows[1:])
+    # an explicit size far over the budget runs, with a warning; a tiny budget picks the smallest size
+    r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(tmp_path / "b"), "--max-size", "4",
+                                 "--exhaustive-up-to", "4", "--budget", "1e-9", "--no-progress", "--no-plot"])
+    assert r.exit_code == 0 and "WARNING: exhaustive search up to 4 units is estimated at" in r.stderr
+    assert r.stderr.index("WARNING") < r.stderr.index("searching")
+    r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(tmp_path / "c"), "--max-size", "4",
+                                 "--budget", "1e-9", "--no-progress", "--no-plot"])
+    assert r.exit_code == 0 and "even the smallest exhaustive size" in r.stderr
+    assert json.loads((tmp_path / "c" / "synergy.json").read_text())["meta"]["parameters"]["exhaustive_sizes"] == \
+        dict.fromkeys(["fc1_matmul", "fc2_matmul", "fc3_matmul"], 2)
+    bad = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--exhaustive-up-to", "six"])
+    assert bad.exit_code == 2 and "six" in bad.output

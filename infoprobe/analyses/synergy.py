@@ -7,9 +7,15 @@ redundant (max Omega) multiplet for each k, exhaustively up to k = 6 and greedil
 profiles averaged over networks trained from different seeds (Fig. 1); importance of the
 synergistic multiplet against single-unit GC-MI rankings and random units (Section 4.2; the
 paper retrains the sub-network, infoprobe ablates through the mask mechanism instead).
+
+Exhaustive search costs C(n, k) multiplets of size k: 1.3 x 10^9 for every multiplet of up to
+6 of 100 units. By default the exhaustive size of each layer is the largest that fits a time
+budget, estimated from the search's throughput measured on the data before the search starts
+(:func:`synergy_estimate`); greedy search goes on beyond it.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +25,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError
 from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
-from ..estimators.oinfo import copula_model, n_multiplets, search_multiplets
+from ..estimators.oinfo import Throughput, copula_model, plan_search, search_multiplets
 from ..model import LoadedModel, load_model
 from ..plan import LayerPlan, PruningPlan
 from ..results import check_outputs, provenance, write_table
@@ -31,6 +37,11 @@ from .plans import replacement_constants
 
 SELECTIONS = ("synergy", "gcmi_model", "gcmi_mixture", "random")
 MODES = ("ablate", "keep")
+#: Default time budget of a synergy search, in seconds (every layer and network together).
+BUDGET = 60.0
+#: An exhaustive size asked for explicitly and estimated at more than this many budgets still
+#: runs, with a warning.
+OVER_BUDGET = 10.0
 
 
 def layer_activations(store: Store, layer: str, which: str = "pre", *, max_samples: int | None = None,
@@ -63,7 +74,8 @@ class SynergyResult:
 
     ``rows``: one per network (store), layer, size and direction with ``network``, ``store``,
     ``layer``, ``size``, ``direction`` ("synergy"/"redundancy"), ``method``
-    ("exhaustive"/"greedy"), ``omega`` (bits), ``units`` and ``evaluated``.
+    ("exhaustive"/"greedy"), ``exhaustive_up_to`` (the layer's exhaustive size), ``omega``
+    (bits), ``units``, ``evaluated`` and ``degenerate``.
     ``profiles``: per layer, size and direction, ``mean``/``std``/``min``/``max`` of the best
     Omega over networks (the paper's Fig. 1). ``constant``: {(network, layer): [units]}
     excluded as constant.
@@ -107,10 +119,177 @@ class SynergyResult:
             write_table(outdir, "synergy_profile", self.profiles, self.meta)
 
 
+def _count(n: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return str(int(n))
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    if s < 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+@dataclass
+class SynergyEstimate:
+    """What :func:`synergy` searches, and how long it should take, before it starts.
+
+    ``rows``: one per layer with ``layer``, ``units``, ``exhaustive_up_to`` (the exhaustive
+    size chosen or asked, capped at ``max_size`` and the width), ``max_size``, ``exhaustive``
+    and ``greedy`` (multiplets, every network together), ``seconds`` (estimated, every network
+    together); :func:`synergy` adds ``actual`` (seconds taken). ``requested``: ``"auto"`` or the
+    exhaustive size asked; ``budget`` (seconds); ``networks``; ``throughput``: what the estimate
+    rests on (:meth:`~infoprobe.estimators.oinfo.Throughput.summary`).
+    """
+    rows: list
+    requested: object
+    budget: float
+    networks: int
+    throughput: dict
+
+    @property
+    def seconds(self) -> float:
+        """Estimated seconds of the whole search."""
+        return float(sum(r["seconds"] for r in self.rows))
+
+    @property
+    def sizes(self) -> dict:
+        """Exhaustive size per layer."""
+        return {r["layer"]: r["exhaustive_up_to"] for r in self.rows}
+
+    @property
+    def over_budget(self) -> float:
+        """Estimated time over the budget (1 = exactly the budget)."""
+        return self.seconds / self.budget
+
+    def warning(self) -> str | None:
+        """One line when the estimate exceeds the budget ``OVER_BUDGET`` times (an explicit
+        size) or at all (the automatic size, when even the smallest exhaustive size does not
+        fit); else None."""
+        if self.requested != "auto" and self.over_budget > OVER_BUDGET:
+            return (f"WARNING: exhaustive search up to {self.requested} units is estimated at "
+                    f"{_duration(self.seconds)}, {self.over_budget:.0f}x the budget of {_duration(self.budget)}; "
+                    "running it as asked (the automatic exhaustive size fits the budget)")
+        if self.requested == "auto" and self.over_budget > 1:
+            return (f"WARNING: even the smallest exhaustive size is estimated at {_duration(self.seconds)}, "
+                    f"over the budget of {_duration(self.budget)}")
+        return None
+
+    def lines(self) -> list:
+        """The estimate as text: a header, one line per layer, the total, any warning."""
+        tp = self.throughput
+        how = (f"{tp['threads']} thread{'s' if tp['threads'] > 1 else ''}, throughput measured in "
+               f"{tp['seconds']:.1f} s" if "threads" in tp else f"throughput {tp['rate']:.3g} multiplets/s")
+        nets = f"{self.networks} networks, " if self.networks > 1 else ""
+        size = "auto" if self.requested == "auto" else f"{self.requested} (asked)"
+        out = [f"O-information search: exhaustive size {size}, budget {_duration(self.budget)} ({nets}{how})",
+               f"  {'layer':<16} {'units':>6} {'exhaustive':>10} {'multiplets: exhaustive + greedy':>31} "
+               f"{'estimate':>9}"]
+        for r in self.rows:
+            out.append(f"  {r['layer']:<16} {r['units']:>6} {'up to ' + str(r['exhaustive_up_to']):>10} "
+                       f"{_count(r['exhaustive']) + ' + ' + _count(r['greedy']):>31} {_duration(r['seconds']):>9}")
+        total = sum(r["exhaustive"] + r["greedy"] for r in self.rows)
+        out.append(f"  {'total':<16} {'':>6} {'':>10} {_count(total):>31} {_duration(self.seconds):>9}")
+        if self.warning():
+            out.append(self.warning())
+        return out
+
+    def to_dict(self) -> dict:
+        return {"requested": self.requested, "budget_s": self.budget, "networks": self.networks,
+                "seconds": self.seconds, "throughput": self.throughput, "layers": self.rows}
+
+
+def _layer_names(stores, layers) -> list:
+    common = [n for n in stores[0].hidden_layers() if all(n in s.layer_names for s in stores[1:])]
+    names = list(layers) if layers else common
+    if not names:
+        raise ConfigError("the stores have no hidden layer in common")
+    for s in stores:
+        for n in names:
+            if n not in s.layer_names:
+                raise ConfigError(f"layer {n!r} is not in {s.path}; it has: {', '.join(s.layer_names)}")
+    return names
+
+
+def _model(st: Store, layer, which, labels, ties, biascorrect, max_samples, seed, device):
+    x, y = layer_activations(st, layer, which, max_samples=max_samples, seed=seed)
+    if labels != "none" and y is None:
+        st.require_labels()
+    return copula_model(x, y, labels=labels, ties=ties, biascorrect=biascorrect, device=device)
+
+
+def _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, ties, biascorrect,
+              max_samples, seed, device, threads, throughput) -> SynergyEstimate:
+    units = {n: int(stores[0].layer_info(n)["shape"][0]) for n in names}  # units or channels
+    if throughput is None:  # measured on the widest layer (the speed does not depend on the width)
+        widest = max(names, key=units.get)
+        throughput = Throughput.measure(_model(stores[0], widest, which, labels, ties, biascorrect, max_samples,
+                                               seed, device), threads=threads)
+    elif isinstance(throughput, (int, float)):
+        throughput = Throughput(throughput)
+    nets = len(stores)
+    costs = plan_search(units, throughput=throughput, budget=budget, max_size=max_size,
+                        exhaustive_up_to=exhaustive_up_to, min_size=3 - (labels != "none"), networks=nets)
+    rows = [{"layer": n, "units": units[n], "exhaustive_up_to": c.exhaustive_up_to, "max_size": c.max_size,
+             "exhaustive": nets * c.exhaustive, "greedy": nets * c.greedy, "seconds": nets * c.seconds}
+            for n, c in costs.items()]
+    requested = exhaustive_up_to if exhaustive_up_to == "auto" else int(exhaustive_up_to)
+    return SynergyEstimate(rows, requested, float(budget), nets, throughput.summary())
+
+
+def synergy_estimate(stores, *, layers=None, which: str = "pre", labels: str = "exact", max_size: int = 10,
+                     exhaustive_up_to="auto", budget: float = BUDGET, ties: str = "average",
+                     biascorrect: bool = True, max_samples: int | None = None, seed: int = 0,
+                     device: str = "cpu", threads: int | None = None, throughput=None) -> SynergyEstimate:
+    """Exhaustive size per layer, multiplets and estimated time of :func:`synergy`, without running it.
+
+    Takes :func:`synergy`'s arguments. The exhaustive size of each layer comes from
+    :func:`~infoprobe.estimators.oinfo.plan_search` (the largest that fits its share of
+    ``budget``, or ``exhaustive_up_to`` if it is a number); the time from the search's
+    throughput, measured on the widest layer of the first store
+    (:meth:`~infoprobe.estimators.oinfo.Throughput.measure`; under a second) unless
+    ``throughput`` is given.
+
+    Parameters
+    ----------
+    throughput : Throughput or float, optional
+        The search's speed, or multiplets per second, instead of measuring it.
+
+    Returns
+    -------
+    SynergyEstimate
+
+    Raises
+    ------
+    StoreError, DataError
+        As :func:`synergy`.
+    ConfigError
+        Unknown layers, a budget that is not positive, an exhaustive size below the smallest
+        multiplet, or one that would evaluate more than 10^10 multiplets.
+    """
+    paths = stores if isinstance(stores, (list, tuple)) else [stores]
+    if not paths:
+        raise ConfigError("give at least one activation store")
+    opened = [(s if isinstance(s, Store) else Store(s)) for s in paths]
+    try:
+        return _estimate(opened, _layer_names(opened, layers), which, labels, max_size, exhaustive_up_to,
+                         budget, ties, biascorrect, max_samples, seed, device, threads, throughput)
+    finally:
+        for s, p in zip(opened, paths):
+            if not isinstance(p, Store):
+                s.close()
+
+
 def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", max_size: int = 10,
-            exhaustive_up_to: int = 6, keep: int = 1, ties: str = "average", biascorrect: bool = True,
-            max_samples: int | None = None, seed: int = 0, device: str = "cpu", threads: int | None = None,
-            progress: bool = True) -> SynergyResult:
+            exhaustive_up_to="auto", budget: float = BUDGET, keep: int = 1, ties: str = "average",
+            biascorrect: bool = True, max_samples: int | None = None, seed: int = 0, device: str = "cpu",
+            threads: int | None = None, throughput=None, on_estimate=None, progress: bool = True) -> SynergyResult:
     """Most synergistic and most redundant multiplets of every layer of one or more networks.
 
     Parameters
@@ -124,9 +303,16 @@ def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", m
         Pre-activations by default, as in the paper (ReLU post-activations tie at 0).
     labels : {"exact", "ordinal", "none"}
         How the class label joins each multiplet (:mod:`infoprobe.estimators.oinfo`).
-    max_size, exhaustive_up_to, keep
+    max_size, keep
         See :func:`~infoprobe.estimators.oinfo.search_multiplets` (defaults: greedy up to 10
-        units, exhaustive up to 6 as in the paper, the best multiplet only).
+        units, the best multiplet only).
+    exhaustive_up_to : "auto" or int
+        Largest size searched exhaustively, greedy beyond. ``"auto"`` (default): per layer,
+        the largest whose estimated time fits its share of ``budget`` (Section 4.1 of the
+        paper searches up to 6, which takes hours on 100 units); a number is searched as asked
+        (capped at ``max_size`` and the layer's width), even far over the budget.
+    budget : float
+        Seconds for the whole search (every layer and network), for ``"auto"``.
     ties, biascorrect
         See :func:`~infoprobe.estimators.oinfo.copula_model`.
     max_samples : int, optional
@@ -134,69 +320,81 @@ def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", m
     device : {"cpu", "cuda"}
     threads : int, optional
         CPU threads for the search.
+    throughput : Throughput or float, optional
+        The search's speed (multiplets per second) behind the estimate; measured on the data
+        by default (:func:`synergy_estimate`).
+    on_estimate : callable(SynergyEstimate), optional
+        Called with the estimate before the search starts (the CLI prints it).
 
     Returns
     -------
     SynergyResult
+        ``meta["parameters"]["exhaustive_sizes"]`` holds the exhaustive size of each layer,
+        ``meta["estimate"]`` the estimate with the seconds each layer took.
 
     Raises
     ------
     StoreError, DataError
         Unreadable stores, NaN activations, labels missing (unless ``labels="none"``).
     ConfigError
-        Unknown layers, bad sizes, a search too large to run exhaustively.
+        Unknown layers, bad sizes or budget, a search too large to run exhaustively (more than
+        10^10 multiplets).
     """
     paths = stores if isinstance(stores, (list, tuple)) else [stores]
     if not paths:
         raise ConfigError("give at least one activation store")
     opened = [(s if isinstance(s, Store) else Store(s)) for s in paths]
     try:
-        return _run(opened, layers, which, labels, max_size, exhaustive_up_to, keep, ties, biascorrect,
-                    max_samples, seed, device, threads, progress)
+        return _run(opened, layers, which, labels, max_size, exhaustive_up_to, budget, keep, ties, biascorrect,
+                    max_samples, seed, device, threads, throughput, on_estimate, progress)
     finally:
         for s, p in zip(opened, paths):
             if not isinstance(p, Store):
                 s.close()
 
 
-def _run(stores, layers, which, labels, max_size, exhaustive_up_to, keep, ties, biascorrect,
-         max_samples, seed, device, threads, progress):
-    common = [n for n in stores[0].hidden_layers() if all(n in s.layer_names for s in stores[1:])]
-    names = list(layers) if layers else common
-    if not names:
-        raise ConfigError("the stores have no hidden layer in common")
-    for s in stores:
-        for n in names:
-            if n not in s.layer_names:
-                raise ConfigError(f"layer {n!r} is not in {s.path}; it has: {', '.join(s.layer_names)}")
-    units = {n: int(stores[0].layer_info(n)["shape"][0]) for n in names}  # units or channels
-    total = sum(n_multiplets(units[n], range(1, min(exhaustive_up_to, max_size, units[n]) + 1))
-                + max(0, min(max_size, units[n]) - exhaustive_up_to) * 2 * units[n]
-                for n in names) * len(stores)
+def _run(stores, layers, which, labels, max_size, exhaustive_up_to, budget, keep, ties, biascorrect,
+         max_samples, seed, device, threads, throughput, on_estimate, progress):
+    names = _layer_names(stores, layers)
+    est = _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, ties, biascorrect,
+                    max_samples, seed, device, threads, throughput)
+    if on_estimate is not None:
+        on_estimate(est)
+    sizes = est.sizes
+    total = sum(r["exhaustive"] + r["greedy"] for r in est.rows)
     bar = tqdm(total=total, disable=not progress, unit="multiplet", unit_scale=True, desc="O-information")
-    rows, constant = [], {}
+    rows, constant, took = [], {}, dict.fromkeys(names, 0.0)
     try:
         for net, st in enumerate(stores):
             for n in names:
                 bar.set_postfix_str(f"{Path(st.path).name}:{n}")
-                x, y = layer_activations(st, n, which, max_samples=max_samples, seed=seed)
-                if labels != "none" and y is None:
-                    st.require_labels()
-                model = copula_model(x, y, labels=labels, ties=ties, biascorrect=biascorrect, device=device)
+                t0 = time.perf_counter()
+                model = _model(st, n, which, labels, ties, biascorrect, max_samples, seed, device)
                 if len(model.constant):
                     constant[(net, n)] = [int(u) for u in model.constant]
-                found = search_multiplets(model, max_size=max_size, exhaustive_up_to=exhaustive_up_to,
+                found = search_multiplets(model, max_size=max_size, exhaustive_up_to=sizes[n],
                                           keep=keep, threads=threads, progress=bar.update)
+                took[n] += time.perf_counter() - t0
+                exhaustive = min(sizes[n], max_size, model.n_units)
                 for r in found:
-                    rows.append({"network": net, "store": str(st.path), "layer": n, **r})
+                    row = {"network": net, "store": str(st.path), "layer": n}
+                    for key, val in r.items():
+                        row[key] = val
+                        if key == "method":
+                            row["exhaustive_up_to"] = exhaustive
+                    rows.append(row)
     finally:
         bar.close()
+    for r in est.rows:
+        r["actual"] = round(took[r["layer"]], 3)
     meta = provenance({f"store{i}": (s.path, s.sha256) for i, s in enumerate(stores)},
                       {"which": which, "labels": labels, "max_size": max_size,
-                       "exhaustive_up_to": exhaustive_up_to, "keep": keep, "ties": ties,
+                       "exhaustive_up_to": exhaustive_up_to, "exhaustive_sizes": sizes, "budget_s": budget,
+                       "keep": keep, "ties": ties,
                        "biascorrect": biascorrect, "max_samples": max_samples, "seed": seed,
                        "units": "bits", "source": "O-information multi-neuron importance, Sections 3-4"})
     meta["model_sha256"] = [s.attrs.get("model_sha256") for s in stores]
+    meta["estimate"] = est.to_dict()
     return SynergyResult(rows, profiles(rows), constant, meta)
 
 

@@ -436,6 +436,346 @@ def n_multiplets(n_units: int, sizes) -> int:
     return sum(comb(n_units, k) for k in sizes)
 
 
+def _check_total(n: int, exhaustive_up_to: int, max_multiplets: float) -> int:
+    """Multiplets of an exhaustive search (sizes 1..exhaustive_up_to); refuse absurd ones."""
+    total = n_multiplets(n, range(1, exhaustive_up_to + 1))
+    if total > max_multiplets:
+        raise ConfigError(f"an exhaustive search of {n} units up to size {exhaustive_up_to} evaluates "
+                          f"{total:.3g} multiplets; lower exhaustive_up_to (greedy search goes on from there)")
+    return total
+
+
+def _starts(model: CopulaModel, b: _Batch, k: int, n: int) -> np.ndarray:
+    """Child offsets of ``b`` (multiplets of k units, colexicographic): children
+    ``start[j] .. start[j + 1] - 1`` extend parents ``0 .. start[j + 1] - start[j] - 1`` by unit j
+    (every parent whose last unit is below j)."""
+    xp = model.xp
+    last = b.vars[-1] if k else xp.full(b.vars.shape[1], -1, dtype=xp.int64)
+    cnt = to_numpy(xp.searchsorted(last, xp.arange(n), side="left"))
+    return np.concatenate([[0], np.cumsum(cnt)])
+
+
+def _grow(model: CopulaModel, b: _Batch, start: np.ndarray, lo: int, hi: int, leaf: bool, scored: bool):
+    """Children ``lo .. hi - 1`` of ``b`` (offsets from :func:`_starts`): (their batch, or None
+    on the last exhaustive level; their variables [m, B]; Omega in bits [B], or None if not
+    ``scored``)."""
+    xp = model.xp
+    c = np.arange(lo, hi)
+    j = np.searchsorted(start, c, side="right") - 1
+    rows, cols = xp.asarray(c - start[j]), xp.asarray(j)
+    k = int(b.vars.shape[0]) - len(model.fixed) + 1
+    child = None
+    if leaf:
+        vars_, logdet, slogdp, slogvar = _extend(model, b, rows, cols, full=False)
+    else:
+        child = _extend(model, b, rows, cols)
+        vars_, logdet, slogvar = child.vars, child.logdet, child.slogvar
+        slogdp = _slogdp(child, xp) if scored else None
+    om = to_numpy(_omega(model, logdet, slogdp, slogvar, k)) if scored else None
+    return child, vars_, om
+
+
+def _greedy_step(model: CopulaModel, b: _Batch, cands: np.ndarray, k: int):
+    """The one multiplet of ``b`` extended by each candidate unit: (children, Omega in bits)."""
+    xp = model.xp
+    child = _extend(model, b, xp.zeros(len(cands), dtype=xp.int64), xp.asarray(cands))
+    return child, to_numpy(_omega(model, child.logdet, _slogdp(child, xp), child.slogvar, k))
+
+
+def _threads(model: CopulaModel, threads: int | None) -> int:
+    if model.device != "cpu":
+        return 1
+    return max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
+
+
+class Throughput:
+    """Speed of the multiplet search, from which :func:`search_cost` estimates seconds.
+
+    ``Throughput(rate)`` is a fixed speed: ``rate`` multiplets per second at every size, and
+    ``step`` seconds of overhead per greedy step (for planning by hand, and for tests).
+    :meth:`measure` times the search's own code on a model instead: the first time a size is
+    needed, a few batches of that size (the search's batch size, in the search's threads, all
+    at once, so cores shared with other work count; the median of ``REPEATS`` timings) and
+    greedy steps. Nothing is timed until :func:`search_cost` asks, and only the sizes it asks
+    for (well under a second for sizes up to 6). On a shared machine the estimate follows the
+    load at the time of measuring: within about 15% of the time taken on an idle machine, up
+    to 2x off when other work comes and goes.
+
+    Parameters
+    ----------
+    rate : float
+        Multiplets per second (> 0).
+    step : float
+        Seconds of overhead per greedy step (>= 0).
+
+    Raises
+    ------
+    ConfigError
+        A rate that is not positive or a negative step.
+    """
+
+    #: Greedy steps timed per search at most; the others are interpolated.
+    GREEDY_SAMPLES = 6
+    #: Timings per size, of which the median counts.
+    REPEATS = 3
+
+    def __init__(self, rate: float, *, step: float = 0.0):
+        if not rate > 0 or not step >= 0:
+            raise ConfigError(f"a throughput needs rate > 0 and step >= 0; got {rate!r}, {step!r}")
+        self._rate, self._step = float(rate), float(step)
+        self._model = None
+        self.threads = 1
+        self.measured = {}  # ("leaf" | "inner", k) -> multiplets/s; ("greedy", k, candidates) -> s
+        self.seconds = 0.0  # time spent measuring
+
+    @classmethod
+    def measure(cls, model: CopulaModel, *, threads: int | None = None, chunk: int | None = None,
+                min_time: float = 0.03) -> "Throughput":
+        """A throughput measured on ``model`` (lazily, size by size).
+
+        Parameters
+        ----------
+        model : CopulaModel
+            The search's speed depends on the number of covariance groups (the label
+            encoding and the classes) and on the device, not on the number of units: time it
+            on the model to be searched, or on one layer of the same store.
+        threads, chunk : int, optional
+            As given to :func:`search_multiplets`.
+        min_time : float
+            Seconds each timing runs at least (two batches at least); each size is timed
+            ``REPEATS`` times.
+
+        Returns
+        -------
+        Throughput
+        """
+        tp = cls(1.0)
+        tp._model, tp._chunk, tp._min_time = model, chunk, float(min_time)
+        tp.threads = _threads(model, threads)
+        return tp
+
+    def rate(self, k: int, *, leaf: bool = True) -> float:
+        """Multiplets of k units per second in exhaustive search: on the last level
+        (``leaf``, Omega only) or on a level below it (each multiplet's factor built too)."""
+        if self._model is None:
+            return self._rate
+        key = ("leaf" if leaf else "inner", int(k))
+        if key not in self.measured:
+            self.measured[key] = self._time_level(int(k), leaf)
+        return self.measured[key]
+
+    def greedy_step(self, k: int, candidates: int) -> float:
+        """Seconds of one greedy step: a multiplet of k - 1 units extended by each candidate."""
+        if self._model is None:
+            return self._step + candidates / self._rate
+        key = ("greedy", int(k), int(candidates))
+        if key not in self.measured:
+            self.measured[key] = self._time_greedy(int(k), int(candidates))
+        return self.measured[key]
+
+    def _time_level(self, k: int, leaf: bool) -> float:
+        import time
+
+        model, xp = self._model, self._model.xp
+        t_start = time.perf_counter()
+        n, step = model.n_units, _chunk(model, k, self._chunk)
+        # parents: k - 1 of the first n - 1 units (each has a larger unit to add), sorted by last unit
+        pool = max(n - 1, k - 1)
+        units = np.sort(np.argsort(np.random.default_rng(0).random((step, pool)), axis=1)[:, :k - 1], axis=1) % n
+        units = units[np.argsort(units[:, -1], kind="stable")]
+        b = _take(_root(model), xp.zeros(step, dtype=xp.int64))
+        for i in range(k - 1):
+            b = _extend(model, b, slice(None), xp.asarray(units[:, i]))
+        start = _starts(model, b, k - 1, n)
+        total, nf = int(start[-1]), len(model.fixed)
+
+        def work(end):
+            best, done, lo, reps = _Best(1), 0, 0, 0
+            while reps < 2 or time.perf_counter() < end:
+                hi = min(lo + step, total)
+                _, vars_, om = _grow(model, b, start, lo, hi, leaf, True)
+                best.add(om, to_numpy(vars_[nf:]).T)
+                done, reps, lo = done + hi - lo, reps + 1, (hi if hi < total else 0)
+            return done
+
+        _grow(model, b, start, 0, min(step, total), leaf, True)  # warm-up
+        rates = []
+        with ThreadPoolExecutor(self.threads) as pool_:
+            for _ in range(self.REPEATS):  # the median of a few, as other work may share the cores
+                t0 = time.perf_counter()
+                end = t0 + self._min_time  # every thread stops at the same time
+                done = work(end) if self.threads == 1 else sum(pool_.map(work, [end] * self.threads))
+                rates.append(done / (time.perf_counter() - t0))
+        self.seconds += time.perf_counter() - t_start
+        return float(np.median(rates))
+
+    def _time_greedy(self, k: int, candidates: int) -> float:
+        import time
+
+        model, xp = self._model, self._model.xp
+        t_start = time.perf_counter()
+        n = model.n_units
+        b = _root(model)
+        for v in range(k - 1):
+            b = _extend(model, b, xp.zeros(1, dtype=xp.int64), xp.full(1, v % n, dtype=xp.int64))
+        cands = (k - 1 + np.arange(candidates)) % n
+        times = []
+        while len(times) < 3 or sum(times) < self._min_time / 5:
+            t0 = time.perf_counter()
+            _greedy_step(model, b, cands, k)
+            times.append(time.perf_counter() - t0)
+        self.seconds += time.perf_counter() - t_start
+        return float(np.median(times))
+
+    def summary(self) -> dict:
+        """What was measured: threads, seconds spent, multiplets per second by level and size."""
+        if self._model is None:
+            return {"rate": self._rate, "step": self._step}
+        return {"threads": self.threads, "seconds": round(self.seconds, 3),
+                "exhaustive": {f"{kind}{k}": round(v) for (kind, k, *_), v in self.measured.items()
+                               if kind != "greedy"}}
+
+
+def _as_throughput(value) -> "Throughput":
+    return Throughput(value) if isinstance(value, (int, float, np.number)) else value
+
+
+@dataclass(frozen=True)
+class SearchCost:
+    """Size, work and estimated time of one :func:`search_multiplets` call.
+
+    ``exhaustive``: multiplets enumerated (every size 1..``exhaustive_up_to``, as counted by
+    ``progress``); ``greedy``: multiplets evaluated by the greedy steps (both directions);
+    ``seconds``: the estimate from a :class:`Throughput`.
+    """
+    n_units: int
+    max_size: int
+    min_size: int
+    exhaustive_up_to: int
+    exhaustive: int
+    greedy: int
+    seconds: float
+
+    @property
+    def multiplets(self) -> int:
+        return self.exhaustive + self.greedy
+
+
+def search_cost(n_units: int, exhaustive_up_to: int, *, throughput, max_size: int = 10,
+                min_size: int = 2) -> SearchCost:
+    """Multiplets and estimated seconds of a search of ``n_units`` units.
+
+    Parameters
+    ----------
+    n_units : int
+        Candidate units of the layer.
+    exhaustive_up_to, max_size, min_size : int
+        As in :func:`search_multiplets` (capped at the number of units).
+    throughput : Throughput or float
+        Measured speed, or multiplets per second (any object with Throughput's ``rate`` and
+        ``greedy_step`` will do).
+
+    Returns
+    -------
+    SearchCost
+        Seconds = sum over exhaustive sizes k of C(n, k) / rate(k), plus two greedy steps
+        (synergy and redundancy) per size beyond, each of n - k + 1 candidates.
+    """
+    tp = _as_throughput(throughput)
+    n = int(n_units)
+    max_size = min(int(max_size), n)
+    e = min(int(exhaustive_up_to), max_size)
+    seconds = sum(comb(n, k) / tp.rate(k, leaf=k == e) for k in range(2, e + 1))
+    ks = np.arange(e + 1, max_size + 1)
+    greedy = int(2 * (n - ks + 1).sum())
+    if len(ks):
+        sample = np.unique(np.linspace(ks[0], ks[-1], min(len(ks), Throughput.GREEDY_SAMPLES)).round()).astype(int)
+        times = [tp.greedy_step(int(k), n - int(k) + 1) for k in sample]
+        seconds += 2 * float(np.interp(ks, sample, times).sum())
+    return SearchCost(n, max_size, int(min_size), e, n_multiplets(n, range(1, e + 1)), greedy, float(seconds))
+
+
+def plan_search(widths: dict, *, throughput, budget: float = 60.0, max_size: int = 10,
+                exhaustive_up_to="auto", min_size: int = 2, networks: int = 1,
+                max_multiplets: float = 10 ** 10) -> dict:
+    """Exhaustive size of each layer's search: the largest that fits a time budget, or the one asked.
+
+    With ``exhaustive_up_to="auto"`` the budget is shared out over the layers: each gets an
+    equal share, and the largest exhaustive size whose estimated time fits it (the smallest
+    size if none does); a layer searched exhaustively up to ``max_size`` within its share
+    leaves the rest to the others (shares are recomputed until no layer has time left
+    over). Layers of equal width get equal sizes.
+
+    Parameters
+    ----------
+    widths : dict of str -> int
+        Units per layer.
+    throughput : Throughput or float
+        Measured speed (:meth:`Throughput.measure`), or multiplets per second.
+    budget : float
+        Seconds for every search together (all layers, all networks).
+    max_size, min_size, max_multiplets
+        As in :func:`search_multiplets`.
+    exhaustive_up_to : "auto" or int
+        An int is taken as asked (capped at ``max_size`` and the layer's width).
+    networks : int
+        Searches per layer (one per network).
+
+    Returns
+    -------
+    dict of layer -> SearchCost (for one network), in the order of ``widths``.
+
+    Raises
+    ------
+    ConfigError
+        A budget that is not positive, an exhaustive size that is not ``"auto"`` or at least
+        ``min_size``, or an exhaustive search of more than ``max_multiplets``.
+    """
+    if not budget > 0:
+        raise ConfigError(f"the budget must be a positive number of seconds, not {budget!r}")
+    tp = _as_throughput(throughput)
+    caps = {name: min(int(max_size), int(w)) for name, w in widths.items()}
+    costs = {}
+
+    def cost(name, e):
+        if (name, e) not in costs:
+            costs[(name, e)] = search_cost(widths[name], e, throughput=tp, max_size=max_size, min_size=min_size)
+        return costs[(name, e)]
+
+    if exhaustive_up_to != "auto":
+        if isinstance(exhaustive_up_to, bool) or not isinstance(exhaustive_up_to, (int, np.integer)):
+            raise ConfigError(f"exhaustive_up_to must be 'auto' or a number of units, not {exhaustive_up_to!r}")
+        if exhaustive_up_to < min_size:
+            raise ConfigError(f"exhaustive_up_to must be at least {min_size}: greedy search starts from the "
+                              "best exhaustive multiplet")
+        for name, cap in caps.items():
+            _check_total(int(widths[name]), min(int(exhaustive_up_to), cap), max_multiplets)
+        return {name: cost(name, min(int(exhaustive_up_to), cap)) for name, cap in caps.items()}
+
+    def fit(name, share):
+        best = min(min_size, caps[name])
+        for e in range(best + 1, caps[name] + 1):
+            if n_multiplets(int(widths[name]), range(1, e + 1)) > max_multiplets \
+                    or networks * cost(name, e).seconds > share:
+                break
+            best = e
+        return best
+
+    chosen, pending, left = {}, dict(caps), float(budget)
+    while pending:
+        share = max(left, 0.0) / len(pending)
+        fits = {name: fit(name, share) for name in pending}
+        full = [name for name in pending if fits[name] == pending[name]]
+        if not full or len(full) == len(pending):
+            chosen.update(fits)
+            break
+        for name in full:
+            chosen[name] = fits[name]
+            left -= networks * cost(name, fits[name]).seconds
+            del pending[name]
+    return {name: cost(name, chosen[name]) for name in widths}
+
+
 def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_to: int = 6,
                       min_size: int | None = None, keep: int = 1, chunk: int | None = None,
                       max_multiplets: int = 10 ** 10, threads: int | None = None,
@@ -446,7 +786,8 @@ def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_t
     (the paper, Section 4.1): the best multiplet of size k - 1 is extended by the one unit
     that lowers (synergy) or raises (redundancy) Omega most, separately per direction, up to
     ``max_size``. Children are built from their parent's factor (one Cholesky step, O(k^2)),
-    never from scratch.
+    never from scratch. The work grows as C(n, exhaustive_up_to): :func:`plan_search` picks
+    the size that fits a time budget, and :func:`search_cost` estimates the time of a size.
 
     Parameters
     ----------
@@ -494,35 +835,22 @@ def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_t
     if exhaustive_up_to < min_size:
         raise ConfigError(f"exhaustive_up_to must be at least {min_size}: greedy search starts from the "
                           "best exhaustive multiplet")
-    total = n_multiplets(n, range(1, exhaustive_up_to + 1))
-    if total > max_multiplets:
-        raise ConfigError(f"an exhaustive search of {n} units up to size {exhaustive_up_to} evaluates "
-                          f"{total:.3g} multiplets; lower exhaustive_up_to (greedy search goes on from there)")
+    total = _check_total(n, exhaustive_up_to, max_multiplets)
     xp = model.xp
     nf = len(model.fixed)
 
     def descend(b: _Batch, k: int, best: dict):
         """``b``: multiplets of k units in colexicographic order; enumerate their children."""
-        last = b.vars[-1] if k else xp.full(b.vars.shape[1], -1, dtype=xp.int64)
-        cnt = to_numpy(xp.searchsorted(last, xp.arange(n), side="left"))  # parents with last < j
-        start = np.concatenate([[0], np.cumsum(cnt)])
+        start = _starts(model, b, k, n)
         leaf = k + 1 == exhaustive_up_to
         step = _chunk(model, k + 1, chunk)
         for lo in range(0, int(start[-1]), step):
-            c = np.arange(lo, min(lo + step, int(start[-1])))
-            j = np.searchsorted(start, c, side="right") - 1
-            rows, cols = xp.asarray(c - start[j]), xp.asarray(j)
-            if leaf:
-                vars_, logdet, slogdp, slogvar = _extend(model, b, rows, cols, full=False)
-            else:
-                child = _extend(model, b, rows, cols)
-                vars_, logdet, slogvar = child.vars, child.logdet, child.slogvar
-                slogdp = _slogdp(child, xp) if k + 1 >= min_size else None
-            if k + 1 >= min_size:
-                om = to_numpy(_omega(model, logdet, slogdp, slogvar, k + 1))
+            hi = min(lo + step, int(start[-1]))
+            child, vars_, om = _grow(model, b, start, lo, hi, leaf, k + 1 >= min_size)
+            if om is not None:
                 best[k + 1].add(om, to_numpy(vars_[nf:]).T)
             if progress:
-                progress(len(c))
+                progress(hi - lo)
             if not leaf:
                 descend(child, k + 1, best)
 
@@ -530,8 +858,8 @@ def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_t
     singles = _extend(model, _root(model), xp.zeros(n, dtype=xp.int64), xp.arange(n, dtype=xp.int64))
     if progress:
         progress(n)
-    threads = max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
-    if model.device != "cpu" or exhaustive_up_to == 1 or total * model.cov.shape[0] < THREAD_WORK:
+    threads = _threads(model, threads)
+    if exhaustive_up_to == 1 or total * model.cov.shape[0] < THREAD_WORK:
         threads = 1
     work = [sum(comb(n - 1 - a, k - 1) for k in range(2, exhaustive_up_to + 1)) for a in range(n)]
     groups, load = [[] for _ in range(threads)], [0] * threads
@@ -569,8 +897,7 @@ def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_t
             b = _extend(model, b, xp.zeros(1, dtype=xp.int64), xp.full(1, int(v), dtype=xp.int64))
         for k in range(exhaustive_up_to + 1, max_size + 1):
             cands = np.setdiff1d(np.arange(n), chain)
-            child = _extend(model, b, xp.zeros(len(cands), dtype=xp.int64), xp.asarray(cands))
-            om = to_numpy(_omega(model, child.logdet, _slogdp(child, xp), child.slogvar, k))
+            child, om = _greedy_step(model, b, cands, k)
             if progress:
                 progress(len(cands))
             if np.isnan(om).all():

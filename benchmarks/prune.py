@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from infoprobe.analyses.check import check
-from infoprobe.analyses.compress import file_session
 from infoprobe.analyses.importance import importance
 from infoprobe.analyses.capture import capture
 from infoprobe.analyses.plans import make_plan
@@ -34,9 +33,15 @@ from infoprobe.data import load_data, prepare_inputs
 from infoprobe.model import load_model
 from infoprobe.modelstats import measure_latency, model_cost
 from infoprobe.prune import apply_plan, save_model
+from infoprobe.runner import make_session
 from infoprobe.store import Store
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def file_session(path):
+    """onnxruntime session of a validated model file."""
+    return make_session(load_model(path).ir_model)
 HYBRID = "fc1=mutual_information:1,fc2=kl_selectivity:2"
 GENERATORS = [  # label, method, options
     ("MI", "measure", {"measure": "mutual_information"}),

@@ -39,3 +39,9 @@ class OutputExistsError(InfoprobeError):
 
 class PlanError(InfoprobeError):
     """A pruning plan is malformed, does not fit the model, or cannot be applied exactly."""
+
+
+class BudgetError(InfoprobeError):
+    """The work would exceed a budget (memory, store size); the message names the option that
+    raises it (``--max-memory``, ``--max-store-size``)."""
+

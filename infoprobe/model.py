@@ -8,9 +8,13 @@ nothing. Its *pre-activation* is the affine output (after batch norm), its
 """
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import os
+import stat
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +23,8 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from .errors import ModelError, UnsafeModelError
+from .errors import BudgetError, ModelError, UnsafeModelError
+from .limits import human, max_memory
 
 #: Default largest model (graph file plus external data) that :func:`load_model` accepts.
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -95,7 +100,7 @@ class LoadedModel:
     """A validated ONNX model with its discovered unit layers.
 
     Use :func:`load_model` to create one. ``ir_model`` is an ``onnx_ir.Model`` (external
-    weights memory-mapped); rewrites never modify it but work on :meth:`fresh_ir` copies.
+    weights held in memory); rewrites never modify it but work on :meth:`fresh_ir` copies.
     """
 
     path: Path
@@ -107,6 +112,7 @@ class LoadedModel:
     input_shape: tuple
     output_name: str
     max_bytes: int = DEFAULT_MAX_BYTES
+    source: "OnnxFile" = field(default=None, repr=False)
 
     def layer(self, name: str) -> UnitLayer:
         """The unit layer called ``name``; raises :class:`ModelError` listing the valid names."""
@@ -122,8 +128,23 @@ class LoadedModel:
         return [lay for lay in self.layers if not lay.is_output]
 
     def fresh_ir(self) -> ir.Model:
-        """A new ``onnx_ir.Model`` read from the (already validated) file, for rewriting."""
-        return ir.load(self.path)
+        """A new ``onnx_ir.Model`` of the validated content, for rewriting (the file is never
+        read again: see :func:`load_onnx`)."""
+        return self.source.ir()
+
+    @functools.cached_property
+    def label_threshold(self) -> float:
+        """Threshold of a single-output classifier (:func:`output_threshold`)."""
+        return output_threshold(self.ir_model)
+
+    def predicted_labels(self, out: np.ndarray) -> np.ndarray:
+        """Labels from this model's outputs [N, ...] by :func:`predicted_labels`."""
+        return predicted_labels(out, self.label_threshold)
+
+    @property
+    def file_bytes(self) -> int:
+        """Size on disk: the graph file plus each external data file once."""
+        return self.source.bytes
 
     def weights(self, layer: str | UnitLayer) -> tuple[np.ndarray, np.ndarray]:
         """Incoming weights and bias of a unit layer, in the store's convention.
@@ -158,6 +179,41 @@ class LoadedModel:
         act = nodes[lay.nodes[-1]] if lay.activation != "none" else None
         z = self.weights(lay)[1].astype(np.float64) if keep_bias else np.zeros(lay.units)
         return np.asarray(activation_numpy(act, lay.activation)(z), np.float64)
+
+
+#: Ops that pass a classifier's output through unchanged in value (for :func:`output_threshold`).
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def output_threshold(model: ir.Model) -> float:
+    """Decision threshold of a classifier with a single output (binary): 0.5 when that output
+    comes from a ``Sigmoid`` (a probability), else 0 (a logit). See :func:`predicted_labels`."""
+    if not model.graph.outputs:
+        return 0.0
+    node = model.graph.outputs[0].producer()
+    while node is not None and node.op_type in _PASS_THROUGH and node.inputs and node.inputs[0] is not None:
+        node = node.inputs[0].producer()
+    return 0.5 if node is not None and node.op_type == "Sigmoid" else 0.0
+
+
+def predicted_labels(out: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """The one rule by which every command turns a classifier's outputs into labels.
+
+    Parameters
+    ----------
+    out : array [N, ...]
+        The first graph output, per sample flattened to K values.
+    threshold : float
+        For K = 1 (a binary classifier with one logit or probability): label 1 where the
+        output exceeds it (:func:`output_threshold`: 0 for a logit, 0.5 for a probability).
+
+    Returns
+    -------
+    int64 [N]
+        The argmax over the K outputs, or for K = 1 the thresholded output.
+    """
+    out = np.asarray(out).reshape(len(out), -1)
+    return (out[:, 0] > threshold).astype(np.int64) if out.shape[1] == 1 else out.argmax(1).astype(np.int64)
 
 
 #: Metadata key under which the adapters record {framework module name: unit-layer name}.
@@ -236,7 +292,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 # ----------------------------------------------------------------------------- safe loading
 
-def _tensors_with_external_data(graph: onnx.GraphProto):
+def _tensors(graph: onnx.GraphProto):
     """Every TensorProto of a graph (initializers, Constant attributes, subgraphs)."""
     yield from graph.initializer
     for sp in graph.sparse_initializer:
@@ -248,54 +304,328 @@ def _tensors_with_external_data(graph: onnx.GraphProto):
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _tensors_with_external_data(attr.g)
+                yield from _tensors(attr.g)
             for g in attr.graphs:
-                yield from _tensors_with_external_data(g)
+                yield from _tensors(g)
 
 
-def _check_external_location(location: str, model_dir: Path) -> Path:
-    """Resolve an external-data location, refusing anything that could escape ``model_dir``."""
+#: Bits per element of the packed sub-byte element types.
+_PACKED_BITS = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, onnx.TensorProto.FLOAT4E2M1: 4,
+                getattr(onnx.TensorProto, "UINT2", -1): 2, getattr(onnx.TensorProto, "INT2", -1): 2,
+                getattr(onnx.TensorProto, "FLOAT6E2M3", -1): 6, getattr(onnx.TensorProto, "FLOAT6E3M2", -1): 6}
+#: Typed field and values per element, for the element types whose layout is unambiguous.
+_TYPED_FIELDS = {
+    onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.DOUBLE: ("double_data", 1),
+    onnx.TensorProto.COMPLEX64: ("float_data", 2), onnx.TensorProto.COMPLEX128: ("double_data", 2),
+    onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
+    onnx.TensorProto.UINT64: ("uint64_data", 1), onnx.TensorProto.STRING: ("string_data", 1),
+    **{t: ("int32_data", 1) for t in (onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+                                      onnx.TensorProto.UINT16, onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
+                                      onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)},
+}
+
+
+def _tensor_nbytes(t: onnx.TensorProto, what: str) -> int:
+    """Bytes of a tensor's raw data, from its dims and element type."""
+    if any(d < 0 for d in t.dims):
+        raise ModelError(f"{what} has negative dimensions {list(t.dims)}")
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    if t.data_type in _PACKED_BITS:
+        return -(-n * _PACKED_BITS[t.data_type] // 8)
+    if t.data_type == onnx.TensorProto.STRING:
+        raise ModelError(f"{what} holds strings, which cannot be stored as raw or external data")
+    try:
+        size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        raise ModelError(f"{what} has the unknown element type {t.data_type}") from None
+    return n * size
+
+
+def _check_inline(t: onnx.TensorProto, what: str) -> None:
+    """A tensor stored in the file holds exactly as many values as its dims say."""
+    if t.HasField("raw_data") and t.raw_data:
+        need = _tensor_nbytes(t, what)
+        if len(t.raw_data) != need:
+            raise ModelError(f"{what} holds {len(t.raw_data)} bytes of data but its dims {list(t.dims)} "
+                             f"need {need}")
+        return
+    field, per = _TYPED_FIELDS.get(t.data_type, (None, 1))
+    if field is None:
+        return
+    n = 1
+    for d in t.dims:
+        n *= int(d)
+    have = len(getattr(t, field))
+    if have != n * per:
+        raise ModelError(f"{what} holds {have} values but its dims {list(t.dims)} need {n * per}")
+
+
+def _nonnegative(value: str, key: str, what: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise ModelError(f"{what}: external-data {key} {value!r} is not a whole number") from None
+    if v < 0:
+        raise ModelError(f"{what}: external-data {key} {v} is negative")
+    return v
+
+
+def _split_location(location: str) -> list:
+    """The path components of an external-data location, refusing anything that could
+    name a file outside the model's folder."""
     if not location:
         raise UnsafeModelError("external data entry has an empty location")
+    if "\0" in location:
+        raise UnsafeModelError(f"external data location {location!r} contains a NUL byte")
     if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
         raise UnsafeModelError(f"external data location {location!r} is absolute; "
                                "only paths inside the model's folder are allowed")
-    parts = location.replace("\\", "/").split("/")
+    parts = [p for p in location.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UnsafeModelError(f"external data location {location!r} contains '..'; "
                                "only paths inside the model's folder are allowed")
-    root = model_dir.resolve()
-    cur = model_dir
-    for part in parts:
-        if part in ("", "."):
-            continue
-        cur = cur / part
-        if cur.is_symlink():
-            raise UnsafeModelError(f"external data location {location!r} passes through the "
-                                   f"symbolic link {cur}; copy the data file instead")
-    target = (model_dir / location).resolve()
+    if not parts:
+        raise UnsafeModelError(f"external data location {location!r} names no file")
+    return parts
+
+
+def _open_inside(folder: Path, location: str) -> int:
+    """Open an external-data file inside ``folder`` for reading, component by component
+    with ``O_NOFOLLOW``, so that no symbolic link, hard link or special file is followed.
+
+    Returns an open file descriptor of a regular file with a single link.
+    """
+    parts = _split_location(location)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        target.relative_to(root)
-    except ValueError:
-        raise UnsafeModelError(f"external data location {location!r} resolves outside the "
-                               f"model's folder {root}") from None
-    if not target.is_file():
-        raise ModelError(f"external data file {location!r} is missing next to the model")
-    if os.stat(target).st_nlink > 1:
-        raise UnsafeModelError(f"external data file {location!r} is a hard link "
-                               f"({os.stat(target).st_nlink} links); copy the data file instead")
-    return target
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | nofollow | (getattr(os, "O_NONBLOCK", 0) if last else getattr(os, "O_DIRECTORY", 0))
+            try:
+                nxt = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                raise ModelError(f"external data file {location!r} is missing next to the model") from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EMLINK) or (exc.errno == errno.ENOTDIR and os.path.islink(
+                        os.path.join(folder, *parts[:i + 1]))):
+                    raise UnsafeModelError(f"external data location {location!r} passes through the symbolic "
+                                           f"link {'/'.join(parts[:i + 1])}; copy the data file instead") from None
+                raise ModelError(f"cannot open external data file {location!r}: {exc.strerror}") from None
+            os.close(fd)
+            fd = nxt
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeModelError(f"external data location {location!r} is not a regular file")
+        if st.st_nlink > 1:
+            raise UnsafeModelError(f"external data file {location!r} is a hard link ({st.st_nlink} links); "
+                                   "copy the data file instead")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
-              check: bool = True) -> tuple[ir.Model, str]:
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        block = os.pread(fd, min(n - got, 1 << 26), offset + got)
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
+
+
+def _inline_external_data(proto: onnx.ModelProto, folder: Path, graph_bytes: int, max_bytes: int,
+                          path: Path) -> tuple[int, int]:
+    """Read every external tensor of ``proto`` from ``folder`` into the proto itself.
+
+    Each data file is opened once (:func:`_open_inside`), each tensor's offset and length
+    are checked against the file and against the bytes its dims need, and the bytes read
+    become the tensor's ``raw_data``: every later consumer (checker, rewrites, onnxruntime)
+    sees exactly the validated bytes, whatever the working directory. A data file shared by
+    many tensors counts once towards ``max_bytes``.
+
+    Returns
+    -------
+    (total bytes on disk: graph file plus each data file once, number of external tensors)
+    """
+    files: dict = {}   # location parts -> (fd, size)
+    total, count = graph_bytes, 0
+    try:
+        for i, t in enumerate(_tensors(proto.graph)):
+            what = f"tensor {t.name or i!r}"
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                _check_inline(t, what)
+                continue
+            count += 1
+            entries = {}
+            for e in t.external_data:
+                if e.key in entries:
+                    raise ModelError(f"{what}: external-data key {e.key!r} is given twice")
+                if e.key not in ("location", "offset", "length", "checksum"):
+                    raise ModelError(f"{what}: unknown external-data key {e.key!r}")
+                entries[e.key] = e.value
+            key = tuple(_split_location(entries.get("location", "")))
+            if key not in files:
+                fd = _open_inside(folder, entries["location"])
+                files[key] = (fd, os.fstat(fd).st_size)
+                total += files[key][1]
+                if total > max_bytes:
+                    raise UnsafeModelError(f"model {path} with its external data is over the limit of "
+                                           f"{max_bytes / 2**20:.1f} MiB; raise it with --max-model-size")
+            fd, size = files[key]
+            need = _tensor_nbytes(t, what)
+            offset = _nonnegative(entries.get("offset", "0"), "offset", what)
+            length = _nonnegative(entries["length"], "length", what) if "length" in entries else need
+            if length != need:
+                raise ModelError(f"{what}: external-data length {length} disagrees with the {need} bytes "
+                                 f"its dims {list(t.dims)} need")
+            if offset + length > size:
+                raise ModelError(f"{what}: bytes {offset}..{offset + length} lie beyond the end of "
+                                 f"{entries['location']!r} ({size} bytes); the data file is truncated or "
+                                 "the model is corrupt")
+            data = _pread_exact(fd, length, offset)
+            if len(data) != length:
+                raise ModelError(f"{what}: {entries['location']!r} ended after {len(data)} of {length} bytes")
+            t.raw_data = data
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+    finally:
+        for fd, _ in files.values():
+            os.close(fd)
+    return total, count
+
+
+@dataclass
+class OnnxFile:
+    """A validated ONNX file, every external tensor already read into memory.
+
+    Attributes
+    ----------
+    path : Path
+        The file as given.
+    proto : onnx.ModelProto
+        The model with all weights inline (no external-data references left).
+    sha256 : str
+        Of the ``.onnx`` file's bytes (the bytes that were parsed).
+    bytes : int
+        Size on disk: the graph file plus each external data file once.
+    """
+
+    path: Path
+    proto: onnx.ModelProto
+    sha256: str
+    bytes: int
+
+    def ir(self) -> ir.Model:
+        """A new ``onnx_ir.Model`` of the validated content (never re-read from disk)."""
+        return ir.from_proto(self.proto)
+
+    @functools.cached_property
+    def largest_tensor(self) -> tuple:
+        """``(bytes, value name, op)`` of the largest value the graph computes for one sample
+        whose size shape inference can tell (with data propagation, so that a shape computed
+        from the input counts), or ``(0, None, None)``. See :func:`runtime_rows`."""
+        return _largest_tensor(self.proto)
+
+
+def _largest_tensor(proto: onnx.ModelProto) -> tuple:
+    graph = proto.graph
+    light = onnx.ModelProto()
+    light.opset_import.extend(proto.opset_import)
+    light.ir_version = proto.ir_version
+    g = light.graph
+    g.node.extend(graph.node)
+    g.output.extend(graph.output)
+    inits = {t.name for t in graph.initializer}
+    for vi in graph.input:
+        if vi.name in inits:
+            continue
+        v = g.input.add()
+        v.CopyFrom(vi)
+        dims = v.type.tensor_type.shape.dim
+        if len(dims):                      # one sample: the batch dimension set to 1
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    for t in graph.initializer:            # weights become inputs of their shape; small constants
+        if len(t.raw_data) <= 4096 and t.data_location != onnx.TensorProto.EXTERNAL:
+            g.initializer.add().CopyFrom(t)   # (shapes, axes) stay, for data propagation
+        else:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:
+        return 0, None, None
+    producer = {o: n.op_type for n in inferred.graph.node for o in n.output}
+    producer.update({v.name: "the input" for v in light.graph.input if v.name not in inits})
+    best = (0, None, None)
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if not tt.HasField("shape") or any(d is None for d in dims):
+            continue
+        try:
+            size = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
+        except Exception:
+            continue
+        n = size
+        for d in dims:
+            n *= d
+        if n > best[0]:
+            best = (n, vi.name, producer.get(vi.name))
+    return best
+
+
+def runtime_rows(source: OnnxFile, wanted: int) -> int:
+    """How many samples one onnxruntime run of ``source`` may take: at most ``wanted``, and
+    no more than keep its largest tensor (:attr:`OnnxFile.largest_tensor`, counted as if it
+    grew with the batch) within a quarter of the memory budget.
+
+    Raises
+    ------
+    BudgetError
+        A single sample's largest tensor exceeds a quarter of :func:`infoprobe.limits.max_memory`
+        (``ConstantOfShape``, ``Expand`` or ``Tile`` of a shape computed from the input, ...):
+        refused before onnxruntime runs it.
+    """
+    nbytes, name, op = source.largest_tensor
+    room = max_memory() // 4
+    if nbytes > room:
+        raise BudgetError(f"{source.path.name}: {op or 'a node'} builds {name!r} of {human(nbytes)} for one sample, "
+                          f"over a quarter of the memory budget of {human(max_memory())}; raise --max-memory if "
+                          "that is intended")
+    return int(max(1, min(wanted, room // max(1, nbytes))))
+
+
+
+def _check_proto(proto: onnx.ModelProto) -> None:
+    """``onnx.checker`` with ``full_check=True`` on an inline model, from memory (or, above the
+    2 GB protobuf limit, from a private temporary copy)."""
+    if proto.ByteSize() < 2**31 - 2**20:
+        onnx.checker.check_model(proto, full_check=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="infoprobe-check-") as tmp:
+        onnx.save_model(proto, os.path.join(tmp, "model.onnx"), save_as_external_data=True,
+                        location="model.onnx.data")
+        onnx.checker.check_model(os.path.join(tmp, "model.onnx"), full_check=True)
+
+
+def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, check: bool = True) -> OnnxFile:
     """Load an untrusted ONNX file safely, without looking for unit layers.
 
-    The graph is parsed without weights first; every external-data location must be a
-    relative path inside the model's folder, without ``..``, symbolic links or hard links;
-    the graph file plus its external data must not exceed ``max_bytes``; the default-domain
+    The file is read once (its SHA-256 is of those bytes) and parsed without weights; every
+    external-data location must be a relative path inside the model's folder, reached
+    without ``..``, symbolic links, hard links or special files (opened with ``O_NOFOLLOW``
+    component by component), with an offset and length that lie inside the file and agree
+    with the tensor's dims. Those bytes are read into the model, so nothing later reads a
+    file again. The graph file plus each data file (counted once) must not exceed
+    ``max_bytes``; every tensor must hold as many values as its dims say; the default-domain
     opset must be at least 13; and the model must pass ``onnx.checker.check_model(...,
-    full_check=True)``. Only then are the weights read (memory-mapped by ``onnx_ir``).
+    full_check=True)``.
 
     Parameters
     ----------
@@ -308,55 +638,56 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
 
     Returns
     -------
-    (onnx_ir.Model, str)
-        The model and the SHA-256 of the ``.onnx`` file.
+    OnnxFile
 
     Raises
     ------
     ModelError
-        Missing, truncated or invalid file; opset below 13.
+        Missing, truncated or invalid file; tensors whose data disagree with their dims;
+        external data that is missing or shorter than declared; opset below 13.
     UnsafeModelError
-        External data outside the folder, through a link, or a model over ``max_bytes``.
+        External data outside the folder, through a link, not a regular file, or a model
+        over ``max_bytes``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist or is not a file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise UnsafeModelError(f"model file {path} is {size / 2**20:.1f} MiB, over the limit of "
-                               f"{max_bytes / 2**20:.1f} MiB; raise it with --max-model-size")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # DecodeError and friends: the file is not a complete ModelProto
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        raise ModelError(f"model file {path} does not exist or cannot be opened") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"model file {path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise UnsafeModelError(f"model file {path} is {st.st_size / 2**20:.1f} MiB, over the limit of "
+                                   f"{max_bytes / 2**20:.1f} MiB; raise it with --max-model-size")
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise UnsafeModelError(f"model file {path} grew over the limit of {max_bytes / 2**20:.1f} MiB while "
+                               "it was read")
+    sha = hashlib.sha256(raw).hexdigest()
+    try:
+        proto = onnx.ModelProto()
+        proto.ParseFromString(raw)
+    except Exception as exc:  # DecodeError, RecursionError: the bytes are not a complete ModelProto
         raise ModelError(f"cannot parse {path} as ONNX (truncated or not an ONNX file): "
                          f"{type(exc).__name__}") from None
+    del raw
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelError(f"{path} holds no graph (truncated or not an ONNX model)")
-    total, external = size, False
-    for tensor in _tensors_with_external_data(proto.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            external = True
-            entries = {e.key: e.value for e in tensor.external_data}
-            total += _check_external_location(entries.get("location", ""), path.parent).stat().st_size
-    if total > max_bytes:
-        raise UnsafeModelError(f"model {path} with its external data is {total / 2**20:.1f} MiB, "
-                               f"over the limit of {max_bytes / 2**20:.1f} MiB; raise it with "
-                               "--max-model-size")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
         raise ModelError(f"{path} uses default-domain opset {opset}; infoprobe needs opset "
                          f">= {MIN_OPSET} (convert with onnx.version_converter.convert_version)")
+    folder = Path(os.path.abspath(path)).parent
+    total, _ = _inline_external_data(proto, folder, st.st_size, max_bytes, path)
     if check:
-        try:  # a model without external data is checked from memory instead of re-reading the file
-            onnx.checker.check_model(str(path) if external else proto, full_check=True)
+        try:
+            _check_proto(proto)
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path} fails onnx.checker: {msg}") from None
-    try:  # external weights are memory-mapped by ir.load; otherwise the parsed proto is reused
-        model = ir.load(path) if external else ir.from_proto(proto)
-    except Exception as exc:
-        raise ModelError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    return model, sha256_file(path)
+    return OnnxFile(path=path, proto=proto, sha256=sha, bytes=int(total))
 
 
 def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -372,12 +703,23 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     Raises
     ------
     ModelError
-        As :func:`load_onnx`; also when no unit layer is found.
+        As :func:`load_onnx`; also when no unit layer is found or the graph cannot be
+        interpreted.
     UnsafeModelError
         As :func:`load_onnx`.
     """
-    model, sha = load_onnx(path, max_bytes=max_bytes, check=check)
-    return _discover(model, Path(path), sha, max_bytes)
+    f = load_onnx(path, max_bytes=max_bytes, check=check)
+    try:
+        model = f.ir()
+    except Exception as exc:
+        raise ModelError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    try:
+        return _discover(model, f, max_bytes)
+    except ModelError:
+        raise
+    except Exception as exc:  # a graph the checker accepts but discovery cannot follow: one line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"cannot interpret the graph of {path}: {type(exc).__name__}: {msg}") from None
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -462,7 +804,8 @@ def _dims(value) -> tuple | None:
     return tuple(d if isinstance(d, int) else None for d in shape.dims[1:])
 
 
-def _discover(model: ir.Model, path: Path, sha: str, max_bytes: int) -> LoadedModel:
+def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
+    path, sha = source.path, source.sha256
     graph = model.graph
     try:
         model = ir_passes.ShapeInferencePass()(model).model
@@ -608,4 +951,4 @@ def _discover(model: ir.Model, path: Path, sha: str, max_bytes: int) -> LoadedMo
     in_shape = tuple(d if isinstance(d, int) else None for d in (inputs[0].shape.dims if inputs[0].shape else ()))
     return LoadedModel(path=path, sha256=sha, ir_model=model, layers=layers, unsupported=unsupported,
                        input_name=inputs[0].name, input_shape=in_shape,
-                       output_name=graph.outputs[0].name, max_bytes=max_bytes)
+                       output_name=graph.outputs[0].name, max_bytes=max_bytes, source=source)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
@@ -16,16 +14,16 @@ def _static(value) -> list | None:
     return dims if all(isinstance(d, int) for d in dims[1:]) else None
 
 
-def model_cost(model: ir.Model, path=None) -> dict:
+def model_cost(model: ir.Model, nbytes: int | None = None) -> dict:
     """Parameters, size and per-sample multiply-accumulates of a model.
 
     Parameters
     ----------
     model : onnx_ir.Model
         Shapes are inferred on it (in place) when missing.
-    path : path-like, optional
-        The model's file: ``bytes`` is then the size on disk (with external data files);
-        otherwise the size of the serialised model.
+    nbytes : int, optional
+        The model's size on disk (graph file plus external data files, as
+        :attr:`infoprobe.model.OnnxFile.bytes`); otherwise the size of the serialised model.
 
     Returns
     -------
@@ -62,17 +60,7 @@ def model_cost(model: ir.Model, path=None) -> dict:
         else:  # MatMul: rows per sample x K x N
             rows = int(np.prod(out[1:-1])) if len(out) > 2 else 1
             macs += rows * int(np.prod(w_shape[-2:]))
-    if path is not None:
-        path = Path(path)
-        size = path.stat().st_size
-        locations = set()
-        for v in graph.initializers.values():
-            t = v.const_value
-            if isinstance(t, ir.ExternalTensor):
-                locations.add(t.location)
-        size += sum((path.parent / loc).stat().st_size for loc in locations)
-    else:
-        size = ir.to_proto(model).ByteSize()
+    size = nbytes if nbytes is not None else ir.to_proto(model).ByteSize()
     return {"parameters": params, "bytes": int(size), "macs": macs, "macs_unknown": unknown}
 
 

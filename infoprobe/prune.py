@@ -56,6 +56,11 @@ class _Route:
     reshapes: list       # Reshape nodes whose target shape holds the feature count
 
 
+def _attr_int(node, name, default) -> int:
+    a = node.attributes.get(name)
+    return int(a.value) if a is not None else default
+
+
 def _ints(node, name, default):
     a = node.attributes.get(name)
     return list(a.value) if a is not None else default
@@ -93,7 +98,7 @@ def _routes(graph: ir.Graph, lay, firsts: dict) -> list:
                 if op == "Conv":
                     if state[0] != "spatial":
                         refuse(f"it reaches the convolution {where} flattened")
-                    if (node.attributes["group"].value if "group" in node.attributes else 1) != 1:
+                    if _attr_int(node, "group", 1) != 1:
                         refuse(f"it feeds the grouped convolution {where}")
                     routes.append(_Route(node, ops, 1, []))
                 else:
@@ -414,6 +419,12 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
     border = {}          # consumer node name -> border correction [O, H, W]
 
     active = {n: lp for n, lp in plan.layers.items() if len(lp.remove)}
+    for name in active:
+        first = members_of[name][0]
+        if first.op_type == "Conv" and _attr_int(first, "group", 1) != 1:
+            raise PlanError(f"cannot prune layer {name!r}: it is a grouped (or depthwise) convolution with "
+                            f"group={_attr_int(first, 'group', 1)}, whose channels are tied to its input's; "
+                            "infoprobe does not remove such dependency groups yet")
     # phase 1: fold each removed unit into the layers that read it (full-size arrays)
     for name, lp in active.items():
         lay = lm.layer(name)

@@ -10,17 +10,39 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from .errors import DataError, ModelError, PlanError
-from .model import LoadedModel, UnitLayer
+from .model import LoadedModel, UnitLayer, runtime_rows
 from .rewrite import instrument, io_name, mask_shape, suffix
 
 _PROTO_LIMIT = 1_800_000_000  # bytes; above this a model is saved with external data
 
 
+#: onnxruntime's FATAL severity: its own log lines never reach the user's terminal; every
+#: failure is reported once, as an infoprobe error (:func:`ort_error`).
+_ORT_QUIET = 4
+ort.set_default_logger_severity(_ORT_QUIET)
+
+
+def ort_error(exc: Exception, what: str) -> Exception:
+    """The infoprobe error for an onnxruntime exception, on one line.
+
+    Invalid inputs (wrong shape, type or rank) are the data's fault (:class:`DataError`);
+    anything else -- a failed allocation, a node that cannot run -- is the model's
+    (:class:`ModelError`), with onnxruntime's first line.
+    """
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "alloc" in msg.lower() or isinstance(exc, MemoryError):
+        return ModelError(f"{what}: onnxruntime could not allocate the memory the model asks for at run "
+                          f"time ({msg[:300]})")
+    if type(exc).__name__ in ("InvalidArgument", "InvalidGraph") and "input" in msg.lower():
+        return DataError(f"{what}: onnxruntime rejected the input: {msg[:300]}")
+    return ModelError(f"{what}: onnxruntime failed: {msg[:300]}")
+
+
 def session_options(threads: int | None = None, *, spin: bool = True) -> ort.SessionOptions:
-    """onnxruntime session options: quiet logging, ``threads`` intra-op threads (None:
+    """onnxruntime session options: silent logging, ``threads`` intra-op threads (None:
     onnxruntime's choice) and, with ``spin=False``, idle threads that do not spin."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = _ORT_QUIET
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
@@ -32,7 +54,9 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
                  spin: bool = True) -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` for an ``onnx_ir.Model``.
 
-    Small models are passed as bytes; models near the 2 GB protobuf limit are written to a
+    The model holds its weights in memory (:func:`infoprobe.model.load_onnx` reads external
+    data once, from the model's folder), so onnxruntime never resolves a file name itself:
+    small models are passed as bytes; models near the 2 GB protobuf limit are written to a
     private temporary folder with external data first.
 
     Parameters
@@ -57,7 +81,7 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
             ir.save(model, path, external_data="model.onnx.data")
             return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:
-        raise ModelError(f"onnxruntime cannot run the model: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
 
 
 class Runner:
@@ -93,6 +117,8 @@ class Runner:
                  spin: bool = True):
         self.lm = lm
         self.after = after
+        #: Rows per onnxruntime run that keep the model's largest tensor within the budget.
+        self.max_rows = runtime_rows(lm.source, 1 << 40) if lm.source is not None else 1 << 40
         model = suffix(lm, after) if after else instrument(lm, expose=expose, mix=mix, noise=noise)
         self.session = make_session(model, providers=providers, threads=threads, spin=spin)
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -178,6 +204,8 @@ class Runner:
         ----------
         x : float32 [N, ...]
             The model input, or for a suffix runner the layer's post-activation.
+        batch_size : int
+            Rows per onnxruntime call, lowered to :attr:`max_rows` (the memory budget).
         feeds : dict, optional
             Mask/offset arrays by input name. Arrays whose first dimension is N are sliced
             with the batch; arrays with first dimension 1 are broadcast.
@@ -196,6 +224,7 @@ class Runner:
         n = len(x)
         if n == 0:
             raise DataError("no samples to run the model on")
+        batch_size = max(1, min(batch_size, self.max_rows))
         parts = {o: [] for o in outputs}
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -205,7 +234,7 @@ class Runner:
             try:
                 res = self.session.run(outputs, f)
             except Exception as exc:
-                raise DataError(f"onnxruntime rejected the input: {str(exc).splitlines()[0]}") from None
+                raise ort_error(exc, f"running {self.lm.path.name}") from None
             for o, r in zip(outputs, res):
                 parts[o].append(r)
         # a single batch is returned as is: no copy on the hot path of a sweep

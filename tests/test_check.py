@@ -158,3 +158,46 @@ def test_output_names_must_match(tmp_path, test_data):
     onnx.save(m, str(path))
     with pytest.raises(ModelError, match=r"output names differ: reference has \['logits'\], candidate has \['scores'\]"):
         check(REF, path, test_data)
+
+
+def _binary_classifier(path, sigmoid: bool):
+    """4 -> 8 (ReLU) -> 1 logit (optionally through a Sigmoid): a binary classifier with one output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1, b1 = rng.normal(size=(8, 4)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    w2, b2 = rng.normal(size=(1, 8)).astype(np.float32), np.array([-0.3], np.float32)
+    nodes = [helper.make_node("Gemm", ["input", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["a"], name="relu"),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["z" if sigmoid else "out"], name="fc2", transB=1)]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["z"], ["out"], name="prob"))
+    g = helper.make_graph(nodes, "binary", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1])],
+                          [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return lambda x: np.maximum(x @ w1.T + b1, 0) @ w2.T + b2   # the logit, in NumPy
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_one_output_classifiers_label_by_the_logit_sign(tmp_path, sigmoid):
+    """One rule for every command: a single logit is class 1 where it is positive (a single
+    probability where it exceeds 0.5) -- never argmax, which is always class 0."""
+    from infoprobe.analyses.compress import prune_model
+    from infoprobe.data import Dataset
+    from infoprobe.model import load_model
+    from infoprobe.plan import LayerPlan, PruningPlan
+
+    logit = _binary_classifier(tmp_path / "b.onnx", sigmoid)
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(400, 4)).astype(np.float32)
+    truth = (logit(x)[:, 0] > 0).astype(np.int64)
+    y = np.where(rng.random(400) < 0.1, 1 - truth, truth)           # 10% label noise
+    assert 0.2 < truth.mean() < 0.8
+    data = Dataset(x=x, y=y, index=np.arange(400), split="all", path=tmp_path / "d.npz", sha256="0")
+    res = check(tmp_path / "b.onnx", tmp_path / "b.onnx", data)
+    assert res.metrics["accuracy_reference"] == pytest.approx((truth == y).mean())
+    lm = load_model(tmp_path / "b.onnx")
+    plan = PruningPlan({"fc1": LayerPlan.build("fc1", 8, [0])}, model_sha256=lm.sha256)
+    rep = prune_model(lm, plan, tmp_path / "small.onnx", data=data, repeats=1)
+    assert rep["verification"]["accuracy_original"] == pytest.approx((truth == y).mean())

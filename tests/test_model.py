@@ -176,3 +176,52 @@ def test_checker_failure_is_a_model_error(tmp_path):
     onnx.save(m, tmp_path / "bad.onnx")
     with pytest.raises(ModelError, match="checker"):
         load_model(tmp_path / "bad.onnx")
+
+
+def test_external_data_is_read_from_the_model_folder_whatever_the_cwd(tmp_path, monkeypatch):
+    """The same activations from the model's folder, from elsewhere, and with every weight
+    embedded; a file of the same name in the working directory is never read."""
+    from infoprobe.analyses.capture import capture
+    from infoprobe.data import load_data
+    from infoprobe.store import Store
+
+    folder, elsewhere = tmp_path / "model", tmp_path / "elsewhere"
+    folder.mkdir(), elsewhere.mkdir()
+    m = onnx.load(str(FIX / "mlp_sigmoid.onnx"))
+    onnx.save(m, folder / "mlp.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="mlp.onnx.data", size_threshold=0)
+    (elsewhere / "mlp.onnx.data").write_bytes(os.urandom((folder / "mlp.onnx.data").stat().st_size))   # a decoy
+    data = load_data(FIX / "mnist_demo.npz", split="test", limit=50)
+    posts = []
+    for cwd, model in ((folder, "mlp.onnx"), (elsewhere, folder / "mlp.onnx"), (tmp_path, FIX / "mlp_sigmoid.onnx")):
+        monkeypatch.chdir(cwd)
+        out = capture(model, data, tmp_path / f"{len(posts)}.h5", progress=False)
+        with Store(out) as st:
+            posts.append({n: st.read(n, "post") for n in st.layer_names})
+    for other in posts[1:]:
+        for name, post in posts[0].items():
+            np.testing.assert_array_equal(post, other[name])
+
+
+@pytest.mark.parametrize("offset,length,match", [
+    ("100000", "48", "beyond the end"), ("0", "4", "disagrees"), ("abc", "48", "not a whole number"),
+    ("-5", "48", "negative")])
+def test_external_data_offsets_and_lengths_are_checked(tmp_path, offset, length, match):
+    path = _external(tmp_path, "w.bin")
+    (path.parent / "w.bin").write_bytes(b"\0" * 48)
+    m = onnx.load(str(path), load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        e.value = {"offset": offset, "length": length}.get(e.key, e.value)
+    onnx.save(m, path)
+    with pytest.raises(ModelError, match=match):
+        load_model(path)
+
+
+def test_a_shared_data_file_counts_once_towards_the_size_limit(tmp_path):
+    m = onnx.load(str(FIX / "mlp_sigmoid.onnx"))
+    path = tmp_path / "mlp.onnx"
+    onnx.save(m, path, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    total = path.stat().st_size + (tmp_path / "w.bin").stat().st_size
+    assert load_model(path, max_bytes=total).file_bytes == total
+    with pytest.raises(UnsafeModelError, match="max-model-size"):
+        load_model(path, max_bytes=total - 1)

@@ -147,7 +147,7 @@ class _Evaluator:
             feeds.update(self.runner.replacement_feeds(lay, units, consts[units]))
         logits = self.runner.run(self.x, feeds=feeds, outputs=[self.output],
                                  batch_size=self.batch_size)[self.output]
-        correct = logits.reshape(len(self.x), -1).argmax(1) == self.y
+        correct = self.runner.lm.predicted_labels(logits) == self.y
         per_class = np.array([correct[r].mean() if len(r) else np.nan for r in self.class_rows])
         return float(correct.mean()), per_class
 

@@ -3,7 +3,8 @@
 Both models run once over the same labelled data, batch by batch; the comparison is
 streamed, so the check costs little more than two inference passes. Metrics:
 
-- ``label_change``: fraction of samples whose predicted label (argmax) differs;
+- ``label_change``: fraction of samples whose predicted label differs (the argmax, or for a
+  single output the logit > 0 / probability > 0.5 of :func:`infoprobe.model.predicted_labels`);
 - ``accuracy_reference``, ``accuracy_candidate``, ``accuracy_drop`` (reference - candidate);
 - per-class accuracies and drops, ``max_class_drop`` and the ``worst_class``;
 - ``kl_mean_bits``: mean over samples of KL(p_ref || p_cand) in bits, where p is the softmax
@@ -29,10 +30,10 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError, ModelError
-from ..model import DEFAULT_MAX_BYTES, load_onnx
+from ..limits import rows_within
+from ..model import DEFAULT_MAX_BYTES, load_onnx, output_threshold, predicted_labels, runtime_rows
 from ..modelstats import model_cost
-from ..runner import default_threads
-from .compress import file_session
+from ..runner import default_threads, make_session, ort_error
 
 #: name -> (metric compared, human description). Every threshold is an upper bound.
 THRESHOLDS = {
@@ -257,8 +258,10 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
         raise DataError(f"{data.path} has no labels; accuracy thresholds need them (switch off "
                         f"{', '.join(k for k in _NEEDS_LABELS if th[k] is not None)} or give --y-key)")
     t0 = time.perf_counter()
-    ref_model, ref_sha = load_onnx(reference, max_bytes=max_bytes)
-    cand_model, cand_sha = load_onnx(candidate, max_bytes=max_bytes)
+    files = {"reference": load_onnx(reference, max_bytes=max_bytes), "candidate": load_onnx(candidate, max_bytes=max_bytes)}
+    for f in files.values():
+        batch_size = runtime_rows(f, batch_size)
+    ref_model, cand_model = files["reference"].ir(), files["candidate"].ir()
     problems = compatibility(ref_model, cand_model)
     if problems:
         raise ModelError("the candidate is not compatible with the reference: " + "; ".join(problems))
@@ -269,8 +272,11 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
     in_name, out_name = inputs[0].name, outputs[0].name
     in_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape.dims) if inputs[0].shape else ()
     threads = default_threads()
-    sessions = {"reference": file_session(reference, threads, spin=False),
-                "candidate": file_session(candidate, threads, spin=False)}
+    sessions = {"reference": make_session(ref_model, threads=threads, spin=False),
+                "candidate": make_session(cand_model, threads=threads, spin=False)}
+    thresholds_of = {"reference": output_threshold(ref_model), "candidate": output_threshold(cand_model)}
+    batch_size = rows_within(4 * int(np.prod(data.x.shape[1:], dtype=np.float64)), batch_size, share=1 / 16,
+                             what="one input sample")
     factor = resolve_scale(data.x, scale)
     in_dtype = inputs[0].type.dtype.numpy() if inputs[0].type is not None else np.float32
 
@@ -295,11 +301,11 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
             try:
                 outs[k] = sess.run([out_name], {in_name: xb})[0]
             except Exception as exc:
-                raise DataError(f"onnxruntime rejected the input for the {k}: {str(exc).splitlines()[0]}") from None
+                raise ort_error(exc, f"running the {k}") from None
             times[k].append(time.perf_counter() - t)
             if k not in is_prob:
                 is_prob[k] = _looks_like_probabilities(outs[k])
-            pred[k][start:start + len(xb)] = outs[k].reshape(len(xb), -1).argmax(1)
+            pred[k][start:start + len(xb)] = predicted_labels(outs[k], thresholds_of[k])
         a, b = outs["reference"], outs["candidate"]
         if a.shape != b.shape:
             raise ModelError(f"output {out_name!r} has shape {list(a.shape)} (reference) but {list(b.shape)} "
@@ -325,10 +331,10 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
                                         "drop": float(d)} for c, r, cn, d in
                                        zip(classes, per["reference"], per["candidate"], drops)])
     models = {}
-    for k, path, model, sha in (("reference", reference, ref_model, ref_sha),
-                                ("candidate", candidate, cand_model, cand_sha)):
-        cost = model_cost(model, path)
-        models[k] = {"path": str(path), "sha256": sha, "parameters": cost["parameters"], "bytes": cost["bytes"],
+    for k, path, model in (("reference", reference, ref_model), ("candidate", candidate, cand_model)):
+        cost = model_cost(model, files[k].bytes)
+        models[k] = {"path": str(path), "sha256": files[k].sha256, "parameters": cost["parameters"],
+                     "bytes": cost["bytes"],
                      "macs": cost["macs"], "latency_ms": float(np.median(times[k]) * 1e3),
                      "seconds_total": float(np.sum(times[k]))}
     metrics["latency_ratio"] = models["candidate"]["latency_ms"] / models["reference"]["latency_ms"]

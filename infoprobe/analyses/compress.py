@@ -4,63 +4,75 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+import onnx_ir as ir
 
 from ..data import Dataset, prepare_inputs, resolve_scale
-from ..errors import ConfigError, ModelError
-from ..model import LoadedModel, load_model
+from ..errors import ConfigError, InfoprobeError, ModelError, PlanError
+from ..limits import rows_within
+from ..model import LoadedModel, load_model, runtime_rows
 from ..modelstats import measure_latency, model_cost
 from ..plan import PruningPlan
 from ..prune import apply_plan, save_model
 from ..results import check_outputs
-from ..runner import Runner, default_threads, session_options
+from ..runner import Runner, default_threads, make_session, ort_error
 
 #: Largest |pruned - reference| accepted, relative to max(1, max |reference|).
 VERIFY_TOLERANCE = 1e-5
 
 
-def file_session(path, threads: int | None = None, *, spin: bool = True) -> ort.InferenceSession:
-    """onnxruntime CPU session straight from a (validated) ``.onnx`` file.
-
-    ``spin=False`` stops idle intra-op threads from spinning, for sessions that take turns
-    (their spinning threads would otherwise compete for the cores).
-    """
-    try:
-        return ort.InferenceSession(str(path), session_options(threads, spin=spin), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot run {path}: {str(exc).splitlines()[0]}") from None
-
-
 def latency_inputs(lm: LoadedModel, data: Dataset | None, batch: int, scale) -> np.ndarray:
     """A batch for latency measurements: the first ``batch`` samples of ``data``, or uniform
-    random inputs of the model's static input shape."""
-    if data is not None:
-        x = data.x[:batch]
-        return prepare_inputs(x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
-    dims = lm.input_shape[1:]
-    if any(d is None for d in dims):
+    random inputs of the model's static input shape, at most as many rows as fit in a
+    sixteenth of the memory budget.
+
+    Raises
+    ------
+    ConfigError
+        Symbolic input dimensions and no data.
+    BudgetError
+        One input sample alone is larger than the budget allows.
+    """
+    dims = lm.input_shape[1:] if data is None else None
+    if data is None and any(d is None for d in dims):
         raise ConfigError(f"the input {lm.input_name!r} has symbolic dimensions {list(lm.input_shape)}; "
                           "pass --data so that latency is measured on real inputs")
+    per_sample = 4 * int(np.prod(dims if data is None else data.x.shape[1:], dtype=np.float64))
+    batch = rows_within(per_sample, batch, share=1 / 16, what=f"one sample of the input {lm.input_name!r}")
+    if data is not None:
+        return prepare_inputs(data.x[:batch], lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
     return np.random.default_rng(0).random((batch, *dims), dtype=np.float32)
+
+
+def _run_once(session, lm: LoadedModel, x: np.ndarray, what: str) -> np.ndarray:
+    try:
+        return session.run([lm.output_name], {lm.input_name: np.ascontiguousarray(x, np.float32)})[0]
+    except Exception as exc:
+        raise ort_error(exc, what) from None
 
 
 def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", latency_batch: int = 64,
                 repeats: int = 30, overwrite: bool = False, batch_size: int = 4096) -> dict:
-    """Prune ``model`` by ``plan``, write it to ``out``, and compare it with the original.
+    """Prune ``model`` by ``plan``, validate it, write it to ``out``, and compare it with the original.
+
+    The pruned model is written only after it passed ``onnx.checker`` (full check) and ran
+    through onnxruntime on one batch with the original's output shape; the file appears
+    under ``out`` in one rename (or with the command's other results, see
+    :func:`infoprobe.results.result_set`), never half-written.
 
     Parameters
     ----------
     model : LoadedModel or path-like
     plan : PruningPlan or path-like
     out : path-like
-        The pruned ``.onnx`` (written atomically; never the input file).
+        The pruned ``.onnx`` (never the input file).
     data : Dataset, optional
         Real inputs: the pruned model is checked against the original with the plan applied
         through masks (:meth:`~infoprobe.runner.Runner.plan_feeds`) on all of them, and
         accuracies are reported when labels exist. Its first ``latency_batch`` rows are
         the latency batch.
     latency_batch, repeats : int
-        Batch size and repetitions of the onnxruntime latency measurement (median).
+        Batch size and repetitions of the onnxruntime latency measurement (median). The
+        batch is capped to fit a sixteenth of the memory budget.
 
     Returns
     -------
@@ -73,7 +85,8 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
 
     Raises
     ------
-    ModelError, PlanError, DataError, ConfigError, OutputExistsError
+    ModelError, PlanError, DataError, ConfigError, OutputExistsError, BudgetError
+        ``PlanError`` also when the pruned model would not run (nothing is written then).
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     pl = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
@@ -82,16 +95,30 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
     if out.resolve() == lm.path.resolve():
         raise ConfigError("--out is the input model; write the pruned model elsewhere")
     pruned = apply_plan(lm, pl)
-    save_model(pruned, out, overwrite=overwrite)
     threads = default_threads()
+    x_lat = latency_inputs(lm, data, runtime_rows(lm.source, latency_batch), scale)
+    sessions = {"original": make_session(lm.ir_model, threads=threads)}
+    try:
+        sessions["pruned"] = make_session(pruned, threads=threads)
+    except ModelError as exc:
+        raise PlanError(f"the pruned model cannot be loaded by onnxruntime, so it was not written: {exc}") from None
+    ref_out = _run_once(sessions["original"], lm, x_lat[:1], f"running {lm.path.name}")
+    try:
+        got_out = _run_once(sessions["pruned"], lm, x_lat[:1], "running the pruned model")
+    except InfoprobeError as exc:
+        raise PlanError(f"the pruned model does not run, so it was not written: {exc}") from None
+    if got_out.shape != ref_out.shape:
+        raise PlanError(f"the pruned model's output has shape {list(got_out.shape)} instead of "
+                        f"{list(ref_out.shape)}, so it was not written")
+    save_model(pruned, out, overwrite=overwrite)
     report = {"out": str(out), "plan_sha256": pl.sha256(), "generator": pl.generator,
               "layers": [{"layer": lay.name, "units": lay.units,
                           "kept": lay.units - (len(pl.layers[lay.name].remove) if lay.name in pl.layers else 0)}
                          for lay in lm.layers]}
-    x_lat = latency_inputs(lm, data, latency_batch, scale)
-    for key, path, ir_model in (("original", lm.path, lm.ir_model), ("pruned", out, pruned)):
-        cost = model_cost(ir_model, path)
-        cost["latency"] = measure_latency(file_session(path, threads), lm.input_name, x_lat, repeats=repeats)
+    for key, ir_model, nbytes in (("original", lm.ir_model, lm.file_bytes),
+                                  ("pruned", pruned, ir.to_proto(pruned).ByteSize())):
+        cost = model_cost(ir_model, nbytes)
+        cost["latency"] = measure_latency(sessions[key], lm.input_name, x_lat, repeats=repeats)
         report[key] = cost
     o, p = report["original"], report["pruned"]
     report["ratios"] = {"parameters": p["parameters"] / o["parameters"], "bytes": p["bytes"] / o["bytes"],
@@ -102,17 +129,16 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
         ref = Runner(lm, mix=not all(lp.is_constant for lp in pl.layers.values()), threads=threads)
         expected = ref.run(x, feeds=ref.plan_feeds(pl), outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]
         intact = ref.run(x, outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]
-        sess = file_session(out, threads)
-        got = np.concatenate([sess.run([lm.output_name], {lm.input_name: x[i:i + batch_size]})[0]
+        got = np.concatenate([_run_once(sessions["pruned"], lm, x[i:i + batch_size], "running the pruned model")
                               for i in range(0, len(x), batch_size)])
         diff = float(np.abs(got - expected).max())
         tol = VERIFY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
+        pred_got, pred_intact = lm.predicted_labels(got), lm.predicted_labels(intact)
         ver = {"n_samples": len(x), "max_abs_diff": diff, "tolerance": tol, "exact": diff <= tol,
                "max_abs_diff_original": float(np.abs(got - intact).max()),
-               "label_agreement_with_original": float((got.reshape(len(x), -1).argmax(1)
-                                                        == intact.reshape(len(x), -1).argmax(1)).mean())}
+               "label_agreement_with_original": float((pred_got == pred_intact).mean())}
         if data.y is not None:
-            ver["accuracy_original"] = float((intact.reshape(len(x), -1).argmax(1) == data.y).mean())
-            ver["accuracy_pruned"] = float((got.reshape(len(x), -1).argmax(1) == data.y).mean())
+            ver["accuracy_original"] = float((pred_intact == data.y).mean())
+            ver["accuracy_pruned"] = float((pred_got == data.y).mean())
         report["verification"] = ver
     return report

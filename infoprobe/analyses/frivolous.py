@@ -51,13 +51,6 @@ CONV_UNITS = ("position", "channel")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def predicted_labels(out: np.ndarray) -> np.ndarray:
-    """Labels from model outputs [N, ...]: the argmax over the flattened outputs, or for a
-    single output the sign (a logit; label 1 where it is positive)."""
-    out = out.reshape(len(out), -1)
-    return (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(1)
-
-
 def _unit_shape(lay, conv_units: str) -> tuple:
     """Per-sample shape of a mask over the layer's ablation units."""
     if lay.kind == "dense":
@@ -92,7 +85,7 @@ class _Sweep:
                 m = m[g0:g1]
                 feeds[io_name(name, "mask")] = m if reps == 1 else np.repeat(m, n, axis=0)
             res = self.runner.run(x, feeds=feeds, outputs=[self.output], batch_size=self.batch_size)[self.output]
-            labels = predicted_labels(res).reshape(reps, n)
+            labels = self.runner.lm.predicted_labels(res).reshape(reps, n)
             out[g0:g1] = (labels == self.intact[None]).mean(axis=1)
         self.runs += k
         return out
@@ -229,7 +222,7 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
     # the intact pass runs once; its idle threads must not spin while the suffix sessions work
     full = Runner(lm, expose=True, providers=providers, threads=threads, spin=False)
     res = full.run(x, outputs=[lm.output_name] + [io_name(n, "post") for n in names], batch_size=batch_size)
-    intact = predicted_labels(res[lm.output_name])
+    intact = lm.predicted_labels(res[lm.output_name])
     shapes = {n: _unit_shape(lm.layer(n), conv_units) for n in names}
     sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
     rng = np.random.default_rng(seed)

@@ -1,12 +1,17 @@
-"""Result tables as JSON and CSV with provenance, written atomically."""
+"""Result tables as JSON and CSV with provenance, written atomically, and result sets: all the
+files of one command appear together or not at all."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
+import fcntl
 import io
 import json
 import os
 import platform
-import tempfile
+import secrets
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,20 +20,213 @@ import numpy as np
 from .errors import OutputExistsError
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
-    so a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+_STAGING = ".infoprobe-staging-"
+_COMMIT = "COMMIT"
+_LOCK = ".lock"
+_result_set: contextvars.ContextVar = contextvars.ContextVar("infoprobe_result_set", default=None)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def create_file(path) -> int:
+    """Create ``path`` exclusively with the user's umask (mode ``0o666 & ~umask``, as
+    ``open(path, "x")``) and return a writable descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+
+def create_or_open(path) -> int:
+    """Open ``path`` read-write, creating it with the user's umask when missing."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+
+def fsync_dir(folder) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    fd = create_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _hidden_temp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write_bytes(path, data: bytes, *, staged: bool = True) -> None:
+    """Write ``data`` to ``path`` so that ``path`` never holds a partial file.
+
+    Inside :func:`result_set` (every command that writes results runs in one), the file is
+    written into the result set's staging folder and appears under its final name only
+    when the whole set does. Otherwise (or with ``staged=False``, for files that must
+    exist at once, such as resumable partial results) it is written to a hidden temporary
+    file beside ``path``, flushed to disk and renamed. Files get the user's umask.
+    """
+    path = Path(path)
+    rs = _result_set.get()
+    if staged and rs is not None:
+        _write_durable(rs.stage(path), data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _hidden_temp(path)
+    _write_durable(tmp, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+class ResultSet:
+    """The files one command writes, staged and then renamed into place together.
+
+    Each destination folder gets a staging folder ``.infoprobe-staging-<pid>-<random>``
+    inside it (same file system, so renames are atomic), locked with ``flock`` while its
+    command runs. :meth:`commit` flushes, writes a ``COMMIT`` list, renames every file to
+    its final name and removes the staging folders; :meth:`abort` removes them. A command
+    killed before its ``COMMIT`` leaves only a staging folder, which the next command
+    writing to that folder deletes; one killed during the renames (after ``COMMIT``) has its
+    renames finished by the next command, so a result set appears complete or not at all.
+    """
+
+    def __init__(self):
+        self.folders: dict = {}   # destination folder -> (staging folder, lock fd)
+        self.files: dict = {}     # final path -> staged path
+        self.after: list = []     # callables run once the files are in place
+
+    def stage(self, final: Path) -> Path:
+        """Where the file for ``final`` is written until commit."""
+        final = Path(final)
+        folder = final.parent
+        if folder not in self.folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            recover(folder)
+            staging = folder / f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
+            staging.mkdir()
+            lock = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.folders[folder] = (staging, lock)
+        staged = self.folders[folder][0] / final.name
+        if staged.exists():
+            staged.unlink()
+        self.files[final] = staged
+        return staged
+
+    def commit(self) -> None:
+        """Rename every staged file to its final name (see the class docstring)."""
+        for folder, (staging, _) in self.folders.items():
+            names = [f.name for f, s in self.files.items() if f.parent == folder]
+            _write_durable(staging / (_COMMIT + ".tmp"), json.dumps(names).encode())
+            os.replace(staging / (_COMMIT + ".tmp"), staging / _COMMIT)
+            fsync_dir(staging)
+        for folder, (staging, lock) in self.folders.items():
+            _finish(staging)
+            os.close(lock)
+        self.folders.clear()
+        for fn in self.after:
+            fn()
+
+    def abort(self) -> None:
+        """Delete the staged files; nothing reaches a final name."""
+        for staging, lock in self.folders.values():
+            shutil.rmtree(staging, ignore_errors=True)
+            os.close(lock)
+        self.folders.clear()
+
+
+def _finish(staging: Path) -> None:
+    """Rename a committed staging folder's files into its parent, then remove it."""
+    names = json.loads((staging / _COMMIT).read_text())
+    for name in names:
+        if (staging / name).exists():
+            os.replace(staging / name, staging.parent / name)
+    fsync_dir(staging.parent)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover(folder) -> None:
+    """Finish or discard the staging folders that killed commands left in ``folder``.
+
+    A staging folder whose lock can be taken belongs to no running command: with a
+    ``COMMIT`` list its renames are finished, without one it is deleted.
+    """
+    try:
+        entries = [p for p in Path(folder).iterdir() if p.name.startswith(_STAGING) and p.is_dir()]
+    except OSError:
+        return
+    for staging in entries:
+        try:
+            lock = os.open(staging / _LOCK, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)   # killed before its lock existed
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            continue                                     # a running command's
+        try:
+            if (staging / _COMMIT).exists():
+                _finish(staging)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(lock)
+
+
+def after_commit(fn) -> None:
+    """Call ``fn()`` once the running result set's files are in place (at once when no result
+    set runs): for clean-up that must not happen before, such as removing resumable partial
+    results."""
+    rs = _result_set.get()
+    if rs is None:
+        fn()
+    else:
+        rs.after.append(fn)
+
+
+@contextlib.contextmanager
+def result_set():
+    """Run the block with every :func:`atomic_write_bytes` (tables, plots, plans, models)
+    staged, and make the files appear together when it ends without an exception; on an
+    exception or an interruption nothing appears (see :class:`ResultSet`)."""
+    if _result_set.get() is not None:   # nested: the outer set commits
+        yield _result_set.get()
+        return
+    rs = ResultSet()
+    token = _result_set.set(rs)
+    try:
+        yield rs
+    except BaseException:
+        rs.abort()
+        raise
+    else:
+        rs.commit()
+    finally:
+        _result_set.reset(token)
 
 
 def _plain(v):
@@ -113,3 +311,24 @@ def read_table(path) -> list:
     """Rows of a table written by :func:`write_table` (the ``.json`` file)."""
     with open(path) as f:
         return json.load(f)["rows"]
+
+
+_kept: contextvars.ContextVar = contextvars.ContextVar("infoprobe_kept", default=None)
+
+
+def keep_on_interrupt(describe) -> None:
+    """Register what an interrupted command keeps: ``describe()`` returns one sentence (for
+    example the partial store and how to resume), printed when the command is interrupted.
+    ``None`` forgets it."""
+    _kept.set(describe)
+
+
+def kept_on_interrupt() -> str:
+    """What the running command keeps if it is interrupted now (see :func:`keep_on_interrupt`)."""
+    describe = _kept.get()
+    if describe is None:
+        return "nothing was written (results appear only when complete)"
+    try:
+        return describe()
+    except Exception:   # never let the description hide the interruption
+        return "a partial result may be kept; run the same command again to resume"

@@ -157,7 +157,7 @@ def write_mapped_onnx(irm, path: Path, modules: dict) -> dict:
 
     tmp = path.with_name(f".{path.name}.unmapped")
     try:
-        atomic_write_bytes(tmp, ir.to_proto(irm).SerializeToString())
+        atomic_write_bytes(tmp, ir.to_proto(irm).SerializeToString(), staged=False)
         lm = load_model(tmp)
         mapping = {modules[lay.nodes[0]]: lay.name for lay in lm.layers if lay.nodes[0] in modules}
     finally:

@@ -4,9 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from .errors import DataError
+from .errors import BudgetError, DataError
+from . import hdf5
+from .hdf5 import BOMB_FLOOR, MAX_RATIO
+from .limits import human, require_memory
 from .model import sha256_file
 
 SPLITS = {"train": 0, "validation": 1, "test": 2}
@@ -40,9 +44,146 @@ class Dataset:
         return len(self.x)
 
 
+#: Largest class index accepted in labels (a label is an index into per-class tables).
+MAX_CLASSES = 100_000
+#: Largest ``.npy`` header read (bytes), as NumPy's own default limit.
+_MAX_HEADER = 10_000
+
+
+def class_labels(y: np.ndarray, what: str, error=DataError) -> np.ndarray:
+    """Validated class labels: a 1-D array of whole, non-negative numbers below
+    :data:`MAX_CLASSES` (floats such as 3.0 are accepted), as int64.
+
+    Raises
+    ------
+    error
+        Not numeric, not 1-D, fractions, NaN, negative values, or a class index so large that
+        per-class tables could not be allocated.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "biuf":
+        raise error(f"{what} must be a 1-D array of class indices, got {y.dtype} {list(y.shape)}")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
+            raise error(f"{what} holds fractions or NaN; labels must be whole class indices")
+    if len(y) and y.min() < 0:
+        raise error(f"{what} holds negative values; labels must be class indices 0, 1, 2, ...")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise error(f"{what} holds the class index {int(y.max())}; infoprobe accepts class indices below "
+                    f"{MAX_CLASSES:,}")
+    return y.astype(np.int64)
+
+
+def _check_samples(x: np.ndarray, what: str) -> None:
+    if x.dtype.kind not in "biuf" or x.dtype.fields is not None:
+        raise DataError(f"{what} holds {x.dtype} values; infoprobe needs numbers (booleans, integers or floats)")
+    if x.ndim == 0:
+        raise DataError(f"{what} is a single value (0-d); infoprobe needs samples along the first axis")
+
+
+def _npy_header(fp, what: str) -> tuple:
+    """Shape, Fortran order and dtype of an ``.npy`` stream, refusing objects (pickles)."""
+    try:
+        version = np.lib.format.read_magic(fp)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fp, max_header_size=_MAX_HEADER)
+    except Exception as exc:
+        raise DataError(f"{what} is not a valid .npy array: {' '.join(str(exc).split())[:160]}") from None
+    if dtype.hasobject:
+        raise DataError(f"{what} is an object array (it would need unpickling); numeric arrays only")
+    return tuple(int(d) for d in shape), fortran, dtype
+
+
+def _nbytes(shape: tuple, dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * dtype.itemsize
+
+
+def _read_npz(path: Path, keys: tuple) -> dict:
+    """Arrays ``keys`` (those present) of an ``.npz``, each size checked before it is read."""
+    import zipfile
+
+    out = {}
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npz (zip) file: {' '.join(str(exc).split())[:160]}") from None
+    with z:
+        names = z.namelist()
+        if len(names) != len(set(names)):
+            raise DataError(f"{path} lists an archive member twice; refusing an ambiguous .npz")
+        available = [n[:-4] for n in names if n.endswith(".npy")]
+        if keys[0] not in available:
+            raise DataError(f"{path} has no array {keys[0]!r} (it has: {', '.join(available) or 'none'})")
+        for key in keys:
+            if key not in available:
+                continue
+            info = z.getinfo(key + ".npy")
+            what = f"{path}: array {key!r}"
+            if info.flag_bits & 0x1:
+                raise DataError(f"{what} is encrypted")
+            if info.file_size > BOMB_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+                raise DataError(f"{what} unpacks {human(info.compress_size)} into {human(info.file_size)} (more than "
+                                f"{MAX_RATIO}:1): a decompression bomb")
+            try:
+                with z.open(info) as fp:
+                    shape, fortran, dtype = _npy_header(fp, what)
+                    need = _nbytes(shape, dtype)
+                    if info.file_size < need:
+                        raise DataError(f"{what} declares {need:,} bytes of data but its archive entry holds "
+                                        f"{info.file_size:,}; the file is damaged")
+                    require_memory(need, f"reading {what}")
+                with z.open(info) as fp:
+                    out[key] = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=_MAX_HEADER)
+            except (DataError, BudgetError):
+                raise
+            except Exception as exc:
+                raise DataError(f"cannot read {what}: {type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:160]}") from None
+    return out
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """An ``.npy`` file, memory-mapped after its declared size was checked against the file."""
+    with open(path, "rb") as fp:
+        shape, fortran, dtype = _npy_header(fp, str(path))
+        offset = fp.tell()
+    need = _nbytes(shape, dtype)
+    size = path.stat().st_size
+    if offset + need > size:
+        raise DataError(f"{path} declares {need:,} bytes of data but holds {size - offset:,}; the file is truncated")
+    if need == 0:
+        return np.empty(shape, dtype)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _read_h5(path: Path, keys: tuple) -> dict:
+
+    out = {}
+    with hdf5.open_file(path, DataError) as f:
+        if not isinstance(f.get(keys[0]), h5py.Dataset):
+            raise DataError(f"{path} has no dataset {keys[0]!r}")
+        for key in keys:
+            ds = f.get(key)
+            if ds is None:
+                continue
+            if not isinstance(ds, h5py.Dataset):
+                raise DataError(f"{path}: {key!r} is not a dataset")
+            out[key] = hdf5.read(ds, f"{path}: {key!r}", DataError)
+    return out
+
+
 def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
               split_key: str = "split", limit: int | None = None) -> Dataset:
-    """Read samples and labels, never unpickling anything.
+    """Read samples and labels from an untrusted file, never unpickling anything.
+
+    Every array's declared size (``.npy`` header, zip entry, HDF5 dataspace) is checked
+    against the file and the memory budget (:mod:`infoprobe.limits`) before it is read;
+    HDF5 files are opened through :func:`infoprobe.hdf5.open_file` (data stored inside the
+    file only).
 
     Parameters
     ----------
@@ -59,45 +200,41 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     Raises
     ------
     DataError
-        Unreadable file, missing arrays, a split requested from a file without ``split``,
-        labels that are not integers of the right length, or an empty selection.
+        Unreadable or damaged file, missing arrays, samples that are not numbers or are 0-d,
+        a split requested from a file without ``split``, labels that are not whole
+        non-negative class indices of the right length, or an empty selection.
+    BudgetError
+        An array larger than the memory budget.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
-    y = sp = None
+    keys = (x_key, y_key, split_key)
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as d:
-                if x_key not in d:
-                    raise DataError(f"{path} has no array {x_key!r} (it has: {', '.join(d.files)})")
-                x = d[x_key]
-                y = d[y_key] if y_key in d else None
-                sp = d[split_key] if split_key in d else None
+            arrays = _read_npz(path, keys)
         elif suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
+            arrays = {x_key: _read_npy(path)}
         elif suffix in (".h5", ".hdf5"):
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if x_key not in f:
-                    raise DataError(f"{path} has no dataset {x_key!r}")
-                x = f[x_key][()]
-                y = f[y_key][()] if y_key in f else None
-                sp = f[split_key][()] if split_key in f else None
+            arrays = _read_h5(path, keys)
         else:
             raise DataError(f"{path}: unknown data format {suffix!r}; use .npz, .npy or .h5")
-    except DataError:
+    except (DataError, BudgetError):
         raise
     except Exception as exc:
-        raise DataError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if x.dtype == object:
-        raise DataError(f"{path}: {x_key!r} is an object array; numeric arrays only")
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
+    x, y, sp = arrays[x_key], arrays.get(y_key), arrays.get(split_key)
+    _check_samples(x, f"{path}: {x_key!r}")
     n = len(x)
-    for name, arr in (("labels", y), ("split", sp)):
-        if arr is not None and (arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer)):
-            raise DataError(f"{path}: {name} must be integers of shape ({n},), got {arr.dtype} {arr.shape}")
+    if n == 0:
+        raise DataError(f"{path}: {x_key!r} holds no samples")
+    if y is not None:
+        if y.shape != (n,):
+            raise DataError(f"{path}: labels must have shape ({n},), got {list(y.shape)}")
+        y = class_labels(y, f"{path}: labels {y_key!r}")
+    if sp is not None and (sp.shape != (n,) or sp.dtype.kind not in "iu"):
+        raise DataError(f"{path}: split must be integers of shape ({n},), got {sp.dtype} {list(sp.shape)}")
     index = np.arange(n, dtype=np.int64)
     if split not in ("all", None):
         code = SPLITS.get(split, split)
@@ -113,7 +250,9 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         index = index[:limit]
     if len(index) == 0:
         raise DataError(f"{path}: split {split!r} selects no samples")
-    return Dataset(x=x[index], y=None if y is None else y[index].astype(np.int64), index=index,
+    require_memory(int(len(index) * _nbytes(tuple(x.shape[1:]), x.dtype)), f"the selected samples of {path}")
+    xs = np.ascontiguousarray(x[index]) if len(index) < n or isinstance(x, np.memmap) else x
+    return Dataset(x=np.asarray(xs), y=None if y is None else y[index], index=index,
                    split=str(split), path=path, sha256=sha256_file(path))
 
 

@@ -199,5 +199,5 @@ def graph_from_store(store, kind: str = "auto") -> WeightGraph:
         info = store.layer_info(name)
         specs.append({"name": name, "kind": info["kind"], "units": int(info["units"]),
                       "inputs": tuple(info["inputs"]), "is_output": bool(info.get("is_output", False)),
-                      "weight": (lambda name=name: store.dataset(name, "weight")[()])})
+                      "weight": (lambda name=name: store.read_weights(name))})
     return build_graph(specs, kind)

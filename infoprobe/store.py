@@ -19,19 +19,28 @@ rows recorded in the partial file's ``rows_written`` attribute.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import io
 import json
 import os
+import signal
+import threading
+import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from . import hdf5
+from .data import class_labels
 from .errors import DataError, OutputExistsError, StoreError
+from .limits import require_memory, rows_within
+from .results import create_or_open, fsync_dir
 
 FORMAT = "infoprobe-activations"
 SCHEMA_VERSION = 1
-LAYER_ATTRS = ("kind", "activation", "depth", "units")
 
 
 def _version() -> str:
@@ -49,8 +58,101 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+class _GuardedFile(io.RawIOBase):
+    """The file under a store being written, seen by HDF5 through h5py's file-object driver.
+
+    The first failed write (a full disk, a file-size limit) is kept in :attr:`failed`, and
+    that write and every later one are reported to HDF5 as done: HDF5 then never enters its
+    failed-flush state, which crashes the interpreter when it closes the file on the way
+    out. :class:`StoreWriter` checks :attr:`failed` after every block and deletes such a
+    file; it is never resumed.
+    """
+
+    def __init__(self, path: Path, mode: str):
+        super().__init__()
+        self.raw = open(path, mode)
+        self.failed: OSError | None = None
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, pos, whence=0):
+        return self.raw.seek(pos, whence)
+
+    def tell(self):
+        return self.raw.tell()
+
+    def readinto(self, b):
+        return self.raw.readinto(b)
+
+    def write(self, b):
+        if self.failed is None:
+            try:
+                return self.raw.write(b)
+            except OSError as exc:
+                self.failed = exc
+        return len(b)
+
+    def truncate(self, size=None):
+        if self.failed is not None:
+            return size
+        return self.raw.truncate(size)
+
+    def flush(self):
+        if self.failed is None and not self.raw.closed:
+            try:
+                self.raw.flush()
+            except OSError as exc:
+                self.failed = exc
+
+    def close(self):
+        if not self.closed:
+            super().close()
+            try:
+                self.raw.close()
+            except OSError as exc:
+                self.failed = self.failed or exc
+
+
+def _signals_held():
+    """Hold SIGINT and SIGTERM while HDF5 writes a block, so that an interruption lands between
+    blocks (the file stays consistent); a no-op outside the main thread or off POSIX."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    return held()
+
+
+def _crc(arr: np.ndarray, dtype, crc: int = 0) -> int:
+    """CRC-32 of rows as the store holds them (its dataset's element type)."""
+    return zlib.crc32(np.ascontiguousarray(arr, dtype).tobytes(), crc)
+
+
 class StoreWriter:
     """Write an activation store row block by row block, with resume.
+
+    The store is built in ``<path>.partial`` and renamed to ``<path>`` only when complete and
+    flushed to disk. One writer at a time holds ``<path>.lock`` (an advisory ``flock``). Each
+    block is written with SIGINT/SIGTERM held, then flushed, then ``rows_written`` and a
+    CRC-32 of every dataset's rows so far are recorded. A resumed writer first re-reads the
+    rows recorded and checks them against those CRCs; a partial file that fails the check
+    (for example one killed in the middle of a flush) is started again, so that a resumed
+    store is bit for bit the store an uninterrupted capture writes. A write that fails (a
+    full disk) deletes the partial file: HDF5 cannot vouch for it after a failed write.
 
     Parameters
     ----------
@@ -70,12 +172,20 @@ class StoreWriter:
     overwrite : bool
         Replace an existing complete store at ``path`` (only once the new one is complete).
 
+    Attributes
+    ----------
+    resumed : bool
+        Rows of an earlier, interrupted writer were kept.
+    restarted : str or None
+        Why a partial file of the same inputs was started again (it failed its check).
+
     Raises
     ------
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
     StoreError
-        A partial file exists for different inputs (and ``overwrite`` is false).
+        A partial file exists for different inputs (and ``overwrite`` is false), or another
+        process writes ``path``.
     """
 
     def __init__(self, path, *, n_rows: int, layers: list, n_outputs: int, labels=None, index=None,
@@ -83,41 +193,74 @@ class StoreWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.n_rows = int(n_rows)
+        self.file = self._io = None
+        self.resumed, self.restarted, self.rows_written = False, None, 0
         attrs = dict(attrs or {})
         if self.path.exists() and not overwrite:
             raise OutputExistsError(f"{self.path} already exists; pass --overwrite to replace it "
                                     "(the old file is kept until the new one is complete)")
-        self.resumed = False
-        if self.partial.exists():
-            try:
-                with h5py.File(self.partial, "r") as f:
-                    same = (f.attrs.get("format") == FORMAT
-                            and f.attrs.get("fingerprint") == attrs.get("fingerprint")
-                            and int(f.attrs.get("n_rows", -1)) == self.n_rows)
-            except OSError:
-                same = False
-            if same:
-                self.resumed = True
-            elif not overwrite:
-                raise StoreError(f"{self.partial} is an unfinished capture of other inputs; delete "
-                                 "it or pass --overwrite to start again")
-        if not self.resumed:
-            self._create(layers, n_outputs, labels, index, attrs)
-        self.file = h5py.File(self.partial, "r+")
-        self.rows_written = int(self.file.attrs["rows_written"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _acquire_lock(self.path)
+        try:
+            if self.partial.exists():
+                same, why = self._resumable(attrs)
+                if same and why is None:
+                    self.resumed = True
+                elif same:
+                    self.restarted = why
+                elif not overwrite:
+                    raise StoreError(f"{self.partial} is an unfinished capture of other inputs; delete "
+                                     "it or pass --overwrite to start again")
+            if not self.resumed:
+                self._create(layers, n_outputs, labels, index, attrs)
+            self._open("r+b")
+            self.rows_written = int(self.file.attrs["rows_written"])
+            self.digests = json.loads(self.file.attrs["digests"])
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, mode: str) -> None:
+        self._io = _GuardedFile(self.partial, mode)
+        self.file = h5py.File(self._io, "r+" if mode == "r+b" else "w")
+
+    def _resumable(self, attrs: dict) -> tuple[bool, str | None]:
+        """(same inputs?, why the rows cannot be kept or None) for an existing partial file."""
+        try:
+            with h5py.File(self.partial, "r", locking=False) as f:
+                same = (f.attrs.get("format") == FORMAT and f.attrs.get("fingerprint") == attrs.get("fingerprint")
+                        and int(f.attrs.get("n_rows", -1)) == self.n_rows)
+                if not same:
+                    return False, None
+                rows = int(f.attrs["rows_written"])
+                digests = json.loads(f.attrs["digests"])
+                for key, want in digests.items():
+                    ds, crc = f[key], 0
+                    step = max(1, ds.chunks[0] if ds.chunks else 4096)
+                    for s in range(0, rows, step):
+                        crc = _crc(ds[s:min(rows, s + step)], ds.dtype, crc)
+                    if crc != want:
+                        return True, f"the rows of {key} in {self.partial.name} do not match their checksum"
+                return True, None
+        except Exception as exc:   # damaged by a kill in the middle of a flush
+            return True, f"{self.partial.name} cannot be read back ({type(exc).__name__})"
 
     def _create(self, layers, n_outputs, labels, index, attrs):
-        tmp = self.partial
-        with h5py.File(tmp, "w") as f:
+        self.partial.unlink(missing_ok=True)
+        self._open("w+b")
+        f = self.file
+        try:
             f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, created_by=_version(),
                            complete=False, rows_written=0, n_rows=self.n_rows)
             for k, v in attrs.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
             s = f.create_group("samples")
             if labels is not None:
-                s.create_dataset("labels", data=np.asarray(labels, np.int64))
-            s.create_dataset("index", data=np.asarray(index if index is not None else np.arange(self.n_rows), np.int64))
+                s.create_dataset("labels", data=np.asarray(labels, np.int64), track_times=False)
+            s.create_dataset("index", data=np.asarray(index if index is not None else np.arange(self.n_rows), np.int64),
+                             track_times=False)
             g = f.create_group("layers")
+            keys = []
             for lay in layers:
                 lg = g.create_group(lay["name"])
                 for k in ("kind", "activation", "depth", "units", "op", "fan_in", "is_output"):
@@ -127,19 +270,55 @@ class StoreWriter:
                 shape = tuple(lay["shape"])
                 rows = _chunk_rows(int(np.prod(shape)))
                 for ds in ("pre", "post"):
-                    lg.create_dataset(ds, shape=(self.n_rows, *shape), dtype="f4",
+                    lg.create_dataset(ds, shape=(self.n_rows, *shape), dtype="f4", track_times=False,
                                       chunks=(min(rows, max(1, self.n_rows)), *shape))
-                lg.create_dataset("weight", data=np.asarray(lay["weight"], np.float32))
-                lg.create_dataset("bias", data=np.asarray(lay["bias"], np.float32))
+                    keys.append(f"layers/{lay['name']}/{ds}")
+                lg.create_dataset("weight", data=np.asarray(lay["weight"], np.float32), track_times=False)
+                lg.create_dataset("bias", data=np.asarray(lay["bias"], np.float32), track_times=False)
             o = f.create_group("outputs")
-            o.create_dataset("logits", shape=(self.n_rows, n_outputs), dtype="f4",
+            o.create_dataset("logits", shape=(self.n_rows, n_outputs), dtype="f4", track_times=False,
                              chunks=(min(_chunk_rows(n_outputs), max(1, self.n_rows)), n_outputs))
+            keys.append("outputs/logits")
+            f.attrs["digests"] = json.dumps({k: 0 for k in keys})
+        finally:
+            self._close_file()
+        self._check_io()
+
+    def _close_file(self) -> None:
+        for _ in range(3):   # HDF5 must hold no file open at exit (see _GuardedFile)
+            try:
+                if self.file is None or not self.file.id.valid:
+                    break
+                self.file.close()
+                break
+            except Exception:
+                continue
+        self.file = None
+        if self._io is not None:
+            self._io.close()
+
+    def _check_io(self) -> None:
+        """After a failed write: delete the partial file and raise a one-line error."""
+        failed = self._io.failed if self._io is not None else None
+        if failed is None:
+            return
+        self._close_file()
+        self.partial.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {self.partial}: {failed.strerror or failed}; {self.rows_written:,} of "
+                         f"{self.n_rows:,} samples were written, but HDF5 cannot vouch for a file after a failed "
+                         "write, so it was deleted: free some space and run the command again")
 
     def write(self, start: int, blocks: dict) -> None:
         """Write rows ``start : start + n`` of each dataset in ``blocks`` (path -> array).
 
-        Rows must be written in order; ``rows_written`` advances only after every dataset of
-        the block is written and flushed.
+        Rows must be written in order; ``rows_written`` and the checksums advance only after
+        every dataset of the block is written and flushed.
+
+        Raises
+        ------
+        StoreError
+            Rows out of order, blocks of unequal length, or a failed write (the partial file
+            is deleted then).
         """
         if start != self.rows_written:
             raise StoreError(f"rows must be written in order: expected row {self.rows_written}, got {start}")
@@ -148,32 +327,101 @@ class StoreWriter:
             n = len(arr) if n is None else n
             if len(arr) != n:
                 raise StoreError("blocks of one write must have the same number of rows")
-            self.file[key][start:start + n] = arr
-        self.file.flush()
-        self.rows_written = start + (n or 0)
-        self.file.attrs["rows_written"] = self.rows_written
-        self.file.flush()
+        digests = dict(self.digests)
+        try:
+            with _signals_held():
+                for key, arr in blocks.items():
+                    self.file[key][start:start + n] = arr
+                    digests[key] = _crc(arr, self.file[key].dtype, digests.get(key, 0))
+                self.file.flush()
+                self.file.attrs["rows_written"] = start + (n or 0)
+                self.file.attrs["digests"] = json.dumps(digests)
+                self.file.flush()
+                self._check_io()   # before a held signal lands: the count below is what the file holds
+                self.rows_written, self.digests = start + (n or 0), digests
+        except Exception:
+            self._check_io()
+            raise
 
     def finish(self) -> Path:
-        """Mark the store complete and move it to its final name (atomic rename)."""
+        """Mark the store complete, flush it to disk and move it to its final name (one rename)."""
         if self.rows_written != self.n_rows:
             raise StoreError(f"only {self.rows_written} of {self.n_rows} rows were written")
-        self.file.attrs["complete"] = True
-        self.file.close()
+        try:
+            with _signals_held():
+                self.file.attrs["complete"] = True
+                self.file.flush()
+                self._io.raw.flush()
+                os.fsync(self._io.raw.fileno())
+        except Exception:
+            self._check_io()
+            raise
+        self._close_file()
+        self._check_io()
         os.replace(self.partial, self.path)
+        fsync_dir(self.path.parent)
+        _release_lock(self.path, self._lock)
+        self._lock = None
         return self.path
 
     def close(self) -> None:
-        """Close the partial file without completing it (it can be resumed later)."""
-        if self.file.id.valid:
-            self.file.close()
+        """Close the partial file without completing it (it can be resumed later) and release
+        the lock."""
+        self._close_file()
+        if self._io is not None and self._io.failed is not None:
+            self.partial.unlink(missing_ok=True)
+        if getattr(self, "_lock", None) is not None:
+            _release_lock(self.path, self._lock)
+            self._lock = None
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _acquire_lock(path: Path) -> int:
+    """Take the advisory lock ``<path>.lock`` (``flock``) that one writer of ``path`` holds.
+
+    Raises
+    ------
+    StoreError
+        Another process holds it.
+    """
+    lock = _lock_path(path)
+    for _ in range(10):
+        fd = create_or_open(lock)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(f"another infoprobe process is writing {path} (it holds {lock.name}); wait for "
+                             "it to finish or stop it") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)   # the holder removed it between our open and our lock: try again
+    raise StoreError(f"cannot take the lock {lock}")
+
+
+def _release_lock(path: Path, fd: int) -> None:
+    try:
+        os.unlink(_lock_path(path))
+    except OSError:
+        pass
+    os.close(fd)
 
 
 class Store:
-    """Lazy, validated reader of an activation store.
+    """Lazy, validated reader of an activation store (an untrusted file).
 
-    Opening checks the format, schema version, the ``complete`` flag and that every
-    layer's datasets agree in shape; activations are only read on request, in chunks.
+    Opening goes through :func:`infoprobe.hdf5.open_file` (no external links, virtual
+    datasets, external storage or unknown filters) and checks the format, schema version,
+    the ``complete`` flag (a boolean), the labels (non-negative integer class indices) and
+    that every layer's attributes agree with its datasets; activations are only read on
+    request, in blocks that fit the memory budget (:mod:`infoprobe.limits`).
 
     Parameters
     ----------
@@ -183,7 +431,9 @@ class Store:
     ------
     StoreError
         Missing file, not HDF5, not an infoprobe store, other schema version, incomplete,
-        or inconsistent shapes.
+        data stored outside the file, malformed attributes, or inconsistent shapes.
+    DataError
+        Labels that are not class indices.
     """
 
     def __init__(self, path):
@@ -192,45 +442,92 @@ class Store:
             hint = " (an unfinished capture exists: re-run capture to resume it)" \
                 if partial_path(self.path).exists() else ""
             raise StoreError(f"activation store {self.path} does not exist{hint}")
-        try:
-            self.file = h5py.File(self.path, "r")
-        except OSError:
-            raise StoreError(f"{self.path} is not a readable HDF5 file (truncated or another format)") from None
+        self.file = hdf5.open_file(self.path, StoreError)
         try:
             self._validate()
-        except Exception:
+        except BaseException:
             self.file.close()
             raise
 
     def _validate(self):
         f, p = self.file, self.path
-        if f.attrs.get("format") != FORMAT:
+        if hdf5.attr(f, "format", str(p), StoreError, str, None) != FORMAT:
             raise StoreError(f"{p} is not an infoprobe activation store (no format='{FORMAT}' attribute)")
-        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StoreError(f"{p} has schema version {f.attrs.get('schema_version')}; this infoprobe reads "
-                             f"version {SCHEMA_VERSION}")
-        if not bool(f.attrs.get("complete", False)):
+        version = hdf5.attr(f, "schema_version", str(p), StoreError, int, None)
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{p} has schema version {version}; this infoprobe reads version {SCHEMA_VERSION}")
+        if not hdf5.attr(f, "complete", str(p), StoreError, bool, False):
             raise StoreError(f"{p} is incomplete (capture was interrupted); re-run capture to resume it")
-        if "layers" not in f or not len(f["layers"]):
-            raise StoreError(f"{p} has no /layers")
-        if "samples/index" not in f:
+        for group in ("layers", "samples"):
+            if not isinstance(f.get(group), h5py.Group):
+                raise StoreError(f"{p} has no /{group} group")
+        if not len(f["layers"]):
+            raise StoreError(f"{p} has no layers")
+        index = f["samples"].get("index")
+        if not isinstance(index, h5py.Dataset):
             raise StoreError(f"{p} has no /samples/index")
-        self.n_rows = int(f["samples/index"].shape[0])
-        if "samples/labels" in f and f["samples/labels"].shape != (self.n_rows,):
-            raise StoreError(f"{p}: /samples/labels has shape {f['samples/labels'].shape}, expected ({self.n_rows},)")
+        hdf5.numeric(index, f"{p}: /samples/index", StoreError, kinds="iu", ndim=1)
+        self.n_rows = int(index.shape[0])
+        if self.n_rows == 0:
+            raise StoreError(f"{p} holds no samples")
+        rows = hdf5.attr(f, "n_rows", str(p), StoreError, int, self.n_rows)
+        if rows != self.n_rows:
+            raise StoreError(f"{p} says n_rows={rows} but /samples/index has {self.n_rows} rows")
+        self._labels = None
+        if "labels" in f["samples"]:
+            ds = f["samples"]["labels"]
+            if not isinstance(ds, h5py.Dataset):
+                raise StoreError(f"{p}: /samples/labels is not a dataset")
+            hdf5.numeric(ds, f"{p}: /samples/labels", StoreError, ndim=1)
+            if ds.shape != (self.n_rows,):
+                raise StoreError(f"{p}: /samples/labels has shape {ds.shape}, expected ({self.n_rows},)")
+            self._labels = class_labels(hdf5.read(ds, f"{p}: /samples/labels", StoreError),
+                                        f"{p}: /samples/labels", StoreError)
+        self._info = {}
         for name, g in f["layers"].items():
-            for key in ("pre", "post"):
-                if key not in g:
-                    raise StoreError(f"{p}: layer {name!r} has no {key!r} dataset")
-            if g["pre"].shape != g["post"].shape or g["post"].shape[0] != self.n_rows:
-                raise StoreError(f"{p}: layer {name!r} has pre {g['pre'].shape} and post {g['post'].shape} "
-                                 f"for {self.n_rows} samples")
-            for k in LAYER_ATTRS:
-                if k not in g.attrs:
-                    raise StoreError(f"{p}: layer {name!r} lacks the attribute {k!r}")
-            if int(g.attrs["units"]) != g["post"].shape[1]:
-                raise StoreError(f"{p}: layer {name!r} says {g.attrs['units']} units but stores "
-                                 f"{g['post'].shape[1]}")
+            self._info[name] = self._validate_layer(name, g)
+        if "outputs" in f and "logits" in f["outputs"]:
+            ds = f["outputs"]["logits"]
+            hdf5.numeric(ds, f"{p}: /outputs/logits", StoreError, kinds="f", ndim=2)
+            if ds.shape[0] != self.n_rows:
+                raise StoreError(f"{p}: /outputs/logits has {ds.shape[0]} rows for {self.n_rows} samples")
+
+    def _validate_layer(self, name: str, g) -> dict:
+        p = self.path
+        what = f"{p}: layer {name!r}"
+        if not isinstance(g, h5py.Group):
+            raise StoreError(f"{what} is not a group")
+        info = {"name": name,
+                "kind": hdf5.attr(g, "kind", what, StoreError, str),
+                "activation": hdf5.attr(g, "activation", what, StoreError, str),
+                "depth": hdf5.attr(g, "depth", what, StoreError, int),
+                "units": hdf5.attr(g, "units", what, StoreError, int),
+                "inputs": hdf5.attr(g, "inputs", what, StoreError, list, []),
+                "is_output": hdf5.attr(g, "is_output", what, StoreError, bool, False)}
+        for k, kind in (("op", str), ("fan_in", int)):
+            if k in g.attrs:
+                info[k] = hdf5.attr(g, k, what, StoreError, kind)
+        if info["kind"] not in ("dense", "conv"):
+            raise StoreError(f"{what} has kind {info['kind']!r}; infoprobe reads 'dense' and 'conv' layers")
+        if info["depth"] < 1 or info["units"] < 1:
+            raise StoreError(f"{what} has depth {info['depth']} and {info['units']} units")
+        for key in ("pre", "post"):
+            if not isinstance(g.get(key), h5py.Dataset):
+                raise StoreError(f"{what} has no {key!r} dataset")
+            hdf5.numeric(g[key], f"{what} {key}", StoreError, kinds="f",
+                         ndim=2 if info["kind"] == "dense" else (3, 4))
+        pre, post = g["pre"], g["post"]
+        if pre.shape != post.shape or post.shape[0] != self.n_rows:
+            raise StoreError(f"{what} has pre {pre.shape} and post {post.shape} for {self.n_rows} samples")
+        if info["units"] != post.shape[1]:
+            raise StoreError(f"{what} says {info['units']} units but stores {post.shape[1]}")
+        for key in ("weight", "bias"):
+            if key in g:
+                hdf5.numeric(g[key], f"{what} {key}", StoreError, kinds="f", ndim=1 if key == "bias" else (2, 4))
+                if g[key].shape[0] != info["units"]:
+                    raise StoreError(f"{what}: {key} has {g[key].shape[0]} rows for {info['units']} units")
+        info["shape"] = tuple(int(d) for d in post.shape[1:])
+        return info
 
     def __enter__(self):
         return self
@@ -251,37 +548,40 @@ class Store:
 
     @property
     def attrs(self) -> dict:
-        """Root attributes (provenance)."""
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in self.file.attrs.items()}
+        """Root attributes (provenance); attributes that cannot be read are left out."""
+        out = {}
+        for k in self.file.attrs:
+            try:
+                v = self.file.attrs[k]
+            except Exception:
+                continue
+            out[k] = v.item() if hasattr(v, "item") and getattr(v, "size", 2) == 1 else v
+        return out
 
     @property
     def layer_names(self) -> list:
         """Layer names in capture order (by depth, then name order of the file)."""
-        names = list(self.file["layers"].keys())
-        return sorted(names, key=lambda n: (int(self.file["layers"][n].attrs["depth"]), names.index(n)))
+        names = list(self._info)
+        return sorted(names, key=lambda n: (self._info[n]["depth"], names.index(n)))
 
     def layer_info(self, name: str) -> dict:
-        """Attributes of layer ``name`` plus its per-sample ``shape``."""
-        g = self._group(name)
-        info = {k: (v.item() if hasattr(v, "item") else v) for k, v in g.attrs.items()}
-        info["inputs"] = json.loads(info.get("inputs", "[]"))
-        info["shape"] = tuple(g["post"].shape[1:])
-        info["name"] = name
-        return info
+        """Attributes of layer ``name`` plus its per-sample ``shape`` (validated at open)."""
+        self._group(name)
+        return dict(self._info[name])
 
     def hidden_layers(self) -> list:
         """Layers not flagged ``is_output``."""
-        return [n for n in self.layer_names if not bool(self._group(n).attrs.get("is_output", False))]
+        return [n for n in self.layer_names if not self._info[n]["is_output"]]
 
     def _group(self, name):
-        if name not in self.file["layers"]:
+        if name not in self._info:
             raise StoreError(f"layer {name!r} is not in {self.path}; it has: {', '.join(self.layer_names)}")
         return self.file["layers"][name]
 
     @property
     def labels(self) -> np.ndarray | None:
-        """Class labels int64 [N], or None for unlabelled data."""
-        return self.file["samples/labels"][()] if "samples/labels" in self.file else None
+        """Class labels int64 [N] (validated non-negative class indices), or None."""
+        return None if self._labels is None else self._labels.copy()
 
     def require_labels(self) -> np.ndarray:
         """Class labels; raises :class:`DataError` when the store has none."""
@@ -289,29 +589,53 @@ class Store:
         if y is None:
             raise DataError(f"{self.path} has no labels (/samples/labels); this measure needs class "
                             "labels: capture from data with a 'y' array")
-        if len(y) and y.min() < 0:
-            raise DataError(f"{self.path}: labels must be non-negative class indices")
         return y
 
     def dataset(self, layer: str, which: str = "post") -> h5py.Dataset:
-        """The lazy h5py dataset ``which`` in {"pre", "post", "weight", "bias"} of ``layer``."""
+        """The lazy h5py dataset ``which`` in {"pre", "post", "weight", "bias"} of ``layer``
+        (validated at open: stored inside the file, floating point)."""
         g = self._group(layer)
-        if which not in g:
+        if which not in g or which not in ("pre", "post", "weight", "bias"):
             raise StoreError(f"layer {layer!r} has no {which!r} dataset")
         return g[which]
 
+    def read_weights(self, layer: str, which: str = "weight") -> np.ndarray:
+        """A layer's ``weight`` or ``bias`` (float32), within the memory budget."""
+        return np.asarray(hdf5.read(self.dataset(layer, which), f"{self.path}: layer {layer!r} {which}",
+                                    StoreError), np.float32)
+
+    def read_rows(self, layer: str, which: str, rows) -> np.ndarray:
+        """Rows ``rows`` (sorted indices) of a layer's dataset as float32, within the memory budget."""
+        return np.asarray(hdf5.read(self.dataset(layer, which), f"{self.path}: layer {layer!r} {which}",
+                                    StoreError, rows), np.float32)
+
     def iter_rows(self, layer: str, which: str = "post", rows: int | None = None):
         """Yield ``(start, float32 block [n, ...])`` over all samples, checking for NaN/inf.
+
+        Blocks hold ``rows`` samples (default: about 1/16 of the memory budget, whole chunks),
+        never more than fit in 1/4 of the budget.
 
         Raises
         ------
         DataError
             A block holds NaN or infinite values.
+        BudgetError
+            One sample does not fit in a quarter of the memory budget.
         """
         ds = self.dataset(layer, which)
-        step = rows or max(ds.chunks[0] if ds.chunks else 4096, 4096)
+        per_row = int(np.prod(ds.shape[1:], dtype=np.float64)) * 4
+        most = rows_within(per_row, ds.shape[0], share=0.25, what=f"one sample of layer {layer!r}")
+        if rows is None:
+            rows = rows_within(per_row, ds.shape[0], share=1 / 16, what=f"one sample of layer {layer!r}")
+            chunk = ds.chunks[0] if ds.chunks else 1
+            rows = max(chunk, rows // chunk * chunk)
+        step = max(1, min(int(rows), most))
+        what = f"{self.path}: layer {layer!r} {which}"
         for start in range(0, ds.shape[0], step):
-            block = ds[start:start + step]
+            try:
+                block = np.asarray(ds[start:start + step], np.float32)
+            except Exception as exc:
+                raise StoreError(f"cannot read {what}: {' '.join(str(exc).split())[:200]}") from None
             if not np.isfinite(block).all():
                 bad = start + int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(1))[0])
                 raise DataError(f"{self.path}: layer {layer!r} {which} activations contain NaN or inf "
@@ -319,6 +643,17 @@ class Store:
             yield start, block
 
     def read(self, layer: str, which: str = "post") -> np.ndarray:
-        """Whole dataset as float32 in memory, checked for NaN/inf (see :meth:`iter_rows`)."""
-        return np.concatenate([b for _, b in self.iter_rows(layer, which)]) if self.n_rows else \
-            np.empty((0, *self.dataset(layer, which).shape[1:]), np.float32)
+        """Whole dataset as float32 in memory, checked for NaN/inf (see :meth:`iter_rows`).
+
+        Raises
+        ------
+        BudgetError
+            The layer is larger than the memory budget (analyses that can stream use
+            :meth:`iter_rows` instead).
+        """
+        ds = self.dataset(layer, which)
+        require_memory(int(np.prod(ds.shape, dtype=np.float64)) * 4, f"reading layer {layer!r} ({which}) whole")
+        out = np.empty(ds.shape, np.float32)
+        for start, block in self.iter_rows(layer, which):
+            out[start:start + len(block)] = block
+        return out

@@ -1,4 +1,6 @@
 """Activation store: capture round trip, resume, validation."""
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -86,9 +88,14 @@ def test_existing_store_is_never_clobbered(tmp_path):
         capture(FIX / "mlp_sigmoid.onnx", data, out, progress=False)
     assert out.read_bytes() == before
     other = load_data(FIX / "mnist_demo.npz", split="validation", limit=10)
-    partial_path(tmp_path / "b.h5").write_bytes(b"")
+    capture(FIX / "mlp_sigmoid.onnx", other, tmp_path / "b.h5", progress=False)
+    os.replace(tmp_path / "b.h5", partial_path(tmp_path / "c.h5"))   # a partial file of other inputs
     with pytest.raises(StoreError, match="other inputs"):
-        capture(FIX / "mlp_sigmoid.onnx", other, tmp_path / "b.h5", progress=False)
+        capture(FIX / "mlp_sigmoid.onnx", data, tmp_path / "c.h5", progress=False)
+    # a damaged partial file (killed in the middle of a flush) is nobody's work: started again
+    partial_path(tmp_path / "d.h5").write_bytes(b"")
+    with Store(capture(FIX / "mlp_sigmoid.onnx", data, tmp_path / "d.h5", progress=False)) as st:
+        assert st.n_rows == 10
 
 
 def test_malformed_stores(tmp_path):

@@ -2,20 +2,41 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import Dataset, prepare_inputs, resolve_scale
-from ..errors import DataError
+from ..errors import BudgetError, DataError, StoreError
+from ..limits import human, max_store, rows_within
 from ..model import LoadedModel, load_model
+from ..results import keep_on_interrupt
 from ..rewrite import io_name
 from ..runner import Runner, default_threads
 from ..store import StoreWriter
 
 
+def store_size(lm: LoadedModel, n_rows: int, layers=None, n_outputs: int | None = None) -> dict:
+    """What a capture of ``n_rows`` samples will write, before anything runs.
+
+    Returns
+    -------
+    dict
+        ``bytes`` (the store, uncompressed: pre- and post-activations, logits, labels,
+        index, weights), ``per_sample`` (bytes the run produces per sample), ``layers``.
+    """
+    names = [lay.name for lay in lm.layers] if layers is None else [lm.layer(n).name for n in layers]
+    per_layer = {n: 2 * 4 * int(np.prod(lm.layer(n).shape, dtype=np.float64)) for n in names}
+    outputs = 4 * (n_outputs if n_outputs is not None else lm.layers[-1].units)
+    weights = sum(4 * (lm.layer(n).units * (lm.layer(n).fan_in + 1)) for n in names)
+    per_sample = sum(per_layer.values()) + outputs + 16
+    return {"bytes": int(n_rows * per_sample + weights), "per_sample": int(per_sample), "layers": names}
+
+
 def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, scale="auto",
-            overwrite: bool = False, progress: bool = True, providers=None) -> Path:
+            overwrite: bool = False, progress: bool = True, providers=None, notify=None) -> Path:
     """Run ``model`` over ``data`` and write every unit layer's activations to an HDF5 store.
 
     Parameters
@@ -26,14 +47,20 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
         reshaped to the model's input batch by batch.
     out : path-like
         Store to write (schema of :mod:`infoprobe.store`). An interrupted capture of the
-        same model, data, split and scale resumes from the rows already written.
+        same model, data, split and scale resumes from the rows already written. One
+        capture at a time writes a given ``out`` (an advisory lock, ``<out>.lock``).
     layers : list of str, optional
         Unit layers to store (default: all).
     batch_size : int
+        Samples per onnxruntime run, lowered when a batch's activations would take more than
+        a quarter of the memory budget.
     scale : "auto" or float
         Input multiplier; ``"auto"`` is 1/255 for uint8 data.
     overwrite : bool
         Replace an existing store at ``out`` (kept until the new one is complete).
+    notify : callable, optional
+        Called with one line announcing the work (samples, layers, expected store size and
+        its limit) once the inputs are validated, before anything is written.
 
     Returns
     -------
@@ -42,6 +69,10 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     Raises
     ------
     ModelError, DataError, OutputExistsError, StoreError
+    BudgetError
+        The store would exceed the store-size limit (:func:`infoprobe.limits.max_store`,
+        ``--max-store-size``) or the free space of its disk, or one sample's activations
+        exceed the memory budget.
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     names = [lay.name for lay in lm.layers] if layers is None else [lm.layer(n).name for n in layers]
@@ -54,6 +85,13 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     if not isinstance(n_out, int):
         n_out = runner.run(prepare_inputs(data.x[:1], lm.input_shape, factor),
                            outputs=[lm.output_name])[lm.output_name].shape[-1]
+    size = store_size(lm, len(data), names, int(n_out))
+    out = Path(out)
+    _check_room(size["bytes"], out)
+    if notify is not None:
+        notify(f"capture: {len(data):,} samples x {len(names)} layers -> a store of about {human(size['bytes'])} "
+               f"(limit {human(max_store())})")
+    batch_size = rows_within(size["per_sample"] * 2, batch_size, share=0.25, what="one sample's activations")
     specs = []
     for n in names:
         lay = lm.layer(n)
@@ -66,6 +104,12 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
                          attrs=dict(source="onnx", model_sha256=lm.sha256, fingerprint=fingerprint,
                                     model_file=lm.path.name, data_sha256=data.sha256,
                                     data_file=data.path.name, data_split=data.split, input_scale=factor))
+    if notify is not None and writer.resumed:
+        notify(f"capture: resuming {writer.partial}: {writer.rows_written:,} of {len(data):,} samples already written")
+    elif notify is not None and writer.restarted:
+        notify(f"capture: starting {writer.partial} again: {writer.restarted}")
+    keep_on_interrupt(lambda: f"the partial store {writer.partial} keeps {writer.rows_written:,} of "
+                              f"{len(data):,} samples; run the same command again to resume")
     wanted = [io_name(n, r) for n in names for r in ("pre", "post")] + [lm.output_name]
     try:
         start = writer.rows_written
@@ -80,6 +124,27 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
                 writer.write(start, blocks)
                 bar.update(stop - start)
                 start = stop
-        return writer.finish()
+        path = writer.finish()
+        keep_on_interrupt(None)
+        return path
+    except OSError as exc:   # a full disk: the partial file keeps every row written before
+        raise StoreError(f"cannot write {writer.partial}: {exc.strerror or exc}; {writer.rows_written:,} of "
+                         f"{len(data):,} samples are kept there: free some space and run the same command "
+                         "again to resume") from None
     finally:
         writer.close()
+
+
+def _check_room(nbytes: int, out: Path) -> None:
+    """Refuse a store over the store-size limit or over the free space of its disk."""
+    limit = max_store()
+    if nbytes > limit:
+        raise BudgetError(f"the store would take about {human(nbytes)}, over the limit of {human(limit)}; "
+                          "capture fewer samples (--limit) or layers (--layers), or raise --max-store-size")
+    folder = out.parent if out.parent.exists() else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise BudgetError(f"the store would take about {human(nbytes)} but {folder} has {human(free)} free")

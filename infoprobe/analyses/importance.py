@@ -171,7 +171,7 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                 edges = est.uniform_edges(xp.asarray(lo), xp.asarray(hi), quantizer.bins)
             else:
                 rows = np.sort(rng.choice(st.n_rows, min(st.n_rows, max_quantile_rows), replace=False))
-                sample = _reduce(st.dataset(name, which)[rows], info["kind"], conv_reduce)
+                sample = _reduce(st.read_rows(name, which, rows), info["kind"], conv_reduce)
                 if not np.isfinite(sample).all():
                     list(st.iter_rows(name, which))  # raises the descriptive NaN error
                 edges = est.quantile_edges(xp.asarray(sample), quantizer.bins)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -11,27 +12,142 @@ from infoprobe import __version__
 from infoprobe.errors import InfoprobeError
 from infoprobe.model import DEFAULT_MAX_BYTES
 
-SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+#: Exit status of an interrupted command (128 + SIGINT), as shells report Ctrl-C.
+EXIT_INTERRUPTED = 130
+#: Exit status of a defect in infoprobe itself (never an input problem).
+EXIT_INTERNAL = 3
 
 
 def _size(value: str) -> int:
-    v = value.strip().upper().removesuffix("B").removesuffix("I")
-    unit = v[-1] if v and v[-1] in "KMG" else ""
+    from infoprobe.limits import parse_size
+
     try:
-        return int(float(v[: len(v) - len(unit)]) * SIZE_UNITS[unit])
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size like 2G or 500M") from None
+        return parse_size(value)
+    except InfoprobeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that staged results are discarded on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (e.g. too few random draws to reach alpha) as one line on stderr."""
+    click.echo(f"infoprobe: warning: {' '.join(str(message).split())}", err=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 class Group(click.Group):
-    """Prints an InfoprobeError's message on one line and exits with status 2."""
+    """Turns every failure into one line on stderr and an exit status CI can rely on.
+
+    2: an error caused by input (:class:`InfoprobeError`), a full disk or another operating
+    system error, memory exhausted; 130: interrupted (Ctrl-C or SIGTERM), with a line saying
+    what was kept; 3: a defect in infoprobe (``INFOPROBE_DEBUG=1`` shows the traceback).
+    """
 
     def invoke(self, ctx):
+        import os
+        import signal
+
+        from infoprobe.results import keep_on_interrupt, kept_on_interrupt
+
+        keep_on_interrupt(None)
+        warnings.showwarning = _show_warning
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:   # not the main thread
+            previous = None
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except InfoprobeError as exc:
-            click.echo(f"infoprobe: error: {exc}", err=True)
+            click.echo(f"infoprobe: error: {_one_line(exc)}", err=True)
             sys.exit(2)
+        except (KeyboardInterrupt, _Terminated):
+            click.echo(f"infoprobe: interrupted; {kept_on_interrupt()}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except MemoryError:
+            click.echo("infoprobe: error: out of memory; lower --max-memory (or --batch-size) so that infoprobe "
+                       "works in smaller blocks", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            click.echo(f"infoprobe: error: {exc.strerror or _one_line(exc)}{where}; nothing was written "
+                       "under a final name", err=True)
+            sys.exit(2)
+        except Exception as exc:
+            if os.environ.get("INFOPROBE_DEBUG"):
+                raise
+            click.echo(f"infoprobe: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} (a defect in "
+                       "infoprobe: please report it; INFOPROBE_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _harden(cmd: click.Command, *, stage: bool = True) -> click.Command:
+    """Give a command the budget options and run it inside a result set.
+
+    Adds ``--max-memory`` (every command) and, where the command captures, ``--max-store-size``;
+    resolves ``--progress`` left unset to "stderr is a terminal"; runs the command with its
+    budgets (:func:`infoprobe.limits.budgets`) and every file it writes staged
+    (:func:`infoprobe.results.result_set`): the files appear when it succeeds (exit 0, or 1
+    for a gate that fails), never after an error or an interruption.
+    """
+    import contextlib
+    import functools
+
+    cmd.params.append(click.Option(
+        ["--max-memory"], default=None, metavar="SIZE", envvar="INFOPROBE_MAX_MEMORY",
+        help="Memory budget: refuse, before allocating, any array larger than this (default 4G; "
+             "env INFOPROBE_MAX_MEMORY)."))
+    callback = cmd.callback
+
+    @functools.wraps(callback)
+    def run(*args, max_memory=None, **kwargs):
+        from infoprobe.limits import budgets
+        from infoprobe.results import result_set
+
+        if "progress" in kwargs and kwargs["progress"] is None:
+            kwargs["progress"] = sys.stderr.isatty()
+        status = None
+        store = kwargs.pop("max_store_size", None)
+        with budgets(memory=_size(max_memory) if max_memory else None, store=_size(store) if store else None):
+            with result_set() if stage else contextlib.nullcontext():
+                try:
+                    return callback(*args, **kwargs)
+                except SystemExit as exc:   # a gate's verdict (0/1) keeps its report
+                    if exc.code not in (None, 0, 1):
+                        raise
+                    status = exc.code
+        sys.exit(status)
+
+    cmd.callback = run
+    return cmd
+
+
+def _announcer(progress: bool):
+    """Where a command announces its work (expected sizes, plans, resumption): stderr, with the
+    progress bars; None when they are off, so that a failing command's log is one line."""
+    return (lambda line: click.echo(line, err=True)) if progress else None
+
+
+def _announce_estimate(est, progress: bool) -> None:
+    """The synergy search plan with the progress bars; its warning (far over budget) always."""
+    if progress:
+        click.echo("\n".join(est.lines()), err=True)
+    elif est.warning():
+        click.echo(f"infoprobe: warning: {est.warning().removeprefix('WARNING: ')}", err=True)
 
 
 def _csv_list(value):
@@ -40,7 +156,8 @@ def _csv_list(value):
 
 max_size_option = click.option("--max-model-size", default=str(DEFAULT_MAX_BYTES // 1024**3) + "G",
                                show_default=True, help="Refuse models (with external data) larger than this.")
-progress_option = click.option("--progress/--no-progress", default=True, help="Show progress bars (on stderr).")
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Progress bars on stderr [default: when stderr is a terminal].")
 out_dir_option = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
                               help="Folder for results.")
 #: Options of every analysis that writes a results folder: seed, plots, overwriting.
@@ -145,6 +262,8 @@ def _with(options):
 @click.option("--layers", default=None, help="Comma-separated unit layers (default: all).")
 @click.option("--batch-size", default=512, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (kept until the new one is complete).")
+@click.option("--max-store-size", default=None, metavar="SIZE", envvar="INFOPROBE_MAX_STORE_SIZE",
+              help="Refuse to write a store larger than this (default 1G; env INFOPROBE_MAX_STORE_SIZE).")
 @max_size_option
 @progress_option
 def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, batch_size, overwrite,
@@ -152,11 +271,16 @@ def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, ba
     """Run MODEL over a data set and store every unit layer's activations in HDF5.
 
     Pre- and post-activations, labels, and each layer's incoming weights and bias are
-    written. An interrupted capture resumes where it stopped when run again.
+    written. The expected size of the store is printed first; a store over --max-store-size
+    or over the disk's free space is refused before anything runs. The store appears under
+    --out only when complete: an interrupted capture keeps OUT.partial and resumes where it
+    stopped when run again; one capture at a time writes a given --out.
 
     \b
-    Example:
+    Examples:
       infoprobe capture model.onnx --data mnist.npz --split validation --out acts.h5
+      infoprobe capture cnn.onnx --data fashion.npz --split test --limit 1000 --layers conv2,fc1 \\
+          --max-store-size 4G --out acts.h5
     """
     from infoprobe.analyses.capture import capture as run
     from infoprobe.data import load_data
@@ -164,7 +288,7 @@ def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, ba
     lm = _load(model, max_model_size)
     data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit)
     path = run(lm, data, out, layers=_csv_list(layers), batch_size=batch_size, scale=scale,
-               overwrite=overwrite, progress=progress)
+               overwrite=overwrite, progress=progress, notify=_announcer(progress))
     click.echo(f"wrote {path} ({len(data)} samples, {len(_csv_list(layers) or lm.layers)} layers)")
 
 
@@ -236,7 +360,7 @@ def importance(store, out, layers, which, quantizer, bins, threshold, js, device
 @click.option("--batch-size", default=4096, show_default=True, type=int)
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing result files in --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the 50%%-ablated accuracies as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the accuracies with 50 percent of the units ablated as JSON.")
 @max_size_option
 @progress_option
 def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, measures, order, value, scope,
@@ -362,7 +486,7 @@ def synergy(stores, out, layers, which, labels, max_size, exhaustive_up_to, budg
     res = run(list(stores), layers=_csv_list(layers), which=which, labels=labels, max_size=max_size,
               exhaustive_up_to=exhaustive_up_to, budget=budget, keep=keep, ties=ties, biascorrect=bias_correct,
               max_samples=max_samples, seed=seed, device=device, threads=threads, progress=progress,
-              on_estimate=lambda est: click.echo("\n".join(est.lines()), err=True))
+              on_estimate=lambda est: _announce_estimate(est, progress))
     files = res.save(out, overwrite=overwrite)
     if plot:
         files.append(plot_synergy(res.profiles, out / "synergy.png"))
@@ -1082,6 +1206,12 @@ def demo(out, n_steps, random_repeats, as_json, progress):
                f"chi-squared p {md['chi2_importance']:.2g}; "
                + ", ".join(f"{k} {v}" for k, v in md["categories"].items() if v) + " (modules/)")
     click.echo(f"results in {out}/: " + ", ".join(summary["files"]))
+
+
+#: Commands whose files are not staged: the demo reads back the models it writes.
+_UNSTAGED = {"demo"}
+for _command in cli.commands.values():
+    _harden(_command, stage=_command.name not in _UNSTAGED)
 
 
 def main():

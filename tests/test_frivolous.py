@@ -480,7 +480,7 @@ def test_the_fixture_family_has_frivolous_units_growing_faster_than_the_width():
 # --------------------------------------------------------------------------- CLI
 
 def test_cli_one_model_plans_and_thin_model(tmp_path):
-    from cli.main import cli
+    from infoprobe.cli.main import cli
 
     out = tmp_path / "f"
     args = ["frivolous", str(FIX / "synth_mlp_w1.onnx"), "--data", str(SYNTH), "--split", "test", "--out", str(out),
@@ -514,7 +514,7 @@ def test_cli_one_model_plans_and_thin_model(tmp_path):
 
 
 def test_cli_sweep_and_synthetic(tmp_path):
-    from cli.main import cli
+    from infoprobe.cli.main import cli
 
     r = CliRunner().invoke(cli, ["synthetic", "--dims", "5", "--train", "50", "--test", "60", "--out",
                                  str(tmp_path / "s.npz")])

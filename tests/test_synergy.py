@@ -88,7 +88,7 @@ def test_cli_synergy(tmp_path, relu_stores):
 
     out = tmp_path / "res"
     r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(out), "--max-size", "5",
-                                 "--exhaustive-up-to", "4", "--labels", "ordinal", "--json", "--no-progress",
+                                 "--exhaustive-up-to", "4", "--labels", "ordinal", "--json", "--progress",
                                  "--model", str(FIX / "mlp_relu.onnx"), "--plan", str(tmp_path / "plan.json"),
                                  "--data", str(FIX / "mnist_demo.npz"), "--split", "test", "--random-repeats", "2"])
     assert r.exit_code == 0, r.output
@@ -150,14 +150,15 @@ def test_cli_prints_the_estimate_before_searching(tmp_path, relu_stores, monkeyp
 
     monkeypatch.setattr(mod, "search_multiplets", noisy)
     r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(tmp_path / "a"), "--max-size", "4",
-                                 "--no-progress", "--no-plot"])
+                                 "--progress", "--no-plot"])
     assert r.exit_code == 0, r.output
     lines = r.stderr.splitlines()
     assert lines[0].startswith("O-information search: exhaustive size auto, budget 60 s")
     for lay in ("fc1_matmul", "fc2_matmul", "fc3_matmul"):   # 20 units: every multiplet up to 4 fits
         row = next(line.split() for line in lines if line.split()[:1] == [lay])
         assert row[1:5] == ["20", "up", "to", "4"] and row[5:8] == ["6.2k", "+", "0"]
-    assert lines.index("searching") > max(i for i, line in enumerate(lines) if line.split()[:1] == ["total"])
+    total = next(line for line in lines if line.split()[:1] == ["total"])
+    assert r.stderr.index("searching") > r.stderr.index(total)   # (the progress bar shares its line)
     assert "WARNING" not in r.stderr
     rows = (tmp_path / "a" / "synergy.csv").read_text().splitlines()
     assert rows[0].split(",")[:7] == ["network", "store", "layer", "size", "direction", "method", "exhaustive_up_to"]
@@ -165,8 +166,10 @@ def test_cli_prints_the_estimate_before_searching(tmp_path, relu_stores, monkeyp
     # an explicit size far over the budget runs, with a warning; a tiny budget picks the smallest size
     r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(tmp_path / "b"), "--max-size", "4",
                                  "--exhaustive-up-to", "4", "--budget", "1e-9", "--no-progress", "--no-plot"])
-    assert r.exit_code == 0 and "WARNING: exhaustive search up to 4 units is estimated at" in r.stderr
-    assert r.stderr.index("WARNING") < r.stderr.index("searching")
+    # without the progress bars only the warning is announced, on one line
+    warning = "infoprobe: warning: exhaustive search up to 4 units is estimated at"
+    assert r.exit_code == 0 and warning in r.stderr and "O-information search:" not in r.stderr
+    assert r.stderr.index(warning) < r.stderr.index("searching")
     r = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--out", str(tmp_path / "c"), "--max-size", "4",
                                  "--budget", "1e-9", "--no-progress", "--no-plot"])
     assert r.exit_code == 0 and "even the smallest exhaustive size" in r.stderr

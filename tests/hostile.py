@@ -1,0 +1,1368 @@
+"""A corpus of hostile and malformed input files, generated at run time, and its judge.
+
+Every hostile or malformed model, activation store or data file must be refused with one
+line on stderr that starts with ``infoprobe: error:`` and exit status 2: never a traceback,
+never a byte read from outside the input's folder, never more memory than a budget. Nothing
+here is committed as a binary: each :class:`Case` writes its files into a fresh folder.
+
+``Case.build(folder)`` returns a dict:
+
+``argv``
+    CLI arguments without the program name.
+``cwd``
+    Directory to run from.
+``secret``
+    Bytes that live outside the input's folder and must appear in no file the command
+    writes, nor on stdout or stderr (or None).
+``memory``
+    True for bombs: the command's peak RSS must stay under :data:`RSS_BUDGET`.
+``expect``
+    Exit status (default 2); 0 for legitimate inputs that must work without leaking.
+``outside``
+    Files the command must never open (watched with inotify where available).
+``must_not_exist``
+    Paths that must not exist afterwards (e.g. a pruned model that cannot run).
+``verify``
+    Optional ``callable() -> str | None`` run after a successful command; a string is a
+    failure reason.
+
+Used by ``tests/test_hostile.py`` and ``benchmarks/hostile_corpus.py``.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import io
+import json
+import mmap
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+#: Largest peak resident set size of a command on a ``memory`` case.
+RSS_BUDGET = 2 * 1024**3
+#: Wall-clock limit of one command, seconds.
+TIMEOUT = 60.0
+ERROR_PREFIX = "infoprobe: error:"
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input.
+
+    Attributes
+    ----------
+    id : str
+    cls : {"onnx", "store", "data", "control"}
+        The hostile file's kind (controls are valid inputs that must work).
+    description : str
+    build : callable
+        ``build(folder: Path) -> dict`` writes the files (see the module docstring).
+    isolate : bool
+        Run in a child process even in the in-process tests (the library may crash the
+        interpreter on it, e.g. by a memory-mapped read past the end of a file).
+    """
+
+    id: str
+    cls: str
+    description: str
+    build: Callable[[Path], dict]
+    isolate: bool = False
+
+
+CASES: list[Case] = []
+CONTROLS: list[Case] = []
+
+
+def case(id, cls, description, *, isolate=False):
+    """Register ``build`` as a case of the corpus (or a control when ``cls="control"``)."""
+    def deco(build):
+        (CONTROLS if cls == "control" else CASES).append(Case(id, cls, description, build, isolate))
+        return build
+    return deco
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+RNG = np.random.default_rng(20240611)
+W1 = RNG.normal(size=(8, 4)).astype(np.float32)
+B1 = RNG.normal(size=8).astype(np.float32)
+W2 = RNG.normal(size=(3, 8)).astype(np.float32)
+B2 = RNG.normal(size=3).astype(np.float32)
+N_ROWS = 40
+X = RNG.normal(size=(N_ROWS, 4)).astype(np.float32)
+Y = (np.arange(N_ROWS) % 3).astype(np.int64)
+SPLIT = np.r_[np.ones(N_ROWS // 2), np.full(N_ROWS // 2, 2)].astype(np.int64)
+
+
+def secret_for(case_id: str, size: int = 32) -> bytes:
+    """A distinctive ASCII string (its float32 reading is finite and positive)."""
+    digest = hashlib.sha256(case_id.encode()).hexdigest()
+    return (b"SECRET-" + digest.encode() * 2)[:size]
+
+
+def _vi(name, dims, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, dims)
+
+
+def mlp_proto(*, bias=None, inputs=None, outputs=None, extra_nodes=(), extra_inits=(),
+              opset=OPSET, output="logits") -> onnx.ModelProto:
+    """The 4-8-3 MLP (Gemm fc1, Relu, Gemm fc2), float32; ``bias`` replaces fc1.bias."""
+    inits = [numpy_helper.from_array(W1, "fc1.weight"),
+             bias if bias is not None else numpy_helper.from_array(B1, "fc1.bias"),
+             numpy_helper.from_array(W2, "fc2.weight"), numpy_helper.from_array(B2, "fc2.bias"),
+             *extra_inits]
+    nodes = [helper.make_node("Gemm", ["input", "fc1.weight", "fc1.bias"], ["fc1.out"], name="fc1", transB=1),
+             helper.make_node("Relu", ["fc1.out"], ["relu1.out"], name="relu1"),
+             helper.make_node("Gemm", ["relu1.out", "fc2.weight", "fc2.bias"], [output], name="fc2", transB=1),
+             *extra_nodes]
+    graph = helper.make_graph(nodes, "mlp", inputs if inputs is not None else [_vi("input", ["N", 4])],
+                              outputs if outputs is not None else [_vi("logits", ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def external_tensor(name, dims, location, *, offset=None, length=None) -> TensorProto:
+    """A float32 tensor whose data is in an external file (entries written verbatim)."""
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(dims),
+                    data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        if value is not None:
+            entry = t.external_data.add()
+            entry.key, entry.value = key, str(value)
+    return t
+
+
+def save_model(proto, path: Path) -> Path:
+    """Serialise without onnx.save (which would touch external data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def valid_data(path: Path, **overrides) -> Path:
+    """x float32 [40, 4], y in 0..2, split 1 then 2 (``overrides`` replace or drop arrays)."""
+    arrays = dict(x=X, y=Y, split=SPLIT)
+    arrays.update(overrides)
+    return write_npz(path, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def valid_model(path: Path) -> Path:
+    return save_model(mlp_proto(), path)
+
+
+def outside_file(folder: Path, data: bytes, name: str = "secret.bin") -> Path:
+    """A file in ``<folder>/outside``: never inside any input's folder."""
+    p = folder / "outside" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def forward(x):
+    """NumPy forward pass of the MLP: (pre1, post1, pre2)."""
+    pre1 = x @ W1.T + B1
+    post1 = np.maximum(pre1, 0)
+    return pre1, post1, post1 @ W2.T + B2
+
+
+def write_store(path: Path, *, x=X, labels=Y, index=None) -> Path:
+    """A valid activation store (schema version 1) of the MLP over ``x``, written by hand."""
+    pre1, post1, pre2 = (a.astype(np.float32) for a in forward(x))
+    n = len(x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format="infoprobe-activations", schema_version=1, created_by="hostile corpus",
+                       source="onnx", complete=True, rows_written=n, n_rows=n)
+        s = f.create_group("samples")
+        if labels is not None:
+            s.create_dataset("labels", data=labels)
+        s.create_dataset("index", data=np.arange(n, dtype=np.int64) if index is None else index)
+        layers = f.create_group("layers")
+        for name, depth, act, pre, post, w, b, ins, out in (
+                ("fc1", 1, "relu", pre1, post1, W1, B1, [], False),
+                ("fc2", 2, "none", pre2, pre2, W2, B2, ["fc1"], True)):
+            g = layers.create_group(name)
+            g.attrs.update(kind="dense", activation=act, depth=depth, units=w.shape[0], op="Gemm",
+                           fan_in=w.shape[1], is_output=out, inputs=json.dumps(ins))
+            for key, arr in (("pre", pre), ("post", post)):
+                g.create_dataset(key, data=arr, chunks=(min(n, 1024), arr.shape[1]) if n else None)
+            g.create_dataset("weight", data=w)
+            g.create_dataset("bias", data=b)
+        f.create_group("outputs").create_dataset("logits", data=pre2, chunks=(min(n, 1024), 3) if n else None)
+    return path
+
+
+def store_case(folder: Path, verb: str, edit=None, **extra) -> dict:
+    """A valid store at ``<folder>/in/acts.h5`` edited by ``edit(h5py.File)``, fed to ``verb``."""
+    path = write_store(folder / "in" / "acts.h5")
+    if edit is not None:
+        with h5py.File(path, "r+") as f:
+            edit(f)
+    return dict(store_spec(folder, verb, path), **extra)
+
+
+def store_spec(folder: Path, verb: str, path: Path) -> dict:
+    """Arguments that feed a store to ``verb`` (importance, synergy, frivolous or ablate)."""
+    out = folder / "results"
+    if verb == "importance":
+        argv = ["importance", str(path), "--out", str(out), "--no-plot", "--no-progress"]
+    elif verb == "synergy":
+        argv = ["synergy", str(path), "--out", str(out), "--max-size", "3", "--exhaustive-up-to", "2",
+                "--no-plot", "--no-progress"]
+    elif verb == "frivolous":
+        argv = ["frivolous", str(path), "--out", str(out), "--no-plot", "--no-progress"]
+    elif verb == "ablate":
+        model = valid_model(folder / "model" / "mlp.onnx")
+        data = valid_data(folder / "model" / "data.npz")
+        argv = ["ablate", str(model), str(path), "--data", str(data), "--out", str(out),
+                "--random-repeats", "1", "--no-plot", "--no-progress"]
+    else:
+        raise ValueError(verb)
+    return dict(argv=argv, cwd=folder, secret=None, memory=False)
+
+
+def capture_spec(folder: Path, model: Path, data: Path | None = None, **extra) -> dict:
+    """``capture MODEL --data DATA --out <folder>/out/acts.h5``."""
+    data = data or valid_data(folder / "data" / "data.npz")
+    (folder / "out").mkdir(exist_ok=True)
+    argv = ["capture", str(model), "--data", str(data), "--out", str(folder / "out" / "acts.h5"), "--no-progress"]
+    return dict(dict(argv=argv, cwd=folder, secret=None, memory=False), **extra)
+
+
+def _replace(group, name, make):
+    """Delete dataset ``name`` of ``group`` and create it again with ``make(group, name)``."""
+    del group[name]
+    make(group, name)
+
+
+# ----------------------------------------------------------------------------- ONNX cases
+
+def _ext_case(folder, location, *, data: bytes | None = None, data_name="bias.bin", verb="capture",
+              offset=None, length=None, outside=True):
+    """MLP whose fc1.bias is external at ``location``; the secret in ``<folder>/outside``."""
+    secret = secret_for(folder.name)
+    src = outside_file(folder, secret)
+    mdir = folder / "model"
+    mdir.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        (mdir / data_name).write_bytes(data)
+    model = save_model(mlp_proto(bias=external_tensor("fc1.bias", [8], location, offset=offset, length=length)),
+                       mdir / "mlp.onnx")
+    spec = (capture_spec(folder, model) if verb == "capture"
+            else dict(argv=["inspect", str(model)], cwd=folder, memory=False))
+    return dict(spec, secret=secret, outside=[src] if outside else [])
+
+
+@case("onnx_ext_absolute", "onnx", "capture: fc1.bias external at an absolute path outside the folder")
+def _(folder):
+    return _ext_case(folder, str((folder / "outside" / "secret.bin").resolve()))
+
+
+@case("onnx_ext_dotdot", "onnx", "capture: external location ../outside/secret.bin")
+def _(folder):
+    return _ext_case(folder, "../outside/secret.bin")
+
+
+@case("onnx_ext_symlink_dir", "onnx", "capture: external location through a symlinked folder (lib -> ../outside)")
+def _(folder):
+    spec = _ext_case(folder, "lib/secret.bin")
+    (folder / "model" / "lib").symlink_to("../outside", target_is_directory=True)
+    return spec
+
+
+@case("onnx_ext_symlink_file", "onnx", "inspect: external data file is a symlink to a file outside")
+def _(folder):
+    spec = _ext_case(folder, "bias.bin", verb="inspect")
+    (folder / "model" / "bias.bin").symlink_to("../outside/secret.bin")
+    return spec
+
+
+@case("onnx_ext_hardlink", "onnx", "capture: external data file is a hard link to a file outside "
+      "(not watched: the link shares the secret's inode)")
+def _(folder):
+    spec = _ext_case(folder, "bias.bin", outside=False)
+    os.link(folder / "outside" / "secret.bin", folder / "model" / "bias.bin")
+    return spec
+
+
+@case("onnx_ext_missing", "onnx", "capture: external data file does not exist")
+def _(folder):
+    return _ext_case(folder, "bias.bin")
+
+
+@case("onnx_ext_offset_beyond", "onnx", "capture: external offset 4096 in a 32-byte file", isolate=True)
+def _(folder):
+    return _ext_case(folder, "bias.bin", data=B1.tobytes(), offset=4096)
+
+
+@case("onnx_ext_length_beyond", "onnx", "capture: external length 4096 in a 32-byte file", isolate=True)
+def _(folder):
+    return _ext_case(folder, "bias.bin", data=B1.tobytes(), length=4096)
+
+
+@case("onnx_ext_short_file", "onnx", "capture: external file of 16 bytes for a 32-byte tensor", isolate=True)
+def _(folder):
+    return _ext_case(folder, "bias.bin", data=B1.tobytes()[:16])
+
+
+@case("onnx_ext_offset_text", "onnx", "capture: external offset 'abc'")
+def _(folder):
+    return _ext_case(folder, "bias.bin", data=B1.tobytes(), offset="abc")
+
+
+@case("onnx_ext_length_negative", "onnx", "capture: external length '-5'")
+def _(folder):
+    return _ext_case(folder, "bias.bin", data=B1.tobytes(), length="-5")
+
+
+@case("onnx_ext_offset_negative", "onnx", "capture: external offset '-5'")
+def _(folder):
+    return _ext_case(folder, "bias.bin", data=B1.tobytes(), offset="-5")
+
+
+@case("onnx_ext_location_nul", "onnx", "capture: external location 'bias.bin\\0../outside/secret.bin'")
+def _(folder):
+    return _ext_case(folder, "bias.bin\x00../outside/secret.bin", data=B1.tobytes())
+
+
+@case("onnx_ext_backslash", "onnx", "capture: external location '..\\outside\\secret.bin'")
+def _(folder):
+    return _ext_case(folder, "..\\outside\\secret.bin")
+
+
+@case("onnx_ext_constant_node", "onnx", "capture: a Constant node's tensor external at ../outside/secret.bin")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = outside_file(folder, secret)
+    const = helper.make_node("Constant", [], ["fc1.bias"], name="bias_const",
+                             value=external_tensor("value", [8], "../outside/secret.bin"))
+    proto = mlp_proto()
+    del proto.graph.initializer[1]
+    proto.graph.node.insert(0, const)
+    model = save_model(proto, folder / "model" / "mlp.onnx")
+    return dict(capture_spec(folder, model), secret=secret, outside=[src])
+
+
+def _decoy(folder, verb):
+    """fc1.bias external at '.ssh/id_rsa': a decoy beside the model, the secret in the cwd."""
+    secret = secret_for(folder.name)
+    home = folder / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_bytes(secret)
+    mdir = folder / "model"
+    (mdir / ".ssh").mkdir(parents=True)
+    (mdir / ".ssh" / "id_rsa").write_bytes(B1.tobytes())
+    model = save_model(mlp_proto(bias=external_tensor("fc1.bias", [8], ".ssh/id_rsa", offset=0, length=32)),
+                       mdir / "mlp.onnx")
+    x = X.copy()
+    x[:10] = 0.0   # rows whose pre-activation is the bias itself, byte for byte
+    data = valid_data(mdir / "data.npz", x=x)
+    store = folder / "out" / "acts.h5"
+    store.parent.mkdir()
+
+    def verify():
+        if verb != "capture":
+            return None
+        with h5py.File(store, "r") as f:
+            bias = f["layers/fc1/bias"][()]
+            pre = f["layers/fc1/pre"][:10]
+        if not np.array_equal(bias, B1):
+            return "the store's fc1 bias is not the decoy beside the model"
+        if not np.array_equal(pre, np.broadcast_to(B1, pre.shape)):
+            return "fc1 pre-activations of zero inputs are not the decoy bias (read from the cwd?)"
+        return None
+
+    argv = (["capture", str(model), "--data", str(data), "--out", str(store), "--no-progress"]
+            if verb == "capture" else ["inspect", str(model)])
+    return dict(argv=argv, cwd=home, secret=secret, memory=False, expect=0,
+                outside=[home / ".ssh" / "id_rsa"], verify=verify)
+
+
+@case("onnx_decoy_capture", "onnx", "capture from another cwd: fc1.bias at .ssh/id_rsa, a decoy beside the "
+      "model and the secret in cwd/.ssh/id_rsa; must succeed with the decoy")
+def _(folder):
+    return _decoy(folder, "capture")
+
+
+@case("onnx_decoy_inspect", "onnx", "inspect from another cwd: the .ssh/id_rsa decoy model; must succeed")
+def _(folder):
+    return _decoy(folder, "inspect")
+
+
+@case("onnx_ext_other_cwd", "onnx", "capture from another cwd: a legitimate model with all weights in "
+      "mlp.onnx.data beside it; must succeed")
+def _(folder):
+    mdir = folder / "model"
+    mdir.mkdir(parents=True)
+    onnx.save_model(mlp_proto(), str(mdir / "mlp.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="mlp.onnx.data", size_threshold=0)
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir()
+    return dict(capture_spec(folder, mdir / "mlp.onnx"), cwd=elsewhere, expect=0)
+
+
+@case("onnx_truncated", "onnx", "capture: the model file cut in half")
+def _(folder):
+    raw = mlp_proto().SerializeToString()
+    p = folder / "model" / "mlp.onnx"
+    p.parent.mkdir(parents=True)
+    p.write_bytes(raw[: len(raw) // 2])
+    return capture_spec(folder, p)
+
+
+@case("onnx_random_bytes", "onnx", "inspect: 4 KiB of random bytes")
+def _(folder):
+    p = folder / "model.onnx"
+    p.write_bytes(np.random.default_rng(1).bytes(4096))
+    return dict(argv=["inspect", str(p)], cwd=folder, secret=None, memory=False)
+
+
+@case("onnx_empty", "onnx", "inspect: an empty file")
+def _(folder):
+    p = folder / "model.onnx"
+    p.write_bytes(b"")
+    return dict(argv=["inspect", str(p)], cwd=folder, secret=None, memory=False)
+
+
+@case("onnx_no_graph", "onnx", "inspect: a valid ModelProto with an opset and no graph")
+def _(folder):
+    m = onnx.ModelProto(ir_version=8, producer_name="x")
+    m.opset_import.add(domain="", version=OPSET)
+    p = save_model(m, folder / "model.onnx")
+    return dict(argv=["inspect", str(p)], cwd=folder, secret=None, memory=False)
+
+
+@case("onnx_opset9", "onnx", "capture: the MLP declared as opset 9")
+def _(folder):
+    return capture_spec(folder, save_model(mlp_proto(opset=9), folder / "model" / "mlp.onnx"))
+
+
+@case("onnx_raw_data_mismatch", "onnx", "capture: fc1.bias dims [8] with 12 bytes of raw_data")
+def _(folder):
+    t = TensorProto(name="fc1.bias", data_type=TensorProto.FLOAT, dims=[8], raw_data=B1.tobytes()[:12])
+    return capture_spec(folder, save_model(mlp_proto(bias=t), folder / "model" / "mlp.onnx"))
+
+
+@case("onnx_huge_dims", "onnx", "capture: an initializer of dims [2**40, 2**40] holding 32 bytes, fed to Gemm",
+      isolate=True)
+def _(folder):
+    t = TensorProto(name="big", data_type=TensorProto.FLOAT, dims=[2**40, 2**40], raw_data=B1.tobytes())
+    proto = mlp_proto(extra_inits=[t], extra_nodes=[
+        helper.make_node("Gemm", ["input", "big"], ["big.out"], name="fc_big", transB=1)],
+        outputs=[_vi("logits", ["N", 3]), _vi("big.out", ["N", 2**40])])
+    return capture_spec(folder, save_model(proto, folder / "model" / "mlp.onnx"), memory=True)
+
+
+@case("onnx_string_initializer", "onnx", "capture: fc1.weight of dtype string feeding Gemm")
+def _(folder):
+    t = helper.make_tensor("fc1.weight", TensorProto.STRING, [8, 4], [b"w"] * 32)
+    proto = mlp_proto()
+    proto.graph.initializer[0].CopyFrom(t)
+    return capture_spec(folder, save_model(proto, folder / "model" / "mlp.onnx"))
+
+
+@case("onnx_two_inputs", "onnx", "capture: a graph with a second data input")
+def _(folder):
+    proto = mlp_proto(inputs=[_vi("input", ["N", 4]), _vi("other", ["N", 4])])
+    return capture_spec(folder, save_model(proto, folder / "model" / "mlp.onnx"))
+
+
+@case("onnx_no_outputs", "onnx", "inspect: a graph without outputs")
+def _(folder):
+    p = save_model(mlp_proto(outputs=[]), folder / "model" / "mlp.onnx")
+    return dict(argv=["inspect", str(p)], cwd=folder, secret=None, memory=False)
+
+
+@case("onnx_unknown_op", "onnx", "capture: a node of the unknown default-domain op FrobnicateX")
+def _(folder):
+    proto = mlp_proto(output="fc2.out", extra_nodes=[
+        helper.make_node("FrobnicateX", ["fc2.out"], ["logits"], name="frob")])
+    return capture_spec(folder, save_model(proto, folder / "model" / "mlp.onnx"))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@case("onnx_deep_if", "onnx", "inspect: 2000 nested If subgraphs (spliced protobuf bytes)", isolate=True)
+def _(folder, depth=2000):
+    leaf = helper.make_graph([helper.make_node("Constant", [], ["v"], value_float=0.0)], "leaf", [],
+                             [_vi("v", [])]).SerializeToString()
+    inner = leaf
+    for k in range(depth):
+        node = helper.make_node("If", ["cond"], ["v"], name=f"if{k}",
+                                else_branch=helper.make_graph([helper.make_node("Constant", [], ["v"], value_float=1.0)],
+                                                              "e", [], [_vi("v", [])]))
+        then = _field(1, b"then_branch") + _varint(20 << 3) + _varint(5) + _field(6, inner)   # AttributeProto
+        shell = helper.make_graph([], f"g{k}", [], [_vi("v", [])]).SerializeToString()
+        inner = shell + _field(1, node.SerializeToString() + _field(5, then))                 # GraphProto.node
+    proto = mlp_proto(extra_nodes=[helper.make_node("ReduceSum", ["input"], ["s"], keepdims=0),
+                                   helper.make_node("Greater", ["s", "zero"], ["cond"])],
+                      extra_inits=[numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    raw = proto.SerializeToString()
+    p = folder / "model.onnx"
+    p.write_bytes(raw + _field(7, inner))   # a second ModelProto.graph merges into the first
+    return dict(argv=["inspect", str(p)], cwd=folder, secret=None, memory=False)
+
+
+def _bomb_branch(op: str, width: int):
+    """Nodes adding 0 * ReduceSum(<op> of shape [N, width]) to fc2's output."""
+    shape = [helper.make_node("Shape", ["input"], ["in.shape"], end=1),
+             helper.make_node("Concat", ["in.shape", "bomb.width"], ["bomb.shape"], axis=0)]
+    if op == "ConstantOfShape":
+        make = [helper.make_node("ConstantOfShape", ["bomb.shape"], ["bomb"],
+                                 value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))]
+    elif op == "Expand":
+        make = [helper.make_node("Expand", ["bomb.one", "bomb.shape"], ["bomb"])]
+    else:   # Tile of [N, 1] by [1, width]
+        make = [helper.make_node("ReduceSum", ["input", "axis1"], ["in.col"], keepdims=1),
+                helper.make_node("Tile", ["in.col", "bomb.reps"], ["bomb"])]
+    tail = [helper.make_node("ReduceSum", ["bomb", "axis1"], ["bomb.sum"], keepdims=1),
+            helper.make_node("Mul", ["bomb.sum", "zero1"], ["bomb.zero"]),
+            helper.make_node("Add", ["fc2.out", "bomb.zero"], ["logits"], name="bomb_add")]
+    inits = [numpy_helper.from_array(np.array([width], np.int64), "bomb.width"),
+             numpy_helper.from_array(np.array([1, width], np.int64), "bomb.reps"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "bomb.one"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([0.0], np.float32), "zero1")]
+    return mlp_proto(output="fc2.out", extra_nodes=shape + make + tail, extra_inits=inits)
+
+
+def _plan(folder: Path, layer="fc1", units=8, remove=(0,)) -> Path:
+    p = folder / "plan.json"
+    p.write_text(json.dumps({"format": "infoprobe-pruning-plan", "version": 1, "model_sha256": None,
+                             "generator": {"method": "hostile corpus"},
+                             "layers": [{"layer": layer, "units": units,
+                                         "remove": [{"unit": int(u), "constant": 0.0} for u in remove]}]}))
+    return p
+
+
+@case("onnx_shape_bomb_capture", "onnx", "capture: ConstantOfShape [N, 625e6] float32 computed at run "
+      "time (100 GB for 40 rows)")
+def _(folder):
+    model = save_model(_bomb_branch("ConstantOfShape", 625_000_000), folder / "model" / "mlp.onnx")
+    return capture_spec(folder, model, memory=True)
+
+
+@case("onnx_shape_bomb_prune", "onnx", "prune (no --data): Expand to [N, 400e6] float32 at run time "
+      "(102 GB for the latency batch of 64)")
+def _(folder):
+    model = save_model(_bomb_branch("Expand", 400_000_000), folder / "model" / "mlp.onnx")
+    out = folder / "out" / "small.onnx"
+    return dict(argv=["prune", str(model), str(_plan(folder)), "--out", str(out)], cwd=folder,
+                secret=None, memory=True)
+
+
+@case("onnx_tile_bomb_capture", "onnx", "capture: Tile of [N, 1] by [1, 625e6] at run time")
+def _(folder):
+    model = save_model(_bomb_branch("Tile", 625_000_000), folder / "model" / "mlp.onnx")
+    return capture_spec(folder, model, memory=True)
+
+
+def _grouped_conv_model(path: Path) -> Path:
+    """input [N,4,5,5] -> conv c1 (4->8, 3x3) -> Relu -> depthwise dw (group 8) -> Relu -> Flatten -> fc."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 4, 3, 3)).astype(np.float32), "c1.w"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "c1.b"),
+             numpy_helper.from_array(rng.normal(size=(8, 1, 3, 3)).astype(np.float32), "dw.w"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "dw.b"),
+             numpy_helper.from_array(rng.normal(size=(3, 200)).astype(np.float32), "fc.w"),
+             numpy_helper.from_array(rng.normal(size=3).astype(np.float32), "fc.b")]
+    nodes = [helper.make_node("Conv", ["input", "c1.w", "c1.b"], ["c1.out"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1.out"], ["c1.post"], name="c1_relu"),
+             helper.make_node("Conv", ["c1.post", "dw.w", "dw.b"], ["dw.out"], name="dw", pads=[1, 1, 1, 1], group=8),
+             helper.make_node("Relu", ["dw.out"], ["dw.post"], name="dw_relu"),
+             helper.make_node("Flatten", ["dw.post"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "dwnet", [_vi("input", ["N", 4, 5, 5])], [_vi("logits", ["N", 3])], inits)
+    return save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8), path)
+
+
+def _grouped_prune(folder, layer):
+    model = _grouped_conv_model(folder / "model" / "dw.onnx")
+    out = folder / "out" / "small.onnx"
+    return dict(argv=["prune", str(model), str(_plan(folder, layer, 8, (0, 1))), "--out", str(out)],
+                cwd=folder, secret=None, memory=False, must_not_exist=[out])
+
+
+@case("onnx_grouped_conv_prune", "onnx", "prune: remove 2 channels of a depthwise conv (group 8); "
+      "no unrunnable model may be written")
+def _(folder):
+    return _grouped_prune(folder, "dw")
+
+
+@case("onnx_grouped_conv_feeder_prune", "onnx", "prune: remove 2 channels of the conv feeding a depthwise "
+      "conv; no unrunnable model may be written")
+def _(folder):
+    return _grouped_prune(folder, "c1")
+
+
+@case("onnx_huge_input_prune", "onnx", "prune (no --data): declared input [N, 1e9] (a 238 GiB latency batch)")
+def _(folder):
+    proto = mlp_proto(inputs=[_vi("input.raw", ["N", 1_000_000_000])], extra_nodes=[
+        helper.make_node("Slice", ["input.raw", "s0", "s4", "s1"], ["input"], name="slice")],
+        extra_inits=[numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s0", 0), ("s4", 4), ("s1", 1))])
+    nodes = list(proto.graph.node)
+    proto.graph.ClearField("node")
+    proto.graph.node.extend([nodes[-1]] + nodes[:-1])
+    model = save_model(proto, folder / "model" / "mlp.onnx")
+    out = folder / "out" / "small.onnx"
+    return dict(argv=["prune", str(model), str(_plan(folder)), "--out", str(out)], cwd=folder,
+                secret=None, memory=True)
+
+
+@case("onnx_check_candidate_dotdot", "onnx", "check: a candidate whose external data is ../outside/secret.bin")
+def _(folder):
+    spec = _ext_case(folder, "../outside/secret.bin")
+    ref = valid_model(folder / "ref" / "mlp.onnx")
+    data = valid_data(folder / "data" / "data.npz")
+    return dict(spec, argv=["check", str(ref), str(folder / "model" / "mlp.onnx"), "--data", str(data),
+                            "--no-progress"])
+
+
+# ----------------------------------------------------------------------------- store cases
+
+def _secret_h5(folder: Path, secret: bytes) -> Path:
+    """``<folder>/outside/secret.h5`` with /pre float32 [40, 8] whose rows are the secret's bytes."""
+    p = folder / "outside" / "secret.h5"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(p, "w") as f:
+        f.create_dataset("pre", data=np.frombuffer(secret * N_ROWS, np.float32).reshape(N_ROWS, 8))
+    return p
+
+
+@case("store_external_link", "store", "importance: fc1/pre is an ExternalLink to an HDF5 file outside")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = _secret_h5(folder, secret)
+    spec = store_case(folder, "importance", lambda f: _replace(
+        f["layers/fc1"], "pre", lambda g, n: g.__setitem__(n, h5py.ExternalLink(str(src.resolve()), "/pre"))))
+    return dict(spec, secret=secret, outside=[src])
+
+
+@case("store_external_link_relative", "store", "synergy: fc1/pre is an ExternalLink to ../outside/secret.h5")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = _secret_h5(folder, secret)
+    spec = store_case(folder, "synergy", lambda f: _replace(
+        f["layers/fc1"], "pre", lambda g, n: g.__setitem__(n, h5py.ExternalLink("../outside/secret.h5", "/pre"))))
+    return dict(spec, secret=secret, outside=[src])
+
+
+@case("store_vds", "store", "frivolous: fc1/post is a virtual dataset mapping an HDF5 file outside")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = _secret_h5(folder, secret)
+
+    def make(g, n):
+        layout = h5py.VirtualLayout(shape=(N_ROWS, 8), dtype="f4")
+        layout[...] = h5py.VirtualSource(str(src.resolve()), "pre", shape=(N_ROWS, 8))
+        g.create_virtual_dataset(n, layout, fillvalue=0.0)
+
+    spec = store_case(folder, "frivolous", lambda f: _replace(f["layers/fc1"], "post", make))
+    return dict(spec, secret=secret, outside=[src])
+
+
+def _external_raw(folder, verb, target):
+    """fc1 pre and post stored as raw bytes in the external file ``target``."""
+    def edit(f):
+        for key in ("pre", "post"):
+            _replace(f["layers/fc1"], key, lambda g, n: g.create_dataset(n, (N_ROWS, 8), "f4",
+                                                                         external=[(target, 0, N_ROWS * 32)]))
+    return store_case(folder, verb, edit)
+
+
+@case("store_external_raw", "store", "importance: fc1 pre/post have external raw storage in a file outside")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = outside_file(folder, secret * N_ROWS)
+    return dict(_external_raw(folder, "importance", str(src.resolve())), secret=secret, outside=[src])
+
+
+@case("store_external_raw_passwd", "store", "synergy: fc1 pre/post have external raw storage in /etc/passwd")
+def _(folder):
+    spec = _external_raw(folder, "synergy", "/etc/passwd")
+    head = Path("/etc/passwd").read_bytes()[:24] if Path("/etc/passwd").is_file() else None
+    return dict(spec, secret=head if head and len(head) == 24 else None)
+
+
+@case("store_external_raw_cwd", "store", "importance: fc1 pre/post have external raw storage 'secret.bin', "
+      "run from the folder holding it (HDF5 resolves it against the cwd)")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = outside_file(folder, secret * N_ROWS)
+    spec = _external_raw(folder, "importance", "secret.bin")
+    return dict(spec, cwd=src.parent, secret=secret, outside=[src])
+
+
+@case("store_unknown_filter", "store", "importance: fc1 pre/post chunks filtered by the unregistered filter "
+      "id 300 (HDF5 then searches its plugin folder for a shared library to load)")
+def _(folder):
+    def make(g, n):
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((N_ROWS, 8))
+        dcpl.set_filter(300, h5py.h5z.FLAG_OPTIONAL, ())
+        ds = h5py.h5d.create(g.id, n.encode(), h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple((N_ROWS, 8)), dcpl=dcpl)
+        ds.write_direct_chunk((0, 0), np.ones((N_ROWS, 8), np.float32).tobytes(), filter_mask=0)
+
+    def edit(f):
+        for key in ("pre", "post"):
+            _replace(f["layers/fc1"], key, make)
+    return store_case(folder, "importance", edit)
+
+
+def _bomb_store(path: Path, n: int, units: int, chunk_rows: int, fill_chunk: bytes | None = None) -> Path:
+    """A store whose fc1 pre/post are [n, units] float32: unwritten (fill values) or every chunk
+    written as the same gzip stream ``fill_chunk``. Index and labels are gzip-compressed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format="infoprobe-activations", schema_version=1, created_by="hostile corpus",
+                       source="onnx", complete=True, rows_written=n, n_rows=n)
+        s = f.create_group("samples")
+        s.create_dataset("index", data=np.arange(n, dtype=np.int64), compression="gzip", compression_opts=1)
+        s.create_dataset("labels", data=np.arange(n, dtype=np.int64) % 3, compression="gzip", compression_opts=1)
+        g = f.create_group("layers").create_group("fc1")
+        g.attrs.update(kind="dense", activation="relu", depth=1, units=units, op="Gemm", fan_in=4,
+                       is_output=False, inputs="[]")
+        for key in ("pre", "post"):
+            ds = g.create_dataset(key, (n, units), "f4", chunks=(chunk_rows, units),
+                                  compression="gzip" if fill_chunk else None)
+            if fill_chunk:
+                for r in range(0, n, chunk_rows):
+                    ds.id.write_direct_chunk((r, 0), fill_chunk)
+        g.create_dataset("weight", data=rng.normal(size=(units, 4)).astype(np.float32))
+        g.create_dataset("bias", data=np.zeros(units, np.float32))
+        f.create_group("outputs").create_dataset("logits", (n, 3), "f4", chunks=(65536, 3))
+    return path
+
+
+def _fill_bomb(folder, verb):
+    path = _bomb_store(folder / "in" / "acts.h5", 10**6, 4000, 64)
+    return dict(store_spec(folder, verb, path), memory=True)
+
+
+@case("store_fill_bomb_importance", "store", "importance: fc1 declared [1e6, 4000] float32 (16 GB) "
+      "with no chunk written")
+def _(folder):
+    return _fill_bomb(folder, "importance")
+
+
+@case("store_fill_bomb_synergy", "store", "synergy: fc1 declared [1e6, 4000] float32 (16 GB) with no chunk written")
+def _(folder):
+    return _fill_bomb(folder, "synergy")
+
+
+@functools.lru_cache(maxsize=None)
+def _zero_chunk_gzip(nbytes: int) -> bytes:
+    return zlib.compress(bytes(nbytes), 9)
+
+
+def _gzip_bomb(folder, verb):
+    """fc1 [2**21, 1024] float32 (8 GiB) in 2048 chunks of 4 MiB, each ~4 KB of gzip."""
+    path = _bomb_store(folder / "in" / "acts.h5", 2**21, 1024, 1024, _zero_chunk_gzip(1024 * 1024 * 4))
+    return dict(store_spec(folder, verb, path), memory=True)
+
+
+@case("store_gzip_bomb_importance", "store", "importance: 8 GiB of gzip-compressed chunks in a ~20 MB file")
+def _(folder):
+    return _gzip_bomb(folder, "importance")
+
+
+@case("store_gzip_bomb_frivolous", "store", "frivolous: 8 GiB of gzip-compressed chunks in a ~20 MB file")
+def _(folder):
+    return _gzip_bomb(folder, "frivolous")
+
+
+@case("store_inputs_not_json", "store", "synergy: fc2's 'inputs' attribute is not JSON")
+def _(folder):
+    return store_case(folder, "synergy", lambda f: f["layers/fc2"].attrs.__setitem__("inputs", "[fc1"))
+
+
+@case("store_zero_rows", "store", "importance: every dataset has zero rows")
+def _(folder):
+    path = write_store(folder / "in" / "acts.h5", x=X[:0], labels=Y[:0])
+    return store_spec(folder, "importance", path)
+
+
+def _retype(folder, verb, dtype, values):
+    def edit(f):
+        for key in ("pre", "post"):
+            _replace(f["layers/fc1"], key, lambda g, n: g.create_dataset(n, data=values.astype(dtype)))
+    return store_case(folder, verb, edit)
+
+
+@case("store_string_dtype", "store", "importance: fc1 pre/post are byte strings")
+def _(folder):
+    return _retype(folder, "importance", "S8", np.full((N_ROWS, 8), b"1.5"))
+
+
+@case("store_complex_dtype", "store", "synergy: fc1 pre/post are complex64")
+def _(folder):
+    return _retype(folder, "synergy", np.complex64, forward(X)[0] + 1j)
+
+
+@case("store_scalar_dataset", "store", "importance: fc1 pre/post are 0-d datasets")
+def _(folder):
+    def edit(f):
+        for key in ("pre", "post"):
+            _replace(f["layers/fc1"], key, lambda g, n: g.create_dataset(n, data=np.float32(1.0)))
+    return store_case(folder, "importance", edit)
+
+
+@case("store_complete_no", "store", "importance: root attribute complete = 'no' (a string)")
+def _(folder):
+    return store_case(folder, "importance", lambda f: f.attrs.__setitem__("complete", "no"))
+
+
+def _labels(folder, verb, labels, **extra):
+    return store_case(folder, verb, lambda f: _replace(f["samples"], "labels",
+                                                       lambda g, n: g.create_dataset(n, data=labels)), **extra)
+
+
+@case("store_labels_fractional", "store", "importance: labels are floats with fractions")
+def _(folder):
+    return _labels(folder, "importance", Y + 0.5)
+
+
+@case("store_labels_negative", "store", "synergy: labels include -1")
+def _(folder):
+    return _labels(folder, "synergy", np.where(np.arange(N_ROWS) % 5 == 0, -1, Y))
+
+
+@case("store_labels_huge", "store", "importance: a label of 10**12 (a huge class index)")
+def _(folder):
+    y = Y.copy()
+    y[3] = 10**12
+    return _labels(folder, "importance", y, memory=True)
+
+
+@case("store_units_mismatch", "store", "frivolous: fc1 'units' says 5, the datasets hold 8")
+def _(folder):
+    return store_case(folder, "frivolous", lambda f: f["layers/fc1"].attrs.__setitem__("units", 5))
+
+
+@case("store_conv_kind_2d", "store", "frivolous: fc1 kind 'conv' with 2-D activations")
+def _(folder):
+    return store_case(folder, "frivolous", lambda f: f["layers/fc1"].attrs.__setitem__("kind", "conv"))
+
+
+@case("store_depth_text", "store", "importance: fc1 'depth' is the string 'deep'")
+def _(folder):
+    return store_case(folder, "importance", lambda f: f["layers/fc1"].attrs.__setitem__("depth", "deep"))
+
+
+@case("store_no_index", "store", "importance: /samples/index is missing")
+def _(folder):
+    return store_case(folder, "importance", lambda f: f["samples"].__delitem__("index"))
+
+
+@case("store_index_short", "store", "ablate: /samples/index has 10 rows, pre/post 40")
+def _(folder):
+    return store_case(folder, "ablate", lambda f: _replace(
+        f["samples"], "index", lambda g, n: g.create_dataset(n, data=np.arange(10, dtype=np.int64))))
+
+
+@case("store_truncated", "store", "importance: the store cut in half")
+def _(folder):
+    path = write_store(folder / "in" / "acts.h5")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return store_spec(folder, "importance", path)
+
+
+@case("store_not_hdf5", "store", "importance: a text file named acts.h5")
+def _(folder):
+    path = folder / "in" / "acts.h5"
+    path.parent.mkdir(parents=True)
+    path.write_text("this is not an HDF5 file\n" * 20)
+    return store_spec(folder, "importance", path)
+
+
+@case("store_other_hdf5", "store", "importance: an HDF5 file of another format (Keras-like weights)")
+def _(folder):
+    path = folder / "in" / "acts.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = "2.15.0"
+        f.create_group("model_weights").create_dataset("dense/kernel", data=W1)
+    return store_spec(folder, "importance", path)
+
+
+# ----------------------------------------------------------------------------- data cases
+
+def _data_case(folder, data: Path, verb="capture", **extra):
+    model = valid_model(folder / "model" / "mlp.onnx")
+    if verb == "capture":
+        return capture_spec(folder, model, data, **extra)
+    argv = ["check", str(model), str(model), "--data", str(data), "--no-progress"]
+    return dict(dict(argv=argv, cwd=folder, secret=None, memory=False), **extra)
+
+
+def _crc32_zeros(n: int, crc: int, block: bytes) -> int:
+    for _ in range(n):
+        crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _zip_bomb(path: Path, member: str, header: bytes, zero_mib: int) -> Path:
+    """A zip with one deflated member: ``header`` then ``zero_mib`` MiB of zeros, written as
+    one full-flushed deflate block repeated (no zeros are materialised beyond 1 MiB)."""
+    block = bytes(1 << 20)
+    co = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = co.compress(header) + co.flush(zlib.Z_FULL_FLUSH)
+    zeros = co.compress(block) + co.flush(zlib.Z_FULL_FLUSH)
+    tail = co.flush(zlib.Z_FINISH)
+    usize = len(header) + (zero_mib << 20)
+    crc = _crc32_zeros(zero_mib, zlib.crc32(header), block)
+    csize = len(head) + len(zeros) * zero_mib + len(tail)
+    name = member.encode()
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, csize, usize, len(name), 0) + name
+    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc, csize, usize,
+                          len(name), 0, 0, 0, 0, 0, 0) + name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(local)
+        f.write(head)
+        for _ in range(zero_mib):
+            f.write(zeros)
+        f.write(tail)
+        cd_offset = f.tell()
+        f.write(central)
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), cd_offset, 0))
+    return path
+
+
+def _npy_header(shape, descr="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@case("data_npz_zip_bomb", "data", "capture: .npz whose x.npy inflates to 3 GiB of zeros from ~3 MB")
+def _(folder):
+    mib = 3 * 1024
+    path = _zip_bomb(folder / "data" / "data.npz", "x.npy", _npy_header(((mib << 20) // 16, 4)), mib)
+    return _data_case(folder, path, memory=True)
+
+
+@case("data_npy_huge_header", "data", "capture: .npy declaring [2**31, 4] float32 (32 GiB) with 64 bytes of data")
+def _(folder):
+    path = folder / "data" / "x.npy"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_npy_header((2**31, 4)) + bytes(64))
+    return _data_case(folder, path, memory=True)
+
+
+class _Touch:
+    """Pickles to a call that creates ``path`` (proof that the pickle was loaded)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+@case("data_npz_pickle", "data", "capture: .npz with an object (pickled) x whose loading creates a marker file")
+def _(folder):
+    marker = folder / "pickle-was-loaded"
+    header = _npy_header((1,), descr="|O")
+    path = folder / "data" / "data.npz"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", header + pickle.dumps(np.array([_Touch(marker)], dtype=object), protocol=2))
+        with z.open("y.npy", "w") as m:
+            np.save(m, Y[:1])
+    return _data_case(folder, path, must_not_exist=[marker])
+
+
+@case("data_h5_external_link", "data", "capture: .h5 data whose x is an ExternalLink to a file outside")
+def _(folder):
+    secret = secret_for(folder.name, 16)
+    src = folder / "outside" / "secret.h5"
+    src.parent.mkdir(parents=True)
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=np.frombuffer(secret * N_ROWS, np.float32).reshape(N_ROWS, 4))
+    path = folder / "data" / "data.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        f["x"] = h5py.ExternalLink(str(src.resolve()), "/x")
+        f.create_dataset("y", data=Y)
+    return dict(_data_case(folder, path), secret=secret, outside=[src])
+
+
+@case("data_h5_external_raw", "data", "capture: .h5 data whose x has external raw storage outside")
+def _(folder):
+    secret = secret_for(folder.name, 16)
+    src = outside_file(folder, secret * N_ROWS)
+    path = folder / "data" / "data.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", (N_ROWS, 4), "f4", external=[(str(src.resolve()), 0, N_ROWS * 16)])
+        f.create_dataset("y", data=Y)
+    return dict(_data_case(folder, path), secret=secret, outside=[src])
+
+
+@case("data_h5_vds", "data", "check: .h5 data whose x is a virtual dataset of a file outside")
+def _(folder):
+    secret = secret_for(folder.name, 16)
+    src = folder / "outside" / "secret.h5"
+    src.parent.mkdir(parents=True)
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=np.frombuffer(secret * N_ROWS, np.float32).reshape(N_ROWS, 4))
+    path = folder / "data" / "data.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        layout = h5py.VirtualLayout(shape=(N_ROWS, 4), dtype="f4")
+        layout[...] = h5py.VirtualSource(str(src.resolve()), "x", shape=(N_ROWS, 4))
+        f.create_virtual_dataset("x", layout, fillvalue=0.0)
+        f.create_dataset("y", data=Y)
+    return dict(_data_case(folder, path, verb="check"), secret=secret, outside=[src])
+
+
+@case("data_h5_fill_bomb", "data", "capture: .h5 data whose x is declared [1e9, 4] float32 (16 GB), no chunk written")
+def _(folder):
+    path = folder / "data" / "data.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", (10**9, 4), "f4", chunks=(65536, 4))
+    return _data_case(folder, path, memory=True)
+
+
+@case("data_string_x", "data", "capture: x is an array of unicode strings")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", x=X.astype("U8")))
+
+
+@case("data_complex_x", "data", "capture: x is complex64")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", x=X + 1j))
+
+
+@case("data_scalar_x", "data", "capture: x is a 0-d array")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", x=np.float32(1.0), y=None, split=None))
+
+
+@case("data_empty_x", "data", "capture: x has zero samples")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", x=X[:0], y=Y[:0], split=SPLIT[:0]))
+
+
+@case("data_labels_fractional", "data", "check: y holds floats with fractions")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", y=Y + 0.5), verb="check")
+
+
+@case("data_labels_negative", "data", "capture: y holds -1")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", y=np.where(np.arange(N_ROWS) % 4 == 0, -1, Y)))
+
+
+@case("data_labels_huge", "data", "check: y holds 10**12 (a huge class index)")
+def _(folder):
+    y = Y.copy()
+    y[5] = 10**12
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", y=y), verb="check", memory=True)
+
+
+@case("data_labels_wrong_length", "data", "capture: y has 39 entries for 40 samples")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", y=Y[:-1], split=None))
+
+
+@case("data_npz_not_zip", "data", "capture: a .npz that is not a zip file")
+def _(folder):
+    path = folder / "data" / "data.npz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 but not really a zip archive" * 8)
+    return _data_case(folder, path)
+
+
+@case("data_unknown_suffix", "data", "capture: data file data.csv")
+def _(folder):
+    path = folder / "data" / "data.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("1,2,3,4\n" * 40)
+    return _data_case(folder, path)
+
+
+@case("data_x_missing", "data", "capture: .npz without x")
+def _(folder):
+    return _data_case(folder, valid_data(folder / "data" / "data.npz", x=None, features=X))
+
+
+# ----------------------------------------------------------------------------- controls
+
+@case("control_capture", "control", "capture: the valid MLP and data")
+def _(folder):
+    return dict(capture_spec(folder, valid_model(folder / "model" / "mlp.onnx")), expect=0)
+
+
+for _verb in ("importance", "synergy", "frivolous", "ablate"):
+    case(f"control_{_verb}", "control", f"{_verb}: the valid store")(
+        functools.partial(lambda folder, verb: dict(store_case(folder, verb), expect=0), verb=_verb))
+
+
+@case("control_prune", "control", "prune: the valid MLP, one fc1 unit removed")
+def _(folder):
+    model = valid_model(folder / "model" / "mlp.onnx")
+    return dict(argv=["prune", str(model), str(_plan(folder)), "--out", str(folder / "out" / "small.onnx")],
+                cwd=folder, secret=None, memory=False, expect=0)
+
+
+# ----------------------------------------------------------------------------- judging
+
+def snapshot(folder: Path) -> dict:
+    """{path: (inode, size, mtime_ns)} of every regular file under ``folder`` (links not followed)."""
+    out = {}
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if not p.is_symlink():
+                out[p] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def written_files(folder: Path, before: dict) -> list:
+    """Regular files under ``folder`` that are new or changed since ``before``."""
+    return [p for p, sig in snapshot(folder).items() if before.get(p) != sig]
+
+
+def _contains(path: Path, needle: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return False
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                if m.find(needle) >= 0:
+                    return True
+    except (OSError, ValueError):
+        return False
+    if path.suffix in (".h5", ".hdf5", ".partial") or path.name.endswith(".h5.partial"):
+        return _h5_contains(path, needle)
+    return False
+
+
+def _h5_contains(path: Path, needle: bytes, limit=64 * 2**20) -> bool:
+    """Whether a dataset of an HDF5 output holds ``needle`` (catches compressed datasets)."""
+    found = []
+
+    def visit(_name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.size * obj.dtype.itemsize <= limit and not found:
+            try:
+                if obj.is_virtual or obj.external:
+                    return
+                if needle in np.ascontiguousarray(obj[()]).tobytes():
+                    found.append(True)
+            except Exception:
+                pass
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except Exception:
+        return False
+    return bool(found)
+
+
+class OpenWatch:
+    """Report which of ``paths`` were opened or read (Linux inotify; a no-op elsewhere)."""
+
+    IN_ACCESS, IN_OPEN = 0x1, 0x20
+
+    def __init__(self, paths):
+        self.paths = [Path(p) for p in paths or []]
+        self.fd, self.wds = -1, {}
+
+    def __enter__(self):
+        if not self.paths:
+            return self
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            for p in self.paths:
+                wd = libc.inotify_add_watch(self.fd, os.fsencode(p.resolve()), self.IN_ACCESS | self.IN_OPEN)
+                if wd >= 0:
+                    self.wds[wd] = p
+        except (OSError, AttributeError):
+            self.fd = -1
+        return self
+
+    def opened(self) -> list:
+        """Watched paths opened or read since ``__enter__``."""
+        hit = []
+        while self.fd >= 0:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            off = 0
+            while off + 16 <= len(buf):
+                wd, _mask, _cookie, size = struct.unpack_from("iIII", buf, off)
+                off += 16 + size
+                if wd in self.wds and self.wds[wd] not in hit:
+                    hit.append(self.wds[wd])
+        return hit
+
+    def __exit__(self, *exc):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class Outcome:
+    """What a command did: exit status, output, peak RSS (MiB, None in-process), seconds."""
+
+    rc: int
+    stdout: bytes
+    stderr: bytes
+    peak_mib: float | None = None
+    seconds: float = 0.0
+    crash: str | None = None      # unhandled exception (in-process) or kill reason
+    opened: list | None = None
+
+
+def run_subprocess(cmd: list, spec: dict, *, timeout: float = TIMEOUT, rss_kill: int = RSS_BUDGET) -> Outcome:
+    """Run ``cmd + spec["argv"]`` in ``spec["cwd"]``; kill it past ``timeout`` or at ``rss_kill``
+    bytes of RSS (so that a bomb cannot take the machine down); peak RSS from ``wait4``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, OpenWatch(spec.get("outside")) as watch:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([*cmd, *spec["argv"]], cwd=spec["cwd"], stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        killed, status, usage = None, None, None
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - t0 > timeout:
+                killed = f"timed out after {timeout:.0f} s"
+            elif _rss(proc.pid) > rss_kill:
+                killed = f"killed at RSS over {rss_kill / 2**30:.1f} GiB"
+            if killed:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - t0
+        opened = watch.opened()
+        out.seek(0)
+        err.seek(0)
+        return Outcome(proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024, seconds, killed, opened)
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def judge(spec: dict, outcome: Outcome, folder: Path, before: dict) -> list:
+    """Reasons why a case was not handled correctly (empty: refused or run correctly).
+
+    Rules: the expected exit status; for status 2, stderr is exactly one line starting with
+    ``infoprobe: error:`` and no traceback; the secret in no written file, not on stdout or
+    stderr; no watched outside file opened; ``must_not_exist`` paths absent; for ``memory``
+    cases a peak RSS under :data:`RSS_BUDGET`; ``verify()`` passes after a success.
+    """
+    reasons = []
+    expect = spec.get("expect", 2)
+    err = outcome.stderr.decode("utf-8", "replace")
+    if outcome.crash:
+        reasons.append(outcome.crash)
+    if outcome.rc != expect:
+        reasons.append(f"exit {outcome.rc}, expected {expect}")
+    if "Traceback" in err:
+        last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:]
+        reasons.append("traceback: " + (last[0][:160] if last else ""))
+    elif expect == 2 and outcome.rc == 2:
+        lines = err.splitlines()
+        if len(lines) != 1 or not lines[0].startswith(ERROR_PREFIX) or not lines[0][len(ERROR_PREFIX):].strip():
+            reasons.append(f"stderr is {len(lines)} lines, not one '{ERROR_PREFIX}' line: "
+                           + " | ".join(ln[:100] for ln in lines[:3]))
+    secret = spec.get("secret")
+    if secret:
+        if secret in outcome.stdout or secret in outcome.stderr:
+            reasons.append("the secret is on stdout or stderr")
+        leaked = [p for p in written_files(folder, before) if _contains(p, secret)]
+        if leaked:
+            reasons.append("the secret is in " + ", ".join(str(p.relative_to(folder)) for p in leaked))
+    if outcome.opened:
+        reasons.append("opened outside file " + ", ".join(str(p.relative_to(folder)) if p.is_relative_to(folder)
+                                                          else str(p) for p in outcome.opened))
+    for p in spec.get("must_not_exist", ()):
+        if Path(p).exists():
+            reasons.append(f"{Path(p).name} exists")
+    if spec.get("memory") and outcome.peak_mib is not None and outcome.peak_mib * 2**20 > RSS_BUDGET:
+        reasons.append(f"peak RSS {outcome.peak_mib:.0f} MiB over {RSS_BUDGET / 2**30:.0f} GiB")
+    if outcome.rc == 0 == expect and spec.get("verify"):
+        try:
+            why = spec["verify"]()
+        except Exception as exc:   # the output itself is unreadable
+            why = f"output unreadable: {type(exc).__name__}: {exc}"
+        if why:
+            reasons.append(why)
+    return reasons
+
+
+def build(c: Case, folder: Path) -> tuple[dict, dict]:
+    """Build case ``c`` in the empty ``folder``; return its spec and the file snapshot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = c.build(folder)
+    return spec, snapshot(folder)
+
+
+def cases(classes=None) -> list:
+    """Cases of the given classes (all when None)."""
+    return [c for c in CASES if classes is None or c.cls in classes]
+
+
+def _check_unique():
+    ids = [c.id for c in CASES + CONTROLS]
+    dup = {i for i in ids if ids.count(i) > 1}
+    assert not dup, dup
+
+
+_check_unique()

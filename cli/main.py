@@ -883,8 +883,10 @@ def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkp
     histograms of within- and between-class distances between representations. With
     --checkpoints, MODELS are training checkpoints: trajectories, and per-unit trends of the
     binned entropy. beta = 0 gives only the clustering measures: I(X;T) of a deterministic
-    network is not a meaningful number. Method: Goldfeld et al., "Estimating Information Flow
-    in Deep Neural Networks" (ICML 2019).
+    network is not a meaningful number. Each finished checkpoint is kept in OUT/.flow-partial
+    until the tables are written, so an interrupted run given the same options and --out
+    resumes with the checkpoints already done. Method: Goldfeld et al., "Estimating
+    Information Flow in Deep Neural Networks" (ICML 2019).
 
     \b
     Examples:
@@ -892,7 +894,10 @@ def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkp
       infoprobe flow --checkpoints epoch_*.onnx --epochs 0,10,50,150 --data szt.npz --beta 0.005 --out flow/
       infoprobe flow model.onnx --data mnist.npz --split test --beta 0 --bin-size 0.01 --out flow/
     """
-    from infoprobe.analyses.flow import DETERMINISTIC_NOTE, flow_series
+    import shutil
+
+    from infoprobe.analyses.flow import DETERMINISTIC_NOTE, PARTIAL_DIR, TABLES, flow_series
+    from infoprobe.results import after_commit, check_outputs, keep_on_interrupt
 
     if len(models) > 1 and not checkpoints:
         raise click.UsageError("several MODELS are read as training checkpoints: pass --checkpoints")
@@ -905,15 +910,28 @@ def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkp
     from infoprobe.data import load_data
 
     data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit)
+    check_outputs([out / f"{t}.{e}" for t in TABLES for e in ("csv", "json")], overwrite)   # before the work
     if beta == 0:
         click.echo(DETERMINISTIC_NOTE, err=True)
+    partial = out / PARTIAL_DIR
+
+    def kept():
+        done = len(list(partial.glob("[0-9]*.json"))) if partial.is_dir() else 0
+        if not done:
+            return "nothing was written (results appear only when complete)"
+        return (f"{done} finished checkpoint{'s' if done > 1 else ''} kept in {partial}; run the same command "
+                "again to resume")
+
+    keep_on_interrupt(kept)
     series = flow_series([_load(m, max_model_size) for m in models], data, epochs=epoch_list, beta=beta,
                          n_samples=n_samples, n_mc=n_mc, n_mc_conditional=mc_conditional, layers=_csv_list(layers),
                          bin_size=bin_size, max_points=max_points, unit="nats" if nats else "bits", seed=seed,
-                         device=device, scale=scale, progress=progress)
+                         device=device, scale=scale, progress=progress, resume_dir=partial,
+                         notify=_announcer(progress))
     files = series.save(out, overwrite=overwrite)
     if plot:
         files += series.plot(out)
+    after_commit(lambda: shutil.rmtree(partial, ignore_errors=True))   # once the tables are in place
     if as_json:
         from infoprobe.results import _plain
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from scipy import integrate, stats
 
 from conftest import FIX, initializers
-from infoprobe.analyses.flow import _pairwise_histograms, flow_series, information_flow
+from infoprobe.analyses import flow as flow_mod
+from infoprobe.analyses.flow import PARTIAL_DIR, _pairwise_histograms, flow_series, information_flow
 from infoprobe.data import load_data
 from infoprobe.errors import ConfigError
 from infoprobe.estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
@@ -167,7 +168,7 @@ def test_checkpoint_trends_are_least_squares_slopes():
 
 
 def test_cli_checkpoints_and_deterministic_note(tmp_path):
-    from cli.main import cli
+    from infoprobe.cli.main import cli
 
     toys = sorted(glob.glob(str(FIX / "toy_tanh_k*.onnx")))[::6]
     r = CliRunner().invoke(cli, ["flow", "--checkpoints", *toys, "--data", str(FIX / "toy_tanh.npz"), "--beta", "0.01",
@@ -185,6 +186,134 @@ def test_cli_checkpoints_and_deterministic_note(tmp_path):
     r = CliRunner().invoke(cli, ["flow", *toys[:2], "--data", str(FIX / "toy_tanh.npz"), "--beta", "0.01",
                                  "--out", str(tmp_path / "h")])
     assert r.exit_code == 2
+
+
+RESUME_TOYS = [_toy(k) for k in (0, 27, 2157)]
+#: Small but complete: sampled conditional entropies (closed_form_first=False) use the seed stream.
+RESUME_KW = dict(beta=0.05, n_samples=6, n_mc=3000, n_mc_conditional=100, closed_form_first=False, seed=3)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _counting(monkeypatch, fail_on=None, error=_Interrupted):
+    """Replace information_flow by a wrapper that records the models it computes and raises
+    ``error`` when it reaches ``fail_on``."""
+    computed = []
+
+    def wrapper(model, data, **kw):
+        path = str(getattr(model, "path", model))        # the command line passes LoadedModels
+        if fail_on is not None and path == str(fail_on):
+            raise error(path)
+        computed.append(path)
+        return information_flow(model, data, **kw)
+
+    monkeypatch.setattr(flow_mod, "information_flow", wrapper)
+    return computed
+
+
+def _same_series(a, b):
+    assert a.trajectory == b.trajectory
+    assert a.unit_trends == b.unit_trends and a.trend_summary == b.trend_summary
+    assert [r.units for r in a.results] == [r.units for r in b.results]
+    assert [r.distances for r in a.results] == [r.distances for r in b.results]
+
+
+def test_interrupted_series_resumes_with_identical_numbers(tmp_path, monkeypatch):
+    d = load_data(FIX / "toy_tanh.npz")
+    part = tmp_path / PARTIAL_DIR
+    full = flow_series(RESUME_TOYS, d, progress=False, **RESUME_KW)
+    assert not part.exists()                                  # nothing written without resume_dir
+    assert full.trajectory[0]["conditional"] == "sampled"
+    # interrupted while computing the second checkpoint: the first is on disk
+    computed = _counting(monkeypatch, fail_on=RESUME_TOYS[1])
+    with pytest.raises(_Interrupted):
+        flow_series(RESUME_TOYS, d, progress=False, resume_dir=part, **RESUME_KW)
+    assert computed == [str(RESUME_TOYS[0])]
+    files = sorted(f.name for f in part.iterdir())
+    sha = load_model(RESUME_TOYS[0]).sha256
+    assert files == [f"0000-{sha[:16]}.json"]
+    doc = json.loads((part / files[0]).read_text())
+    fp = doc["fingerprint"]
+    assert fp["model_sha256"] == sha and fp["data_sha256"] == d.sha256 and fp["data_split"] == "all"
+    assert fp["index"] == 0 and fp["epoch"] == 0
+    assert {k: fp["parameters"][k] for k in RESUME_KW} == RESUME_KW
+    # the rerun reads the first checkpoint and computes only the others
+    computed = _counting(monkeypatch)
+    lines = []
+    resumed = flow_series(RESUME_TOYS, d, progress=False, resume_dir=part, notify=lines.append, **RESUME_KW)
+    assert computed == [str(m) for m in RESUME_TOYS[1:]]
+    assert lines == [f"resuming: 1 of 3 checkpoints already done in {part}"]
+    _same_series(resumed, full)
+    assert len(list(part.glob("*.json"))) == 3
+    # everything on disk now: nothing is computed
+    computed = _counting(monkeypatch)
+    again = flow_series(RESUME_TOYS, d, progress=False, resume_dir=part, **RESUME_KW)
+    assert computed == []
+    _same_series(again, full)
+
+
+def test_resume_files_of_other_parameters_are_recomputed(tmp_path, monkeypatch):
+    d = load_data(FIX / "toy_tanh.npz")
+    part = tmp_path / PARTIAL_DIR
+    flow_series(RESUME_TOYS, d, progress=False, resume_dir=part, **RESUME_KW)
+    names = sorted(f.name for f in part.iterdir())
+    changed = [dict(RESUME_KW, beta=0.08), dict(RESUME_KW, n_mc=3001), dict(RESUME_KW, seed=4),
+               dict(RESUME_KW, max_points=3)]
+    for kw in changed:
+        computed = _counting(monkeypatch)
+        lines = []
+        s = flow_series(RESUME_TOYS, d, progress=False, resume_dir=part, notify=lines.append, **kw)
+        assert computed == [str(m) for m in RESUME_TOYS] and lines == [], kw
+        assert sorted(f.name for f in part.iterdir()) == names                      # overwritten
+        assert json.loads((part / names[0]).read_text())["fingerprint"]["parameters"]["beta"] == kw["beta"]
+        _same_series(s, flow_series(RESUME_TOYS, d, progress=False, **kw))
+    # other data (a subset), other epochs, a checkpoint at another position, a damaged file
+    computed = _counting(monkeypatch)
+    flow_series(RESUME_TOYS, load_data(FIX / "toy_tanh.npz", limit=3), progress=False, resume_dir=part, **RESUME_KW)
+    assert len(computed) == 3
+    flow_series(RESUME_TOYS, d, progress=False, resume_dir=part, **RESUME_KW)
+    computed.clear()
+    flow_series(RESUME_TOYS, d, epochs=[1, 5, 9], progress=False, resume_dir=part, **RESUME_KW)
+    assert len(computed) == 3
+    computed.clear()
+    flow_series(RESUME_TOYS[::-1], d, epochs=[1, 5, 9], progress=False, resume_dir=part, **RESUME_KW)
+    assert computed == [str(RESUME_TOYS[2]), str(RESUME_TOYS[0])]   # the middle one kept its position
+    computed.clear()
+    first = part / f"0000-{load_model(RESUME_TOYS[2]).sha256[:16]}.json"
+    first.write_text(first.read_text()[:100])
+    flow_series(RESUME_TOYS[::-1], d, epochs=[1, 5, 9], progress=False, resume_dir=part, **RESUME_KW)
+    assert computed == [str(RESUME_TOYS[2])]
+
+
+def test_cli_flow_resumes_and_removes_the_partial_folder(tmp_path, monkeypatch):
+    from infoprobe.cli.main import cli
+
+    toys = [str(m) for m in RESUME_TOYS]
+    args = ["flow", "--checkpoints", *toys, "--data", str(FIX / "toy_tanh.npz"), "--beta", "0.05", "--samples", "6",
+            "--mc", "3000", "--mc-conditional", "100", "--seed", "3", "--no-plot", "--no-progress"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "ref")])
+    assert r.exit_code == 0, r.output
+    assert "resuming" not in r.output and not (tmp_path / "ref" / PARTIAL_DIR).exists()
+    out = tmp_path / "f"
+    computed = _counting(monkeypatch, fail_on=toys[2], error=KeyboardInterrupt)      # Ctrl-C in the third
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code == 130 and computed == toys[:2]
+    assert f"2 finished checkpoints kept in {out / PARTIAL_DIR}" in r.output
+    assert len(list((out / PARTIAL_DIR).glob("*.json"))) == 2 and not (out / "flow.json").exists()
+    computed = _counting(monkeypatch)
+    r = CliRunner().invoke(cli, [*args[:-1], "--progress", "--out", str(out)])   # announced with the bars
+    assert r.exit_code == 0, r.output
+    assert computed == toys[2:]
+    assert f"resuming: 2 of 3 checkpoints already done in {out / PARTIAL_DIR}" in r.output
+    assert not (out / PARTIAL_DIR).exists()
+    for table in ("flow", "units", "distances", "unit_trends", "trend_summary"):
+        assert ((out / f"{table}.csv").read_text() == (tmp_path / "ref" / f"{table}.csv").read_text()), table
+    # existing results are refused before any work is done
+    computed = _counting(monkeypatch)
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output and computed == []
 
 
 @pytest.mark.gpu

@@ -17,9 +17,19 @@ S_l deterministic given x, so their conditional entropy is exactly (d/2) log(2 p
 (footnote 3). For beta = 0, I(X;T_l) is constant or infinite (Section 1): only the
 clustering measures are computed -- H(Bin(T_l)) of layers and units (Section 5.1) and
 within- against between-class pairwise distances (Figs. 6, 8).
+
+:func:`flow_series` can keep each finished checkpoint in a resume folder (one JSON file per
+checkpoint with a fingerprint of its inputs and parameters), so an interrupted series restarts
+from the checkpoints already done and gives exactly the numbers of an uninterrupted run: every
+checkpoint draws its noise and Monte Carlo samples from the same ``seed``, independently of
+the others.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +41,19 @@ from .._array import namespace
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
-from ..model import LoadedModel, load_model
-from ..results import check_outputs, provenance, write_table
+from ..model import LoadedModel, load_model, sha256_file
+from ..results import atomic_write_bytes, check_outputs, provenance, write_table
 from ..rewrite import io_name
 from ..runner import Runner, default_threads
 
 LN2 = math.log(2.0)
+
+#: Result tables of :meth:`FlowSeries.save`, each written as ``.csv`` and ``.json``.
+TABLES = ("flow", "unit_trends", "trend_summary", "distances", "units")
+#: Folder inside a results folder where the command line keeps finished checkpoints.
+PARTIAL_DIR = ".flow-partial"
+#: Version of the resume files' layout; files of another version are recomputed.
+PARTIAL_FORMAT = 1
 
 #: Explanation printed for beta = 0 (Goldfeld et al., Section 1).
 DETERMINISTIC_NOTE = (
@@ -241,8 +258,7 @@ class FlowSeries:
         """``flow.{csv,json}`` (trajectories), ``unit_trends``, ``trend_summary``,
         ``distances`` (every checkpoint's histograms) and ``units`` (per-unit binned entropy)."""
         outdir = Path(outdir)
-        names = ("flow", "unit_trends", "trend_summary", "distances", "units")
-        check_outputs([outdir / f"{t}.{e}" for t in names for e in ("csv", "json")], overwrite)
+        check_outputs([outdir / f"{t}.{e}" for t in TABLES for e in ("csv", "json")], overwrite)
         outdir.mkdir(parents=True, exist_ok=True)
         files = write_table(outdir, "flow", self.trajectory, self.meta)
         if self.unit_trends:
@@ -267,18 +283,93 @@ class FlowSeries:
                                       outdir / "distances.png")]
 
 
-def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, **kw) -> FlowSeries:
+#: Parameters of :func:`information_flow`, all of which enter a resume file's fingerprint.
+_FLOW_SIGNATURE = inspect.signature(information_flow)
+
+
+def _exact(v):
+    """``v`` with NumPy scalars and arrays as Python numbers and lists (non-finite floats
+    kept), so that a JSON round trip gives back the same numbers."""
+    if isinstance(v, np.ndarray):
+        return [_exact(x) for x in v.tolist()]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [_exact(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _exact(x) for k, x in v.items()}
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _data_digest(data: Dataset) -> str:
+    """SHA-256 of the selected samples and labels (covers the split, a limit and the keys)."""
+    h = hashlib.sha256()
+    for a in (data.x, data.y, data.index):
+        if a is None:
+            h.update(b"none;")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _partial_name(index: int, sha256: str) -> str:
+    return f"{index:04d}-{sha256[:16]}.json"
+
+
+def _read_partial(path: Path, fingerprint: dict, model_path: Path) -> FlowResult | None:
+    """The result stored in ``path`` if its fingerprint is ``fingerprint``, else None."""
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or doc.get("fingerprint") != fingerprint:
+            return None
+        res = FlowResult(**doc["result"])
+        res.meta["inputs"]["model"]["path"] = str(model_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    res.source = str(model_path)      # the same file (by SHA-256), perhaps reached by another path
+    return res
+
+
+def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, resume_dir=None, notify=None,
+                **kw) -> FlowSeries:
     """:func:`information_flow` of each checkpoint (``models``: ONNX paths or LoadedModels of
     one architecture, in training order), as trajectories (Goldfeld et al., Figs. 1, 5, 7),
     and the per-unit binned-entropy trends (Section 5.2).
 
     Parameters
     ----------
+    models : list of LoadedModel or path-like
+    data : Dataset
     epochs : list of float, optional
         Epoch of each checkpoint (default 0, 1, 2, ...).
+    progress : bool
+        Show progress bars.
+    resume_dir : path-like, optional
+        Folder that keeps each finished checkpoint as soon as it is done, as
+        ``<index>-<SHA-256 prefix>.json`` (written atomically) holding the
+        :class:`FlowResult` and a fingerprint: the model's and data file's SHA-256, the split,
+        a digest of the selected samples, every parameter of :func:`information_flow` (with
+        its defaults), the checkpoint's index and epoch, the package version. A checkpoint
+        whose file matches is read instead of computed; other files are ignored and
+        overwritten. The folder is left in place (the command line removes it once the
+        tables are written). Default: nothing is written.
+    notify : callable, optional
+        Called with one line of text when checkpoints are read from ``resume_dir``.
     **kw
         Passed to :func:`information_flow` (the same seed for every checkpoint, so the noise
-        draws are the same).
+        draws are the same, and a checkpoint's numbers do not depend on the others).
+
+    Returns
+    -------
+    FlowSeries
 
     Raises
     ------
@@ -289,9 +380,45 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, **
     epochs = list(range(len(models))) if epochs is None else [float(e) for e in epochs]
     if len(epochs) != len(models):
         raise ConfigError(f"{len(epochs)} epochs for {len(models)} checkpoints")
-    results = []
-    for m in tqdm(models, desc="checkpoints", unit="model", disable=not progress or len(models) < 2, leave=False):
-        results.append(information_flow(m, data, progress=progress and len(models) < 2, **kw))
+    results = [None] * len(models)
+    fingerprint_of = None
+    if resume_dir is not None:
+        from .. import __version__
+
+        resume_dir = Path(resume_dir)
+        bound = _FLOW_SIGNATURE.bind(None, data, **kw)
+        bound.apply_defaults()
+        params = {k: v for k, v in bound.arguments.items() if k not in ("model", "data", "progress")}
+        common = {"format": PARTIAL_FORMAT, "infoprobe": __version__, "data_sha256": data.sha256,
+                  "data_split": data.split, "data_content": _data_digest(data), "parameters": params}
+
+        def fingerprint_of(sha256, index):
+            return json.loads(json.dumps(_exact(dict(common, model_sha256=sha256, index=index,
+                                                     epoch=float(epochs[index]))), default=repr))
+
+        for i, m in enumerate(models):
+            path = m.path if isinstance(m, LoadedModel) else Path(m)
+            try:
+                sha = m.sha256 if isinstance(m, LoadedModel) else sha256_file(m)
+            except OSError:
+                continue                  # information_flow reports the unreadable file
+            results[i] = _read_partial(resume_dir / _partial_name(i, sha), fingerprint_of(sha, i), path)
+        done = sum(r is not None for r in results)
+        if done and notify is not None:
+            notify(f"resuming: {done} of {len(models)} checkpoints already done in {resume_dir}")
+    todo = [i for i, r in enumerate(results) if r is None]
+    bar = tqdm(total=len(models), initial=len(models) - len(todo), desc="checkpoints", unit="model",
+               disable=not progress or len(models) < 2, leave=False)
+    for i in todo:
+        res = information_flow(models[i], data, progress=progress and len(models) < 2, **kw)
+        results[i] = res
+        if fingerprint_of is not None:
+            sha = res.meta["inputs"]["model"]["sha256"]
+            doc = {"fingerprint": fingerprint_of(sha, i), "result": _exact(dataclasses.asdict(res))}
+            # at once, not staged with the command's result set: it must outlive an interruption
+            atomic_write_bytes(resume_dir / _partial_name(i, sha), json.dumps(doc).encode(), staged=False)
+        bar.update(1)
+    bar.close()
     shape = [[(r["layer"], r["units"]) for r in res.layers] for res in results]
     if any(s != shape[0] for s in shape):
         raise ConfigError("the checkpoints do not share their hidden layers (one architecture is needed)")

@@ -16,10 +16,17 @@ with the ``torch`` and ``keras`` extras and import their framework only when use
 """
 __version__ = "0.1.0"
 
+import logging as _logging  # noqa: E402
+
 from .errors import (  # noqa: E402
-    ConfigError, DataError, DeviceError, InfoprobeError, ModelError, OutputExistsError,
+    BudgetError, ConfigError, DataError, DeviceError, InfoprobeError, ModelError, OutputExistsError,
     PlanError, StoreError, UnsafeModelError,
 )
 
+# onnx-ir logs a failed shape inference with its traceback; infoprobe reports what it cannot
+# interpret itself. Without a handler of their own the records would reach stderr through
+# logging's last resort; applications that configure logging still receive them.
+_logging.getLogger("onnx_ir").addHandler(_logging.NullHandler())
+
 __all__ = ["__version__", "InfoprobeError", "ModelError", "UnsafeModelError", "StoreError",
-           "DataError", "ConfigError", "DeviceError", "OutputExistsError", "PlanError"]
+           "DataError", "ConfigError", "DeviceError", "OutputExistsError", "PlanError", "BudgetError"]

@@ -602,6 +602,29 @@ def runtime_rows(source: OnnxFile, wanted: int) -> int:
 
 
 
+def _check_text(msg, where: str = "the model") -> None:
+    """Refuse strings that are not UTF-8 text (protobuf returns them as bytes; onnx_ir and the
+    checker then fail far from the cause). Tensor contents are not walked."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    if isinstance(msg, onnx.TensorProto):
+        fields = [(msg.DESCRIPTOR.fields_by_name[k], getattr(msg, k)) for k in ("name", "doc_string")]
+        fields += [(msg.DESCRIPTOR.fields_by_name["external_data"], msg.external_data)]
+    else:
+        fields = msg.ListFields()
+    for fd, value in fields:
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == F.LABEL_REPEATED
+        values = value if repeated else [value]
+        if fd.type == F.TYPE_STRING:
+            bad = next((v for v in values if not isinstance(v, str)), None)
+            if bad is not None:
+                raise ModelError(f"{where}: field {fd.name} holds {bytes(bad)[:40]!r}, which is not UTF-8 text "
+                                 "(a damaged or hostile model)")
+        elif fd.type == F.TYPE_MESSAGE:
+            for v in values:
+                _check_text(v, where)
+
+
 def _check_proto(proto: onnx.ModelProto) -> None:
     """``onnx.checker`` with ``full_check=True`` on an inline model, from memory (or, above the
     2 GB protobuf limit, from a private temporary copy)."""
@@ -679,6 +702,7 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
     if opset is None or opset < MIN_OPSET:
         raise ModelError(f"{path} uses default-domain opset {opset}; infoprobe needs opset "
                          f">= {MIN_OPSET} (convert with onnx.version_converter.convert_version)")
+    _check_text(proto, str(path))
     folder = Path(os.path.abspath(path)).parent
     total, _ = _inline_external_data(proto, folder, st.st_size, max_bytes, path)
     if check:
@@ -870,7 +894,10 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
                 raise _Unsupported(f"{op} is not a unit layer infoprobe can analyse")
             else:
                 continue
-            _layer_params(members, units)  # validates bias shapes
+            with np.errstate(all="ignore"):
+                w_check, b_check = _layer_params(members, units)  # validates bias shapes
+            if not (np.isfinite(w_check).all() and np.isfinite(b_check).all()):
+                raise _Unsupported("weights or bias that are NaN or infinite (batch norm folded in)")
         except _Unsupported as exc:
             unsupported.append({"node": label, "op": op, "reason": str(exc)})
             continue

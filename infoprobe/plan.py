@@ -190,8 +190,8 @@ class PruningPlan:
             raise PlanError(f"plan file {path} is over {MAX_PLAN_BYTES // 2**20} MiB")
         try:
             doc = json.loads(path.read_bytes(), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{path} is not valid JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise PlanError(f"{path} is not valid JSON: {type(exc).__name__}: {str(exc)[:160]}") from None
         try:
             return cls.from_dict(doc)
         except PlanError as exc:

@@ -1011,13 +1011,19 @@ def _(folder):
     return _data_case(folder, path, must_not_exist=[marker])
 
 
-@case("data_h5_external_link", "data", "capture: .h5 data whose x is an ExternalLink to a file outside")
-def _(folder):
-    secret = secret_for(folder.name, 16)
+def _secret_h5(folder: Path, secret: bytes) -> Path:
+    """An HDF5 file outside the input's folder whose dataset ``x`` [N_ROWS, 4] holds the secret."""
     src = folder / "outside" / "secret.h5"
     src.parent.mkdir(parents=True)
     with h5py.File(src, "w") as f:
         f.create_dataset("x", data=np.frombuffer(secret * N_ROWS, np.float32).reshape(N_ROWS, 4))
+    return src
+
+
+@case("data_h5_external_link", "data", "capture: .h5 data whose x is an ExternalLink to a file outside")
+def _(folder):
+    secret = secret_for(folder.name, 16)
+    src = _secret_h5(folder, secret)
     path = folder / "data" / "data.h5"
     path.parent.mkdir(parents=True)
     with h5py.File(path, "w") as f:
@@ -1041,10 +1047,7 @@ def _(folder):
 @case("data_h5_vds", "data", "check: .h5 data whose x is a virtual dataset of a file outside")
 def _(folder):
     secret = secret_for(folder.name, 16)
-    src = folder / "outside" / "secret.h5"
-    src.parent.mkdir(parents=True)
-    with h5py.File(src, "w") as f:
-        f.create_dataset("x", data=np.frombuffer(secret * N_ROWS, np.float32).reshape(N_ROWS, 4))
+    src = _secret_h5(folder, secret)
     path = folder / "data" / "data.h5"
     path.parent.mkdir(parents=True)
     with h5py.File(path, "w") as f:

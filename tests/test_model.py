@@ -225,3 +225,23 @@ def test_a_shared_data_file_counts_once_towards_the_size_limit(tmp_path):
     assert load_model(path, max_bytes=total).file_bytes == total
     with pytest.raises(UnsafeModelError, match="max-model-size"):
         load_model(path, max_bytes=total - 1)
+
+
+def test_names_that_are_not_utf8_are_refused(tmp_path):
+    """protobuf hands such strings over as bytes; onnx-ir and the checker then fail far away."""
+    m, _ = _gemm_model()
+    m.graph.node[0].name = "gemm_GEMM"
+    raw = m.SerializeToString().replace(b"gemm_GEMM", b"gemm_\xb6EMM")
+    (tmp_path / "bad.onnx").write_bytes(raw)
+    with pytest.raises(ModelError, match="not UTF-8"):
+        load_model(tmp_path / "bad.onnx")
+
+
+def test_a_layer_with_nan_weights_is_named_not_analysed(tmp_path):
+    m, _ = _gemm_model()
+    w = numpy_helper.to_array(m.graph.initializer[0]).copy()
+    w[0, 0] = np.nan
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, m.graph.initializer[0].name))
+    onnx.save(m, tmp_path / "nan.onnx")
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        load_model(tmp_path / "nan.onnx")

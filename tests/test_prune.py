@@ -335,3 +335,14 @@ def test_plan_and_prune_commands(tmp_path, sigmoid_store):
     r = runner.invoke(cli, ["prune", str(FIX / "mlp_relu.onnx"), str(plan_path), "--out", str(tmp_path / "x.onnx")])
     assert r.exit_code == 2 and "another model" in r.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_plan_and_threshold_files_nested_beyond_recursion_are_one_error(tmp_path):
+    from infoprobe.analyses.check import load_thresholds
+
+    (tmp_path / "p.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PlanError, match="not valid JSON"):
+        PruningPlan.load(tmp_path / "p.json")
+    (tmp_path / "t.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_thresholds(tmp_path / "t.toml")

@@ -57,15 +57,17 @@ def load_thresholds(path) -> dict:
     Raises
     ------
     ConfigError
-        Unreadable TOML, an unknown key, or a value that is not a number or false.
+        Unreadable or oversized TOML, an unknown key, or a value that is not a number or false.
     """
     path = Path(path)
     try:
+        if path.stat().st_size > 1 << 20:
+            raise ConfigError(f"threshold file {path} is over 1 MiB; it holds a few thresholds")
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"threshold file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {type(exc).__name__}: {str(exc)[:160]}") from None
     table = doc.get("check", doc)
     out = {}
     for key, val in table.items():

@@ -1,6 +1,7 @@
 """Input data: ``.npz`` (keys ``x``, ``y``, optional ``split``), ``.npy`` and HDF5 files."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,9 @@ def _npy_header(fp, what: str) -> tuple:
         version = np.lib.format.read_magic(fp)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(fp, max_header_size=_MAX_HEADER)
+        with warnings.catch_warnings():   # NumPy's note on headers written by Python 2
+            warnings.simplefilter("ignore", UserWarning)
+            shape, fortran, dtype = read_header(fp, max_header_size=_MAX_HEADER)
     except Exception as exc:
         raise DataError(f"{what} is not a valid .npy array: {' '.join(str(exc).split())[:160]}") from None
     if dtype.hasobject:
@@ -285,9 +288,12 @@ def prepare_inputs(x: np.ndarray, input_shape: tuple, scale: float, *, input_nam
     ------
     DataError
         The per-sample size does not match the model input, or the data holds NaN/inf.
+    BudgetError
+        The float32 samples would exceed the memory budget.
     """
     want = tuple(input_shape[1:])
     have = tuple(x.shape[1:])
+    require_memory(4 * int(np.prod(x.shape, dtype=np.float64)), f"{len(x):,} input samples as float32")
     out = np.multiply(x, np.float32(scale), dtype=np.float32)   # one pass, no float64 temporary
     if have != want:
         if any(d is None for d in want):

@@ -5,7 +5,9 @@ datasets (VDS) mapped onto other files, datasets whose raw bytes live in externa
 user-defined filters loaded as plug-ins. infoprobe opens a file only after walking every link
 and every dataset in it: datasets must be stored inside the file (compact, contiguous or
 chunked), compressed at most with gzip, lzf or shuffle (and fletcher32 checksums), with
-chunks of a bounded size; anything else is refused with one line naming the object. Reads go
+chunks of a bounded size; anything else is refused with one line naming the object. That
+walk, and the reading of every attribute, first runs in a child process (once per file and
+process), so that a file on which libhdf5 itself hangs or crashes is refused. Reads go
 through :func:`read`, which checks the declared size against the memory budget
 (:mod:`infoprobe.limits`) before allocating.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -65,6 +69,10 @@ def open_file(path, error):
         raise error(f"{path} does not exist") from None
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{path} is not a regular file")
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _PROBED:
+        _probe(path, error)
+        _PROBED.add(key)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -77,6 +85,62 @@ def open_file(path, error):
         f.close()
         raise
     return f
+
+
+#: Files (device, inode, size, modification time) whose metadata a child process read safely.
+_PROBED: set = set()
+#: Seconds the child process may take to read a file's metadata.
+PROBE_SECONDS = 30
+
+
+def _probe(path: Path, error) -> None:
+    """Read every link, dataset header and attribute of ``path`` in a child process first.
+
+    libhdf5 itself can loop forever or crash on some damaged metadata (a fuzzed global heap
+    behind a variable-length string attribute made it spin in ``H5HG`` forever); in a child,
+    such a file costs a refusal instead of the command. The walk is the one :func:`validate`
+    does, plus reading every attribute.
+
+    Raises
+    ------
+    error
+        The child refused the file, crashed, or did not finish within :data:`PROBE_SECONDS`.
+    """
+    cmd = [sys.executable, "-c", "import sys; from infoprobe.hdf5 import _probe_main; sys.exit(_probe_main(sys.argv[1]))",
+           str(path)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_SECONDS,
+                             env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    except subprocess.TimeoutExpired:
+        raise error(f"{path}: HDF5 did not finish reading the file's metadata in {PROBE_SECONDS} s (a damaged or "
+                    "hostile file)") from None
+    if res.returncode == 0:
+        return
+    if res.returncode == 2 and res.stdout.strip():
+        raise error(res.stdout.strip().splitlines()[-1])
+    raise error(f"{path}: HDF5 failed reading the file's metadata (exit {res.returncode}: a damaged or hostile file)")
+
+
+def _probe_main(path: str) -> int:
+    """The child of :func:`_probe`: 0 when the metadata reads cleanly, 2 with the reason on stdout."""
+    from .errors import StoreError
+
+    try:
+        with h5py.File(path, "r") as f:
+            validate(f, StoreError)
+            objects = [f]
+            f.visititems(lambda name, obj: objects.append(obj))
+            for obj in objects:
+                for name in obj.attrs:
+                    obj.attrs[name]
+    except StoreError as exc:
+        print(exc)
+        return 2
+    except Exception as exc:
+        print(f"{path} is not a readable HDF5 file or is damaged: {type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:160]}")
+        return 2
+    return 0
 
 
 def validate(f: h5py.File, error) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import hdf5
 from .data import class_labels
-from .errors import DataError, OutputExistsError, StoreError
+from .errors import DataError, InfoprobeError, OutputExistsError, StoreError
 from .limits import require_memory, rows_within
 from .results import create_or_open, fsync_dir
 
@@ -445,9 +445,13 @@ class Store:
         self.file = hdf5.open_file(self.path, StoreError)
         try:
             self._validate()
-        except BaseException:
+        except (InfoprobeError, KeyboardInterrupt):
             self.file.close()
             raise
+        except Exception as exc:   # HDF5 errors of a damaged file, wherever they surface
+            self.file.close()
+            raise StoreError(f"{self.path} is damaged: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from None
 
     def _validate(self):
         f, p = self.file, self.path
@@ -595,9 +599,13 @@ class Store:
         """The lazy h5py dataset ``which`` in {"pre", "post", "weight", "bias"} of ``layer``
         (validated at open: stored inside the file, floating point)."""
         g = self._group(layer)
-        if which not in g or which not in ("pre", "post", "weight", "bias"):
+        try:
+            ds = g[which] if which in ("pre", "post", "weight", "bias") and which in g else None
+        except Exception as exc:
+            raise StoreError(f"{self.path} is damaged: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        if not isinstance(ds, h5py.Dataset):
             raise StoreError(f"layer {layer!r} has no {which!r} dataset")
-        return g[which]
+        return ds
 
     def read_weights(self, layer: str, which: str = "weight") -> np.ndarray:
         """A layer's ``weight`` or ``bias`` (float32), within the memory budget."""

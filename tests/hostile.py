@@ -1011,7 +1011,7 @@ def _(folder):
     return _data_case(folder, path, must_not_exist=[marker])
 
 
-def _secret_h5(folder: Path, secret: bytes) -> Path:
+def _secret_x_h5(folder: Path, secret: bytes) -> Path:
     """An HDF5 file outside the input's folder whose dataset ``x`` [N_ROWS, 4] holds the secret."""
     src = folder / "outside" / "secret.h5"
     src.parent.mkdir(parents=True)
@@ -1023,7 +1023,7 @@ def _secret_h5(folder: Path, secret: bytes) -> Path:
 @case("data_h5_external_link", "data", "capture: .h5 data whose x is an ExternalLink to a file outside")
 def _(folder):
     secret = secret_for(folder.name, 16)
-    src = _secret_h5(folder, secret)
+    src = _secret_x_h5(folder, secret)
     path = folder / "data" / "data.h5"
     path.parent.mkdir(parents=True)
     with h5py.File(path, "w") as f:
@@ -1047,7 +1047,7 @@ def _(folder):
 @case("data_h5_vds", "data", "check: .h5 data whose x is a virtual dataset of a file outside")
 def _(folder):
     secret = secret_for(folder.name, 16)
-    src = _secret_h5(folder, secret)
+    src = _secret_x_h5(folder, secret)
     path = folder / "data" / "data.h5"
     path.parent.mkdir(parents=True)
     with h5py.File(path, "w") as f:

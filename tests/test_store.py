@@ -133,3 +133,24 @@ def test_data_errors(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(DataError):  # never unpickled
         load_data(tmp_path / "obj.npy")
+
+
+@pytest.mark.parametrize("script,match", [("sleep 30", "did not finish"), ("kill -SEGV $$", "failed reading"),
+                                          ("echo 'x.h5: /a is an external link'; exit 2", "external link")])
+def test_hdf5_metadata_is_read_in_a_child_first(tmp_path, monkeypatch, script, match):
+    """libhdf5 can spin forever or crash on damaged metadata (a fuzzed global heap made it
+    loop): the first reading of a file happens in a child, whose hang, crash or refusal
+    becomes one error here."""
+    from infoprobe import hdf5
+
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(hdf5.sys, "executable", str(fake))
+    monkeypatch.setattr(hdf5, "PROBE_SECONDS", 2)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["a"] = np.zeros(3)
+    with pytest.raises(StoreError, match=match):
+        hdf5.open_file(tmp_path / "x.h5", StoreError)
+    ino = os.stat(tmp_path / "x.h5").st_ino
+    assert not any(k[1] == ino for k in hdf5._PROBED)   # a refused file is probed again next time

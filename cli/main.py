@@ -1198,7 +1198,10 @@ def demo(out, n_steps, random_repeats, as_json, progress):
       infoprobe demo --out infoprobe-demo
     """
     from infoprobe.analyses.demo import run_demo
+    from infoprobe.results import keep_on_interrupt
 
+    keep_on_interrupt(lambda: f"{out} holds the steps finished so far (each file complete); run the demo again "
+                              "to redo them")
     summary = run_demo(out, n_steps=n_steps, random_repeats=random_repeats, progress=progress)
     if as_json:
         click.echo(json.dumps(summary, indent=1))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -31,8 +32,20 @@ class _Terminated(BaseException):
     """SIGTERM, turned into an exception so that staged results are discarded on the way out."""
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+def _interrupt(exc_type):
+    """A signal handler raising ``exc_type``, except where the exception would be lost or
+    would break a file (a finalizer, an HDF5 write callback: see
+    :func:`infoprobe.results.uninterruptible`): there the signal is delivered again 20 ms
+    later (SIGALRM)."""
+    from infoprobe.results import interruptible
+
+    def handler(signum, frame):
+        if not interruptible(frame):
+            signal.signal(signal.SIGALRM, handler)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise exc_type()
+    return handler
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -55,16 +68,16 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         import os
-        import signal
 
         from infoprobe.results import keep_on_interrupt, kept_on_interrupt
 
         keep_on_interrupt(None)
         warnings.showwarning = _show_warning
         try:
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+            previous = {sig: signal.signal(sig, _interrupt(exc)) for sig, exc in
+                        ((signal.SIGTERM, _Terminated), (signal.SIGINT, KeyboardInterrupt))}
         except ValueError:   # not the main thread
-            previous = None
+            previous = {}
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -91,8 +104,8 @@ class Group(click.Group):
                        "infoprobe: please report it; INFOPROBE_DEBUG=1 shows the traceback)", err=True)
             sys.exit(EXIT_INTERNAL)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _harden(cmd: click.Command, *, stage: bool = True) -> click.Command:

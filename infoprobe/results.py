@@ -313,6 +313,32 @@ def read_table(path) -> list:
         return json.load(f)["rows"]
 
 
+_UNINTERRUPTIBLE: set = set()
+
+
+def uninterruptible(fn):
+    """Mark a function in which an interruption must not raise (a callback that libhdf5 makes
+    in the middle of a write: an exception there leaves the file inconsistent). Signal
+    handlers ask :func:`interruptible` and deliver the signal a little later instead."""
+    _UNINTERRUPTIBLE.add(fn.__code__)
+    return fn
+
+
+def interruptible(frame) -> bool:
+    """Whether raising KeyboardInterrupt in ``frame`` (a signal handler's frame) is safe: not
+    in an :func:`uninterruptible` function nor in a finalizer (``__del__``, a weakref
+    callback), where Python prints the exception as "ignored" and loses it."""
+    for _ in range(4):
+        if frame is None:
+            return True
+        code = frame.f_code
+        if code in _UNINTERRUPTIBLE or code.co_name == "__del__" or \
+                code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
+            return False
+        frame = frame.f_back
+    return True
+
+
 _kept: contextvars.ContextVar = contextvars.ContextVar("infoprobe_kept", default=None)
 
 

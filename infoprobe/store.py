@@ -37,7 +37,7 @@ from . import hdf5
 from .data import class_labels
 from .errors import DataError, InfoprobeError, OutputExistsError, StoreError
 from .limits import require_memory, rows_within
-from .results import create_or_open, fsync_dir
+from .results import create_or_open, fsync_dir, uninterruptible
 
 FORMAT = "infoprobe-activations"
 SCHEMA_VERSION = 1
@@ -82,15 +82,19 @@ class _GuardedFile(io.RawIOBase):
     def seekable(self):
         return True
 
+    @uninterruptible
     def seek(self, pos, whence=0):
         return self.raw.seek(pos, whence)
 
+    @uninterruptible
     def tell(self):
         return self.raw.tell()
 
+    @uninterruptible
     def readinto(self, b):
         return self.raw.readinto(b)
 
+    @uninterruptible
     def write(self, b):
         if self.failed is None:
             try:
@@ -99,11 +103,13 @@ class _GuardedFile(io.RawIOBase):
                 self.failed = exc
         return len(b)
 
+    @uninterruptible
     def truncate(self, size=None):
         if self.failed is not None:
             return size
         return self.raw.truncate(size)
 
+    @uninterruptible
     def flush(self):
         if self.failed is None and not self.raw.closed:
             try:
@@ -285,6 +291,10 @@ class StoreWriter:
         self._check_io()
 
     def _close_file(self) -> None:
+        with _signals_held():
+            self._close_file_now()
+
+    def _close_file_now(self) -> None:
         for _ in range(3):   # HDF5 must hold no file open at exit (see _GuardedFile)
             try:
                 if self.file is None or not self.file.id.valid:

@@ -257,3 +257,25 @@ def test_results_follow_the_users_umask(tmp_path, sigmoid_store):
             assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~env_umask, f
     res = run(["plan", MODEL, "--method", "random", "--out", "p2.json"], tmp_path, preexec_fn=lambda: os.umask(0o077))
     assert res.returncode == 0 and (tmp_path / "p2.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_interruptions_wait_outside_hdf5_callbacks_and_finalizers():
+    """A Ctrl-C landing in an HDF5 write callback would break the file, and one landing in a
+    finalizer would be printed as 'ignored' and lost: both are delivered again later."""
+    from infoprobe.results import interruptible, uninterruptible
+
+    @uninterruptible
+    def callback():
+        return sys._getframe()
+
+    def inner():
+        return sys._getframe()
+
+    class Finalized:
+        def __del__(self):
+            frames.append(sys._getframe())
+
+    frames = []
+    Finalized()
+    assert not interruptible(callback()) and not interruptible(frames[0])
+    assert interruptible(inner())

@@ -145,7 +145,7 @@ def _signals_held():
 
 def _crc(arr: np.ndarray, dtype, crc: int = 0) -> int:
     """CRC-32 of rows as the store holds them (its dataset's element type)."""
-    return zlib.crc32(np.ascontiguousarray(arr, dtype).tobytes(), crc)
+    return zlib.crc32(memoryview(np.ascontiguousarray(arr, dtype)).cast("B"), crc)   # no copy
 
 
 class StoreWriter:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from infoprobe import __version__
-from infoprobe.errors import InfoprobeError
+from infoprobe.errors import InfoprobeError, one_line
 from infoprobe.model import DEFAULT_MAX_BYTES
 
 #: Exit status of an interrupted command (128 + SIGINT), as shells report Ctrl-C.
@@ -53,11 +53,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"infoprobe: warning: {' '.join(str(message).split())}", err=True)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 class Group(click.Group):
     """Turns every failure into one line on stderr and an exit status CI can rely on.
 
@@ -83,7 +78,7 @@ class Group(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except InfoprobeError as exc:
-            click.echo(f"infoprobe: error: {_one_line(exc)}", err=True)
+            click.echo(f"infoprobe: error: {one_line(exc, 10_000)}", err=True)
             sys.exit(2)
         except (KeyboardInterrupt, _Terminated):
             click.echo(f"infoprobe: interrupted; {kept_on_interrupt()}", err=True)
@@ -94,13 +89,13 @@ class Group(click.Group):
             sys.exit(2)
         except OSError as exc:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            click.echo(f"infoprobe: error: {exc.strerror or _one_line(exc)}{where}; nothing was written "
+            click.echo(f"infoprobe: error: {exc.strerror or one_line(exc, 10_000)}{where}; nothing was written "
                        "under a final name", err=True)
             sys.exit(2)
         except Exception as exc:
             if os.environ.get("INFOPROBE_DEBUG"):
                 raise
-            click.echo(f"infoprobe: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} (a defect in "
+            click.echo(f"infoprobe: internal error: {type(exc).__name__}: {one_line(exc)} (a defect in "
                        "infoprobe: please report it; INFOPROBE_DEBUG=1 shows the traceback)", err=True)
             sys.exit(EXIT_INTERNAL)
         finally:

@@ -1,6 +1,7 @@
 """Input data: ``.npz`` (keys ``x``, ``y``, optional ``split``), ``.npy`` and HDF5 files."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,8 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import BudgetError, DataError
 from . import hdf5
+from .errors import BudgetError, DataError, one_line
 from .hdf5 import BOMB_FLOOR, MAX_RATIO
 from .limits import human, require_memory
 from .model import sha256_file
@@ -92,17 +93,14 @@ def _npy_header(fp, what: str) -> tuple:
             warnings.simplefilter("ignore", UserWarning)
             shape, fortran, dtype = read_header(fp, max_header_size=_MAX_HEADER)
     except Exception as exc:
-        raise DataError(f"{what} is not a valid .npy array: {' '.join(str(exc).split())[:160]}") from None
+        raise DataError(f"{what} is not a valid .npy array: {one_line(exc, 160)}") from None
     if dtype.hasobject:
         raise DataError(f"{what} is an object array (it would need unpickling); numeric arrays only")
     return tuple(int(d) for d in shape), fortran, dtype
 
 
 def _nbytes(shape: tuple, dtype) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n * dtype.itemsize
+    return math.prod(shape) * dtype.itemsize
 
 
 def _read_npz(path: Path, keys: tuple) -> dict:
@@ -113,7 +111,7 @@ def _read_npz(path: Path, keys: tuple) -> dict:
     try:
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npz (zip) file: {' '.join(str(exc).split())[:160]}") from None
+        raise DataError(f"{path} is not a readable .npz (zip) file: {one_line(exc, 160)}") from None
     with z:
         names = z.namelist()
         if len(names) != len(set(names)):
@@ -145,7 +143,7 @@ def _read_npz(path: Path, keys: tuple) -> dict:
                 raise
             except Exception as exc:
                 raise DataError(f"cannot read {what}: {type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:160]}") from None
+                                f"{one_line(exc, 160)}") from None
     return out
 
 
@@ -226,7 +224,7 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     except (DataError, BudgetError):
         raise
     except Exception as exc:
-        raise DataError(f"cannot read {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {one_line(exc, 160)}") from None
     x, y, sp = arrays[x_key], arrays.get(y_key), arrays.get(split_key)
     _check_samples(x, f"{path}: {x_key!r}")
     n = len(x)

@@ -1,6 +1,14 @@
 """Errors a user can cause. The CLI prints their message and exits with status 2."""
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed), at most ``limit`` characters;
+    its type's name when it has no message. For the errors infoprobe builds from the failures
+    of libraries (onnxruntime, HDF5, NumPy) it calls."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit]
+
+
 class InfoprobeError(Exception):
     """Base class of every error caused by input a user supplied (files, options, data).
 

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 from h5py import h5d, h5z
 
+from .errors import one_line
 from .limits import human, require_memory
 
 #: HDF5 filters a dataset may use: codecs built into h5py, nothing loaded from a plug-in.
@@ -138,7 +139,7 @@ def _probe_main(path: str) -> int:
         return 2
     except Exception as exc:
         print(f"{path} is not a readable HDF5 file or is damaged: {type(exc).__name__}: "
-              f"{' '.join(str(exc).split())[:160]}")
+              f"{one_line(exc, 160)}")
         return 2
     return 0
 
@@ -169,7 +170,7 @@ def validate(f: h5py.File, error) -> None:
     except error:
         raise
     except Exception as exc:   # HDF5 errors while walking a damaged file
-        raise error(f"{where} is damaged: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        raise error(f"{where} is damaged: {type(exc).__name__}: {one_line(exc, 200)}") from None
 
 
 def check_dataset(ds: h5py.Dataset, what: str, error) -> None:
@@ -238,7 +239,7 @@ def read(ds: h5py.Dataset, what: str, error, rows=None) -> np.ndarray:
     try:
         return ds[()] if rows is None else ds[rows]
     except Exception as exc:
-        raise error(f"cannot read {what}: {' '.join(str(exc).split())[:200]}") from None
+        raise error(f"cannot read {what}: {one_line(exc, 200)}") from None
 
 
 def attr(obj, name: str, what: str, error, kind: type, default=...):

@@ -12,6 +12,7 @@ import errno
 import functools
 import hashlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -23,7 +24,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from .errors import BudgetError, ModelError, UnsafeModelError
+from .errors import BudgetError, ModelError, UnsafeModelError, one_line
 from .limits import human, max_memory
 
 #: Default largest model (graph file plus external data) that :func:`load_model` accepts.
@@ -329,9 +330,7 @@ def _tensor_nbytes(t: onnx.TensorProto, what: str) -> int:
     """Bytes of a tensor's raw data, from its dims and element type."""
     if any(d < 0 for d in t.dims):
         raise ModelError(f"{what} has negative dimensions {list(t.dims)}")
-    n = 1
-    for d in t.dims:
-        n *= int(d)
+    n = math.prod(t.dims)
     if t.data_type in _PACKED_BITS:
         return -(-n * _PACKED_BITS[t.data_type] // 8)
     if t.data_type == onnx.TensorProto.STRING:
@@ -354,9 +353,7 @@ def _check_inline(t: onnx.TensorProto, what: str) -> None:
     field, per = _TYPED_FIELDS.get(t.data_type, (None, 1))
     if field is None:
         return
-    n = 1
-    for d in t.dims:
-        n *= int(d)
+    n = math.prod(t.dims)
     have = len(getattr(t, field))
     if have != n * per:
         raise ModelError(f"{what} holds {have} values but its dims {list(t.dims)} need {n * per}")
@@ -440,7 +437,7 @@ def _pread_exact(fd: int, n: int, offset: int) -> bytes:
 
 
 def _inline_external_data(proto: onnx.ModelProto, folder: Path, graph_bytes: int, max_bytes: int,
-                          path: Path) -> tuple[int, int]:
+                          path: Path) -> int:
     """Read every external tensor of ``proto`` from ``folder`` into the proto itself.
 
     Each data file is opened once (:func:`_open_inside`), each tensor's offset and length
@@ -451,17 +448,17 @@ def _inline_external_data(proto: onnx.ModelProto, folder: Path, graph_bytes: int
 
     Returns
     -------
-    (total bytes on disk: graph file plus each data file once, number of external tensors)
+    int
+        Bytes on disk: the graph file plus each data file once.
     """
     files: dict = {}   # location parts -> (fd, size)
-    total, count = graph_bytes, 0
+    total = graph_bytes
     try:
         for i, t in enumerate(_tensors(proto.graph)):
             what = f"tensor {t.name or i!r}"
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 _check_inline(t, what)
                 continue
-            count += 1
             entries = {}
             for e in t.external_data:
                 if e.key in entries:
@@ -497,7 +494,7 @@ def _inline_external_data(proto: onnx.ModelProto, folder: Path, graph_bytes: int
     finally:
         for fd, _ in files.values():
             os.close(fd)
-    return total, count
+    return total
 
 
 @dataclass
@@ -526,14 +523,27 @@ class OnnxFile:
         return ir.from_proto(self.proto)
 
     @functools.cached_property
-    def largest_tensor(self) -> tuple:
-        """``(bytes, value name, op)`` of the largest value the graph computes for one sample
-        whose size shape inference can tell (with data propagation, so that a shape computed
-        from the input counts), or ``(0, None, None)``. See :func:`runtime_rows`."""
-        return _largest_tensor(self.proto)
+    def runtime_sizes(self) -> dict:
+        """The largest values the graph computes, as far as shape inference can tell (with
+        data propagation, so that a shape computed from the input counts): ``per_sample`` --
+        ``(bytes, name, op)`` of the largest growth of one value per sample of the batch --
+        and ``static`` -- the largest value whose size does not depend on the batch (weights
+        are left out: the model's size bounds them). ``(0, None, None)`` where nothing is
+        known. See :func:`runtime_rows`."""
+        one, two = _value_sizes(self.proto, 1), _value_sizes(self.proto, 2)
+        per_sample, static = (0, None, None), (0, None, None)
+        for name, (size, op) in one.items():
+            grown = two.get(name, (size, op))[0] - size
+            if grown > per_sample[0]:
+                per_sample = (grown, name, op)
+            elif grown == 0 and size > static[0]:
+                static = (size, name, op)
+        return {"per_sample": per_sample, "static": static}
 
 
-def _largest_tensor(proto: onnx.ModelProto) -> tuple:
+def _value_sizes(proto: onnx.ModelProto, batch: int) -> dict:
+    """``{value name: (bytes, producing op)}`` of every non-weight value whose shape is known
+    when the data inputs' first dimension is ``batch``."""
     graph = proto.graph
     light = onnx.ModelProto()
     light.opset_import.extend(proto.opset_import)
@@ -541,65 +551,61 @@ def _largest_tensor(proto: onnx.ModelProto) -> tuple:
     g = light.graph
     g.node.extend(graph.node)
     g.output.extend(graph.output)
-    inits = {t.name for t in graph.initializer}
+    weights = {t.name for t in graph.initializer}
     for vi in graph.input:
-        if vi.name in inits:
+        if vi.name in weights:
             continue
         v = g.input.add()
         v.CopyFrom(vi)
         dims = v.type.tensor_type.shape.dim
-        if len(dims):                      # one sample: the batch dimension set to 1
+        if len(dims):
             dims[0].Clear()
-            dims[0].dim_value = 1
+            dims[0].dim_value = batch
     for t in graph.initializer:            # weights become inputs of their shape; small constants
-        if len(t.raw_data) <= 4096 and t.data_location != onnx.TensorProto.EXTERNAL:
-            g.initializer.add().CopyFrom(t)   # (shapes, axes) stay, for data propagation
+        if len(t.raw_data) <= 4096:        # (shapes, axes) stay, for data propagation
+            g.initializer.add().CopyFrom(t)
         else:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:
-        return 0, None, None
+        return {}
     producer = {o: n.op_type for n in inferred.graph.node for o in n.output}
-    producer.update({v.name: "the input" for v in light.graph.input if v.name not in inits})
-    best = (0, None, None)
+    sizes = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         tt = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if not tt.HasField("shape") or any(d is None for d in dims):
+        if vi.name in weights or not tt.HasField("shape") or any(d is None for d in dims):
             continue
         try:
-            size = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize
         except Exception:
             continue
-        n = size
-        for d in dims:
-            n *= d
-        if n > best[0]:
-            best = (n, vi.name, producer.get(vi.name))
-    return best
+        sizes[vi.name] = (itemsize * math.prod(dims), producer.get(vi.name, "the input"))
+    return sizes
 
 
 def runtime_rows(source: OnnxFile, wanted: int) -> int:
     """How many samples one onnxruntime run of ``source`` may take: at most ``wanted``, and
-    no more than keep its largest tensor (:attr:`OnnxFile.largest_tensor`, counted as if it
-    grew with the batch) within a quarter of the memory budget.
+    no more than keep the values that grow with the batch (:attr:`OnnxFile.runtime_sizes`)
+    within a quarter of the memory budget.
 
     Raises
     ------
     BudgetError
-        A single sample's largest tensor exceeds a quarter of :func:`infoprobe.limits.max_memory`
-        (``ConstantOfShape``, ``Expand`` or ``Tile`` of a shape computed from the input, ...):
+        One sample alone makes a value over a quarter of :func:`infoprobe.limits.max_memory`,
+        or a value that does not depend on the batch exceeds half of it (``ConstantOfShape``,
+        ``Expand`` or ``Tile`` of a constant shape or of one computed from the input):
         refused before onnxruntime runs it.
     """
-    nbytes, name, op = source.largest_tensor
-    room = max_memory() // 4
-    if nbytes > room:
-        raise BudgetError(f"{source.path.name}: {op or 'a node'} builds {name!r} of {human(nbytes)} for one sample, "
-                          f"over a quarter of the memory budget of {human(max_memory())}; raise --max-memory if "
-                          "that is intended")
-    return int(max(1, min(wanted, room // max(1, nbytes))))
-
+    sizes = source.runtime_sizes
+    for (nbytes, name, op), share, what in ((sizes["static"], 2, "whatever the batch"),
+                                            (sizes["per_sample"], 4, "for each sample")):
+        if nbytes > max_memory() // share:
+            raise BudgetError(f"{source.path.name}: {op or 'a node'} builds {name!r} of {human(nbytes)} {what}, over "
+                              f"1/{share} of the memory budget of {human(max_memory())}; raise --max-memory if "
+                              "that is intended")
+    return int(max(1, min(wanted, (max_memory() // 4) // max(1, sizes["per_sample"][0]))))
 
 
 def _check_text(msg, where: str = "the model") -> None:
@@ -704,13 +710,12 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
                          f">= {MIN_OPSET} (convert with onnx.version_converter.convert_version)")
     _check_text(proto, str(path))
     folder = Path(os.path.abspath(path)).parent
-    total, _ = _inline_external_data(proto, folder, st.st_size, max_bytes, path)
+    total = _inline_external_data(proto, folder, st.st_size, max_bytes, path)
     if check:
         try:
             _check_proto(proto)
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{path} fails onnx.checker: {msg}") from None
+            raise ModelError(f"{path} fails onnx.checker: {one_line(exc)}") from None
     return OnnxFile(path=path, proto=proto, sha256=sha, bytes=int(total))
 
 
@@ -736,14 +741,13 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     try:
         model = f.ir()
     except Exception as exc:
-        raise ModelError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"cannot read {path}: {type(exc).__name__}: {one_line(exc)}") from None
     try:
         return _discover(model, f, max_bytes)
     except ModelError:
         raise
     except Exception as exc:  # a graph the checker accepts but discovery cannot follow: one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelError(f"cannot interpret the graph of {path}: {type(exc).__name__}: {msg}") from None
+        raise ModelError(f"cannot interpret the graph of {path}: {type(exc).__name__}: {one_line(exc)}") from None
 
 
 # ----------------------------------------------------------------------------- discovery

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes

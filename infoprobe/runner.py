@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from .errors import DataError, ModelError, PlanError
+from .errors import DataError, ModelError, PlanError, one_line
 from .model import LoadedModel, UnitLayer, runtime_rows
 from .rewrite import instrument, io_name, mask_shape, suffix
 
@@ -29,13 +29,13 @@ def ort_error(exc: Exception, what: str) -> Exception:
     anything else -- a failed allocation, a node that cannot run -- is the model's
     (:class:`ModelError`), with onnxruntime's first line.
     """
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = one_line(exc)
     if "alloc" in msg.lower() or isinstance(exc, MemoryError):
         return ModelError(f"{what}: onnxruntime could not allocate the memory the model asks for at run "
-                          f"time ({msg[:300]})")
+                          f"time ({msg})")
     if type(exc).__name__ in ("InvalidArgument", "InvalidGraph") and "input" in msg.lower():
-        return DataError(f"{what}: onnxruntime rejected the input: {msg[:300]}")
-    return ModelError(f"{what}: onnxruntime failed: {msg[:300]}")
+        return DataError(f"{what}: onnxruntime rejected the input: {msg}")
+    return ModelError(f"{what}: onnxruntime failed: {msg}")
 
 
 def session_options(threads: int | None = None, *, spin: bool = True) -> ort.SessionOptions:
@@ -81,7 +81,7 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
             ir.save(model, path, external_data="model.onnx.data")
             return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {one_line(exc)}") from None
 
 
 class Runner:

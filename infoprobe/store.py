@@ -35,7 +35,7 @@ import numpy as np
 
 from . import hdf5
 from .data import class_labels
-from .errors import DataError, InfoprobeError, OutputExistsError, StoreError
+from .errors import DataError, InfoprobeError, OutputExistsError, StoreError, one_line
 from .limits import require_memory, rows_within
 from .results import create_or_open, fsync_dir, uninterruptible
 
@@ -461,7 +461,7 @@ class Store:
         except Exception as exc:   # HDF5 errors of a damaged file, wherever they surface
             self.file.close()
             raise StoreError(f"{self.path} is damaged: {type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:200]}") from None
+                             f"{one_line(exc, 200)}") from None
 
     def _validate(self):
         f, p = self.file, self.path
@@ -612,7 +612,7 @@ class Store:
         try:
             ds = g[which] if which in ("pre", "post", "weight", "bias") and which in g else None
         except Exception as exc:
-            raise StoreError(f"{self.path} is damaged: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+            raise StoreError(f"{self.path} is damaged: {type(exc).__name__}: {one_line(exc, 200)}") from None
         if not isinstance(ds, h5py.Dataset):
             raise StoreError(f"layer {layer!r} has no {which!r} dataset")
         return ds
@@ -653,7 +653,7 @@ class Store:
             try:
                 block = np.asarray(ds[start:start + step], np.float32)
             except Exception as exc:
-                raise StoreError(f"cannot read {what}: {' '.join(str(exc).split())[:200]}") from None
+                raise StoreError(f"cannot read {what}: {one_line(exc, 200)}") from None
             if not np.isfinite(block).all():
                 bad = start + int(np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(1))[0])
                 raise DataError(f"{self.path}: layer {layer!r} {which} activations contain NaN or inf "

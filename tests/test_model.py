@@ -245,3 +245,45 @@ def test_a_layer_with_nan_weights_is_named_not_analysed(tmp_path):
     onnx.save(m, tmp_path / "nan.onnx")
     with pytest.raises(ModelError, match="NaN or infinite"):
         load_model(tmp_path / "nan.onnx")
+
+
+def test_runtime_sizes_separate_what_grows_with_the_batch_from_weights_and_constants(tmp_path):
+    """Values that grow with the batch bound the rows of a run; a weight never does; a
+    constant-shape bomb and a bomb of a shape computed from the input are refused first."""
+    from infoprobe.errors import BudgetError
+    from infoprobe.limits import budgets
+    from infoprobe.model import load_onnx, runtime_rows
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(3, 100_000)).astype(np.float32), "w")   # 1.2 MB weight
+
+    def save(nodes, inits, name):
+        g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 100_000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w, *inits])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / name)
+        return load_onnx(tmp_path / name)
+
+    gemm = helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)
+    plain = save([gemm], [], "plain.onnx")
+    assert plain.runtime_sizes["per_sample"][:2] == (400_000, "x") and plain.runtime_sizes["static"][0] == 0
+    with budgets(memory="16M"):        # a quarter: 4 MiB = 10 samples of 400,000 bytes, whatever the weight
+        assert runtime_rows(plain, 1000) == 10
+    shape = numpy_helper.from_array(np.array([1000, 1000], np.int64), "shape")
+    static = save([helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+                   helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+                   helper.make_node("Add", ["x", "s"], ["x2"]),
+                   helper.make_node("Gemm", ["x2", "w"], ["y"], transB=1)], [shape], "static.onnx")
+    assert static.runtime_sizes["static"][:2] == (4_000_000, "big")       # float32 [1000, 1000], once
+    with budgets(memory="4M"), pytest.raises(BudgetError, match="whatever the batch"):
+        runtime_rows(static, 1)
+    grown = save([helper.make_node("Shape", ["x"], ["n"], end=1),
+                  helper.make_node("Concat", ["n", "k"], ["to"], axis=0),
+                  helper.make_node("Expand", ["one", "to"], ["huge"]),
+                  helper.make_node("ReduceSum", ["huge"], ["s"], keepdims=0),
+                  helper.make_node("Add", ["x", "s"], ["x2"]),
+                  helper.make_node("Gemm", ["x2", "w"], ["y"], transB=1)],
+                 [numpy_helper.from_array(np.array([50_000_000], np.int64), "k"),
+                  numpy_helper.from_array(np.ones(1, np.float32), "one")], "grown.onnx")
+    assert grown.runtime_sizes["per_sample"][:2] == (200_000_000, "huge")   # [N, 5e7] float32
+    with budgets(memory="512M"), pytest.raises(BudgetError, match="for each sample"):
+        runtime_rows(grown, 64)

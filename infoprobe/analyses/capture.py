@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import Dataset, prepare_inputs, resolve_scale
-from ..errors import BudgetError, DataError, StoreError
+from ..errors import BudgetError, DataError
 from ..limits import human, max_store, rows_within
 from ..model import LoadedModel, load_model
 from ..results import keep_on_interrupt
@@ -127,10 +127,6 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
         path = writer.finish()
         keep_on_interrupt(None)
         return path
-    except OSError as exc:   # a full disk: the partial file keeps every row written before
-        raise StoreError(f"cannot write {writer.partial}: {exc.strerror or exc}; {writer.rows_written:,} of "
-                         f"{len(data):,} samples are kept there: free some space and run the same command "
-                         "again to resume") from None
     finally:
         writer.close()
 

@@ -30,19 +30,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._array import namespace, to_numpy
-from ..data import Dataset, prepare_inputs, resolve_scale
-from ..errors import ConfigError, ModelError, PlanError
-from ..estimators.frivolous import (
+from ..._array import namespace, to_numpy
+from ...data import Dataset, prepare_inputs, resolve_scale
+from ...errors import ConfigError, ModelError, PlanError
+from ...estimators.frivolous import (
     Moments, abs_correlations, components_needed, gain, independent_units, pca_spectrum,
     prunable_fraction, refactor,
 )
-from ..model import LoadedModel, load_model
-from ..plan import LayerPlan, PruningPlan
-from ..results import check_outputs, provenance, write_table
-from ..rewrite import io_name
-from ..runner import Runner, default_threads
-from ..store import Store
+from ...model import LoadedModel, load_model
+from ...plan import LayerPlan, PruningPlan
+from ...results import check_outputs, provenance, write_table
+from ...rewrite import io_name
+from ...runner import Runner, default_threads
+from ...store import Store
 
 #: The paper's ablated fractions: 0, 1/6, ..., 1.
 FRACTIONS = tuple(np.arange(7) / 6)
@@ -599,7 +599,7 @@ class FrivolousResult:
     def plot(self, outdir) -> list:
         """``prunability.png`` (ablation curves, Fig. 2a-b) and ``correlations.png``
         (violins of |r| per layer, Fig. 2c-d)."""
-        from .. import report
+        from ... import report
 
         outdir = Path(outdir)
         files = []
@@ -711,7 +711,7 @@ class SweepResult:
         """``sweep.png`` (log-log normalised counts against width with g, Figs. 3-4),
         ``sweep_prunability.png`` (network-mode ablation curves per width, Fig. 2a-b) and
         ``sweep_correlations.png`` (|r| of the last hidden layer per width, Fig. 2c-d)."""
-        from .. import report
+        from ... import report
 
         outdir = Path(outdir)
         files = [report.plot_sweep(self.rows, self.g_range, outdir / "sweep.png")]

@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Dataset, prepare_inputs, resolve_scale
-from ..errors import ConfigError, DataError, ModelError
-from ..estimators.graphcut import ncut, spectral_partition
-from ..graph import WeightGraph, graph_from_model, graph_from_store
-from ..model import LoadedModel, load_model
-from ..plan import LayerPlan, PruningPlan
-from ..results import check_outputs, provenance, write_table
-from ..rewrite import io_name
-from ..runner import Runner, default_threads
-from ..stats import adjust, chi2_ranks, fisher_combined, percentile_p
-from .ablation import _Evaluator
+from ...data import Dataset, prepare_inputs, resolve_scale
+from ...errors import ConfigError, DataError, ModelError
+from ...estimators.graphcut import ncut, spectral_partition
+from ...graph import WeightGraph, graph_from_model, graph_from_store
+from ...model import LoadedModel, load_model
+from ...plan import LayerPlan, PruningPlan
+from ...results import check_outputs, provenance, write_table
+from ...rewrite import io_name
+from ...runner import Runner, default_threads
+from ...stats import adjust, chi2_ranks, fisher_combined, percentile_p
+from ..ablation import _Evaluator
 
 LESIONS = ("zero", "bias")
 VARIANTS = ("all", "nonzero")
@@ -623,7 +623,7 @@ class ModulesResult:
         """Write the PNG plots of what was computed (clusterability, sub-clusters, class
         profiles, double lesions, dependencies, visualisations) to ``outdir``; returns their
         paths."""
-        from .. import report
+        from ... import report
 
         outdir = Path(outdir)
         files = []
@@ -645,7 +645,7 @@ class ModulesResult:
         (.csv/.json) and network.json to ``outdir``."""
         import json
 
-        from ..results import _plain, atomic_write_bytes
+        from ...results import _plain, atomic_write_bytes
 
         outdir = Path(outdir)
         check_outputs([outdir / f"{t}.{e}" for t in self.TABLES for e in ("csv", "json")]
@@ -664,7 +664,7 @@ class ModulesResult:
 def load_graph(source, kind: str = "auto"):
     """A weight graph and its loaded source from an ONNX model (.onnx) or an activation
     store (.h5/.hdf5). Returns ``(graph, LoadedModel or None, sha256)``."""
-    from ..store import Store
+    from ...store import Store
 
     if isinstance(source, LoadedModel):
         return graph_from_model(source, kind), source, source.sha256

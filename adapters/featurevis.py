@@ -125,9 +125,9 @@ def visualise(model, layer: str, unit_sets, *, steps: int = 256, lr: float = 0.0
     ModelError
         Unknown layer, or a unit index out of range.
     """
-    from .torch import _torch
+    from .torch_runtime import require_torch
 
-    torch = _torch()
+    torch = require_torch()
     F = torch.nn.functional
     if steps < 0 or lr <= 0 or batch_size < 1 or jitter < 0 or not (0 < scale[0] <= scale[1]):
         raise ConfigError("need steps >= 0, lr > 0, batch_size >= 1, jitter >= 0, 0 < scale[0] <= scale[1]")

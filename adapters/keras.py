@@ -13,7 +13,7 @@ import numpy as np
 from infoprobe.errors import ConfigError, DataError, ModelError, OutputExistsError
 from infoprobe.model import ACTIVATIONS, MODULE_MAP_KEY  # noqa: F401  (re-exported)
 
-from ._store import depths, layer_spec, write_batches, write_mapped_onnx
+from .export_store import depths, layer_spec, write_batches, write_mapped_onnx
 
 #: Keras activation functions (by ``__name__``) and activation layers, as infoprobe names them.
 _ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "leaky_relu": "leakyrelu",

@@ -125,9 +125,9 @@ def from_onnx(model):
     """
     from infoprobe.model import LoadedModel, load_model
 
-    from .torch import _torch
+    from .torch_runtime import require_torch
 
-    torch = _torch()
+    torch = require_torch()
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     ops = _make_ops(torch)
     graph = lm.ir_model.graph

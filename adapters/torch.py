@@ -24,7 +24,8 @@ import numpy as np
 from infoprobe.errors import ConfigError, DataError, ModelError, OutputExistsError
 from infoprobe.model import MODULE_MAP_KEY
 
-from ._store import depths, layer_spec, write_batches, write_mapped_onnx
+from .export_store import depths, layer_spec, write_batches, write_mapped_onnx
+from .torch_runtime import require_torch
 
 
 #: torch functions (by ``__name__``) recognised as the activation after a unit layer.
@@ -34,14 +35,6 @@ _ACTIVATIONS = {
     "gelu": "gelu", "elu": "elu", "elu_": "elu", "selu": "selu", "selu_": "selu",
     "softplus": "softplus",
 }
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise ConfigError("the PyTorch adapter needs PyTorch: pip install 'infoprobe[torch]'") from None
-    return torch
 
 
 def _flat_tensors(obj, torch):
@@ -271,7 +264,7 @@ def export_activations(model, data, out="acts.h5", *, layers=None, labels=None, 
     OutputExistsError, StoreError
         ``out`` exists and ``overwrite`` is false.
     """
-    torch = _torch()
+    torch = require_torch()
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists; pass overwrite=True to replace it")
@@ -399,7 +392,7 @@ def export_onnx(model, example_input, path, *, input_name: str = "input", output
     ModelError
         The exported model has no unit layer infoprobe can analyse.
     """
-    torch = _torch()
+    torch = require_torch()
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
@@ -476,7 +469,7 @@ def accuracy(model, data, *, batch_size: int = 1024, device=None) -> float:
     DataError
         Malformed data.
     """
-    torch = _torch()
+    torch = require_torch()
     x, y = _xy(data, torch, "data")
     p = next(iter(model.parameters()), None)
     device = device or (p.device if p is not None else "cpu")
@@ -545,7 +538,7 @@ def retrain_subnetwork(model, initial_state: dict, keep: dict, train_data, test_
     """
     import copy
 
-    torch = _torch()
+    torch = require_torch()
     if epochs < 0 or batch_size < 1 or lr <= 0:
         raise ConfigError("need epochs >= 0, batch_size >= 1 and lr > 0")
     xtr, ytr = _xy(train_data, torch, "train_data")

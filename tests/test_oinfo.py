@@ -7,7 +7,7 @@ from scipy import special, stats
 
 from infoprobe.errors import ConfigError, DataError
 from infoprobe.estimators.gaussian import (
-    _untie, constant_units, copnorm, entropy_bias, gaussian_entropy, gcmi_mixture_cd, gcmi_model_cd,
+    untie, constant_units, copnorm, entropy_bias, gaussian_entropy, gcmi_mixture_cd, gcmi_model_cd,
     label_entropy,
 )
 from infoprobe.estimators.oinfo import copula_model, o_information, search_multiplets
@@ -386,7 +386,7 @@ def test_untie_variances_are_the_random_tie_breaking_expectation():
     y = np.repeat([0, 1, 2], 20)
     x = rng.integers(0, 6, 60).astype(float)               # tie blocks shared by the classes
     x[y == 0] = 2.0                                        # and one class inside one block
-    z, extra_all, extra = _untie(x[:, None], y, 3)
+    z, extra_all, extra = untie(x[:, None], y, 3)
     expect = [(np.sum((z[y == g, 0] - z[y == g, 0].mean()) ** 2) + extra[g, 0]) / 19 for g in range(3)]
     draws = np.array([[copnorm(break_ties(x, rng))[y == g].var(ddof=1) for g in range(3)]
                       for _ in range(4000)])

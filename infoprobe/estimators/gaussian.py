@@ -48,7 +48,7 @@ LN2 = float(np.log(2.0))
 MAD_TO_SD = 1.482602218505602
 
 
-def _as_2d(x, name="x") -> np.ndarray:
+def as_2d(x, name="x") -> np.ndarray:
     a = np.asarray(to_numpy(x), dtype=np.float64)
     if a.ndim == 1:
         a = a[:, None]
@@ -59,7 +59,7 @@ def _as_2d(x, name="x") -> np.ndarray:
     return a
 
 
-def _labels(y, n: int) -> np.ndarray:
+def label_codes(y, n: int) -> np.ndarray:
     y = np.asarray(to_numpy(y))
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"labels must be [samples] with {n} samples; got shape {y.shape}")
@@ -99,7 +99,7 @@ def copnorm(x, *, ties: str = "average"):
     if ties not in TIES:
         raise ConfigError(f"unknown tie handling {ties!r}; use one of {', '.join(TIES)}")
     xp = namespace_of(x)
-    a = _as_2d(x)
+    a = as_2d(x)
     if a.shape[0] < 2:
         raise DataError("copula normalisation needs at least 2 samples")
     r = stats.rankdata(a, method=ties, axis=0)
@@ -114,7 +114,7 @@ def constant_units(x) -> np.ndarray:
     Such units carry no information; their covariance row is zero, which would break a
     Cholesky factorisation, so O-information excludes and reports them.
     """
-    a = _as_2d(x)
+    a = as_2d(x)
     return a.max(axis=0) == a.min(axis=0)
 
 
@@ -184,7 +184,7 @@ def gaussian_entropy(cov, n_samples=None, *, biascorrect: bool = True):
     return h / LN2
 
 
-def _class_constant(a: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
+def constant_within_classes(a: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
     """Boolean [G, U]: unit j takes a single value on every sample of class g."""
     mask = np.zeros((n_groups, a.shape[1]), dtype=bool)
     for g in range(n_groups):
@@ -193,7 +193,7 @@ def _class_constant(a: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray
     return mask
 
 
-def _untie(a: np.ndarray, inv: np.ndarray, n_groups: int):
+def untie(a: np.ndarray, inv: np.ndarray, n_groups: int):
     """Copula of some units in expectation over random tie-breaking (see the module docstring).
 
     Parameters
@@ -261,12 +261,12 @@ def label_entropy(y) -> float:
     y = np.asarray(to_numpy(y))
     if y.ndim != 1 or not len(y):
         raise DataError(f"labels must be a non-empty [samples] array; got shape {y.shape}")
-    _, counts = np.unique(_labels(y, len(y)), return_counts=True)
+    _, counts = np.unique(label_codes(y, len(y)), return_counts=True)
     p = counts / counts.sum()
     return float(-(p * np.log2(p)).sum())
 
 
-def _class_index(y: np.ndarray, min_count: int):
+def class_index(y: np.ndarray, min_count: int):
     classes, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
     if len(classes) < 2:
         raise DataError("mutual information with the label needs at least 2 classes")
@@ -279,9 +279,9 @@ def _class_index(y: np.ndarray, min_count: int):
 
 def _with_classes(x, y):
     """Validated activations [N, U], labels [N], classes, class index [N] and counts."""
-    a = _as_2d(x)
-    y = _labels(y, a.shape[0])
-    return (a, y, *_class_index(y, 2))
+    a = as_2d(x)
+    y = label_codes(y, a.shape[0])
+    return (a, y, *class_index(y, 2))
 
 
 def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
@@ -327,10 +327,10 @@ def gcmi_model_cd(x, y, *, biascorrect: bool = True, ties: str = "average"):
     const = constant_units(a)
     fix = np.zeros(a.shape[1], dtype=bool)
     if ties == "average":
-        fix = _class_constant(a, inv, len(classes)).any(axis=0) & ~const
+        fix = constant_within_classes(a, inv, len(classes)).any(axis=0) & ~const
     extra_all, extra = np.zeros(a.shape[1]), np.zeros((len(classes), a.shape[1]))
     if fix.any():
-        z[:, fix], extra_all[fix], extra[:, fix] = _untie(a[:, fix], inv, len(classes))
+        z[:, fix], extra_all[fix], extra[:, fix] = untie(a[:, fix], inv, len(classes))
     var = z.var(axis=0, ddof=1) + extra_all / (n - 1)
     var = np.where(const, 1.0, var)
     h_unc = 0.5 * np.log(var)
@@ -398,7 +398,7 @@ def gcmi_mixture_cd(x, y, *, ties: str = "average"):
     g_n = len(classes)
     means = np.empty((g_n, u))
     sds = np.empty((g_n, u))
-    atom = _class_constant(a, inv, g_n)                                     # [G, U] point masses
+    atom = constant_within_classes(a, inv, g_n)                                     # [G, U] point masses
     flat = np.zeros((g_n, u), dtype=bool)                                   # zero MAD, not constant
     for g in range(g_n):
         xm = a[inv == g]

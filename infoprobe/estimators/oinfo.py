@@ -69,7 +69,7 @@ import numpy as np
 from .._array import namespace, to_numpy
 from ..errors import ConfigError, DataError
 from .gaussian import (
-    LN2, _as_2d, _class_constant, _class_index, _labels, _untie, constant_units, copnorm, entropy_bias,
+    LN2, as_2d, class_index, constant_within_classes, label_codes, untie, constant_units, copnorm, entropy_bias,
 )
 
 LABELS = ("exact", "ordinal", "none")
@@ -212,7 +212,7 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     if labels not in LABELS:
         raise ConfigError(f"unknown label encoding {labels!r}; use one of {', '.join(LABELS)}")
     xp = namespace(device)
-    a = _as_2d(x)
+    a = as_2d(x)
     n = a.shape[0]
     const = constant_units(a)
     keep = np.flatnonzero(~const)
@@ -228,21 +228,21 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     else:
         if y is None:
             raise ConfigError(f"labels={labels!r} needs class labels; use labels='none' for unlabelled data")
-        y = _labels(y, n)
+        y = label_codes(y, n)
         if labels == "ordinal":
             zy = np.asarray(copnorm(y.astype(np.float64), ties="ordinal"))
             zz = np.column_stack([z, zy - zy.mean()])
             covs = [zz.T @ zz / (n - 1)]
         else:
-            classes, inv, cnt = _class_index(y, 2)
+            classes, inv, cnt = class_index(y, 2)
             n_g = len(classes)
             flat = np.zeros((n_g, len(keep)), dtype=bool)
             if ties == "average":
-                flat = _class_constant(a[:, keep], inv, n_g)
+                flat = constant_within_classes(a[:, keep], inv, n_g)
             fix = flat.any(axis=0)
             extra_all, extra = np.zeros(len(keep)), np.zeros((n_g, len(keep)))
             if fix.any():
-                zf, extra_all[fix], extra[:, fix] = _untie(a[:, keep[fix]], inv, n_g)
+                zf, extra_all[fix], extra[:, fix] = untie(a[:, keep[fix]], inv, n_g)
                 z[:, fix] = zf - zf.mean(axis=0)
                 class_constant = keep[fix]
             covs = [z.T @ z / (n - 1) + np.diag(extra_all / (n - 1))]

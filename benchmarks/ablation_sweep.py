@@ -1,10 +1,12 @@
 """Cost of an ablation sweep against plain forward passes, measured side by side.
 
-M single-layer ablation masks over N test images of the sigmoid MLP (784-100-100-10), five
+M single-layer ablation masks over N test images of the sigmoid MLP (784-100-100-10), six
 ways, each timed as the best of ``--repeats`` runs:
 
   plain     M forward passes of the unmodified model (one session)            -- the unit
-  sweep     infoprobe's sweep: layers before the ablated one computed once,
+  engine    infoprobe's intervention engine (what ablate, frivolous and modules run):
+            an Evaluator built (sessions, intact pass) and the M ablations evaluated
+  sweep     the suffix by hand: layers before the ablated one computed once,
             then the suffix graph with each mask broadcast over the batch
   full      every mask through the whole instrumented model (no suffix)
   fresh     a new InferenceSession per ablation (what re-building models costs)
@@ -25,6 +27,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from infoprobe.data import load_data, prepare_inputs
+from infoprobe.interventions import Evaluator, Intervention
 from infoprobe.model import load_model
 from infoprobe.rewrite import instrument, io_name
 from infoprobe.runner import Runner
@@ -81,6 +84,10 @@ def main():
 
     post = prefix.run(x, outputs=[io_name(args.layer, "post")])[io_name(args.layer, "post")]
 
+    def engine():
+        ev = Evaluator(lm, x, labels=data.y, threads=threads)
+        ev.evaluate([[Intervention(args.layer, np.flatnonzero(m == 0))] for m in masks])
+
     def floor():
         for _ in masks:
             sfx.session.run([lm.output_name], {**sfx.identity, sfx.data_input: post})
@@ -101,7 +108,7 @@ def main():
     assert np.allclose(a, b, atol=1e-5)
 
     t = {name: best(fn, args.repeats) for name, fn in
-         (("plain", plain), ("sweep", sweep), ("full", whole), ("fresh", fresh), ("floor", floor))}
+         (("plain", plain), ("engine", engine), ("sweep", sweep), ("full", whole), ("fresh", fresh), ("floor", floor))}
     print(f"model {Path(args.model).name}, layer {args.layer} ({lay.units} units), M = {args.masks} masks, "
           f"N = {len(x)} images, threads = {args.threads or 'default'}, best of {args.repeats}")
     print(f"{'way':<8} {'seconds':>9} {'ms/ablation':>12} {'x plain':>8}")

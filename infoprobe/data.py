@@ -190,8 +190,9 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     ----------
     path : path-like
         ``.npz`` with arrays ``x`` [N, ...], optional ``y`` [N] and ``split`` [N]
-        (0 train, 1 validation, 2 test); ``.npy`` with ``x`` only; or HDF5 (``.h5``, ``.hdf5``)
-        with datasets of those names.
+        (0 train, 1 validation, 2 test); ``.npy`` with ``x`` only; or HDF5 (``.h5``, ``.hdf5``,
+        or any other name with the HDF5 signature: :func:`infoprobe.store.is_store_path`) with
+        datasets of those names.
     split : {"all", "train", "validation", "test"} or int
     x_key, y_key, split_key : str
         Array names in the file.
@@ -207,6 +208,8 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     BudgetError
         An array larger than the memory budget.
     """
+    from .store import is_store_path   # store.py reads labels through this module
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
@@ -217,7 +220,7 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
             arrays = _read_npz(path, keys)
         elif suffix == ".npy":
             arrays = {x_key: _read_npy(path)}
-        elif suffix in (".h5", ".hdf5"):
+        elif is_store_path(path):
             arrays = _read_h5(path, keys)
         else:
             raise DataError(f"{path}: unknown data format {suffix!r}; use .npz, .npy or .h5")
@@ -245,7 +248,7 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
             raise DataError(f"unknown split {split!r}; use all, train, validation, test or a number") from None
         if sp is None:
             raise DataError(f"{path} has no {split_key!r} array, so split {split!r} cannot be selected; "
-                            "use --split all")
+                            "use split='all' (--split all)")
         index = np.flatnonzero(sp == code).astype(np.int64)
     if limit is not None:
         index = index[:limit]
@@ -264,7 +267,7 @@ def resolve_scale(x: np.ndarray, scale) -> float:
     try:
         return float(scale)
     except (TypeError, ValueError):
-        raise DataError(f"--scale must be 'auto' or a number, got {scale!r}") from None
+        raise DataError(f"the input scale (--scale) must be 'auto' or a number, got {scale!r}") from None
 
 
 def prepare_inputs(x: np.ndarray, input_shape: tuple, scale: float, *, input_name: str = "input") -> np.ndarray:

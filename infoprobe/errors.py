@@ -25,6 +25,11 @@ class UnsafeModelError(ModelError):
     """The model refers to files outside its folder, through links, or is larger than allowed."""
 
 
+class NoSuffixError(ModelError):
+    """No suffix graph starts at a unit site: later layers also read values computed before it
+    (a skip connection around the site), so the whole model must run instead."""
+
+
 class StoreError(InfoprobeError):
     """The activation store is missing, malformed, incomplete, or not an infoprobe store."""
 

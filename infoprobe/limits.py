@@ -104,7 +104,7 @@ def require_memory(nbytes: int, what: str) -> None:
     limit = max_memory()
     if nbytes > limit:
         raise BudgetError(f"{what} needs {human(nbytes)}, over the memory budget of {human(limit)}; "
-                          "raise it with --max-memory (or INFOPROBE_MAX_MEMORY) if the machine has the memory")
+                          "raise it with budgets(memory=) (--max-memory, or INFOPROBE_MAX_MEMORY) if the machine has the memory")
 
 
 def rows_within(per_row: int, n_rows: int, *, share: float = 0.125, what: str = "one sample") -> int:
@@ -118,5 +118,5 @@ def rows_within(per_row: int, n_rows: int, *, share: float = 0.125, what: str = 
     room = int(max_memory() * share)
     if per_row > room:
         raise BudgetError(f"{what} takes {human(per_row)}, more than {share:.0%} of the memory budget of "
-                          f"{human(max_memory())}; raise it with --max-memory")
+                          f"{human(max_memory())}; raise it with budgets(memory=) (--max-memory)")
     return int(max(1, min(n_rows, room // max(1, per_row))))

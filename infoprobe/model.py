@@ -133,6 +133,26 @@ class LoadedModel:
         read again: see :func:`load_onnx`)."""
         return self.source.ir()
 
+    def describe(self, name=None) -> dict:
+        """The model's input, output, unit layers and the nodes infoprobe did not interpret, as
+        plain JSON values (``name``: how to call the model, default its path)."""
+        return {"model": str(name if name is not None else self.path), "sha256": self.sha256,
+                "input": self.input_name, "input_shape": list(self.input_shape), "output": self.output_name,
+                "layers": [lay.to_dict() for lay in self.layers], "unsupported": self.unsupported}
+
+    def summary(self, name=None) -> str:
+        """The table of the unit layers: kind, op, units, activation, fan-in, depth, inputs;
+        then every node infoprobe did not interpret, with the reason."""
+        head = f"{'layer':<24} {'kind':<6} {'op':<24} {'units':>6} {'activation':<11} {'fan-in':>7} {'depth':>5}  inputs"
+        lines = [f"{name if name is not None else self.path}  input {self.input_name} {list(self.input_shape)}  "
+                 f"output {self.output_name}", head, "-" * len(head)]
+        for lay in self.layers:
+            lines.append(f"{lay.name:<24} {lay.kind:<6} {lay.op:<24} {lay.units:>6} {lay.activation:<11} "
+                         f"{lay.fan_in:>7} {lay.depth:>5}  {','.join(lay.inputs) or '(input)'}"
+                         + ("  [output]" if lay.is_output else ""))
+        lines += [f"not interpreted: {u['node']} ({u['op']}): {u['reason']}" for u in self.unsupported]
+        return "\n".join(lines)
+
     @functools.cached_property
     def label_threshold(self) -> float:
         """Threshold of a single-output classifier (:func:`output_threshold`)."""
@@ -473,7 +493,7 @@ def _inline_external_data(proto: onnx.ModelProto, folder: Path, graph_bytes: int
                 total += files[key][1]
                 if total > max_bytes:
                     raise UnsafeModelError(f"model {path} with its external data is over the limit of "
-                                           f"{max_bytes / 2**20:.1f} MiB; raise it with --max-model-size")
+                                           f"{max_bytes / 2**20:.1f} MiB; raise it with max_bytes= (--max-model-size)")
             fd, size = files[key]
             need = _tensor_nbytes(t, what)
             offset = _nonnegative(entries.get("offset", "0"), "offset", what)
@@ -528,17 +548,20 @@ class OnnxFile:
         data propagation, so that a shape computed from the input counts): ``per_sample`` --
         ``(bytes, name, op)`` of the largest growth of one value per sample of the batch --
         and ``static`` -- the largest value whose size does not depend on the batch (weights
-        are left out: the model's size bounds them). ``(0, None, None)`` where nothing is
-        known. See :func:`runtime_rows`."""
+        are left out: the model's size bounds them) -- and ``per_sample_total``, the bytes
+        per sample of all the values that grow with the batch together (a bound on what one
+        run holds at once). ``(0, None, None)`` and 0 where nothing is known. See
+        :func:`runtime_rows`."""
         one, two = _value_sizes(self.proto, 1), _value_sizes(self.proto, 2)
-        per_sample, static = (0, None, None), (0, None, None)
+        per_sample, static, total = (0, None, None), (0, None, None), 0
         for name, (size, op) in one.items():
             grown = two.get(name, (size, op))[0] - size
+            total += max(grown, 0)
             if grown > per_sample[0]:
                 per_sample = (grown, name, op)
             elif grown == 0 and size > static[0]:
                 static = (size, name, op)
-        return {"per_sample": per_sample, "static": static}
+        return {"per_sample": per_sample, "static": static, "per_sample_total": total}
 
 
 def _value_sizes(proto: onnx.ModelProto, batch: int) -> dict:
@@ -603,7 +626,7 @@ def runtime_rows(source: OnnxFile, wanted: int) -> int:
                                             (sizes["per_sample"], 4, "for each sample")):
         if nbytes > max_memory() // share:
             raise BudgetError(f"{source.path.name}: {op or 'a node'} builds {name!r} of {human(nbytes)} {what}, over "
-                              f"1/{share} of the memory budget of {human(max_memory())}; raise --max-memory if "
+                              f"1/{share} of the memory budget of {human(max_memory())}; raise it with infoprobe.limits.budgets(memory=) (--max-memory) if "
                               "that is intended")
     return int(max(1, min(wanted, (max_memory() // 4) // max(1, sizes["per_sample"][0]))))
 
@@ -689,7 +712,7 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
             raise ModelError(f"model file {path} is not a regular file")
         if st.st_size > max_bytes:
             raise UnsafeModelError(f"model file {path} is {st.st_size / 2**20:.1f} MiB, over the limit of "
-                                   f"{max_bytes / 2**20:.1f} MiB; raise it with --max-model-size")
+                                   f"{max_bytes / 2**20:.1f} MiB; raise it with max_bytes= (--max-model-size)")
         raw = f.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise UnsafeModelError(f"model file {path} grew over the limit of {max_bytes / 2**20:.1f} MiB while "

@@ -159,6 +159,19 @@ class PruningPlan:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model_sha256": self.model_sha256,
                 "generator": self.generator, "layers": [p.to_dict() for p in self.layers.values()]}
 
+    def describe(self) -> dict:
+        """What generated the plan and, per layer, the units removed and the kind of
+        replacement (``constant`` or ``affine``)."""
+        return {"generator": self.generator,
+                "layers": {n: {"units": lp.units, "removed": len(lp.remove),
+                               "replacement": "constant" if lp.is_constant else "affine"}
+                           for n, lp in self.layers.items()}}
+
+    def summary(self) -> str:
+        """Per layer, the units the plan removes and their replacement."""
+        return "\n".join(f"{n:<20} remove {d['removed']:>5} of {d['units']:<5} ({d['replacement']} replacement)"
+                         for n, d in self.describe()["layers"].items())
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False)
 

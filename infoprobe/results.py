@@ -229,22 +229,27 @@ def result_set():
         _result_set.reset(token)
 
 
-def _plain(v):
+def plain(v):
+    """``v`` as JSON values: NumPy scalars and arrays as numbers and lists, tuples as lists, dict
+    keys as strings, paths as strings, non-finite floats as None."""
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (float, np.floating)):
         return float(v) if np.isfinite(v) else None
     if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()]
+        return [plain(x) for x in v.tolist()]
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): plain(x) for k, x in v.items()}
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, Path):
         return str(v)
     return v
+
+
+_plain = plain   # the former private name, for callers not yet updated
 
 
 def provenance(inputs: dict | None = None, params: dict | None = None) -> dict:
@@ -268,7 +273,7 @@ def provenance(inputs: dict | None = None, params: dict | None = None) -> dict:
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "h5py": h5py.__version__},
         "inputs": {k: {"path": str(p), "sha256": s} for k, (p, s) in (inputs or {}).items()},
-        "parameters": _plain(params or {}),
+        "parameters": plain(params or {}),
     }
 
 
@@ -281,8 +286,8 @@ def check_outputs(paths, overwrite: bool) -> None:
     """
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
-        raise OutputExistsError(f"{existing[0]} already exists; choose another --out folder or pass "
-                                "--overwrite")
+        raise OutputExistsError(f"{existing[0]} already exists; choose another output (--out) or pass "
+                                "overwrite=True (--overwrite)")
 
 
 def write_table(outdir, name: str, rows: list, meta: dict) -> list:
@@ -294,7 +299,7 @@ def write_table(outdir, name: str, rows: list, meta: dict) -> list:
     """
     outdir = Path(outdir)
     columns = list(rows[0].keys()) if rows else []
-    clean = [{k: _plain(r.get(k)) for k in columns} for r in rows]
+    clean = [{k: plain(r.get(k)) for k in columns} for r in rows]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()

@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from .errors import ModelError
+from .errors import ModelError, NoSuffixError
 from .model import LoadedModel, UnitLayer
 
 
@@ -26,17 +26,18 @@ def io_name(layer: str, role: str) -> str:
     return f"{layer}:{role}"
 
 
-def mask_shape(layer: UnitLayer, per_position: bool = False, batch: int = 1) -> tuple:
-    """Shape of a mask or offset array for ``layer``.
+def mask_shape(layer: UnitLayer, positions: bool = False) -> tuple:
+    """Per-sample shape of a mask or offset array of ``layer`` (the one place it is derived).
 
-    Dense: ``[batch, U]``. Conv: ``[batch, C, 1, 1]`` per channel, or ``[batch, C, H, W]``
-    per channel x position (``per_position=True``).
+    Dense: ``(U,)``. Conv: ``(C, 1, 1)`` per channel, or ``layer.shape`` (``(C, H, W)``) per
+    channel x position (``positions=True``). A feed has a batch dimension first: 1 (the same
+    intervention for every sample) or the batch size (one per sample).
     """
     if layer.kind == "dense":
-        return (batch, layer.units)
-    if per_position:
-        return (batch, *layer.shape)
-    return (batch, layer.units, 1, 1)
+        return (layer.units,)
+    if positions:
+        return tuple(layer.shape)
+    return (layer.units, *[1] * (len(layer.shape) - 1))
 
 
 def _value_by_name(graph: ir.Graph, name: str) -> ir.Value:
@@ -54,31 +55,29 @@ def _float_value(name: str, dims) -> ir.Value:
     return ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(dims))
 
 
-def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
-               intervene: bool = True, mix: bool = False, noise: bool = False) -> ir.Model:
+def instrument(lm: LoadedModel, *, expose: bool = True, mix: bool = False, noise: bool = False) -> ir.Model:
     """Rewrite a model so that unit layers can be read and ablated through graph I/O.
+
+    Every unit layer gets graph inputs ``L:mask`` and ``L:offset`` (float32, broadcastable to
+    ``[N, *layer.shape]``: ``[B, U]`` dense, ``[B, C, 1, 1]`` or ``[B, C, H, W]`` conv, B = 1
+    or N, see :func:`mask_shape`), and every consumer of the post-activation reads
+    ``m * t + c`` instead.
 
     Parameters
     ----------
     lm : LoadedModel
         From :func:`infoprobe.model.load_model`; it is not modified.
-    layers : list of str, optional
-        Layers to instrument (default: all unit layers).
     expose : bool
         Add graph outputs ``L:pre`` and ``L:post`` (float32 ``[N, *layer.shape]``), the
         activations before any mask.
-    intervene : bool
-        Add graph inputs ``L:mask`` and ``L:offset`` (float32, broadcastable to
-        ``[N, *layer.shape]``: ``[B, U]`` dense, ``[B, C, 1, 1]`` or ``[B, C, H, W]`` conv, B = 1
-        or N) and route every consumer of the post-activation through ``m * t + c``.
     mix : bool
-        With ``intervene``, also add ``L:mix`` (float32 ``[U, U]`` dense, ``[C, C, 1, 1]`` conv)
+        Also add ``L:mix`` (float32 ``[U, U]`` dense, ``[C, C, 1, 1]`` conv)
         and compute ``t' = m * t + c + mix(t)``, where ``mix(t)_j = sum_k P[j, k] t_k`` (dense:
         ``t @ mix`` with ``mix = P.T``; conv: a 1x1 convolution with weight ``mix``). This is
         the affine replacement of a pruning plan applied without removing anything
         (:meth:`infoprobe.runner.Runner.plan_feeds`); zeros leave the model unchanged.
     noise : bool
-        With ``intervene``, also add ``L:noise`` (float32 ``[N, *layer.shape]``, or ``[1, ...]``
+        Also add ``L:noise`` (float32 ``[N, *layer.shape]``, or ``[1, ...]``
         broadcast) to every *hidden* layer (not the output layer) and add it last:
         ``t' = m * t + c (+ mix(t)) + z``. Fed with N(0, beta^2) draws this is the noisy
         network T_l = f_l(T_{l-1}) + Z_l of Goldfeld et al. (2019, Section 2); the exposed
@@ -92,54 +91,52 @@ def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
     """
     model = lm.fresh_ir()
     graph = model.graph
-    names = [lay.name for lay in lm.layers] if layers is None else list(layers)
-    for name in names:
+    for name in [lay.name for lay in lm.layers]:
         lay = lm.layer(name)
         batch_dim = ir.SymbolicDim(f"{name}_B")
         pre = _value_by_name(graph, lay.pre_value)
         t = _value_by_name(graph, lay.post_value)
-        if intervene:
-            if lay.kind == "dense":
-                mdims = [batch_dim, lay.units]
-            else:
-                mdims = [batch_dim, lay.units, ir.SymbolicDim(f"{name}_H"), ir.SymbolicDim(f"{name}_W")]
-            mask = _float_value(io_name(name, "mask"), mdims)
-            offset = _float_value(io_name(name, "offset"), mdims)
-            graph.inputs.extend([mask, offset])
-            uses = list(t.uses())
-            was_output = t.is_graph_output()
-            mul = ir.Node("", "Mul", [t, mask], name=f"infoprobe/{name}/mask_mul")
-            add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
-            graph.extend([mul, add])  # placed by the topological sort in finalize()
-            if mix:
-                mdims = [lay.units, lay.units] if lay.kind == "dense" else [lay.units, lay.units, 1, 1]
-                mixer = _float_value(io_name(name, "mix"), mdims)
-                graph.inputs.append(mixer)
-                prod = (ir.Node("", "MatMul", [t, mixer], name=f"infoprobe/{name}/mix") if lay.kind == "dense"
-                        else ir.Node("", "Conv", [t, mixer], name=f"infoprobe/{name}/mix"))
-                add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
-                graph.extend([prod, add2])
-                add = add2
-            if noise and not lay.is_output:
-                ndims = [batch_dim, *lay.shape]
-                z = _float_value(io_name(name, "noise"), ndims)
-                graph.inputs.append(z)
-                add3 = ir.Node("", "Add", [add.outputs[0], z], name=f"infoprobe/{name}/noise_add")
-                graph.append(add3)
-                add = add3
-            new = add.outputs[0]
-            new.type, new.shape = t.type, t.shape
-            for node, idx in uses:
-                node.replace_input_with(idx, new)
-            if was_output:
-                out_name = t.name
-                for i, v in enumerate(graph.outputs):
-                    if v is t:
-                        graph.outputs[i] = new
-                t.name = f"{out_name}__infoprobe_raw"
-                new.name = out_name
-            else:
-                new.name = f"{name}:post_masked"
+        if lay.kind == "dense":
+            mdims = [batch_dim, lay.units]
+        else:
+            mdims = [batch_dim, lay.units, ir.SymbolicDim(f"{name}_H"), ir.SymbolicDim(f"{name}_W")]
+        mask = _float_value(io_name(name, "mask"), mdims)
+        offset = _float_value(io_name(name, "offset"), mdims)
+        graph.inputs.extend([mask, offset])
+        uses = list(t.uses())
+        was_output = t.is_graph_output()
+        mul = ir.Node("", "Mul", [t, mask], name=f"infoprobe/{name}/mask_mul")
+        add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
+        graph.extend([mul, add])  # placed by the topological sort in finalize()
+        if mix:
+            mdims = [lay.units, lay.units] if lay.kind == "dense" else [lay.units, lay.units, 1, 1]
+            mixer = _float_value(io_name(name, "mix"), mdims)
+            graph.inputs.append(mixer)
+            prod = (ir.Node("", "MatMul", [t, mixer], name=f"infoprobe/{name}/mix") if lay.kind == "dense"
+                    else ir.Node("", "Conv", [t, mixer], name=f"infoprobe/{name}/mix"))
+            add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
+            graph.extend([prod, add2])
+            add = add2
+        if noise and not lay.is_output:
+            ndims = [batch_dim, *lay.shape]
+            z = _float_value(io_name(name, "noise"), ndims)
+            graph.inputs.append(z)
+            add3 = ir.Node("", "Add", [add.outputs[0], z], name=f"infoprobe/{name}/noise_add")
+            graph.append(add3)
+            add = add3
+        new = add.outputs[0]
+        new.type, new.shape = t.type, t.shape
+        for node, idx in uses:
+            node.replace_input_with(idx, new)
+        if was_output:
+            out_name = t.name
+            for i, v in enumerate(graph.outputs):
+                if v is t:
+                    graph.outputs[i] = new
+            t.name = f"{out_name}__infoprobe_raw"
+            new.name = out_name
+        else:
+            new.name = f"{name}:post_masked"
         if expose:
             dims = [ir.SymbolicDim("N"), *lay.shape]
             for role, src in (("pre", pre), ("post", t)):
@@ -152,31 +149,28 @@ def instrument(lm: LoadedModel, *, layers=None, expose: bool = True,
     return finalize(model)
 
 
-def suffix(lm: LoadedModel, layer: str, *, expose_later: bool = False) -> ir.Model:
+def suffix(lm: LoadedModel, layer: str) -> ir.Model:
     """The part of the (instrumented) model after unit layer ``layer``, as its own graph.
 
     Its inputs are ``L:post_in`` (the layer's post-activation before the mask, float32
     ``[N, *shape]``) and the masks and offsets of ``layer`` and of every layer after it; its
-    outputs are the model's outputs (and, with ``expose_later``, the later layers' ``pre`` and
-    ``post``). Running it on stored post-activations gives exactly what the whole
+    outputs are the model's outputs. Running it on stored post-activations gives exactly what the whole
     instrumented model gives.
 
     Raises
     ------
     ModelError
-        ``layer`` is the output layer, or the rest of the model also reads values computed
-        before ``layer`` (a skip connection around it), so no suffix exists.
+        ``layer`` is the output layer.
+    NoSuffixError
+        The rest of the model also reads values computed before ``layer`` (a skip connection
+        around it), so no suffix exists.
     """
     lay = lm.layer(layer)
     if lay.is_output:
         raise ModelError(f"layer {layer!r} is the output layer: there is nothing after it")
     downstream = _downstream(lm, layer)
     keep = set(downstream) | {layer}
-    model = instrument(lm, expose=expose_later)  # a fresh model: safe to edit in place
-    if expose_later:
-        # drop exposures of layers outside the suffix
-        model = _drop_outputs(model, {io_name(n.name, r) for n in lm.layers if n.name not in downstream
-                                       for r in ("pre", "post")})
+    model = instrument(lm, expose=False)  # a fresh model: safe to edit in place
     graph = model.graph
     t = _value_by_name(graph, lay.post_value)
     new_in = _float_value(io_name(layer, "post_in"), [ir.SymbolicDim("N"), *lay.shape])
@@ -187,8 +181,8 @@ def suffix(lm: LoadedModel, layer: str, *, expose_later: bool = False) -> ir.Mod
     graph = model.graph
     original_input = next(v for v in graph.inputs if v.name == lm.input_name)
     if original_input.uses():
-        raise ModelError(f"the model after layer {layer!r} also reads values computed before it "
-                         "(a skip connection); ablate it with the whole model instead")
+        raise NoSuffixError(f"the model after layer {layer!r} also reads values computed before it "
+                            "(a skip connection); run the whole model instead")
     dead = [v for v in graph.inputs if v.name == lm.input_name
             or (v.name.endswith((":mask", ":offset")) and v.name.rsplit(":", 1)[0] not in keep)]
     for v in dead:
@@ -207,13 +201,6 @@ def _downstream(lm: LoadedModel, layer: str) -> list:
                 frontier.add(lay.name)
                 changed = True
     return out
-
-
-def _drop_outputs(model: ir.Model, names: set) -> ir.Model:
-    graph = model.graph
-    for v in [v for v in graph.outputs if v.name in names]:
-        graph.outputs.remove(v)
-    return ir_passes.RemoveUnusedNodesPass()(model).model
 
 
 @functools.lru_cache(maxsize=1)

@@ -38,11 +38,14 @@ def ort_error(exc: Exception, what: str) -> Exception:
     return ModelError(f"{what}: onnxruntime failed: {msg}")
 
 
-def session_options(threads: int | None = None, *, spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None = None, *, spin: bool = True, arena: bool = True) -> ort.SessionOptions:
     """onnxruntime session options: silent logging, ``threads`` intra-op threads (None:
-    onnxruntime's choice) and, with ``spin=False``, idle threads that do not spin."""
+    onnxruntime's choice), with ``spin=False`` idle threads that do not spin, and with
+    ``arena=False`` no CPU memory arena (what a run allocates is returned when it ends,
+    instead of staying with the session for the next run)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = _ORT_QUIET
+    opts.enable_cpu_mem_arena = arena
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
@@ -51,7 +54,7 @@ def session_options(threads: int | None = None, *, spin: bool = True) -> ort.Ses
 
 
 def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
-                 spin: bool = True) -> ort.InferenceSession:
+                 spin: bool = True, arena: bool = True) -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` for an ``onnx_ir.Model``.
 
     The model holds its weights in memory (:func:`infoprobe.model.load_onnx` reads external
@@ -69,8 +72,12 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
         Let idle intra-op threads spin (onnxruntime's default: lower latency for runs back to
         back). False for a session that runs once while others work, so that its idle
         threads do not compete with theirs for the cores.
+    arena : bool
+        Keep onnxruntime's CPU memory arena (its default). Sessions that live side by side
+        over large batches (one per unit site of an intervention sweep) turn it off, so that
+        each does not keep the peak of its last run.
     """
-    opts = session_options(threads, spin=spin)
+    opts = session_options(threads, spin=spin, arena=arena)
     providers = providers or ["CPUExecutionProvider"]
     proto = ir.to_proto(model)
     try:
@@ -101,7 +108,7 @@ class Runner:
     noise : bool
         Add the ``L:noise`` inputs of every hidden layer (whole model only; see
         :meth:`noise_feeds`): the noisy network of Goldfeld et al. (2019).
-    providers, threads, spin :
+    providers, threads, spin, arena :
         As for :func:`make_session`.
 
     Attributes
@@ -114,21 +121,21 @@ class Runner:
 
     def __init__(self, lm: LoadedModel, *, after: str | None = None, expose: bool = False,
                  mix: bool = False, noise: bool = False, providers=None, threads: int | None = None,
-                 spin: bool = True):
+                 spin: bool = True, arena: bool = True):
         self.lm = lm
         self.after = after
         #: Rows per onnxruntime run that keep the model's largest tensor within the budget.
         self.max_rows = runtime_rows(lm.source, 1 << 40) if lm.source is not None else 1 << 40
         model = suffix(lm, after) if after else instrument(lm, expose=expose, mix=mix, noise=noise)
-        self.session = make_session(model, providers=providers, threads=threads, spin=spin)
+        self.session = make_session(model, providers=providers, threads=threads, spin=spin, arena=arena)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.data_input = io_name(after, "post_in") if after else lm.input_name
         self.identity = {}
         for lay in lm.layers:
             if io_name(lay.name, "mask") in self.input_names:
-                self.identity[io_name(lay.name, "mask")] = np.ones(mask_shape(lay), np.float32)
-                self.identity[io_name(lay.name, "offset")] = np.zeros(mask_shape(lay), np.float32)
+                self.identity[io_name(lay.name, "mask")] = np.ones((1, *mask_shape(lay)), np.float32)
+                self.identity[io_name(lay.name, "offset")] = np.zeros((1, *mask_shape(lay)), np.float32)
             if io_name(lay.name, "noise") in self.input_names:
                 self.identity[io_name(lay.name, "noise")] = np.zeros((1, *lay.shape), np.float32)
             if io_name(lay.name, "mix") in self.input_names:
@@ -140,11 +147,9 @@ class Runner:
         (conv: per channel; or the full mask shape for per-position interventions)."""
         mask = np.asarray(mask, np.float32)
         offset = np.asarray(offset, np.float32)
-        if layer.kind == "conv" and mask.ndim <= 2:
-            mask = mask.reshape(-1, layer.units, 1, 1)
-            offset = offset.reshape(-1, layer.units, 1, 1)
-        elif mask.ndim == 1:
-            mask, offset = mask[None], offset[None]
+        if mask.ndim <= 2:
+            mask = mask.reshape(-1, *mask_shape(layer))
+            offset = offset.reshape(-1, *mask_shape(layer))
         return {io_name(layer.name, "mask"): mask, io_name(layer.name, "offset"): offset}
 
     def replacement_feeds(self, layer: UnitLayer, units, constants) -> dict:

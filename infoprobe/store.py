@@ -26,6 +26,7 @@ import io
 import json
 import os
 import signal
+import stat
 import threading
 import zlib
 from pathlib import Path
@@ -41,6 +42,38 @@ from .results import create_or_open, fsync_dir, uninterruptible
 
 FORMAT = "infoprobe-activations"
 SCHEMA_VERSION = 1
+#: The eight bytes that open an HDF5 file's superblock (at offset 0, or 512, 1024, ... after a
+#: user block).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+#: Suffixes that name an HDF5 file that does not exist yet (or cannot be read).
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_store_path(path) -> bool:
+    """Whether ``path`` is an HDF5 file (an activation store; for :func:`infoprobe.data.load_data`
+    an HDF5 data file) rather than an ONNX model or a NumPy file.
+
+    An existing regular file is recognised by the HDF5 signature, at offset 0 or after a user
+    block (512, 1024, 2048, ... bytes); anything else -- a missing or unreadable file, or one
+    without the signature -- by the suffix ``.h5`` or ``.hdf5``. Nothing is opened but the file
+    itself, and only its first bytes at those offsets are read.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            try:
+                offset = 0
+                while offset + len(HDF5_SIGNATURE) <= st.st_size:
+                    if os.pread(fd, len(HDF5_SIGNATURE), offset) == HDF5_SIGNATURE:
+                        return True
+                    offset = 512 if offset == 0 else 2 * offset
+            finally:
+                os.close(fd)
+    except OSError:
+        pass
+    return p.suffix.lower() in HDF5_SUFFIXES
 
 
 def _version() -> str:
@@ -203,7 +236,7 @@ class StoreWriter:
         self.resumed, self.restarted, self.rows_written = False, None, 0
         attrs = dict(attrs or {})
         if self.path.exists() and not overwrite:
-            raise OutputExistsError(f"{self.path} already exists; pass --overwrite to replace it "
+            raise OutputExistsError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace it "
                                     "(the old file is kept until the new one is complete)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _acquire_lock(self.path)
@@ -216,7 +249,7 @@ class StoreWriter:
                     self.restarted = why
                 elif not overwrite:
                     raise StoreError(f"{self.partial} is an unfinished capture of other inputs; delete "
-                                     "it or pass --overwrite to start again")
+                                     "it or pass overwrite=True (--overwrite) to start again")
             if not self.resumed:
                 self._create(layers, n_outputs, labels, index, attrs)
             self._open("r+b")

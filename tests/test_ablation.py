@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 
 from conftest import FIX, mlp_forward, sigmoid
-from infoprobe.analyses.ablation import (ablation_constants, cumulative_ablation, parse_hybrid,
-                                         rank_units)
+from infoprobe.analyses.ablation import cumulative_ablation, parse_hybrid, rank_units
 from infoprobe.analyses.importance import importance
 from infoprobe.data import load_data
 from infoprobe.errors import ConfigError, DataError
+from infoprobe.interventions import replacement
+from infoprobe.model import load_model
 from infoprobe.store import Store
 
 
@@ -35,8 +36,10 @@ def test_rank_units_is_stable():
 
 def test_bias_balancing_constant_is_validation_mean(sigmoid_store):
     with Store(sigmoid_store) as st:
-        np.testing.assert_allclose(ablation_constants(st, "fc1", "mean"), st.read("fc1").astype(np.float64).mean(0), rtol=1e-12)
-        assert not ablation_constants(st, "fc1", "zero").any()
+        lm = load_model(FIX / "mlp_sigmoid.onnx")
+        np.testing.assert_allclose(replacement(lm, "fc1", "mean", store=st), st.read("fc1").astype(np.float64).mean(0),
+                                   rtol=1e-12)
+        assert not replacement(lm, "fc1", "zero").any()
 
 
 def test_layer_curves_match_numpy(sigmoid_store, test_data, imp):

@@ -160,3 +160,60 @@ def test_ablate_with_one_ablation_value(tmp_path, sigmoid_store, value):
     line = next(l for l in res.output.splitlines() if "fc2" in l and "mutual_information" in l)
     missing, present = (-1, -2) if value == "zero" else (-2, -1)  # columns: to zero, bias balancing
     assert line.split()[missing] == "-" and float(line.split()[present]) > 0.8
+
+
+def test_is_store_path_sniffs_the_hdf5_signature(tmp_path, sigmoid_store):
+    import h5py
+
+    from infoprobe.store import is_store_path
+
+    renamed = tmp_path / "acts.onnx"                     # an HDF5 file, whatever its name
+    shutil.copy(sigmoid_store, renamed)
+    assert is_store_path(sigmoid_store) and is_store_path(renamed)
+    with h5py.File(tmp_path / "block.bin", "w", userblock_size=512) as f:   # after a user block
+        f["x"] = np.zeros(3)
+    assert is_store_path(tmp_path / "block.bin")
+    assert not is_store_path(FIX / "mlp_sigmoid.onnx") and not is_store_path(FIX / "mnist_demo.npz")
+    (tmp_path / "text.h5").write_text("not HDF5")        # no signature: the suffix decides
+    assert is_store_path(tmp_path / "text.h5") and is_store_path(tmp_path / "missing.HDF5")
+    assert not is_store_path(tmp_path / "missing.onnx") and not is_store_path(tmp_path)
+
+
+def test_commands_are_thin_modules():
+    """One module per command, none over ~300 lines; the library decides, the CLI parses and prints."""
+    from pathlib import Path
+
+    import infoprobe.cli.main as main
+
+    folder = Path(main.__file__).parent
+    sizes = {p.name: len(p.read_text().splitlines()) for p in folder.glob("*.py")}
+    assert max(sizes.values()) <= 300, sizes
+    for name, cmd in main.cli.commands.items():
+        assert cmd.callback.__module__.startswith("infoprobe.cli."), name
+
+
+def test_library_errors_name_parameters_and_flags(tmp_path):
+    from infoprobe.errors import OutputExistsError
+    from infoprobe.results import check_outputs
+
+    (tmp_path / "a.csv").write_text("")
+    with pytest.raises(OutputExistsError, match=r"overwrite=True \(--overwrite\)"):
+        check_outputs([tmp_path / "a.csv"], overwrite=False)
+
+
+def test_families_run_without_the_cli(tmp_path, sigmoid_store):
+    """The multi-source workflows are library functions; their results summarise themselves."""
+    from infoprobe.analyses.frivolous.family import frivolous_family
+    from infoprobe.analyses.modules.family import modules_family
+    from infoprobe.errors import ConfigError
+
+    fam = frivolous_family([sigmoid_store], out=tmp_path / "f", plot=False, progress=False)
+    assert [r["layer"] for r in fam.results[0].layers] == ["fc1", "fc2"]
+    assert fam.summary().splitlines()[0] == f"{sigmoid_store}:" and "fc2" in fam.summary()
+    assert json.loads(fam.to_json())["files"] == [str(f) for f in fam.files]
+    with pytest.raises(ConfigError, match="sweep=True"):
+        frivolous_family([sigmoid_store, sigmoid_store], out=tmp_path / "g", progress=False)
+    mod = modules_family([sigmoid_store], out=tmp_path / "m", n_shuffles=0, plot=False, progress=False)
+    assert mod.summary().startswith(f"{sigmoid_store}: mlp graph") and (tmp_path / "m" / "network.json").exists()
+    with pytest.raises(ConfigError, match="single ONNX model"):
+        modules_family([sigmoid_store], out=tmp_path / "m2", plan=tmp_path / "p.json", progress=False)

@@ -277,10 +277,10 @@ def test_lesions_equal_physically_rebuilt_models(fashion):
     np.testing.assert_array_equal(les({"fc1": u1, "fc3": u3}),
                                   _rebuilt_accuracy(FIX / "fashion_mlp.onnx", x, fashion.y,
                                                     {"fc1.weight": u1, "fc1.bias": u1, "fc3.weight": u3, "fc3.bias": u3}))
-    # lesion "bias" on a conv with batch norm: weights zeroed, bias (through the batch norm) kept
+    # lesion "activation_of_bias" on a conv with batch norm: weights zeroed, bias (through the batch norm) kept
     mn = load_data(FIX / "mnist_demo.npz", split="test")
     cm = load_model(FIX / "cnn_small.onnx")
-    les = Lesioner(cm, mn, ["conv1", "conv2"], lesion="bias")
+    les = Lesioner(cm, mn, ["conv1", "conv2"], lesion="activation_of_bias")
     xc = prepare_inputs(mn.x, cm.input_shape, 1 / 255)
     np.testing.assert_array_equal(les({"conv1": [0, 2]}),
                                   _rebuilt_accuracy(FIX / "cnn_small.onnx", xc, mn.y, {"conv1.weight": [0, 2]}))
@@ -295,6 +295,9 @@ class _FakeLesioner:
     def __init__(self, damage, interaction=0.0):
         self.damage, self.interaction = damage, interaction
         self.base = np.full(4, 0.9)
+
+    def many(self, lesions):
+        return np.array([self(les) for les in lesions])
 
     def __call__(self, lesions):
         loss = sum(self.damage[lay][np.asarray(u)].sum() for lay, u in lesions.items())

@@ -1,10 +1,11 @@
 """Cumulative ablation of ranked units (Liu, Amjad & Geiger 2018, Sections 5-6).
 
-Every ablation replaces a unit's post-activation t_j by a constant c_j through the
-mask/offset inputs of the rewritten graph (DESIGN.md): ``zero`` ablation has c_j = 0; bias
-balancing (``mean``, eq. 7) has c_j = the unit's mean over the data the measures came from,
-which equals adding w_jk * mean(t_j) to the next layer's bias. Layer-wise sweeps run only
-the suffix of the model after the ablated layer, from its post-activations computed once.
+Every ablation replaces a unit's post-activation t_j by a constant c_j
+(:func:`infoprobe.interventions.replacement`): ``zero`` ablation has c_j = 0; bias balancing
+(``mean``, eq. 7) has c_j = the unit's mean over the data the measures came from, which
+equals adding w_jk * mean(t_j) to the next layer's bias. The runs go through the intervention
+engine (:class:`infoprobe.interventions.Evaluator`): a layer-wise sweep runs only the suffix
+of the model after the ablated layer, chunk by chunk within the memory budget.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import Dataset, prepare_inputs, resolve_scale
-from ..errors import ConfigError, DataError, ModelError
+from ..config import Config, param
+from ..errors import ConfigError, DataError
+from ..interventions import Evaluator, Intervention, replacement
 from ..model import LoadedModel, load_model
 from ..results import check_outputs, provenance, write_table
-from ..rewrite import io_name
-from ..runner import Runner, default_threads
+from ..runner import default_threads
 from ..store import Store
 from .importance import MEASURES, ImportanceResult, importance as compute_importance
 
@@ -39,26 +41,6 @@ def rank_units(values: np.ndarray, order: str = "low") -> np.ndarray:
     if order == "high":
         return np.argsort(-values, kind="stable")
     raise ConfigError(f"unknown order {order!r}; use low or high")
-
-
-def ablation_constants(store: Store, layer: str, value: str) -> np.ndarray:
-    """Per-unit constants c [U] that replace ablated units.
-
-    ``"zero"``: zeros. ``"mean"`` (bias balancing, eq. 7): the mean post-activation over the
-    store's samples (conv: over samples and positions, one constant per channel).
-    """
-    info = store.layer_info(layer)
-    if value == "zero":
-        return np.zeros(int(info["units"]), np.float64)
-    if value != "mean":
-        raise ConfigError(f"unknown ablation value {value!r}; use zero or mean")
-    total, n = None, 0
-    for _, block in store.iter_rows(layer, "post"):
-        b = block.reshape(len(block), block.shape[1], -1).astype(np.float64)
-        s = b.sum(axis=(0, 2))
-        total = s if total is None else total + s
-        n += b.shape[0] * b.shape[2]
-    return total / n
 
 
 def parse_hybrid(spec: str) -> dict:
@@ -118,11 +100,80 @@ class AblationResult:
                 out.append(row)
         return out
 
+    def summary(self, fraction: float = 0.5) -> str:
+        """The terminal text: the baseline accuracy, and per layer and ranking the accuracy with
+        ``fraction`` of the layer's units ablated, to zero and with bias balancing."""
+        return "\n".join([f"baseline test accuracy {self.params['baseline_accuracy']:.4f}"]
+                         + layer_table_lines(self.layer_table(fraction), fraction))
+
+    def plot(self, outdir) -> list:
+        """``ablation_<scope>.png`` for every scope the result holds (accuracy against units
+        ablated); returns their paths."""
+        from ..report import plot_ablation
+
+        files = []
+        for s in SCOPES + ("hybrid",):
+            p = plot_ablation(self.rows, Path(outdir) / f"ablation_{s}.png", scope=s)
+            if p:
+                files.append(p)
+        return files
+
     def save(self, outdir, *, overwrite: bool = False) -> list:
         """Write ``ablation.{csv,json}`` to ``outdir``."""
         outdir = Path(outdir)
         check_outputs([outdir / "ablation.csv", outdir / "ablation.json"], overwrite)
         return write_table(outdir, "ablation", self.rows, provenance(self.inputs, self.params))
+
+
+def layer_table_lines(table: list, fraction: float = 0.5) -> list:
+    """Lines of :meth:`AblationResult.layer_table`: per layer and ranking, the accuracy with
+    ``fraction`` of the units ablated, to zero and with bias balancing."""
+    lines = [f"accuracy with {fraction:.0%} of a layer's units ablated:",
+             f"  {'layer':<14} {'ranking':<34} {'to zero':>8} {'bias bal.':>9}"]
+    for r in table:
+        name = r["ranking"] if r["order"] == "-" else f"{r['ranking']} ({r['order']} first)"
+        zero, mean = (f"{r[k]:.4f}" if k in r else "-" for k in ("accuracy_zero", "accuracy_mean"))
+        lines.append(f"  {r['layer']:<14} {name:<34} {zero:>8} {mean:>9}")
+    return lines
+
+
+@dataclass(frozen=True)
+class AblationConfig(Config):
+    """Parameters of :func:`cumulative_ablation` (Liu, Amjad & Geiger 2018, Sections 5-6).
+
+    Random streams (:meth:`~infoprobe.config.Config.streams`): ``random_orders``, the
+    permutations of the random baseline.
+    """
+
+    STEPS = ("random_orders",)
+
+    measures: tuple = param(("mutual_information", "kl_selectivity"), choices=MEASURES, what="measure",
+                            help="Rankings (importance measures); 'random' is added by random_repeats > 0.")
+    orders: tuple = param(("low",), choices=ORDERS, what="order", help="Ablate the lowest- or highest-ranked units first.")
+    values: tuple = param(VALUES, choices=VALUES, what="ablation value",
+                          help="Replace ablated units by 0 ('zero') or by their mean (bias balancing, eq. 7).")
+    scopes: tuple = param(("layer",), choices=SCOPES, what="scope",
+                          help="Rank and ablate within each layer, or across all chosen layers at once.")
+    layers: tuple | None = param(None, help="Layers to ablate (default: the store's hidden layers).")
+    n_steps: int | None = param(None, help="Points per curve (default: every unit count up to 100).")
+    random_repeats: int = param(5, help="Random baseline repeats (0: none).")
+    seed: int = param(0, help="Seeds the random orders.")
+    hybrid: dict | None = param(None, help="{layer: (measure, ratio)}: the hybrid scheme of Section 6.")
+    scale: str | float = param("auto", help="Input multiplier for the data ('auto': 1/255 for 8-bit images).")
+    batch_size: int = param(4096, help="Largest chunk of samples per onnxruntime call (lowered to fit --max-memory).")
+
+    def check(self):
+        if self.random_repeats < 0:
+            raise ConfigError("random_repeats must be at least 0")
+        if self.n_steps is not None and self.n_steps < 2:
+            raise ConfigError("n_steps must be at least 2")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        for n, (m, r) in (self.hybrid or {}).items():
+            if m not in MEASURES:
+                raise ConfigError(f"unknown measure {m!r} in hybrid; use one of {', '.join(MEASURES)}")
+            if r <= 0:
+                raise ConfigError("hybrid ratios must be positive")
 
 
 def _steps(n_units: int, n_steps: int | None) -> np.ndarray:
@@ -131,33 +182,9 @@ def _steps(n_units: int, n_steps: int | None) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_units, max(2, n_steps))).astype(int))
 
 
-class _Evaluator:
-    """Accuracy and per-class accuracy of a runner under per-layer ablations."""
-
-    def __init__(self, runner: Runner, x: np.ndarray, y: np.ndarray, n_classes: int, output: str,
-                 batch_size: int):
-        self.runner, self.x, self.y, self.output = runner, x, y, output
-        self.n_classes, self.batch_size = n_classes, batch_size
-        self.class_rows = [np.flatnonzero(y == c) for c in range(n_classes)]
-
-    def __call__(self, ablations: dict) -> tuple[float, np.ndarray]:
-        """``ablations``: layer -> (UnitLayer, unit indices, constants [U])."""
-        feeds = {}
-        for lay, units, consts in ablations.values():
-            feeds.update(self.runner.replacement_feeds(lay, units, consts[units]))
-        logits = self.runner.run(self.x, feeds=feeds, outputs=[self.output],
-                                 batch_size=self.batch_size)[self.output]
-        correct = self.runner.lm.predicted_labels(logits) == self.y
-        per_class = np.array([correct[r].mean() if len(r) else np.nan for r in self.class_rows])
-        return float(correct.mean()), per_class
-
-
 def cumulative_ablation(model, store, data: Dataset, *, importance: ImportanceResult | None = None,
-                        measures=("mutual_information", "kl_selectivity"), orders=("low",),
-                        values=VALUES, scopes=("layer",), layers=None, n_steps: int | None = None,
-                        random_repeats: int = 5, seed: int = 0, hybrid: dict | None = None,
-                        scale="auto", batch_size: int = 4096, progress: bool = True,
-                        providers=None) -> AblationResult:
+                        config: AblationConfig | None = None, progress: bool = True, providers=None,
+                        **params) -> AblationResult:
     """Cumulatively ablate units ranked by information measures, or at random, and record
     test accuracy (Liu, Amjad & Geiger 2018, Section 5 and Figs. 1, 3, 4; hybrid: Section 6).
 
@@ -171,6 +198,8 @@ def cumulative_ablation(model, store, data: Dataset, *, importance: ImportanceRe
         Labelled samples on which accuracy is measured (the test split).
     importance : ImportanceResult, optional
         Computed from ``store`` with default settings when omitted.
+    config : AblationConfig, optional
+        The parameters below, as one object; keyword parameters change its fields.
     measures : sequence of str
         Rankings from :data:`infoprobe.analyses.importance.MEASURES`; ``"random"`` is added
         by ``random_repeats > 0``.
@@ -206,31 +235,27 @@ def cumulative_ablation(model, store, data: Dataset, *, importance: ImportanceRe
     ------
     ModelError, StoreError, DataError (no labels), ConfigError
     """
+    cfg = AblationConfig.build(config, **params)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     own = not isinstance(store, Store)
     st = Store(store) if own else store
     try:
-        return _run(lm, st, data, importance, measures, orders, values, scopes, layers, n_steps,
-                    random_repeats, seed, hybrid, scale, batch_size, progress, providers)
+        return _run(lm, st, data, importance, cfg, progress, providers)
     finally:
         if own:
             st.close()
 
 
-def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, random_repeats, seed,
-         hybrid, scale, batch_size, progress, providers):
+def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
+    measures, orders, values, scopes, hybrid = cfg.measures, cfg.orders, cfg.values, cfg.scopes, cfg.hybrid
+    n_steps, random_repeats = cfg.n_steps, cfg.random_repeats
     if data.y is None:
         raise DataError(f"{data.path} has no labels ('y'); ablation measures accuracy and needs them")
-    for what, given, allowed in (("measure", measures, MEASURES), ("order", orders, ORDERS),
-                                 ("ablation value", values, VALUES), ("scope", scopes, SCOPES)):
-        for g in given:
-            if g not in allowed:
-                raise ConfigError(f"unknown {what} {g!r}; use one of {', '.join(allowed)}")
     store_model = st.attrs.get("model_sha256")
     if store_model and store_model != lm.sha256:
         raise DataError(f"the store {st.path} was captured from another model (SHA-256 {store_model[:12]}..., "
                         f"this model is {lm.sha256[:12]}...); capture it again from {lm.path.name}")
-    names = list(layers) if layers else [n for n in st.hidden_layers()]
+    names = list(cfg.layers) if cfg.layers else [n for n in st.hidden_layers()]
     for n in names:
         if lm.layer(n).is_output:
             raise ConfigError(f"layer {n!r} is the output layer; ablate hidden layers")
@@ -239,13 +264,8 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
         if tuple(st.layer_info(n)["shape"]) != tuple(lm.layer(n).shape):
             raise DataError(f"the store's layer {n!r} has shape {st.layer_info(n)['shape']} but the model's "
                             f"has {lm.layer(n).shape}: the store was captured from another model")
-    if hybrid:
-        for n, (m, r) in hybrid.items():
-            lm.layer(n)
-            if m not in MEASURES:
-                raise ConfigError(f"unknown measure {m!r} in hybrid; use one of {', '.join(MEASURES)}")
-            if r <= 0:
-                raise ConfigError("hybrid ratios must be positive")
+    for n in hybrid or {}:
+        lm.layer(n)
     needs_imp = bool(measures) or bool(hybrid)
     if imp is None and needs_imp:
         imp_layers = sorted(set(names) | set(hybrid or {}), key=st.layer_names.index)
@@ -254,19 +274,15 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
                                  progress=progress)
     st_labels = st.labels
     n_classes = int(max(data.y.max(), st_labels.max() if st_labels is not None else 0)) + 1
-    factor = resolve_scale(data.x, scale)
+    factor = resolve_scale(data.x, cfg.scale)
     x = prepare_inputs(data.x, lm.input_shape, factor, input_name=lm.input_name)
     y = data.y
-    consts = {(n, v): ablation_constants(st, n, v) for n in set(names) | set(hybrid or {}) for v in values}
-    rng = np.random.default_rng(seed)
+    consts = {(n, v): replacement(lm, n, v, store=st) for n in set(names) | set(hybrid or {}) for v in values}
+    rng = cfg.streams()["random_orders"]
     rows = []
-    threads = default_threads()
-    layerwise = "layer" in scopes
-    full = Runner(lm, expose=layerwise, providers=providers, threads=threads)
-    if layerwise:  # the layers before each ablated layer, computed once for all its sweeps
-        posts = full.run(x, outputs=[io_name(n, "post") for n in names], batch_size=batch_size)
-    full_eval = _Evaluator(full, x, y, n_classes, lm.output_name, batch_size)
-    base_acc, base_cls = full_eval({})
+    engine = Evaluator(lm, x, labels=y, n_classes=n_classes, batch_size=cfg.batch_size, providers=providers,
+                       threads=default_threads())
+    base_acc = float(engine.base.accuracy[0])
 
     def emit(scope, layer, ranking, order, value, n_units, k, accs, cls):
         accs, cls = np.atleast_1d(accs), np.atleast_2d(cls)
@@ -279,18 +295,14 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
             row[f"class_{c}_accuracy"] = float(col.mean()) if not np.isnan(col).any() else None
         rows.append(row)
 
-    def sweep(scope, label, evaluate, n_units, orders_by_ranking, ablate_for):
+    def sweep(scope, label, n_units, orders_by_ranking, ablate_for):
+        """Every curve of one unit population: all its ablations go to the engine at once."""
         ks = _steps(n_units, n_steps)
         for (ranking, order, value), perms in orders_by_ranking.items():
-            res = np.empty((len(perms), len(ks)))
-            cls = np.empty((len(perms), len(ks), n_classes))
-            for r, perm in enumerate(perms):
-                for i, k in enumerate(ks):
-                    if k == 0:
-                        res[r, i], cls[r, i] = base_acc, base_cls
-                    else:
-                        res[r, i], cls[r, i] = evaluate(ablate_for(perm, int(k), value))
-                    bar.update(1)
+            sets = [ablate_for(perm, int(k), value) for perm in perms for k in ks]
+            out = engine.evaluate(sets, advance=bar.update)
+            res = out.accuracy.reshape(len(perms), len(ks))
+            cls = out.class_accuracy.reshape(len(perms), len(ks), n_classes)
             for i, k in enumerate(ks):
                 emit(scope, label, ranking, order, value, n_units, k, res[:, i], cls[:, i])
 
@@ -314,7 +326,7 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
         h_steps = _steps(int(np.floor(np.min(h_units * ratios.sum() / ratios))), n_steps)
 
     total = 0
-    if layerwise:
+    if "layer" in scopes:
         total += sum(len(_steps(lm.layer(n).units, n_steps)) for n in names) * \
             (len(measures) * len(orders) + random_repeats) * len(values)
     if "network" in scopes:
@@ -324,16 +336,15 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
         total += len(h_steps) * len(values)
     bar = tqdm(total=total, unit="ablation", desc="ablation", disable=not progress)
 
-    if layerwise:
+    def ablate(n, units, v):
+        units = np.asarray(units, np.int64)
+        return Intervention(n, units, consts[(n, v)][units])
+
+    if "layer" in scopes:
         for n in names:
-            lay = lm.layer(n)
-            try:
-                runner, inputs = Runner(lm, after=n, providers=providers, threads=threads), posts[io_name(n, "post")]
-            except ModelError:  # no suffix (skip connection around the layer): run the whole model
-                runner, inputs = full, x
-            ev = _Evaluator(runner, inputs, y, n_classes, lm.output_name, batch_size)
-            sweep("layer", n, ev, lay.units, plan(lay.units, lambda m, n=n: imp.measure(n, m)),
-                  lambda perm, k, v, n=n, lay=lay: {n: (lay, perm[:k], consts[(n, v)])})
+            units = lm.layer(n).units
+            sweep("layer", n, units, plan(units, lambda m, n=n: imp.measure(n, m)),
+                  lambda perm, k, v, n=n: [ablate(n, perm[:k], v)] if k else [])
 
     if "network" in scopes:
         sizes = [lm.layer(n).units for n in names]
@@ -341,36 +352,29 @@ def _run(lm, st, data, imp, measures, orders, values, scopes, layers, n_steps, r
 
         def split(perm, k, v):
             chosen = np.asarray(perm[:k])
-            out = {}
+            out = []
             for i, n in enumerate(names):
                 sel = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
-                out[n] = (lm.layer(n), sel, consts[(n, v)])
+                if len(sel):
+                    out.append(ablate(n, sel, v))
             return out
 
-        sweep("network", "+".join(names), full_eval, int(offsets[-1]),
+        sweep("network", "+".join(names), int(offsets[-1]),
               plan(int(offsets[-1]), lambda m: np.concatenate([imp.measure(n, m) for n in names])), split)
 
     if hybrid:
         perms = {n: rank_units(imp.measure(n, hybrid[n][0]), "low") for n in hl}
         label = ",".join(f"{n}={hybrid[n][0]}:{hybrid[n][1]:g}" for n in hl)
         for v in values:
-            for k in h_steps:
-                per_layer = np.minimum(np.round(k * ratios / ratios.sum()).astype(int), h_units)
-                if k == 0:
-                    acc, cls = base_acc, base_cls
-                else:
-                    acc, cls = full_eval({n: (lm.layer(n), perms[n][:kk], consts[(n, v)])
-                                          for n, kk in zip(hl, per_layer)})
-                bar.update(1)
+            counts = [np.minimum(np.round(k * ratios / ratios.sum()).astype(int), h_units) for k in h_steps]
+            sets = [[ablate(n, perms[n][:kk], v) for n, kk in zip(hl, per_layer) if kk] for per_layer in counts]
+            out = engine.evaluate(sets, advance=bar.update)
+            for i, per_layer in enumerate(counts):
                 emit("hybrid", "+".join(hl), label, "low", v, int(h_units.sum()), int(per_layer.sum()),
-                     acc, cls)
+                     out.accuracy[i], out.class_accuracy[i])
     bar.close()
-    params = {"measures": list(measures), "orders": list(orders), "values": list(values),
-              "scopes": list(scopes), "layers": names, "n_steps": n_steps,
-              "random_repeats": random_repeats, "seed": seed,
-              "hybrid": {k: list(v) for k, v in (hybrid or {}).items()}, "input_scale": factor,
-              "data_split": data.split, "n_test": len(data), "baseline_accuracy": base_acc,
-              "importance": imp.params if imp is not None else None}
+    params = dict(cfg.record(), layers=names, input_scale=factor, data_split=data.split, n_test=len(data),
+                  baseline_accuracy=base_acc, importance=imp.params if imp is not None else None)
     inputs = {"model": (lm.path, lm.sha256), "store": (st.path, st.sha256),
               "data": (data.path, data.sha256)}
     return AblationResult(rows, params, inputs)

@@ -136,7 +136,8 @@ def _check_room(nbytes: int, out: Path) -> None:
     limit = max_store()
     if nbytes > limit:
         raise BudgetError(f"the store would take about {human(nbytes)}, over the limit of {human(limit)}; "
-                          "capture fewer samples (--limit) or layers (--layers), or raise --max-store-size")
+                          "capture fewer samples (--limit) or layers (layers=, --layers), or raise the store-size "
+                          "budget (infoprobe.limits.budgets(store=...), --max-store-size)")
     folder = out.parent if out.parent.exists() else Path(".")
     try:
         free = shutil.disk_usage(folder).free

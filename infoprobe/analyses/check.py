@@ -33,6 +33,7 @@ from ..errors import ConfigError, DataError, ModelError
 from ..limits import rows_within
 from ..model import DEFAULT_MAX_BYTES, load_onnx, output_threshold, predicted_labels, runtime_rows
 from ..modelstats import model_cost
+from ..results import atomic_write_bytes, check_outputs
 from ..runner import default_threads, make_session, ort_error
 
 #: name -> (metric compared, human description). Every threshold is an upper bound.
@@ -258,7 +259,8 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
         th[k] = v
     if data.y is None and any(th[k] is not None for k in _NEEDS_LABELS):
         raise DataError(f"{data.path} has no labels; accuracy thresholds need them (switch off "
-                        f"{', '.join(k for k in _NEEDS_LABELS if th[k] is not None)} or give --y-key)")
+                        f"{', '.join(k for k in _NEEDS_LABELS if th[k] is not None)} or read the labels' "
+                        "array: y_key, --y-key)")
     t0 = time.perf_counter()
     files = {"reference": load_onnx(reference, max_bytes=max_bytes), "candidate": load_onnx(candidate, max_bytes=max_bytes)}
     for f in files.values():
@@ -352,3 +354,43 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
     return CheckResult(metrics, checks, models,
                        {"path": str(data.path), "sha256": data.sha256, "split": data.split, "n_samples": n},
                        {"thresholds": th, "batch_size": batch_size, "seconds": time.perf_counter() - t0})
+
+
+def gate(reference, candidate, data: Dataset, *, config=None, thresholds: dict | None = None, junit=None,
+         markdown=None, overwrite: bool = False, **kw) -> CheckResult:
+    """The CI gate: :func:`check` with thresholds from the defaults, then the TOML file
+    ``config`` (:func:`load_thresholds`), then ``thresholds``; the JUnit XML and Markdown
+    reports written where asked.
+
+    Parameters
+    ----------
+    reference, candidate, data :
+        As for :func:`check`.
+    config : path-like, optional
+        TOML file of thresholds.
+    thresholds : dict, optional
+        Overrides of the file's thresholds (``None`` switches one off).
+    junit, markdown : path-like, optional
+        Reports to write (:meth:`CheckResult.junit_xml`, :meth:`CheckResult.markdown`); an
+        existing one is refused before any work unless ``overwrite``.
+    **kw
+        Passed to :func:`check` (``scale``, ``batch_size``, ``max_bytes``, ``progress``).
+
+    Returns
+    -------
+    CheckResult
+        Its ``passed`` is the gate's verdict.
+
+    Raises
+    ------
+    OutputExistsError, ConfigError, ModelError, DataError
+    """
+    check_outputs([p for p in (junit, markdown) if p is not None], overwrite)
+    th = load_thresholds(config) if config else {}
+    th.update(thresholds or {})
+    res = check(reference, candidate, data, thresholds=th, **kw)
+    if junit:
+        atomic_write_bytes(junit, res.junit_xml())
+    if markdown:
+        atomic_write_bytes(markdown, res.markdown().encode())
+    return res

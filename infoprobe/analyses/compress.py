@@ -35,7 +35,7 @@ def latency_inputs(lm: LoadedModel, data: Dataset | None, batch: int, scale) -> 
     dims = lm.input_shape[1:] if data is None else None
     if data is None and any(d is None for d in dims):
         raise ConfigError(f"the input {lm.input_name!r} has symbolic dimensions {list(lm.input_shape)}; "
-                          "pass --data so that latency is measured on real inputs")
+                          "pass data (--data) so that latency is measured on real inputs")
     per_sample = 4 * int(np.prod(dims if data is None else data.x.shape[1:], dtype=np.float64))
     batch = rows_within(per_sample, batch, share=1 / 16, what=f"one sample of the input {lm.input_name!r}")
     if data is not None:
@@ -50,8 +50,42 @@ def _run_once(session, lm: LoadedModel, x: np.ndarray, what: str) -> np.ndarray:
         raise ort_error(exc, what) from None
 
 
+class PruneReport(dict):
+    """The report of :func:`prune_model`: a dict (JSON as it is) that summarises itself."""
+
+    @property
+    def mismatch(self) -> bool:
+        """Whether the verification on data found the pruned model different from the plan
+        applied by masks (a defect: the plan was not folded exactly)."""
+        ver = self.get("verification")
+        return bool(ver) and not ver["exact"]
+
+    def summary(self) -> str:
+        """Units kept per pruned layer; parameters, file size, MACs and latency of both models
+        with their ratios; the verification on data, when it ran."""
+        lines = [f"{lay['layer']:<20} {lay['units']:>6} -> {lay['kept']:<6} units"
+                 for lay in self["layers"] if lay["kept"] != lay["units"]]
+        o, p, r = self["original"], self["pruned"], self["ratios"]
+        lat = f"latency (ms/{o['latency']['batch']})"
+        lines += [f"{'':<22} {'original':>14} {'pruned':>14} {'ratio':>7}",
+                  f"{'parameters':<22} {o['parameters']:>14,} {p['parameters']:>14,} {r['parameters']:>7.3f}",
+                  f"{'file size (bytes)':<22} {o['bytes']:>14,} {p['bytes']:>14,} {r['bytes']:>7.3f}",
+                  f"{'MACs per sample':<22} {o['macs']:>14,} {p['macs']:>14,} {r['macs'] or float('nan'):>7.3f}",
+                  f"{lat:<22} {o['latency']['median_ms']:>14.4f} {p['latency']['median_ms']:>14.4f} "
+                  f"{r['latency']:>7.3f}"]
+        ver = self.get("verification")
+        if ver:
+            acc = (f"; accuracy {ver['accuracy_original']:.4f} -> {ver['accuracy_pruned']:.4f}"
+                   if "accuracy_pruned" in ver else "")
+            lines.append(f"verified on {ver['n_samples']} samples: max |delta| vs the plan applied by masks "
+                         f"{ver['max_abs_diff']:.2e} ({'exact' if ver['exact'] else 'MISMATCH'}), vs the original "
+                         f"{ver['max_abs_diff_original']:.2e}; labels kept "
+                         f"{ver['label_agreement_with_original']:.4f}{acc}")
+        return "\n".join(lines)
+
+
 def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", latency_batch: int = 64,
-                repeats: int = 30, overwrite: bool = False, batch_size: int = 4096) -> dict:
+                repeats: int = 30, overwrite: bool = False, batch_size: int = 4096) -> PruneReport:
     """Prune ``model`` by ``plan``, validate it, write it to ``out``, and compare it with the original.
 
     The pruned model is written only after it passed ``onnx.checker`` (full check) and ran
@@ -76,8 +110,8 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
 
     Returns
     -------
-    dict
-        ``original`` and ``pruned``: parameters, bytes, per-sample MACs and latency;
+    PruneReport
+        A dict: ``original`` and ``pruned``: parameters, bytes, per-sample MACs and latency;
         ``ratios`` (pruned / original); ``layers`` (units before and after);
         ``verification`` (with data: max |delta output| against the plan applied by masks
         and against the original, tolerance, label agreement with the original,
@@ -93,7 +127,7 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
     out = Path(out)
     check_outputs([out], overwrite)
     if out.resolve() == lm.path.resolve():
-        raise ConfigError("--out is the input model; write the pruned model elsewhere")
+        raise ConfigError("the output (out, --out) is the input model; write the pruned model elsewhere")
     pruned = apply_plan(lm, pl)
     threads = default_threads()
     x_lat = latency_inputs(lm, data, runtime_rows(lm.source, latency_batch), scale)
@@ -111,10 +145,10 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
         raise PlanError(f"the pruned model's output has shape {list(got_out.shape)} instead of "
                         f"{list(ref_out.shape)}, so it was not written")
     save_model(pruned, out, overwrite=overwrite)
-    report = {"out": str(out), "plan_sha256": pl.sha256(), "generator": pl.generator,
+    report = PruneReport({"out": str(out), "plan_sha256": pl.sha256(), "generator": pl.generator,
               "layers": [{"layer": lay.name, "units": lay.units,
                           "kept": lay.units - (len(pl.layers[lay.name].remove) if lay.name in pl.layers else 0)}
-                         for lay in lm.layers]}
+                         for lay in lm.layers]})
     for key, ir_model, nbytes in (("original", lm.ir_model, lm.file_bytes),
                                   ("pruned", pruned, ir.to_proto(pruned).ByteSize())):
         cost = model_cost(ir_model, nbytes)

@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,9 @@ from .._array import namespace
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
-from ..model import LoadedModel, load_model, sha256_file
-from ..results import atomic_write_bytes, check_outputs, provenance, write_table
+from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model, sha256_file
+from ..results import (after_commit, atomic_write_bytes, check_outputs, keep_on_interrupt, plain, provenance,
+                       write_table)
 from ..rewrite import io_name
 from ..runner import Runner, default_threads
 
@@ -50,7 +52,7 @@ LN2 = math.log(2.0)
 
 #: Result tables of :meth:`FlowSeries.save`, each written as ``.csv`` and ``.json``.
 TABLES = ("flow", "unit_trends", "trend_summary", "distances", "units")
-#: Folder inside a results folder where the command line keeps finished checkpoints.
+#: Folder inside a results folder where :func:`flow_study` keeps finished checkpoints.
 PARTIAL_DIR = ".flow-partial"
 #: Version of the resume files' layout; files of another version are recomputed.
 PARTIAL_FORMAT = 1
@@ -60,7 +62,7 @@ DETERMINISTIC_NOTE = (
     "beta = 0: in a deterministic network I(X;T_l) does not depend on the weights -- it is "
     "H(X) for discrete inputs and infinite for continuous ones with strictly monotone "
     "activations -- so it is not estimated. The binned entropy H(Bin(T_l)) and the pairwise "
-    "distances measure how the representations cluster instead; pass --beta > 0 to analyse "
+    "distances measure how the representations cluster instead; pass beta > 0 (--beta) to analyse "
     "the noisy network.")
 
 
@@ -270,6 +272,23 @@ class FlowSeries:
                                                for r in res.units], self.meta)
         return files
 
+    def summary(self) -> str:
+        """The trajectories (I(X;T) with its Monte Carlo standard error for beta > 0, and the
+        binned entropy, per checkpoint and layer) and the per-unit trends, as text."""
+        p = self.meta.get("parameters", {})
+        unit, noisy = p.get("unit", "bits"), p.get("beta", 0) > 0
+        head = f"  {'epoch':>8} {'layer':<12} {'units':>5}"
+        head += f" {'I(X;T) [' + unit + ']':>16} {'MC s.e.':>8}" if noisy else ""
+        lines = [head + f" {'H(Bin(T)) [bits]':>17}"]
+        for r in self.trajectory:
+            line = f"  {r['epoch']:>8g} {r['layer']:<12} {r['units']:>5}"
+            line += f" {r['mi']:16.4f} {r['mi_se']:8.4f}" if noisy else ""
+            lines.append(line + f" {r['binned_entropy']:17.4f}")
+        for s in self.trend_summary:
+            lines.append(f"  {s['layer']}: per-unit H(Bin) slope {s['mean_slope']:.3g} +/- {s['std_slope']:.3g} "
+                         f"bits/epoch, {100 * s['negative_fraction']:.0f}% of units negative")
+        return "\n".join(lines)
+
     def plot(self, outdir) -> list:
         """``flow.png`` (I(X;T_l) with MC error bars and H(Bin(T_l)) against the epoch, Figs.
         1, 5), ``distances.png`` (within/between-class distance histograms at the first, middle
@@ -437,3 +456,86 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
                       for i, res in enumerate(results)} | {"data": results[0].meta["inputs"]["data"]}
     meta["parameters"] = dict(meta["parameters"], epochs=epochs)
     return FlowSeries(epochs, results, trajectory, trends, summary, meta)
+
+
+# --------------------------------------------------------------------------- the whole workflow
+
+@dataclass
+class FlowStudy:
+    """What :func:`flow_study` computed (``series``) and wrote (``files``)."""
+
+    series: FlowSeries
+    files: list
+
+    def to_dict(self) -> dict:
+        """The trajectories, the trend summary and the files, as JSON values."""
+        return plain({"trajectory": self.series.trajectory, "trend_summary": self.series.trend_summary,
+                      "files": self.files})
+
+    def summary(self) -> str:
+        """:meth:`FlowSeries.summary`."""
+        return self.series.summary()
+
+
+def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, overwrite: bool = False, plot: bool = True,
+               progress: bool = True, notify=None, note=None, max_model_bytes: int = DEFAULT_MAX_BYTES,
+               **kw) -> FlowStudy:
+    """The information-flow workflow: :func:`flow_series` of ``models``, resumable, with its
+    tables (and plots) written to ``out``.
+
+    The tables are checked before any work (none is replaced unless ``overwrite``). Each
+    finished checkpoint is kept in ``out/.flow-partial`` (:data:`PARTIAL_DIR`) until the
+    tables are in place, so that the same call after an interruption resumes with the
+    checkpoints already done; an interruption reports them
+    (:func:`infoprobe.results.keep_on_interrupt`).
+
+    Parameters
+    ----------
+    models : list of LoadedModel or path-like
+        Checkpoints of one architecture, in training order (paths are loaded with
+        ``max_model_bytes``).
+    data : Dataset
+    out : path-like
+    beta : float
+        Noise standard deviation (:func:`information_flow`).
+    epochs : list of float, optional
+    plot : bool
+        Write ``flow.png`` and ``distances.png``.
+    notify : callable, optional
+        Called with one line when checkpoints are read back from the resume folder.
+    note : callable, optional
+        Called with :data:`DETERMINISTIC_NOTE` when ``beta`` is 0, before the work starts.
+    **kw
+        Passed to :func:`information_flow` (``n_samples``, ``n_mc``, ``layers``, ``unit``,
+        ``seed``, ``device``, ``scale``, ...).
+
+    Returns
+    -------
+    FlowStudy
+
+    Raises
+    ------
+    OutputExistsError, ModelError, DataError, ConfigError
+    """
+    out = Path(out)
+    check_outputs([out / f"{t}.{e}" for t in TABLES for e in ("csv", "json")], overwrite)   # before the work
+    if beta == 0 and note is not None:
+        note(DETERMINISTIC_NOTE)
+    partial = out / PARTIAL_DIR
+
+    def kept():
+        done = len(list(partial.glob("[0-9]*.json"))) if partial.is_dir() else 0
+        if not done:
+            return "nothing was written (results appear only when complete)"
+        return (f"{done} finished checkpoint{'s' if done > 1 else ''} kept in {partial}; run the same command "
+                "again to resume")
+
+    keep_on_interrupt(kept)
+    loaded = [m if isinstance(m, LoadedModel) else load_model(m, max_bytes=max_model_bytes) for m in models]
+    series = flow_series(loaded, data, epochs=epochs, beta=beta, progress=progress, resume_dir=partial,
+                         notify=notify, **kw)
+    files = series.save(out, overwrite=overwrite)
+    if plot:
+        files += series.plot(out)
+    after_commit(lambda: shutil.rmtree(partial, ignore_errors=True))   # once the tables are in place
+    return FlowStudy(series, files)

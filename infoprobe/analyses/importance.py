@@ -77,8 +77,30 @@ class ImportanceResult:
         if not rows:
             raise ConfigError(f"layer {layer!r} has no importance values; it has: {', '.join(self.layers())}")
         if rows[0].get(name) is None and name == "js_subset_separation":
-            raise ConfigError("JS subset separation was not computed (--no-js)")
+            raise ConfigError("JS subset separation was not computed (js=False, --no-js)")
         return np.array([r[name] for r in sorted(rows, key=lambda r: r["unit"])], np.float64)
+
+    #: Measures averaged per layer by :meth:`mean_bits`.
+    SUMMARY_MEASURES = ("entropy", "mutual_information", "kl_selectivity", "labeled_mi")
+
+    def mean_bits(self) -> dict:
+        """{layer: {measure: mean over the layer's units}} of :attr:`SUMMARY_MEASURES`, in bits."""
+        return {lay: {m: float(self.measure(lay, m).mean()) for m in self.SUMMARY_MEASURES}
+                for lay in self.layers()}
+
+    def summary(self) -> str:
+        """The per-layer means of :meth:`mean_bits` as a table (the terminal's summary)."""
+        lines = [f"{'layer':<20} {'H':>7} {'I(T;Y)':>7} {'KL sel':>7} {'lab.MI':>7}   (means, bits)"]
+        for lay, m in self.mean_bits().items():
+            lines.append(f"{lay:<20} {m['entropy']:7.3f} {m['mutual_information']:7.3f} "
+                         f"{m['kl_selectivity']:7.3f} {m['labeled_mi']:7.3f}")
+        return "\n".join(lines)
+
+    def plot(self, outdir) -> list:
+        """Write ``importance.png`` (distributions of the measures per layer) to ``outdir``."""
+        from ..report import plot_importance
+
+        return [plot_importance(self.units, Path(outdir) / "importance.png")]
 
     def save(self, outdir, *, overwrite: bool = False) -> list:
         """Write ``importance.{csv,json}`` and ``specific_information.{csv,json}`` to ``outdir``."""
@@ -90,7 +112,9 @@ class ImportanceResult:
             write_table(outdir, "specific_information", self.specific, meta)
 
 
-def _reduce(block: np.ndarray, kind: str, conv_reduce: str) -> np.ndarray:
+def reduce_positions(block: np.ndarray, kind: str, conv_reduce: str) -> np.ndarray:
+    """One value per unit and sample: a conv block [N, C, H, W] reduced over its positions by
+    ``conv_reduce`` ("mean" or "max") to [N, C]; a dense block [N, U] as it is."""
     if block.ndim == 2:
         return block
     flat = block.reshape(block.shape[0], block.shape[1], -1)
@@ -147,7 +171,8 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
         n_classes = int(labels.max()) + 1
         if js and n_classes > est.discrete.MAX_JS_CLASSES:
             raise ConfigError(f"JS subset separation is exact over 2^(C-1) subsets and limited to "
-                              f"{est.discrete.MAX_JS_CLASSES} classes; the store has {n_classes}: pass --no-js")
+                              f"{est.discrete.MAX_JS_CLASSES} classes; the store has {n_classes}: pass js=False "
+                              "(--no-js)")
         if which not in ("pre", "post"):
             raise ConfigError("which must be 'pre' or 'post'")
         names = st.hidden_layers() if layers is None else list(layers)
@@ -166,18 +191,18 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                 lo = np.full(n_units, np.inf)
                 hi = np.full(n_units, -np.inf)
                 for _, block in st.iter_rows(name, which):
-                    b = _reduce(block, info["kind"], conv_reduce)
+                    b = reduce_positions(block, info["kind"], conv_reduce)
                     lo, hi = np.minimum(lo, b.min(0)), np.maximum(hi, b.max(0))
                 edges = est.uniform_edges(xp.asarray(lo), xp.asarray(hi), quantizer.bins)
             else:
                 rows = np.sort(rng.choice(st.n_rows, min(st.n_rows, max_quantile_rows), replace=False))
-                sample = _reduce(st.read_rows(name, which, rows), info["kind"], conv_reduce)
+                sample = reduce_positions(st.read_rows(name, which, rows), info["kind"], conv_reduce)
                 if not np.isfinite(sample).all():
                     list(st.iter_rows(name, which))  # raises the descriptive NaN error
                 edges = est.quantile_edges(xp.asarray(sample), quantizer.bins)
             counts = None
             for start, block in st.iter_rows(name, which):
-                b = xp.asarray(_reduce(block, info["kind"], conv_reduce))
+                b = xp.asarray(reduce_positions(block, info["kind"], conv_reduce))
                 c = est.joint_counts(est.quantize(b, edges), y_dev[start:start + len(block)],
                                      quantizer.n_bins, n_classes)
                 counts = c if counts is None else counts + c

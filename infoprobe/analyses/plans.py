@@ -27,15 +27,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..interventions import replacement
 from ..model import LoadedModel
 from ..plan import LayerPlan, PruningPlan
 from ..prune import outgoing_weights
 from ..store import Store
-from .ablation import ablation_constants, parse_hybrid, rank_units
+from .ablation import parse_hybrid, rank_units
 from .importance import MEASURES, ImportanceResult, importance as compute_importance
 
 METHODS = ("measure", "hybrid", "random", "magnitude", "merge")
 REPLACEMENTS = ("zero", "mean", "bias")
+#: The plans' replacement names in the vocabulary of :func:`infoprobe.interventions.replacement`.
+_KINDS = {"zero": "zero", "mean": "mean", "bias": "activation_of_bias"}
 
 
 def parse_fractions(spec, layers) -> dict:
@@ -100,15 +103,11 @@ def replacement_constants(lm: LoadedModel, layer: str, replace: str, store: Stor
         Unknown ``replace``, ``mean`` without a store, or ``bias`` for an activation
         infoprobe cannot evaluate.
     """
-    if replace == "zero":
-        return np.zeros(lm.layer(layer).units)
-    if replace == "mean":
-        if store is None:
-            raise ConfigError("replace='mean' (bias balancing) needs an activation store (--store)")
-        return ablation_constants(store, layer, "mean")
-    if replace == "bias":
-        return lm.lesion_constants(layer)
-    raise ConfigError(f"unknown replacement {replace!r}; use one of {', '.join(REPLACEMENTS)}")
+    if replace not in _KINDS:
+        raise ConfigError(f"unknown replacement {replace!r}; use one of {', '.join(REPLACEMENTS)}")
+    if replace == "mean" and store is None:
+        raise ConfigError("replace='mean' (bias balancing) needs an activation store (store=, --store)")
+    return replacement(lm, layer, _KINDS[replace], store=store)
 
 
 def plan_from_scores(lm: LoadedModel, scores: dict, counts: dict, *, order: str = "low",
@@ -132,7 +131,7 @@ def _importance(store, imp, layers, measures) -> ImportanceResult:
     if imp is not None:
         return imp
     if store is None:
-        raise ConfigError("information measures need an activation store (--store)")
+        raise ConfigError("information measures need an activation store (store=, --store)")
     return compute_importance(store, layers=layers, js="js_subset_separation" in measures, progress=False)
 
 

@@ -26,13 +26,14 @@ from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError
 from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
 from ..estimators.oinfo import Throughput, copula_model, plan_search, search_multiplets
-from ..model import LoadedModel, load_model
+from ..interventions import Evaluator, Intervention
+from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model
 from ..plan import LayerPlan, PruningPlan
 from ..results import check_outputs, provenance, write_table
-from ..runner import Runner, default_threads
+from ..runner import default_threads
 from ..store import Store
-from .ablation import _Evaluator, rank_units
-from .importance import _reduce
+from .ablation import rank_units
+from .importance import reduce_positions
 from .plans import replacement_constants
 
 SELECTIONS = ("synergy", "gcmi_model", "gcmi_mixture", "random")
@@ -60,7 +61,7 @@ def layer_activations(store: Store, layer: str, which: str = "pre", *, max_sampl
     if which not in ("pre", "post"):
         raise ConfigError(f"which must be 'pre' or 'post', not {which!r}")
     x = store.read(layer, which)
-    x = _reduce(x, which, "mean")
+    x = reduce_positions(x, which, "mean")
     y = store.labels
     if max_samples is not None and len(x) > max_samples:
         rows = np.sort(np.random.default_rng(seed).choice(len(x), int(max_samples), replace=False))
@@ -109,14 +110,45 @@ class SynergyResult:
         raise ConfigError(f"layer {layer!r} has no multiplet of size {size}; sizes "
                           f"{min(r['size'] for r in rows)}..{max(r['size'] for r in rows)}")
 
+    def constant_units(self) -> dict:
+        """{"<network>:<layer>": [units]} excluded as constant."""
+        return {f"{n}:{lay}": u for (n, lay), u in self.constant.items()}
+
+    def summary(self) -> str:
+        """The profiles as a table (best synergy and redundancy per layer and size, mean over
+        networks) and the excluded constant units: the terminal's summary."""
+        p = self.meta.get("parameters", {})
+        nets = max(r["networks"] for r in self.profiles)
+        lines = [f"best O-information [bits], mean over {nets} network{'s' if nets > 1 else ''} "
+                 f"(labels={p.get('labels')}, {p.get('which')}-activations)",
+                 f"{'layer':<16} {'k':>3} {'synergy':>9} {'redundancy':>11}  method"]
+        best = {(r["layer"], r["size"], r["direction"]): r for r in reversed(self.profiles)}
+        for lay in self.layers():
+            for k in sorted({r["size"] for r in self.profiles if r["layer"] == lay}):
+                s, d = best[(lay, k, "synergy")], best[(lay, k, "redundancy")]
+                lines.append(f"{lay:<16} {k:>3} {s['mean']:9.3f} {d['mean']:11.3f}  {s['method']}")
+        for key, u in self.constant_units().items():
+            lines.append(f"excluded constant units of {key}: {u}")
+        return "\n".join(lines)
+
+    def plot(self, outdir) -> list:
+        """Write ``synergy.png`` (best synergy and redundancy against multiplet size, per layer)."""
+        from ..report import plot_synergy
+
+        return [plot_synergy(self.profiles, Path(outdir) / "synergy.png")]
+
     def save(self, outdir, *, overwrite: bool = False) -> list:
         """Write synergy.csv/json (best multiplets) and synergy_profile.csv/json."""
         outdir = Path(outdir)
-        names = [outdir / f"{n}.{e}" for n in ("synergy", "synergy_profile") for e in ("csv", "json")]
-        check_outputs(names, overwrite)
-        meta = dict(self.meta, constant_units={f"{n}:{lay}": u for (n, lay), u in self.constant.items()})
+        check_outputs(self.outputs(outdir), overwrite)
+        meta = dict(self.meta, constant_units=self.constant_units())
         return write_table(outdir, "synergy", self.rows, meta) + \
             write_table(outdir, "synergy_profile", self.profiles, self.meta)
+
+    @staticmethod
+    def outputs(outdir) -> list:
+        """The tables :meth:`save` writes to ``outdir``."""
+        return [Path(outdir) / f"{n}.{e}" for n in ("synergy", "synergy_profile") for e in ("csv", "json")]
 
 
 def _count(n: float) -> str:
@@ -506,10 +538,9 @@ def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, 
         which = result.meta.get("parameters", {}).get("which", "pre")
         factor = resolve_scale(data.x, scale)
         x = prepare_inputs(data.x, lm.input_shape, factor, input_name=lm.input_name)
-        n_classes = int(data.y.max()) + 1
-        runner = Runner(lm, providers=providers, threads=default_threads())
-        evaluate = _Evaluator(runner, x, data.y, n_classes, lm.output_name, batch_size)
-        base, _ = evaluate({})
+        engine = Evaluator(lm, x, labels=data.y, n_classes=int(data.y.max()) + 1, batch_size=batch_size,
+                           providers=providers, threads=default_threads())
+        base = float(engine.base.accuracy[0])
         rng = np.random.default_rng(seed)
         rows = [{"layer": "", "n_units": 0, "k": 0, "selection": "none", "mode": "", "accuracy": base,
                  "accuracy_std": 0.0, "drop": 0.0, "repeats": 1, "units": []}]
@@ -526,10 +557,9 @@ def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, 
                      "random": [rng.choice(lay.units, k, replace=False) for _ in range(random_repeats)]}
             for sel, sets in picks.items():
                 for mode in MODES:
-                    accs = []
-                    for units in sets:
-                        target = units if mode == "ablate" else np.setdiff1d(np.arange(lay.units), units)
-                        accs.append(evaluate({n: (lay, np.sort(target), consts)})[0])
+                    targets = [np.sort(units if mode == "ablate" else np.setdiff1d(np.arange(lay.units), units))
+                               for units in sets]
+                    accs = engine.evaluate([[Intervention(n, t, consts[t])] for t in targets]).accuracy
                     rows.append({"layer": n, "n_units": lay.units, "k": k, "selection": sel, "mode": mode,
                                  "accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
                                  "drop": float(base - np.mean(accs)), "repeats": len(accs),
@@ -538,3 +568,122 @@ def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, 
     finally:
         if own:
             st.close()
+
+
+# --------------------------------------------------------------------------- the whole workflow
+
+@dataclass
+class SynergyStudy:
+    """What :func:`synergy_study` computed and wrote.
+
+    ``result``: the search (:class:`SynergyResult`); ``files``: every file written, in order;
+    ``importance``: rows of :func:`multiunit_importance` (with data), else None; ``plan``: the
+    :func:`synergy_plan` written (with a plan path), else None.
+    """
+
+    result: SynergyResult
+    files: list
+    importance: list | None = None
+    plan: PruningPlan | None = None
+
+    def to_dict(self) -> dict:
+        """The profiles, the excluded constant units, the importance rows (when computed) and
+        the files, as JSON values."""
+        doc = {"profiles": self.result.profiles, "constant_units": self.result.constant_units()}
+        if self.importance is not None:
+            doc["importance"] = self.importance
+        return dict(doc, files=[str(f) for f in self.files])
+
+    def summary(self) -> str:
+        """The profiles (:meth:`SynergyResult.summary`) and, when computed, the accuracy after
+        ablating each selection of units and after keeping only it."""
+        lines = [self.result.summary()]
+        if self.importance is not None:
+            lines += ["", f"multi-unit importance (baseline accuracy {self.importance[0]['accuracy']:.4f})",
+                      f"{'layer':<16} {'k':>3} {'selection':<13} {'ablate':>8} {'keep only':>10}"]
+            imp = [r for r in self.importance if r["layer"]]
+            kept = {(q["layer"], q["selection"]): q for q in reversed(imp) if q["mode"] == "keep"}
+            for r in imp:
+                if r["mode"] == "ablate":
+                    lines.append(f"{r['layer']:<16} {r['k']:>3} {r['selection']:<13} {r['accuracy']:8.4f} "
+                                 f"{kept[(r['layer'], r['selection'])]['accuracy']:10.4f}")
+        return "\n".join(lines)
+
+
+def synergy_study(stores, *, out, model=None, data: Dataset | None = None, plan=None, plan_size: int | None = None,
+                  replace: str = "zero", random_repeats: int = 20, seed: int = 0, scale="auto",
+                  overwrite: bool = False, plot: bool = True, max_model_bytes: int = DEFAULT_MAX_BYTES,
+                  **search) -> SynergyStudy:
+    """The synergy workflow: :func:`synergy` over ``stores``, its tables (and plot) written to
+    ``out``; with ``plan``, :func:`synergy_plan` written there; with ``data``,
+    :func:`multiunit_importance` written to ``out/multiunit_importance.{csv,json}``.
+
+    Every output is checked before the search starts (none is replaced unless ``overwrite``).
+
+    Parameters
+    ----------
+    stores : path-like or Store, or a list of them
+    out : path-like
+        Folder of the tables and plot.
+    model : LoadedModel or path-like, optional
+        The network of the first store; needed by ``plan`` and ``data``. A path is loaded
+        with ``max_model_bytes``.
+    data : Dataset, optional
+        Labelled test data for :func:`multiunit_importance`.
+    plan : path-like, optional
+        Where to write the plan keeping only each layer's most synergistic multiplet.
+    plan_size, replace, random_repeats :
+        ``size``, ``replace`` and ``random_repeats`` of :func:`synergy_plan` and
+        :func:`multiunit_importance` (the constants of ``mean`` come from the first store).
+    seed : int
+        Of the search's sample subset and of the random selections.
+    scale : "auto" or float
+        Input multiplier of ``data``.
+    plot : bool
+        Write ``synergy.png``.
+    **search
+        Passed to :func:`synergy` (``layers``, ``which``, ``labels``, ``max_size``,
+        ``exhaustive_up_to``, ``budget``, ``keep``, ``ties``, ``biascorrect``,
+        ``max_samples``, ``device``, ``threads``, ``on_estimate``, ``progress``, ...).
+
+    Returns
+    -------
+    SynergyStudy
+
+    Raises
+    ------
+    ConfigError
+        ``plan`` or ``data`` without ``model``; as :func:`synergy`.
+    OutputExistsError, ModelError, StoreError, DataError
+    """
+    paths = list(stores) if isinstance(stores, (list, tuple)) else [stores]
+    if (plan is not None or data is not None) and model is None:
+        raise ConfigError("a plan and multi-unit importance need the model of the first store (model=, --model)")
+    out = Path(out)
+    check_outputs(SynergyResult.outputs(out), overwrite)
+    if plan is not None:
+        check_outputs([plan], overwrite)
+    if data is not None:
+        check_outputs([out / "multiunit_importance.csv", out / "multiunit_importance.json"], overwrite)
+    lm = model if model is None or isinstance(model, LoadedModel) else load_model(model, max_bytes=max_model_bytes)
+    res = synergy(paths, seed=seed, **search)
+    files = res.save(out, overwrite=overwrite)
+    if plot:
+        files += res.plot(out)
+    study = SynergyStudy(res, files)
+    if plan is None and data is None:
+        return study
+    st = paths[0] if isinstance(paths[0], Store) else Store(paths[0])
+    try:
+        if plan is not None:
+            study.plan = synergy_plan(lm, res, size=plan_size, replace=replace, store=st)
+            study.plan.save(plan, overwrite=overwrite)
+            files.append(plan)
+        if data is not None:
+            study.importance = multiunit_importance(lm, st, data, res, size=plan_size, replace=replace,
+                                                    random_repeats=random_repeats, seed=seed, scale=scale)
+            files += write_table(out, "multiunit_importance", study.importance, res.meta)
+    finally:
+        if st is not paths[0]:
+            st.close()
+    return study

@@ -42,7 +42,7 @@ def default_threshold(activation: str) -> float:
         return DEFAULT_THRESHOLDS[activation]
     except KeyError:
         raise ConfigError(f"no default one-bit threshold for activation {activation!r}; pass "
-                          "--threshold or use --quantizer uniform/quantile") from None
+                          "a threshold (--threshold) or use a uniform or quantile quantizer (--quantizer)") from None
 
 
 def _xp(*arrays):
@@ -255,7 +255,7 @@ def js_subset_separation(counts, *, block: int = 4096):
     n_classes = counts.shape[2]
     if n_classes > MAX_JS_CLASSES:
         raise ConfigError(f"JS subset separation enumerates 2^(C-1) class subsets; {n_classes} classes "
-                          f"is over the limit of {MAX_JS_CLASSES}; leave it out (--no-js)")
+                          f"is over the limit of {MAX_JS_CLASSES}; leave it out (js=False, --no-js)")
     if n_classes < 2:
         z = xp.zeros(counts.shape[0], dtype=xp.float64)
         return z, xp.zeros(counts.shape[0], dtype=xp.int64)

@@ -1,0 +1,88 @@
+"""``infoprobe check``: the CI gate comparing a compressed model with its reference."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .options import data_options, echo_json, max_size_option, progress_option, read_data, size, with_options
+
+
+def _threshold(value):
+    if value is None:
+        return None
+    if str(value).lower() in ("off", "none"):
+        return "off"
+    try:
+        v = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or 'off'") from None
+    if v < 0:
+        raise click.BadParameter("thresholds are non-negative")
+    return v
+
+
+_THRESHOLD_HELP = {
+    "max_label_change": "Largest fraction of changed predicted labels [default 0.01].",
+    "max_accuracy_drop": "Largest top-1 accuracy drop [default 0.005].",
+    "max_class_drop": "Largest accuracy drop of any class [default 0.02].",
+    "max_kl": "Largest mean KL(reference || candidate) in bits [default off].",
+    "max_logit_diff": "Largest |output difference| [default off].",
+    "max_latency_ratio": "Largest candidate/reference latency [default off].",
+    "max_size_ratio": "Largest candidate/reference file size [default off].",
+}
+
+
+def _threshold_options(f):
+    for name in reversed(list(_THRESHOLD_HELP)):
+        f = click.option("--" + name.replace("_", "-"), name, default=None, callback=lambda c, p, v: _threshold(v),
+                         help=_THRESHOLD_HELP[name] + " 'off' disables it.")(f)
+    return f
+
+
+@click.command()
+@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@with_options(data_options(help="Labelled samples both models run on (.npz with x, y, optional split; .npy; .h5)."))
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML file of thresholds (keys as the options below, top level or in [check]).")
+@_threshold_options
+@click.option("--batch-size", default=1024, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of the summary.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a JUnit XML report (one test case per threshold).")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a Markdown summary for a pull-request comment.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --junit/--markdown files.")
+@max_size_option
+@progress_option
+def check(reference, candidate, data_path, split, scale, x_key, y_key, limit, config, batch_size, as_json,
+          junit, markdown, overwrite, max_model_size, progress, **thresholds):
+    """CI gate: compare a compressed CANDIDATE with its REFERENCE on labelled data.
+
+    Reports the fraction of changed predicted labels, top-1 accuracy of each model and its
+    drop, per-class drops (worst class named), mean KL divergence between output
+    distributions, max |output difference|, sizes and latencies. Thresholds come from
+    the defaults, then --config, then options.
+
+    \b
+    Exit status: 0 every threshold holds, 1 a threshold fails, 2 usage or input error.
+
+    \b
+    Examples:
+      infoprobe check model.onnx small.onnx --data test.npz
+      infoprobe check model.onnx small.onnx --data mnist.npz --split test --config gate.toml \\
+          --max-class-drop 0.05 --junit report.xml --markdown summary.md
+    """
+    from infoprobe.analyses.check import gate
+
+    res = gate(reference, candidate, read_data(data_path, split, x_key, y_key, limit), config=config,
+               thresholds={k: (None if v == "off" else v) for k, v in thresholds.items() if v is not None},
+               junit=junit, markdown=markdown, overwrite=overwrite, scale=scale, batch_size=batch_size,
+               max_bytes=size(max_model_size), progress=progress)
+    if as_json:
+        echo_json(res.to_dict())
+    else:
+        click.echo(res.summary())
+    sys.exit(0 if res.passed else 1)

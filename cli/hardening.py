@@ -1,0 +1,135 @@
+"""What every command shares at run time: one-line errors and exit statuses, signals, warnings,
+budgets, and result files that appear only when a command succeeds."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import sys
+import warnings
+
+import click
+
+from infoprobe.errors import InfoprobeError, one_line
+
+from .options import size
+
+#: Exit status of an interrupted command (128 + SIGINT), as shells report Ctrl-C.
+EXIT_INTERRUPTED = 130
+#: Exit status of a defect in infoprobe itself (never an input problem).
+EXIT_INTERNAL = 3
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that staged results are discarded on the way out."""
+
+
+def _interrupt(exc_type):
+    """A signal handler raising ``exc_type``, except where the exception would be lost or
+    would break a file (a finalizer, an HDF5 write callback: see
+    :func:`infoprobe.results.uninterruptible`): there the signal is delivered again 20 ms
+    later (SIGALRM)."""
+    from infoprobe.results import interruptible
+
+    def handler(signum, frame):
+        if not interruptible(frame):
+            signal.signal(signal.SIGALRM, handler)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise exc_type()
+    return handler
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (e.g. too few random draws to reach alpha) as one line on stderr."""
+    click.echo(f"infoprobe: warning: {' '.join(str(message).split())}", err=True)
+
+
+class Group(click.Group):
+    """Turns every failure into one line on stderr and an exit status CI can rely on.
+
+    2: an error caused by input (:class:`InfoprobeError`), a full disk or another operating
+    system error, memory exhausted; 130: interrupted (Ctrl-C or SIGTERM), with a line saying
+    what was kept; 3: a defect in infoprobe (``INFOPROBE_DEBUG=1`` shows the traceback).
+    """
+
+    def invoke(self, ctx):
+        from infoprobe.results import keep_on_interrupt, kept_on_interrupt
+
+        keep_on_interrupt(None)
+        warnings.showwarning = _show_warning
+        try:
+            previous = {sig: signal.signal(sig, _interrupt(exc)) for sig, exc in
+                        ((signal.SIGTERM, _Terminated), (signal.SIGINT, KeyboardInterrupt))}
+        except ValueError:   # not the main thread
+            previous = {}
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except InfoprobeError as exc:
+            click.echo(f"infoprobe: error: {one_line(exc, 10_000)}", err=True)
+            sys.exit(2)
+        except (KeyboardInterrupt, _Terminated):
+            click.echo(f"infoprobe: interrupted; {kept_on_interrupt()}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except MemoryError:
+            click.echo("infoprobe: error: out of memory; lower --max-memory (or --batch-size) so that infoprobe "
+                       "works in smaller blocks", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            click.echo(f"infoprobe: error: {exc.strerror or one_line(exc, 10_000)}{where}; nothing was written "
+                       "under a final name", err=True)
+            sys.exit(2)
+        except Exception as exc:
+            if os.environ.get("INFOPROBE_DEBUG"):
+                raise
+            click.echo(f"infoprobe: internal error: {type(exc).__name__}: {one_line(exc)} (a defect in "
+                       "infoprobe: please report it; INFOPROBE_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def harden(cmd: click.Command, *, stage: bool = True) -> click.Command:
+    """Give a command the budget options and run it inside a result set.
+
+    Adds ``--max-memory`` (every command) and, where the command captures, ``--max-store-size``;
+    resolves ``--progress`` left unset to "stderr is a terminal"; runs the command with its
+    budgets (:func:`infoprobe.limits.budgets`) and every file it writes staged
+    (:func:`infoprobe.results.result_set`): the files appear when it succeeds (exit 0, or 1
+    for a gate that fails), never after an error or an interruption.
+    """
+    if getattr(cmd, "_hardened", False):   # main run as a script and imported: harden once
+        return cmd
+    cmd._hardened = True
+    cmd.params.append(click.Option(
+        ["--max-memory"], default=None, metavar="SIZE", envvar="INFOPROBE_MAX_MEMORY",
+        help="Memory budget: refuse, before allocating, any array larger than this (default 4G; "
+             "env INFOPROBE_MAX_MEMORY)."))
+    callback = cmd.callback
+
+    @functools.wraps(callback)
+    def run(*args, max_memory=None, **kwargs):
+        from infoprobe.limits import budgets
+        from infoprobe.results import result_set
+
+        if "progress" in kwargs and kwargs["progress"] is None:
+            kwargs["progress"] = sys.stderr.isatty()
+        status = None
+        store = kwargs.pop("max_store_size", None)
+        with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None):
+            with result_set() if stage else contextlib.nullcontext():
+                try:
+                    return callback(*args, **kwargs)
+                except SystemExit as exc:   # a gate's verdict (0/1) keeps its report
+                    if exc.code not in (None, 0, 1):
+                        raise
+                    status = exc.code
+        sys.exit(status)
+
+    cmd.callback = run
+    return cmd

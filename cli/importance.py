@@ -1,0 +1,48 @@
+"""``infoprobe importance``: single-unit information measures of a store's units."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import csv_list, echo_json, progress_option, wrote
+
+
+@click.command()
+@click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", default="infoprobe-results", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layers", default=None, help="Comma-separated layers (default: hidden layers).")
+@click.option("--which", type=click.Choice(["post", "pre"]), default="post", show_default=True)
+@click.option("--quantizer", type=click.Choice(["threshold", "uniform", "quantile"]), default="threshold",
+              show_default=True, help="One bit at a threshold, or equal-width / quantile bins.")
+@click.option("--bins", default=2, show_default=True, type=int, help="Bins for uniform/quantile.")
+@click.option("--threshold", type=float, default=None,
+              help="One-bit threshold (default by activation: 0.5 sigmoid, 0 ReLU/tanh).")
+@click.option("--js/--no-js", default=True, show_default=True, help="JS subset separation (<= 20 classes).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--plot/--no-plot", default=True, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing result files in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-layer means as JSON.")
+@progress_option
+def importance(store, out, layers, which, quantizer, bins, threshold, js, device, plot, overwrite, as_json, progress):
+    """Entropy, MI, KL selectivity, JS subset separation and labeled MI of every unit (bits).
+
+    Writes importance.csv/json (one row per unit), specific_information.csv/json (one row
+    per unit and class) and importance.png to --out.
+
+    \b
+    Example:
+      infoprobe importance acts.h5 --out results/ --quantizer quantile --bins 4
+    """
+    from infoprobe.analyses.importance import Quantizer, importance as run
+
+    res = run(store, layers=csv_list(layers), which=which, js=js, device=device, progress=progress,
+              quantizer=Quantizer(method=quantizer, bins=bins, threshold=threshold))
+    files = res.save(out, overwrite=overwrite)
+    if plot:
+        files += res.plot(out)
+    if as_json:
+        echo_json({"files": [str(f) for f in files], "mean_bits": res.mean_bits()})
+        return
+    click.echo(res.summary())
+    wrote(files)

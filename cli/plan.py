@@ -1,0 +1,70 @@
+"""``infoprobe plan``: which units a pruning removes, and what replaces them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import csv_list, echo_json, load, max_size_option
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--method", type=click.Choice(["measure", "hybrid", "random", "magnitude", "merge"]),
+              default="measure", show_default=True, help="How units are chosen (see below).")
+@click.option("--fraction", default="0.5", show_default=True,
+              help="Fraction of units removed per layer (0.5 or fc1=0.3,fc2=0.6); hybrid: of all listed units.")
+@click.option("--measure", default="mutual_information", show_default=True,
+              help="Ranking for --method measure: entropy, mutual_information, kl_selectivity, "
+                   "js_subset_separation, labeled_mi.")
+@click.option("--hybrid", default="", help="For --method hybrid: e.g. 'fc1=mutual_information:1,fc2=kl_selectivity:2'.")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Activation store (validation split) for information measures and --replace mean.")
+@click.option("--replace", type=click.Choice(["zero", "mean", "bias"]), default=None,
+              help="Constant replacing a removed unit: zero, mean (bias balancing) or bias (sigma(b)). "
+                   "Default: mean for measure/hybrid, zero otherwise.")
+@click.option("--surgery/--no-surgery", default=True, show_default=True,
+              help="merge: add a removed unit's outgoing weights to its partner's.")
+@click.option("--order", type=click.Choice(["low", "high"]), default="low", show_default=True,
+              help="measure: remove lowest- or highest-ranked units.")
+@click.option("--layers", default=None, help="Comma-separated hidden layers (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int, help="random: the seed.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Plan to write (.json).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing plan file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
+@max_size_option
+def plan(model, method, fraction, measure, hybrid, store, replace, surgery, order, layers, seed, out,
+         overwrite, as_json, max_model_size):
+    """Write a pruning plan for MODEL: units to remove and what replaces each.
+
+    \b
+    Methods:
+      measure    lowest values of an information measure per layer (needs --store)
+      hybrid     a measure per layer, removal counts in a ratio (Liu et al. 2018, Sec. 6)
+      random     a seeded random choice (the baseline)
+      magnitude  smallest L1 norm of incoming weights (data-free)
+      merge      data-free neuron merging of Srinivas & Babu 2015 (--no-surgery: no weight update)
+
+    The plan is JSON (format infoprobe-pruning-plan, version 1; see the README) and is
+    applied by `infoprobe prune`.
+
+    \b
+    Examples:
+      infoprobe plan model.onnx --method measure --measure kl_selectivity --fraction 0.3 \\
+          --store acts.h5 --out plan.json
+      infoprobe plan model.onnx --method hybrid --hybrid fc1=mutual_information:1,fc2=kl_selectivity:2 \\
+          --fraction 0.5 --store acts.h5 --out plan.json
+      infoprobe plan model.onnx --method merge --fraction 0.5 --out plan.json
+    """
+    from infoprobe.analyses.plans import make_plan
+
+    res = make_plan(load(model, max_model_size), method, fraction, store=store, measure=measure,
+                    hybrid=hybrid or None, replace=replace, surgery=surgery, order=order, seed=seed,
+                    layers=csv_list(layers))
+    res.save(out, overwrite=overwrite)
+    if as_json:
+        echo_json({"out": str(out), **res.describe()})
+        return
+    if res.layers:
+        click.echo(res.summary())
+    click.echo(f"wrote {out}")

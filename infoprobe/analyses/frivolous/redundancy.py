@@ -1,0 +1,178 @@
+"""Redundancy: how many of a layer's units PCA finds non-redundant, and how correlated the
+units are (Casper, Boix et al., "Frivolous Units", AAAI 2021, Section 4 and Fig. 2c-d).
+
+The layer's activation matrix (conv: channels are the units and spatial positions are
+samples, randomly subsampled to at most 50,000 rows); PCA; the number of non-redundant units
+is the number of components that leave at most 5% of the variance unexplained; redundant =
+units - that number.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..._array import namespace, to_numpy
+from ...data import Dataset, prepare_inputs, resolve_scale
+from ...errors import ConfigError
+from ...interventions import chunk_rows
+from ...estimators.frivolous import Moments, abs_correlations, components_needed, pca_spectrum
+from ...model import LoadedModel, load_model
+from ...rewrite import io_name
+from ...runner import Runner, default_threads
+from ...store import Store, is_store_path
+from .prunability import hidden_layers
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def _rows(block: np.ndarray, kind: str) -> np.ndarray:
+    """Activation rows [n, U]: dense as is; conv [n, C, H, W] with positions as samples."""
+    if kind == "conv" and block.ndim == 4:
+        return np.moveaxis(block, 1, -1).reshape(-1, block.shape[1])
+    return block.reshape(len(block), -1)
+
+
+def activation_batches(source, names, *, data=None, scale="auto", batch_size=4096, plan=None, providers=None):
+    """Yield {layer: post-activation block} over the samples, from a store or a model (with
+    ``plan``'s replacements applied through the mask mechanism)."""
+    if isinstance(source, Store):   # one block size for every layer keeps the layers in step
+        iters = [source.iter_rows(n, "post", rows=batch_size) for n in names]
+        for blocks in zip(*iters):
+            yield {n: b for n, (_, b) in zip(names, blocks)}
+        return
+    lm = source
+    if data is None:
+        raise ConfigError("redundancy from a model needs data")
+    x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+    runner = Runner(lm, expose=True, mix=plan is not None, providers=providers, threads=default_threads(),
+                    arena=False)
+    feeds = runner.plan_feeds(plan) if plan is not None else None
+    outs = [io_name(n, "post") for n in names]
+    rows = chunk_rows(runner, x, batch_size)   # memory bounded whatever the number of samples
+    for s in range(0, len(x), rows):
+        r = runner.run(x[s:s + rows], feeds=feeds, outputs=outs, batch_size=rows)
+        yield {n: r[io_name(n, "post")] for n in names}
+
+
+def activation_matrices(source, names, kinds: dict, n_samples: int, *, max_rows: int = 50_000, seed: int = 0,
+                        **kw) -> dict:
+    """Per layer the float32 activation matrix [rows, U] that redundancy is measured on:
+    every sample of a dense layer, every (sample, position) of a conv layer, randomly
+    subsampled (without replacement, seeded) to at most ``max_rows`` rows."""
+    rng = np.random.default_rng(seed)
+    picks, out, start = {}, {n: [] for n in names}, 0
+    for blocks in activation_batches(source, names, **kw):
+        for n, b in blocks.items():
+            rows = _rows(np.asarray(b, np.float32), kinds[n])
+            per = len(rows) // len(b)
+            if n not in picks:
+                total = n_samples * per
+                picks[n] = (np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows
+                            else np.arange(total))
+            sel = picks[n]
+            lo, hi = np.searchsorted(sel, [start * per, (start + len(b)) * per])
+            out[n].append(rows[sel[lo:hi] - start * per])
+        start += len(next(iter(blocks.values())))
+    return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def open_source(source):
+    """An open Store or LoadedModel for a path (a store when :func:`infoprobe.store.is_store_path`
+    says so), or ``source`` itself."""
+    if isinstance(source, (Store, LoadedModel)):
+        return source
+    p = Path(source)
+    return Store(p) if is_store_path(p) else load_model(p)
+
+
+def layer_kinds(source, names) -> dict:
+    if isinstance(source, Store):
+        return {n: source.layer_info(n)["kind"] for n in names}
+    return {n: source.layer(n).kind for n in names}
+
+
+def redundancy(source, data: Dataset | None = None, *, layers=None, tolerance: float = 0.05,
+               max_rows: int = 50_000, seed: int = 0, device: str = "cpu", scale="auto",
+               batch_size: int = 4096, progress: bool = True) -> tuple[list, dict]:
+    """Redundant units of each hidden layer by PCA, and the distribution of absolute
+    unit-to-unit correlations (Casper et al., Section 4, "Redundancy"; Fig. 2c-d).
+
+    Parameters
+    ----------
+    source : LoadedModel, Store or path-like
+        An ONNX model (with ``data``) or an activation store (its post-activations).
+    data : Dataset, optional
+        Test samples, for a model.
+    layers : list of str, optional
+        Hidden layers (default: all).
+    tolerance : float
+        Largest fraction of the variance left unexplained (paper: 0.05).
+    max_rows : int
+        Rows of the activation matrix (conv: samples x positions) kept at most, drawn at
+        random with ``seed`` (an int or a ``numpy.random.Generator``; paper: 50,000).
+    device : {"cpu", "cuda"}
+        Where the covariance and its eigendecomposition are computed (NumPy or CuPy).
+
+    Returns
+    -------
+    rows : list of dict
+        Per layer: ``layer``, ``kind``, ``units``, ``rows`` (samples of the matrix),
+        ``non_redundant``, ``redundant``, ``redundant_fraction``, ``unexplained`` (fraction
+        of the variance the non-redundant components leave), ``constant_units``, and the
+        mean and quantiles of |r| (``corr_mean``, ``corr_q05`` ... ``corr_q95``).
+    correlations : dict
+        layer -> float64 [P] absolute correlations of all pairs of non-constant units.
+
+    Raises
+    ------
+    ConfigError, DataError, DeviceError, ModelError
+    """
+    src = open_source(source)
+    try:
+        return _redundancy(src, data, layers, tolerance, max_rows, seed, namespace(device), scale, batch_size,
+                           progress)
+    finally:
+        if isinstance(src, Store) and src is not source:
+            src.close()
+
+
+def _redundancy(src, data, layers, tolerance, max_rows, seed, xp, scale, batch_size, progress):
+    if isinstance(src, Store):
+        names = list(layers) if layers is not None else src.hidden_layers()
+        unknown = [n for n in names if n not in src.layer_names]
+        if unknown:
+            raise ConfigError(f"the store has no layer {unknown[0]!r}; it has: " + ", ".join(src.layer_names))
+        n_samples = int(src.dataset(names[0], "post").shape[0]) if names else 0
+        mats = activation_matrices(src, names, layer_kinds(src, names), n_samples, max_rows=max_rows, seed=seed)
+    else:
+        if data is None:
+            raise ConfigError("redundancy of a model needs data (--data), or give an activation store")
+        names = hidden_layers(src, layers)
+        mats = activation_matrices(src, names, layer_kinds(src, names), len(data), max_rows=max_rows, seed=seed,
+                                   data=data, scale=scale, batch_size=batch_size)
+    kinds = layer_kinds(src, names)
+    rows, corrs = [], {}
+    for n in tqdm(names, desc="redundancy", unit="layer", disable=not progress, leave=False):
+        m = mats[n]
+        mom = Moments()
+        for s in range(0, len(m), 8192):
+            mom.update(xp.asarray(m[s:s + 8192]))
+        cov = mom.covariance()
+        spec = pca_spectrum(cov)
+        k = components_needed(spec, tolerance)
+        total = spec.sum()
+        r = abs_correlations(cov)
+        corrs[n] = r
+        d = np.diag(to_numpy(cov))
+        u = m.shape[1]
+        row = {"layer": n, "kind": kinds[n], "units": u, "rows": len(m), "non_redundant": k, "redundant": u - k,
+               "redundant_fraction": (u - k) / u,
+               "unexplained": float(spec[k:].sum() / total) if total > 0 else 0.0,
+               "constant_units": int((d <= 1e-12 * max(1.0, float(d.max()))).sum()),
+               "corr_mean": float(r.mean()) if len(r) else float("nan")}
+        qs = np.quantile(r, QUANTILES) if len(r) else [float("nan")] * len(QUANTILES)
+        row.update({f"corr_q{int(round(q * 100)):02d}": float(v) for q, v in zip(QUANTILES, qs)})
+        rows.append(row)
+    return rows, corrs

@@ -1,0 +1,127 @@
+"""Configurations: one frozen dataclass per analysis, validated once, recorded whole.
+
+An analysis' parameters are written once, as the fields of its configuration (with their
+default, help text and allowed values in the field's metadata). The configuration
+
+- validates itself when it is built (:meth:`Config.check`), raising
+  :class:`~infoprobe.errors.ConfigError` in library terms;
+- is recorded whole as the result's provenance (:meth:`Config.record`), so that no parameter
+  is left out of a result file;
+- splits its one ``seed`` into independent random streams, one per named step of the
+  analysis (:meth:`Config.streams`), so that two steps never draw the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def param(default=dataclasses.MISSING, *, help: str = "", choices=None, what: str | None = None, factory=None):
+    """A configuration field with its help text and allowed values (``choices``: for a
+    sequence-valued field, every element must be one of them; ``what`` names one value in
+    error messages)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "what": what}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def seed_streams(seed: int, steps) -> dict:
+    """Independent ``numpy.random.Generator`` streams for the named ``steps`` from one seed.
+
+    The first step draws from ``numpy.random.SeedSequence(seed)`` itself (the stream of
+    ``numpy.random.default_rng(seed)``); step k > 0 draws from the (k-1)-th child of
+    ``SeedSequence(seed).spawn``. Streams depend on the seed and the step's position in
+    ``steps`` only, so a step draws the same numbers whether or not the others run.
+
+    Parameters
+    ----------
+    seed : int
+        A non-negative integer.
+    steps : sequence of str
+
+    Returns
+    -------
+    dict of str -> numpy.random.Generator
+    """
+    root = np.random.SeedSequence(int(seed))
+    children = root.spawn(max(0, len(steps) - 1))
+    return {s: np.random.default_rng(root if i == 0 else children[i - 1]) for i, s in enumerate(steps)}
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of every analysis configuration.
+
+    Subclasses declare their fields with :func:`param` and name the steps that draw random
+    numbers in ``STEPS`` (in a fixed order: see :func:`seed_streams`).
+    """
+
+    STEPS: ClassVar[tuple] = ()
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):   # sequences are kept as tuples: a configuration is immutable
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices is None or value is None:
+                continue
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            for v in values:
+                if v not in choices:
+                    what = f.metadata.get("what") or f.name
+                    raise ConfigError(f"unknown {what} {v!r}; use one of {', '.join(map(str, choices))}")
+        if hasattr(self, "seed") and (not isinstance(self.seed, (int, np.integer)) or self.seed < 0):
+            raise ConfigError(f"seed must be a non-negative integer; got {self.seed!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Validate the fields together; raise :class:`~infoprobe.errors.ConfigError`."""
+
+    @classmethod
+    def build(cls, config=None, **kwargs):
+        """``config`` with ``kwargs`` changed, or a new configuration from ``kwargs``.
+
+        Raises
+        ------
+        ConfigError
+            An unknown parameter or an invalid value.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ConfigError(f"unknown parameter {unknown[0]!r} of {cls.__name__}; it has: {', '.join(sorted(names))}")
+        if config is None:
+            return cls(**kwargs)
+        if not isinstance(config, cls):
+            raise ConfigError(f"expected a {cls.__name__}, got {type(config).__name__}")
+        return dataclasses.replace(config, **kwargs) if kwargs else config
+
+    def record(self) -> dict:
+        """Every field, as plain JSON values: the parameters of the result's provenance."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def streams(self) -> dict:
+        """The random stream of each step in ``STEPS`` (:func:`seed_streams` of ``seed``)."""
+        return seed_streams(self.seed, self.STEPS)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of field ``name``."""
+        return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)

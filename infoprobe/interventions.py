@@ -1,0 +1,401 @@
+"""One intervention engine: replace the post-activations of chosen units, run the model, and
+count what it then predicts.
+
+Every analysis that ablates, lesions or removes units -- cumulative ablation (Liu, Amjad &
+Geiger 2018), prunability (Casper et al. 2021), lesion tests and double lesions (Hod et al.
+2021), the multiplet test of ``synergy --data`` -- describes each of its runs as a set of
+:class:`Intervention` objects (a unit site, the units, what replaces them) and hands the sets
+to one :class:`Evaluator`. The evaluator
+
+- applies an intervention through the ``L:mask`` / ``L:offset`` inputs of the rewritten graph
+  (:func:`infoprobe.rewrite.instrument`: t' = m * t + c, with m = 0 and c = the replacement
+  on the intervened units);
+- starts from the post-activation of the first intervened site and runs only the suffix graph
+  after it (:func:`infoprobe.rewrite.suffix`); where no suffix exists (a skip connection around
+  the site, :class:`~infoprobe.errors.NoSuffixError`) it runs the whole model -- no other
+  error is taken for that case;
+- streams over the samples in chunks whose size follows the memory budget
+  (:func:`infoprobe.limits.max_memory`), so that its peak memory does not grow with the number
+  of samples nor with the number of sites;
+- stacks several interventions along the batch when a chunk is small (fewer than
+  ``stack_rows`` rows), where one onnxruntime call per intervention would be dominated by the
+  call's overhead (``benchmarks/frivolous.py`` measures when it pays);
+- predicts labels with one rule for every command (:func:`infoprobe.model.predicted_labels`:
+  the argmax, or the sign of a single logit) and counts, per intervention, correct labels per
+  class and labels unchanged from the intact model.
+
+Replacement values come from :func:`replacement`, with one vocabulary for every command.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError, NoSuffixError
+from .limits import max_memory
+from .model import LoadedModel
+from .rewrite import io_name, mask_shape
+from .runner import Runner, default_threads
+
+#: Replacement kinds of :func:`replacement`.
+REPLACEMENTS = ("zero", "mean", "activation_of_bias", "activation_of_zero", "constant")
+
+#: Rows per onnxruntime call under which interventions are stacked along the batch.
+STACK_ROWS = 256
+
+
+def mean_activation(store, site: str) -> np.ndarray:
+    """Mean post-activation of each unit of ``site`` over a store's samples (conv: over samples
+    and positions, one value per channel), float64 [U], read block by block.
+
+    This is the constant of bias balancing (Liu, Amjad & Geiger 2018, eq. 7): replacing t_j
+    by its mean adds w_jk * mean(t_j) to the next layer's bias.
+    """
+    total, n = None, 0
+    for _, block in store.iter_rows(site, "post"):
+        b = block.reshape(len(block), block.shape[1], -1).astype(np.float64)
+        s = b.sum(axis=(0, 2))
+        total = s if total is None else total + s
+        n += b.shape[0] * b.shape[2]
+    return total / n
+
+
+def replacement(lm: LoadedModel, site: str, kind: str, *, store=None, value: float | None = None) -> np.ndarray:
+    """The value that replaces each unit of ``site`` when it is intervened on, float64 [U].
+
+    Parameters
+    ----------
+    lm : LoadedModel
+    site : str
+        A unit layer of ``lm``.
+    kind : str
+        ``"zero"``: 0 (ablation to zero, Liu et al. 2018; the prunability ablation of Casper
+        et al. 2021). ``"mean"``: the unit's mean post-activation over ``store`` (bias
+        balancing, Liu et al. eq. 7). ``"activation_of_bias"``: sigma(b_j), the output of the
+        unit once its incoming weights are zeroed (batch norm folded; the lesion of Hod et al.
+        2021 as the paper words it). ``"activation_of_zero"``: sigma(0), incoming weights and
+        bias zeroed (the lesion of Hod et al.'s code). ``"constant"``: ``value`` for every unit.
+    store : Store, optional
+        Activations of the data the means come from (``"mean"`` only).
+    value : float, optional
+        The constant of ``"constant"``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``kind``, ``"mean"`` without a store, ``"constant"`` without a value.
+    ModelError
+        An activation infoprobe cannot evaluate in NumPy (``activation_of_*``), or an unknown
+        site.
+    """
+    lay = lm.layer(site)
+    if kind == "zero":
+        return np.zeros(lay.units)
+    if kind == "mean":
+        if store is None:
+            raise ConfigError("the replacement 'mean' (bias balancing) needs an activation store of the data the "
+                              "means come from")
+        return mean_activation(store, site)
+    if kind == "activation_of_bias":
+        return lm.lesion_constants(lay, keep_bias=True)
+    if kind == "activation_of_zero":
+        return lm.lesion_constants(lay, keep_bias=False)
+    if kind == "constant":
+        if value is None:
+            raise ConfigError("the replacement 'constant' needs a value")
+        return np.full(lay.units, float(value))
+    raise ConfigError(f"unknown replacement {kind!r}; use one of {', '.join(REPLACEMENTS)}")
+
+
+def chunk_rows(runner: Runner, x: np.ndarray, batch_size: int) -> int:
+    """Samples per chunk when ``runner`` (an instrumented model) runs over ``x``: at most
+    ``batch_size``, and few enough that every value the model computes for the chunk -- twice
+    over, for the masked copy and the exposure of each site -- fits a quarter of the memory
+    budget (:func:`infoprobe.limits.max_memory`), whatever the number of samples.
+
+    Parameters
+    ----------
+    runner : Runner
+    x : array [N, ...]
+        The inputs (their per-sample size counts too).
+    batch_size : int
+    """
+    lm = runner.lm
+    sizes = lm.source.runtime_sizes if lm.source is not None else {}
+    per_row = 2 * int(sizes.get("per_sample_total", 0)) + int(np.prod(x.shape[1:], dtype=np.int64)) * 4
+    return int(max(1, min(batch_size, runner.max_rows, (max_memory() // 4) // max(1, per_row))))
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """Replace the post-activation of some units of one unit site by constants.
+
+    Attributes
+    ----------
+    site : str
+        A unit layer.
+    units : int64 [K]
+        Indices of the intervened units: into the site's units, or with ``positions`` into
+        its channel x position units (C * H * W, in C-order of ``(C, H, W)``).
+    values : float [K] or float
+        What replaces them (one per listed unit, or one for all).
+    positions : bool
+        Conv sites: the units are channel x positions rather than whole channels.
+    """
+
+    site: str
+    units: np.ndarray
+    values: np.ndarray | float = 0.0
+    positions: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "units", np.asarray(self.units, np.int64).reshape(-1))
+
+
+@dataclass
+class Outcome:
+    """Counts over the samples for K intervention sets.
+
+    Attributes
+    ----------
+    n : int
+        Samples.
+    unchanged : int64 [K]
+        Samples whose predicted label equals the intact model's.
+    correct : int64 [K, C] or None
+        Correctly labelled samples per true class (None without labels).
+    class_totals : int64 [C] or None
+        Samples per true class.
+    """
+
+    n: int
+    unchanged: np.ndarray
+    correct: np.ndarray | None = None
+    class_totals: np.ndarray | None = None
+
+    def _labels(self):
+        if self.correct is None:
+            raise ConfigError("accuracy needs labels; build the Evaluator with labels")
+        return self.correct
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """Fraction of correct labels, float64 [K]."""
+        return self._labels().sum(axis=1) / self.n
+
+    @property
+    def class_accuracy(self) -> np.ndarray:
+        """Accuracy per true class, float64 [K, C] (NaN for a class without samples)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.class_totals > 0, self._labels() / np.maximum(self.class_totals, 1), np.nan)
+
+    @property
+    def unchanged_fraction(self) -> np.ndarray:
+        """Fraction of labels equal to the intact model's, float64 [K]."""
+        return self.unchanged / self.n
+
+
+class Evaluator:
+    """Predicted labels of a model under sets of interventions, over samples streamed in chunks.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+    x : float32 [N, ...]
+        Prepared model inputs (:func:`infoprobe.data.prepare_inputs`).
+    labels : int [N], optional
+        True labels, for accuracies.
+    n_classes : int, optional
+        Classes counted (default: ``labels.max() + 1``).
+    batch_size : int
+        Largest chunk of samples per onnxruntime call; lowered so that a call's values fit a
+        quarter of the memory budget (:func:`infoprobe.limits.max_memory`).
+    stack_rows : int
+        Chunks under this many rows carry several interventions per call, stacked along the
+        batch.
+    providers, threads :
+        As for :class:`infoprobe.runner.Runner`.
+
+    Attributes
+    ----------
+    intact : int64 [N]
+        Labels the intact model predicts.
+    base : Outcome
+        Counts of the intact model (K = 1).
+    runs : int
+        Intervention sets evaluated so far (benchmarks compare with as many forward passes).
+
+    Raises
+    ------
+    ModelError, DataError, BudgetError
+        A model onnxruntime cannot run, inputs that do not fit it, or one sample over the budget.
+    """
+
+    def __init__(self, lm: LoadedModel, x: np.ndarray, *, labels=None, n_classes: int | None = None,
+                 batch_size: int = 4096, stack_rows: int = STACK_ROWS, providers=None, threads: int | None = None):
+        self.lm, self.x = lm, x
+        self.y = None if labels is None else np.asarray(labels, np.int64)
+        if self.y is not None:
+            self.n_classes = int(n_classes if n_classes is not None else self.y.max() + 1)
+            self.class_totals = np.bincount(self.y, minlength=self.n_classes)
+        else:
+            self.n_classes, self.class_totals = 0, None
+        self.stack_rows = stack_rows
+        self.providers = providers
+        self.threads = threads if threads is not None else default_threads()
+        # the whole model: intact labels, prefixes and interventions that have no suffix
+        self.whole = Runner(lm, expose=True, providers=providers, threads=self.threads, spin=False, arena=False)
+        self.rows = self._chunk_rows(batch_size)
+        self._suffixes: dict = {}
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_bytes = 0
+        self.runs = 0
+        n = len(x)
+        self.intact = np.empty(n, np.int64)
+        for a, b in self.chunks():
+            out = self.whole.run(x[a:b], outputs=[lm.output_name], batch_size=b - a)[lm.output_name]
+            self.intact[a:b] = lm.predicted_labels(out)
+        correct = None
+        if self.y is not None:
+            correct = np.bincount(self.y[self.intact == self.y], minlength=self.n_classes)[None]
+        self.base = Outcome(n, np.array([n]), correct, self.class_totals)
+
+    def _chunk_rows(self, batch_size: int) -> int:
+        return chunk_rows(self.whole, self.x, batch_size)
+
+    def chunks(self):
+        """``(start, stop)`` of every chunk of samples."""
+        n = len(self.x)
+        return [(a, min(a + self.rows, n)) for a in range(0, n, self.rows)]
+
+    # ------------------------------------------------------------------ sessions and inputs
+
+    def _suffix(self, site: str):
+        """The suffix runner after ``site``, or None where no suffix exists."""
+        if site not in self._suffixes:
+            try:
+                self._suffixes[site] = Runner(self.lm, after=site, providers=self.providers, threads=self.threads,
+                                              arena=False)
+            except NoSuffixError:
+                self._suffixes[site] = None
+        return self._suffixes[site]
+
+    def activations(self, site: str, start: int, stop: int) -> np.ndarray:
+        """Post-activation of ``site`` on samples ``start:stop`` of the intact model, float32
+        [stop - start, *shape]; recent chunks are kept within a sixteenth of the budget."""
+        key = (site, start, stop)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        out = io_name(site, "post")
+        post = self.whole.run(self.x[start:stop], outputs=[out], batch_size=stop - start)[out]
+        limit = max_memory() // 16
+        if post.nbytes <= limit:
+            while self._cache and self._cache_bytes + post.nbytes > limit:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
+            self._cache[key] = post
+            self._cache_bytes += post.nbytes
+        return post
+
+    def _route(self, sets: list) -> tuple:
+        """(runner, first site or None) that can apply every set of ``sets``."""
+        order = {lay.name: i for i, lay in enumerate(self.lm.layers)}
+        sites = {iv.site for s in sets for iv in s}
+        first = min(sites, key=order.__getitem__)
+        runner = self._suffix(first)
+        if runner is None or any(io_name(s, "mask") not in runner.input_names for s in sites):
+            return self.whole, None
+        return runner, first
+
+    def _feeds(self, sets: list, rows: int) -> dict:
+        """Mask and offset feeds of ``sets`` stacked along the batch (``rows`` samples each)."""
+        k = len(sets)
+        built: dict = {}
+        for j, s in enumerate(sets):
+            for iv in s:
+                lay = self.lm.layer(iv.site)
+                prev = built.get(iv.site)
+                if prev is not None and prev[2] != iv.positions:
+                    raise ConfigError(f"site {iv.site!r}: channel and channel x position interventions cannot be "
+                                      "evaluated together")
+                if prev is None:
+                    size = int(np.prod(mask_shape(lay, iv.positions)))
+                    prev = built[iv.site] = (np.ones((k, size), np.float32), np.zeros((k, size), np.float32),
+                                             iv.positions)
+                prev[0][j, iv.units] = 0.0
+                prev[1][j, iv.units] = iv.values
+        feeds = {}
+        for site, (m, o, positions) in built.items():
+            shape = mask_shape(self.lm.layer(site), positions)
+            m, o = m.reshape(k, *shape), o.reshape(k, *shape)
+            if k > 1:
+                m, o = np.repeat(m, rows, axis=0), np.repeat(o, rows, axis=0)
+            feeds[io_name(site, "mask")], feeds[io_name(site, "offset")] = m, o
+        return feeds
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, sets, *, advance=None) -> Outcome:
+        """Counts of the model under each set of interventions.
+
+        Parameters
+        ----------
+        sets : sequence of sequences of Intervention
+            K sets; the interventions of one set are applied together (an empty set is the
+            intact model).
+        advance : callable, optional
+            Called with the number of sets finished, for progress bars.
+
+        Returns
+        -------
+        Outcome
+            K rows, in the order of ``sets``.
+
+        Raises
+        ------
+        ConfigError
+            A set mixes channel and channel x position units of one site.
+        ModelError, DataError
+            As for :meth:`infoprobe.runner.Runner.run`.
+        """
+        sets = [tuple(s) for s in sets]
+        k, y = len(sets), self.y
+        unchanged = np.zeros(k, np.int64)
+        correct = np.zeros((k, self.n_classes), np.int64) if y is not None else None
+        groups: dict = {}
+        for i, s in enumerate(sets):
+            if not s:
+                unchanged[i] = self.base.unchanged[0]
+                if correct is not None:
+                    correct[i] = self.base.correct[0]
+                continue
+            runner, first = self._route([s])
+            groups.setdefault(first, []).append(i)
+        if k - sum(map(len, groups.values())) and advance:
+            advance(k - sum(map(len, groups.values())))
+        output = self.lm.output_name
+        chunks = self.chunks()
+        for first, idx in groups.items():
+            runner = self.whole if first is None else self._suffix(first)
+            for c, (a, b) in enumerate(chunks):
+                n = b - a
+                inputs = self.x[a:b] if first is None else self.activations(first, a, b)
+                step = max(1, self.stack_rows // n)
+                for s0 in range(0, len(idx), step):
+                    part = idx[s0:s0 + step]
+                    xin = inputs if len(part) == 1 else np.concatenate([inputs] * len(part))
+                    res = runner.run(xin, feeds=self._feeds([sets[i] for i in part], n), outputs=[output],
+                                     batch_size=len(xin))[output]
+                    labels = self.lm.predicted_labels(res).reshape(len(part), n)
+                    for j, i in enumerate(part):
+                        unchanged[i] += np.count_nonzero(labels[j] == self.intact[a:b])
+                        if correct is not None:
+                            ok = labels[j] == y[a:b]
+                            correct[i] += np.bincount(y[a:b][ok], minlength=self.n_classes)
+                    if advance and c == len(chunks) - 1:
+                        advance(len(part))
+        self.runs += k
+        return Outcome(len(self.x), unchanged, correct, self.class_totals)

@@ -53,16 +53,6 @@ def seed_streams(seed: int, steps) -> dict:
     return {s: np.random.default_rng(root if i == 0 else children[i - 1]) for i, s in enumerate(steps)}
 
 
-def _plain(value):
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Base of every analysis configuration.
@@ -115,7 +105,9 @@ class Config:
 
     def record(self) -> dict:
         """Every field, as plain JSON values: the parameters of the result's provenance."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        from .results import plain
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def streams(self) -> dict:
         """The random stream of each step in ``STEPS`` (:func:`seed_streams` of ``seed``)."""

@@ -107,7 +107,7 @@ def _probe(path: Path, error) -> None:
     error
         The child refused the file, crashed, or did not finish within :data:`PROBE_SECONDS`.
     """
-    cmd = [sys.executable, "-c", "import sys; from infoprobe.hdf5 import _probe_main; sys.exit(_probe_main(sys.argv[1]))",
+    cmd = [sys.executable, "-c", "import sys; from infoprobe.hdf5 import probe_main; sys.exit(probe_main(sys.argv[1]))",
            str(path)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_SECONDS,
@@ -122,7 +122,7 @@ def _probe(path: Path, error) -> None:
     raise error(f"{path}: HDF5 failed reading the file's metadata (exit {res.returncode}: a damaged or hostile file)")
 
 
-def _probe_main(path: str) -> int:
+def probe_main(path: str) -> int:
     """The child of :func:`_probe`: 0 when the metadata reads cleanly, 2 with the reason on stdout."""
     from .errors import StoreError
 

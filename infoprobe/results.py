@@ -249,9 +249,6 @@ def plain(v):
     return v
 
 
-_plain = plain   # the former private name, for callers not yet updated
-
-
 def provenance(inputs: dict | None = None, params: dict | None = None) -> dict:
     """Versions, input files with SHA-256, and parameters: what regenerates a result.
 

@@ -71,3 +71,22 @@ def mlp_forward(path, x, act, ablate=None):
                 h[:, units] = c[units]
             posts.append(h)
     return posts, h
+
+
+def skip_model(path):
+    """A 4-4-4 model with a skip connection around its first unit layer ``l1`` (Gemm, Relu,
+    Add of the input, Gemm ``l2``), saved at ``path``; returns the weights (w1, w2) [4, 4]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.normal(size=(4, 4)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="l1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Add", ["r", "x"], ["s"]),  # skip connection around l1
+             helper.make_node("Gemm", ["s", "w2"], ["y"], name="l2")]
+    g = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return w1, w2

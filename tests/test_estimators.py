@@ -159,7 +159,7 @@ def test_cuda_without_cupy_is_a_clear_error():
         pytest.skip("CuPy is installed")
     except ImportError:
         pass
-    from infoprobe._array import namespace
+    from infoprobe.arrays import namespace
 
     with pytest.raises(DeviceError, match="CuPy"):
         namespace("cuda")

@@ -4,9 +4,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from conftest import FIX, initializers, mlp_forward, sigmoid
+from conftest import FIX, initializers, mlp_forward, sigmoid, skip_model
 from infoprobe.data import load_data, prepare_inputs
 from infoprobe.errors import ConfigError, NoSuffixError
 from infoprobe.interventions import Evaluator, Intervention, mean_activation, replacement
@@ -135,24 +135,15 @@ def test_channel_position_units_match_a_hand_masked_graph(mnist):
 def test_whole_model_runs_only_where_no_suffix_exists(tmp_path):
     """A skip connection around l1: the engine falls back to the whole model (same labels as
     onnxruntime on the graph with l1's unit zeroed); any other model error propagates."""
-    rng = np.random.default_rng(0)
-    w1, w2 = (numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), n) for n in ("w1", "w2"))
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="l1"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Add", ["r", "x"], ["s"]),
-             helper.make_node("Gemm", ["s", "w2"], ["y"], name="l2")]
-    g = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w1, w2])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "skip.onnx")
+    w1, w2 = skip_model(tmp_path / "skip.onnx")
     lm = load_model(tmp_path / "skip.onnx")
     with pytest.raises(NoSuffixError):
         suffix(lm, "l1")
-    x = rng.normal(size=(200, 4)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
     ev = Evaluator(lm, x)
     out = ev.evaluate([[Intervention("l1", [1, 3])]])
-    r = np.maximum(x @ numpy_helper.to_array(w1), 0)
+    r = np.maximum(x @ w1, 0)
     r[:, [1, 3]] = 0
-    want = ((r + x) @ numpy_helper.to_array(w2)).argmax(1)
+    want = ((r + x) @ w2).argmax(1)
     assert out.unchanged[0] == (want == ev.intact).sum() < 200
     assert ev._suffixes == {"l1": None}

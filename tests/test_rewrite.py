@@ -3,7 +3,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import FIX, mlp_forward, sigmoid
+from conftest import FIX, mlp_forward, sigmoid, skip_model
 from infoprobe.errors import ModelError
 from infoprobe.model import load_model
 from infoprobe.rewrite import instrument, io_name, suffix
@@ -109,21 +109,9 @@ def test_rewritten_graph_is_valid_and_named():
 
 
 def test_no_suffix_after_output_layer_or_around_skip(tmp_path):
-    from onnx import TensorProto, helper, numpy_helper
-
     lm = load_model(FIX / "mlp_sigmoid.onnx")
     with pytest.raises(ModelError, match="output layer"):
         suffix(lm, "fc3")
-    rng = np.random.default_rng(0)
-    w1, w2 = (numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), n) for n in ("w1", "w2"))
-    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="l1"), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Add", ["r", "x"], ["s"]),  # skip connection around l1
-             helper.make_node("Gemm", ["s", "w2"], ["y"], name="l2")]
-    g = helper.make_graph(nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w1, w2])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    import onnx
-    onnx.save(m, tmp_path / "skip.onnx")
+    skip_model(tmp_path / "skip.onnx")
     with pytest.raises(ModelError, match="skip connection"):
         suffix(load_model(tmp_path / "skip.onnx"), "l1")

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._array import namespace
+from ..arrays import namespace
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy

@@ -8,7 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import estimators as est
-from .._array import namespace, to_numpy
+from ..arrays import namespace, to_numpy
 from ..errors import ConfigError
 from ..results import check_outputs, provenance, write_table
 from ..store import Store

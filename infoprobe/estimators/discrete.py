@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._array import namespace_of
+from ..arrays import namespace_of
 from ..errors import ConfigError
 
 #: Default one-bit thresholds by activation (Section 3: 0.5 for sigmoid, 0 for ReLU; 0 for

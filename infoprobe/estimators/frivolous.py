@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._array import namespace_of, to_numpy
+from ..arrays import namespace_of, to_numpy
 from ..errors import ConfigError, DataError
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-from .._array import namespace_of, to_numpy
+from ..arrays import namespace_of, to_numpy
 from ..errors import ConfigError, DataError
 
 TIES = ("average", "ordinal")

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .._array import namespace_of, to_numpy
+from ..arrays import namespace_of, to_numpy
 from ..errors import ConfigError, DataError
 
 #: Elements of one chunk of the draws x centres matrix (about 1 MiB in float32: it stays in cache).

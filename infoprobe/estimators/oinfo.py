@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import namespace, to_numpy
+from ..arrays import namespace, to_numpy
 from ..errors import ConfigError, DataError
 from .gaussian import (
     LN2, as_2d, class_index, constant_within_classes, label_codes, untie, constant_units, copnorm, entropy_bias,

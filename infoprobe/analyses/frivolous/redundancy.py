@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..._array import namespace, to_numpy
+from ...arrays import namespace, to_numpy
 from ...data import Dataset, prepare_inputs, resolve_scale
 from ...errors import ConfigError
 from ...interventions import chunk_rows

@@ -15,9 +15,10 @@ import functools
 
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
+import onnx_ir.passes as ir_passes
+import onnx_ir.passes.common as ir_passes_common
 
-from .errors import ModelError, NoSuffixError
+from .errors import InfoprobeError, ModelError, NoSuffixError, one_line
 from .model import LoadedModel, UnitLayer
 
 
@@ -89,64 +90,115 @@ def instrument(lm: LoadedModel, *, expose: bool = True, mix: bool = False, noise
         A checked model (``onnx.checker`` with ``full_check=True``) whose original outputs
         are unchanged when m = 1 and c = 0.
     """
-    model = lm.fresh_ir()
-    graph = model.graph
-    for name in [lay.name for lay in lm.layers]:
-        lay = lm.layer(name)
-        batch_dim = ir.SymbolicDim(f"{name}_B")
-        pre = _value_by_name(graph, lay.pre_value)
-        t = _value_by_name(graph, lay.post_value)
-        if lay.kind == "dense":
-            mdims = [batch_dim, lay.units]
-        else:
-            mdims = [batch_dim, lay.units, ir.SymbolicDim(f"{name}_H"), ir.SymbolicDim(f"{name}_W")]
-        mask = _float_value(io_name(name, "mask"), mdims)
-        offset = _float_value(io_name(name, "offset"), mdims)
-        graph.inputs.extend([mask, offset])
-        uses = list(t.uses())
-        was_output = t.is_graph_output()
-        mul = ir.Node("", "Mul", [t, mask], name=f"infoprobe/{name}/mask_mul")
-        add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
-        graph.extend([mul, add])  # placed by the topological sort in finalize()
-        if mix:
-            mdims = [lay.units, lay.units] if lay.kind == "dense" else [lay.units, lay.units, 1, 1]
-            mixer = _float_value(io_name(name, "mix"), mdims)
-            graph.inputs.append(mixer)
-            prod = (ir.Node("", "MatMul", [t, mixer], name=f"infoprobe/{name}/mix") if lay.kind == "dense"
-                    else ir.Node("", "Conv", [t, mixer], name=f"infoprobe/{name}/mix"))
-            add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
-            graph.extend([prod, add2])
-            add = add2
-        if noise and not lay.is_output:
-            ndims = [batch_dim, *lay.shape]
-            z = _float_value(io_name(name, "noise"), ndims)
-            graph.inputs.append(z)
-            add3 = ir.Node("", "Add", [add.outputs[0], z], name=f"infoprobe/{name}/noise_add")
-            graph.append(add3)
-            add = add3
-        new = add.outputs[0]
-        new.type, new.shape = t.type, t.shape
-        for node, idx in uses:
-            node.replace_input_with(idx, new)
-        if was_output:
-            out_name = t.name
-            for i, v in enumerate(graph.outputs):
-                if v is t:
-                    graph.outputs[i] = new
-            t.name = f"{out_name}__infoprobe_raw"
-            new.name = out_name
-        else:
-            new.name = f"{name}:post_masked"
-        if expose:
+    passes = [InterventionPass(lm, mix=mix, noise=noise)] + ([ExposurePass(lm)] if expose else [])
+    return apply_passes(lm.fresh_ir(), *passes, FinalizePass())
+
+
+def apply_passes(model: ir.Model, *passes) -> ir.Model:
+    """Run ``passes`` (``onnx_ir`` passes) in sequence, each with its pre- and post-conditions.
+
+    Raises
+    ------
+    ModelError
+        A pass's condition failed (its own infoprobe error is raised as is, e.g.
+        :class:`~infoprobe.errors.NoSuffixError`).
+    """
+    for p in passes:
+        try:
+            model = p(model).model
+        except (ir_passes.PreconditionError, ir_passes.PostconditionError) as exc:
+            if isinstance(exc.__cause__, InfoprobeError):
+                raise exc.__cause__ from None
+            raise ModelError(f"{type(p).__name__}: {one_line(exc)}") from None
+    return model
+
+
+class InterventionPass(ir_passes.InPlacePass):
+    """Route every consumer of each unit layer's post-activation t through ``m * t + c``, with
+    ``L:mask`` and ``L:offset`` new graph inputs (and ``+ mix(t)`` with ``L:mix``, ``+ z`` with
+    ``L:noise``, as :func:`instrument` describes). A post-activation that is a graph output keeps
+    its name on the intervened value; the raw one is renamed ``<name>__infoprobe_raw``."""
+
+    def __init__(self, lm: LoadedModel, *, mix: bool = False, noise: bool = False):
+        super().__init__()
+        self.lm, self.mix, self.noise = lm, mix, noise
+
+    def call(self, model: ir.Model) -> ir_passes.PassResult:
+        graph = model.graph
+        for lay in self.lm.layers:
+            name = lay.name
+            batch_dim = ir.SymbolicDim(f"{name}_B")
+            t = _value_by_name(graph, lay.post_value)
+            if lay.kind == "dense":
+                mdims = [batch_dim, lay.units]
+            else:
+                mdims = [batch_dim, lay.units, ir.SymbolicDim(f"{name}_H"), ir.SymbolicDim(f"{name}_W")]
+            mask = _float_value(io_name(name, "mask"), mdims)
+            offset = _float_value(io_name(name, "offset"), mdims)
+            graph.inputs.extend([mask, offset])
+            uses = list(t.uses())
+            was_output = t.is_graph_output()
+            mul = ir.Node("", "Mul", [t, mask], name=f"infoprobe/{name}/mask_mul")
+            add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
+            graph.extend([mul, add])  # placed by the topological sort of FinalizePass
+            if self.mix:
+                mdims = [lay.units, lay.units] if lay.kind == "dense" else [lay.units, lay.units, 1, 1]
+                mixer = _float_value(io_name(name, "mix"), mdims)
+                graph.inputs.append(mixer)
+                prod = (ir.Node("", "MatMul", [t, mixer], name=f"infoprobe/{name}/mix") if lay.kind == "dense"
+                        else ir.Node("", "Conv", [t, mixer], name=f"infoprobe/{name}/mix"))
+                add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
+                graph.extend([prod, add2])
+                add = add2
+            if self.noise and not lay.is_output:
+                z = _float_value(io_name(name, "noise"), [batch_dim, *lay.shape])
+                graph.inputs.append(z)
+                add3 = ir.Node("", "Add", [add.outputs[0], z], name=f"infoprobe/{name}/noise_add")
+                graph.append(add3)
+                add = add3
+            new = add.outputs[0]
+            new.type, new.shape = t.type, t.shape
+            for node, idx in uses:
+                node.replace_input_with(idx, new)
+            if was_output:
+                out_name = t.name
+                for i, v in enumerate(graph.outputs):
+                    if v is t:
+                        graph.outputs[i] = new
+                t.name = _raw_name(out_name)
+                new.name = out_name
+            else:
+                new.name = f"{name}:post_masked"
+        return ir_passes.PassResult(model, modified=True)
+
+
+def _raw_name(name: str) -> str:
+    return f"{name}__infoprobe_raw"
+
+
+class ExposurePass(ir_passes.InPlacePass):
+    """Add graph outputs ``L:pre`` and ``L:post`` (float32 ``[N, *layer.shape]``) for every
+    unit layer: the activations before any intervention (after :class:`InterventionPass`, the
+    raw values it renamed)."""
+
+    def __init__(self, lm: LoadedModel):
+        super().__init__()
+        self.lm = lm
+
+    def call(self, model: ir.Model) -> ir_passes.PassResult:
+        graph = model.graph
+        names = {v.name for v in graph.inputs} | {v.name for node in graph for v in node.outputs}
+        raw = lambda n: _raw_name(n) if _raw_name(n) in names else n  # noqa: E731
+        for lay in self.lm.layers:
             dims = [ir.SymbolicDim("N"), *lay.shape]
-            for role, src in (("pre", pre), ("post", t)):
-                node = ir.Node("", "Identity", [src], name=f"infoprobe/{name}/{role}")
+            for role, value in (("pre", lay.pre_value), ("post", lay.post_value)):
+                node = ir.Node("", "Identity", [_value_by_name(graph, raw(value))], name=f"infoprobe/{lay.name}/{role}")
                 out = node.outputs[0]
-                out.name = io_name(name, role)
+                out.name = io_name(lay.name, role)
                 out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(dims)
                 graph.append(node)
                 graph.outputs.append(out)
-    return finalize(model)
+        return ir_passes.PassResult(model, modified=True)
 
 
 def suffix(lm: LoadedModel, layer: str) -> ir.Model:
@@ -165,29 +217,44 @@ def suffix(lm: LoadedModel, layer: str) -> ir.Model:
         The rest of the model also reads values computed before ``layer`` (a skip connection
         around it), so no suffix exists.
     """
-    lay = lm.layer(layer)
-    if lay.is_output:
-        raise ModelError(f"layer {layer!r} is the output layer: there is nothing after it")
-    downstream = _downstream(lm, layer)
-    keep = set(downstream) | {layer}
-    model = instrument(lm, expose=False)  # a fresh model: safe to edit in place
-    graph = model.graph
-    t = _value_by_name(graph, lay.post_value)
-    new_in = _float_value(io_name(layer, "post_in"), [ir.SymbolicDim("N"), *lay.shape])
-    for node, idx in list(t.uses()):
-        node.replace_input_with(idx, new_in)
-    graph.inputs.append(new_in)
-    model = ir_passes.RemoveUnusedNodesPass()(model).model
-    graph = model.graph
-    original_input = next(v for v in graph.inputs if v.name == lm.input_name)
-    if original_input.uses():
-        raise NoSuffixError(f"the model after layer {layer!r} also reads values computed before it "
-                            "(a skip connection); run the whole model instead")
-    dead = [v for v in graph.inputs if v.name == lm.input_name
-            or (v.name.endswith((":mask", ":offset")) and v.name.rsplit(":", 1)[0] not in keep)]
-    for v in dead:
-        graph.inputs.remove(v)
-    return finalize(model)
+    return apply_passes(lm.fresh_ir(), InterventionPass(lm), SuffixPass(lm, layer), FinalizePass())
+
+
+class SuffixPass(ir_passes.InPlacePass):
+    """Cut an intervened graph (:class:`InterventionPass`) after unit layer ``layer``: its
+    post-activation becomes the graph input ``L:post_in``; the model's input, the nodes before
+    the layer and the masks and offsets of earlier layers are removed (see :func:`suffix`)."""
+
+    def __init__(self, lm: LoadedModel, layer: str):
+        super().__init__()
+        self.lm, self.layer = lm, layer
+
+    def requires(self, model: ir.Model) -> None:
+        if self.lm.layer(self.layer).is_output:
+            raise ModelError(f"layer {self.layer!r} is the output layer: there is nothing after it")
+
+    def call(self, model: ir.Model) -> ir_passes.PassResult:
+        lm, layer = self.lm, self.layer
+        lay = lm.layer(layer)
+        keep = set(_downstream(lm, layer)) | {layer}
+        model = ir_passes_common.TopologicalSortPass()(model).model   # unused nodes are found in order
+        graph = model.graph
+        t = _value_by_name(graph, lay.post_value)
+        new_in = _float_value(io_name(layer, "post_in"), [ir.SymbolicDim("N"), *lay.shape])
+        for node, idx in list(t.uses()):
+            node.replace_input_with(idx, new_in)
+        graph.inputs.append(new_in)
+        model = ir_passes_common.RemoveUnusedNodesPass()(model).model
+        graph = model.graph
+        original_input = next(v for v in graph.inputs if v.name == lm.input_name)
+        if original_input.uses():
+            raise NoSuffixError(f"the model after layer {layer!r} also reads values computed before it "
+                                "(a skip connection); run the whole model instead")
+        dead = [v for v in graph.inputs if v.name == lm.input_name
+                or (v.name.endswith((":mask", ":offset")) and v.name.rsplit(":", 1)[0] not in keep)]
+        for v in dead:
+            graph.inputs.remove(v)
+        return ir_passes.PassResult(model, modified=True)
 
 
 def _downstream(lm: LoadedModel, layer: str) -> list:
@@ -231,29 +298,38 @@ def _min_ir_for_opset(opset: int) -> int:
 
 
 def finalize(model: ir.Model) -> ir.Model:
-    """Make a rewritten model valid: clear stale shapes, sort, re-infer, IR version, check.
-
-    Shapes of intermediate values are cleared and re-inferred, nodes are topologically
-    sorted, the IR version is lowered to one the installed onnxruntime accepts (never below
-    what the opset needs) and ``onnx.checker.check_model(full_check=True)`` must pass.
+    """Make a rewritten model valid: clear stale shapes, sort, re-infer, IR version, check
+    (:class:`FinalizePass`).
 
     Raises
     ------
     ModelError
         The rewritten model fails the checker (a bug or an unsupported graph pattern).
     """
-    graph = model.graph
-    keep = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
-    for node in graph:
-        for v in node.outputs:
-            if id(v) not in keep:
-                v.type, v.shape = None, None
-    model = ir_passes.TopologicalSortPass()(model).model
-    model = ir_passes.ShapeInferencePass()(model).model
-    opset = model.opset_imports.get("", 13)
-    model.ir_version = max(min(model.ir_version, max_ort_ir_version()), _min_ir_for_opset(opset))
-    try:
-        onnx.checker.check_model(ir.to_proto(model), full_check=True)
-    except Exception as exc:
-        raise ModelError(f"the rewritten model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    return model
+    return apply_passes(model, FinalizePass())
+
+
+class FinalizePass(ir_passes.InPlacePass):
+    """The last pass of every rewrite. Shapes of intermediate values are cleared and
+    re-inferred, nodes are topologically sorted, the IR version is lowered to one the
+    installed onnxruntime accepts (never below what the opset needs); its post-condition is
+    ``onnx.checker.check_model(full_check=True)``, raised as :class:`~infoprobe.errors.ModelError`."""
+
+    def call(self, model: ir.Model) -> ir_passes.PassResult:
+        graph = model.graph
+        keep = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+        for node in graph:
+            for v in node.outputs:
+                if id(v) not in keep:
+                    v.type, v.shape = None, None
+        model = ir_passes_common.TopologicalSortPass()(model).model
+        model = ir_passes_common.ShapeInferencePass()(model).model
+        opset = model.opset_imports.get("", 13)
+        model.ir_version = max(min(model.ir_version, max_ort_ir_version()), _min_ir_for_opset(opset))
+        return ir_passes.PassResult(model, modified=True)
+
+    def ensures(self, model: ir.Model) -> None:
+        try:
+            onnx.checker.check_model(ir.to_proto(model), full_check=True)
+        except Exception as exc:
+            raise ModelError(f"the rewritten model fails onnx.checker: {str(exc).splitlines()[0]}") from None

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from infoprobe.analyses.plans import ALIASES, REPLACEMENTS
+
 from .options import csv_list, echo_json, load, max_size_option
 
 
@@ -20,8 +22,9 @@ from .options import csv_list, echo_json, load, max_size_option
 @click.option("--hybrid", default="", help="For --method hybrid: e.g. 'fc1=mutual_information:1,fc2=kl_selectivity:2'.")
 @click.option("--store", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Activation store (validation split) for information measures and --replace mean.")
-@click.option("--replace", type=click.Choice(["zero", "mean", "bias"]), default=None,
-              help="Constant replacing a removed unit: zero, mean (bias balancing) or bias (sigma(b)). "
+@click.option("--replace", type=click.Choice([*REPLACEMENTS, *ALIASES]), default=None,
+              help="Constant replacing a removed unit: zero, mean (bias balancing), activation_of_bias "
+                   "(sigma(b); alias bias) or activation_of_zero (sigma(0)). "
                    "Default: mean for measure/hybrid, zero otherwise.")
 @click.option("--surgery/--no-surgery", default=True, show_default=True,
               help="merge: add a removed unit's outgoing weights to its partner's.")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from infoprobe.analyses.plans import ALIASES, REPLACEMENTS
+
 from .options import (csv_list, data_options, echo_json, max_size_option, progress_option, read_data,
                       result_options, size, to_stderr, with_options, wrote)
 
@@ -48,7 +50,7 @@ def _announce_estimate(est, progress: bool) -> None:
               help="Write a pruning plan keeping only each layer's most synergistic multiplet.")
 @click.option("--plan-size", type=int, default=None, help="Multiplet size kept by --plan and tested by --data "
                                                           "(default: --max-size).")
-@click.option("--replace", type=click.Choice(["zero", "mean", "bias"]), default="zero", show_default=True,
+@click.option("--replace", type=click.Choice([*REPLACEMENTS, *ALIASES]), default="zero", show_default=True,
               help="Constants for removed or ablated units (mean: bias balancing from the store).")
 @with_options(data_options(required=False, help="Labelled test data: compare ablating the synergistic multiplet "
                                                 "with GC-MI-ranked and random units (writes "

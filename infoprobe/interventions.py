@@ -246,7 +246,7 @@ class Evaluator:
         self.providers = providers
         self.threads = threads if threads is not None else default_threads()
         # the whole model: intact labels, prefixes and interventions that have no suffix
-        self.whole = Runner(lm, expose=True, providers=providers, threads=self.threads, spin=False, arena=False)
+        self.whole = Runner(lm, expose=True, providers=providers, threads=self.threads, spin=False, arena="shared")
         self.rows = self._chunk_rows(batch_size)
         self._suffixes: dict = {}
         self._cache: OrderedDict = OrderedDict()
@@ -277,7 +277,7 @@ class Evaluator:
         if site not in self._suffixes:
             try:
                 self._suffixes[site] = Runner(self.lm, after=site, providers=self.providers, threads=self.threads,
-                                              arena=False)
+                                              arena="shared")
             except NoSuffixError:
                 self._suffixes[site] = None
         return self._suffixes[site]

@@ -38,14 +38,29 @@ def ort_error(exc: Exception, what: str) -> Exception:
     return ModelError(f"{what}: onnxruntime failed: {msg}")
 
 
-def session_options(threads: int | None = None, *, spin: bool = True, arena: bool = True) -> ort.SessionOptions:
+_SHARED_ARENA = []
+
+
+def _shared_arena() -> None:
+    """Register, once per process, the CPU memory arena that sessions built with
+    ``arena="shared"`` allocate from."""
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+        _SHARED_ARENA.append(info)
+
+
+def session_options(threads: int | None = None, *, spin: bool = True, arena="own") -> ort.SessionOptions:
     """onnxruntime session options: silent logging, ``threads`` intra-op threads (None:
-    onnxruntime's choice), with ``spin=False`` idle threads that do not spin, and with
-    ``arena=False`` no CPU memory arena (what a run allocates is returned when it ends,
-    instead of staying with the session for the next run)."""
+    onnxruntime's choice), with ``spin=False`` idle threads that do not spin, and the CPU
+    memory arena: ``"own"`` (onnxruntime's default: each session keeps the peak of its runs),
+    ``"shared"`` (one arena for every session so built: sessions used in turn hold one peak
+    between them, without returning pages to the system after every run)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = _ORT_QUIET
-    opts.enable_cpu_mem_arena = arena
+    if arena == "shared":
+        _shared_arena()
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
@@ -54,7 +69,7 @@ def session_options(threads: int | None = None, *, spin: bool = True, arena: boo
 
 
 def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
-                 spin: bool = True, arena: bool = True) -> ort.InferenceSession:
+                 spin: bool = True, arena="own") -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` for an ``onnx_ir.Model``.
 
     The model holds its weights in memory (:func:`infoprobe.model.load_onnx` reads external
@@ -72,10 +87,11 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
         Let idle intra-op threads spin (onnxruntime's default: lower latency for runs back to
         back). False for a session that runs once while others work, so that its idle
         threads do not compete with theirs for the cores.
-    arena : bool
-        Keep onnxruntime's CPU memory arena (its default). Sessions that live side by side
-        over large batches (one per unit site of an intervention sweep) turn it off, so that
-        each does not keep the peak of its last run.
+    arena : {"own", "shared"}
+        The session's own CPU memory arena (onnxruntime's default), or the one arena shared
+        by every session built with ``"shared"``: sessions that live side by side over large
+        batches (one per unit site of an intervention sweep) share it, so that each does not
+        keep the peak of its last run.
     """
     opts = session_options(threads, spin=spin, arena=arena)
     providers = providers or ["CPUExecutionProvider"]
@@ -121,7 +137,7 @@ class Runner:
 
     def __init__(self, lm: LoadedModel, *, after: str | None = None, expose: bool = False,
                  mix: bool = False, noise: bool = False, providers=None, threads: int | None = None,
-                 spin: bool = True, arena: bool = True):
+                 spin: bool = True, arena="own"):
         self.lm = lm
         self.after = after
         #: Rows per onnxruntime run that keep the model's largest tensor within the budget.

@@ -102,6 +102,21 @@ def test_chunks_and_stacking_do_not_change_counts(sig, mnist):
     np.testing.assert_array_equal(got.unchanged, ref.unchanged)
 
 
+def _hand_masked(path, post: str, mask: np.ndarray) -> ort.InferenceSession:
+    """onnxruntime on the model at ``path`` with a constant ``mask`` multiplied into the value
+    ``post`` for all its consumers (an edit of the protobuf, independent of infoprobe)."""
+    m = onnx.load(str(path))
+    for node in m.graph.node:
+        for i, v in enumerate(node.input):
+            if v == post:
+                node.input[i] = "masked"
+    m.graph.initializer.append(numpy_helper.from_array(mask.astype(np.float32)[None], "hand_mask"))
+    at = next(i for i, node in enumerate(m.graph.node) if post in node.output)
+    m.graph.node.insert(at + 1, helper.make_node("Mul", [post, "hand_mask"], ["masked"]))
+    onnx.checker.check_model(m)
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def test_channel_position_units_match_a_hand_masked_graph(mnist):
     """Channel x position ablation of a conv site against onnxruntime on a graph with a
     constant mask multiplied in after the layer's activation."""
@@ -112,17 +127,7 @@ def test_channel_position_units_match_a_hand_masked_graph(mnist):
     units = rng.choice(int(np.prod(lay.shape)), 500, replace=False)
     mask = np.ones(int(np.prod(lay.shape)), np.float32)
     mask[units] = 0
-    m = onnx.load(str(FIX / "cnn_small.onnx"))
-    post = lay.post_value
-    for node in m.graph.node:
-        for i, v in enumerate(node.input):
-            if v == post:
-                node.input[i] = "masked"
-    m.graph.initializer.append(numpy_helper.from_array(mask.reshape(1, *lay.shape), "hand_mask"))
-    at = next(i for i, node in enumerate(m.graph.node) if post in node.output)
-    m.graph.node.insert(at + 1, helper.make_node("Mul", [post, "hand_mask"], ["masked"]))
-    onnx.checker.check_model(m)
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = _hand_masked(FIX / "cnn_small.onnx", lay.post_value, mask.reshape(lay.shape))
     want = sess.run(None, {cm.input_name: x})[0].argmax(1)
     ev = Evaluator(cm, x, labels=mnist.y[:300])
     out = ev.evaluate([[Intervention("conv1", units, 0.0, positions=True)]])
@@ -130,6 +135,32 @@ def test_channel_position_units_match_a_hand_masked_graph(mnist):
     assert out.correct[0].sum() == (want == mnist.y[:300]).sum()
     with pytest.raises(ConfigError, match="channel x position"):
         ev.evaluate([[Intervention("conv1", [0], 0.0), Intervention("conv1", [1], 0.0, positions=True)]])
+
+
+def test_residual_depthwise_model_matches_hand_masked_graphs(mnist):
+    """The MobileNetV2-style fixture: channel ablations of a depthwise site inside a residual
+    block (no suffix: the block's input also feeds its Add) and of the last conv (a suffix),
+    against onnxruntime on hand-masked graphs."""
+    path = FIX / "zoo_mobilenetv2.onnx"
+    lm = load_model(path)
+    x = _x(lm, mnist)[:400]
+    ev = Evaluator(lm, x, labels=mnist.y[:400])
+    with pytest.raises(NoSuffixError):
+        suffix(lm, "block1_dw")
+    rng = np.random.default_rng(3)
+    sets = []
+    for site in ("block1_dw", "last"):
+        lay = lm.layer(site)
+        units = rng.choice(lay.units, lay.units // 2, replace=False)
+        mask = np.ones(lay.units)
+        mask[units] = 0
+        want = _hand_masked(path, lay.post_value, mask.reshape(-1, 1, 1)).run(None, {lm.input_name: x})[0].argmax(1)
+        sets.append(([Intervention(site, units, 0.0)], want))
+    out = ev.evaluate([s for s, _ in sets])
+    for k, (_, want) in enumerate(sets):
+        assert out.unchanged[k] == (want == ev.intact).sum() < len(x)
+        assert out.correct[k].sum() == (want == mnist.y[:400]).sum()
+    assert ev._suffixes["block1_dw"] is None and ev._suffixes["last"] is not None
 
 
 def test_whole_model_runs_only_where_no_suffix_exists(tmp_path):

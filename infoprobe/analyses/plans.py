@@ -36,9 +36,24 @@ from .ablation import parse_hybrid, rank_units
 from .importance import MEASURES, ImportanceResult, importance as compute_importance
 
 METHODS = ("measure", "hybrid", "random", "magnitude", "merge")
-REPLACEMENTS = ("zero", "mean", "bias")
-#: The plans' replacement names in the vocabulary of :func:`infoprobe.interventions.replacement`.
-_KINDS = {"zero": "zero", "mean": "mean", "bias": "activation_of_bias"}
+#: Replacements of removed units: the kinds of :func:`infoprobe.interventions.replacement`.
+REPLACEMENTS = ("zero", "mean", "activation_of_bias", "activation_of_zero")
+#: Names accepted for compatibility: ``bias`` is ``activation_of_bias``.
+ALIASES = {"bias": "activation_of_bias"}
+
+
+def replacement_kind(replace: str) -> str:
+    """The replacement kind named ``replace`` (an alias resolved).
+
+    Raises
+    ------
+    ConfigError
+        Not a replacement of :data:`REPLACEMENTS` or :data:`ALIASES`.
+    """
+    kind = ALIASES.get(replace, replace)
+    if kind not in REPLACEMENTS:
+        raise ConfigError(f"unknown replacement {replace!r}; use one of {', '.join(REPLACEMENTS)}")
+    return kind
 
 
 def parse_fractions(spec, layers) -> dict:
@@ -94,20 +109,21 @@ def replacement_constants(lm: LoadedModel, layer: str, replace: str, store: Stor
     """Constants c [U] (float64) that replace removed units of ``layer``.
 
     ``zero``: 0. ``mean``: bias balancing, the unit's mean post-activation in ``store``
-    (conv: over samples and positions). ``bias``: the activation of the unit's bias alone,
-    sigma(b_j), as left by zeroing its incoming weights.
+    (conv: over samples and positions). ``activation_of_bias`` (alias ``bias``): the
+    activation of the unit's bias alone, sigma(b_j), as left by zeroing its incoming weights.
+    ``activation_of_zero``: sigma(0). See :func:`infoprobe.interventions.replacement`.
 
     Raises
     ------
     ConfigError
-        Unknown ``replace``, ``mean`` without a store, or ``bias`` for an activation
-        infoprobe cannot evaluate.
+        Unknown ``replace``, or ``mean`` without a store.
+    ModelError
+        ``activation_of_*`` for an activation infoprobe cannot evaluate.
     """
-    if replace not in _KINDS:
-        raise ConfigError(f"unknown replacement {replace!r}; use one of {', '.join(REPLACEMENTS)}")
-    if replace == "mean" and store is None:
+    kind = replacement_kind(replace)
+    if kind == "mean" and store is None:
         raise ConfigError("replace='mean' (bias balancing) needs an activation store (store=, --store)")
-    return replacement(lm, layer, _KINDS[replace], store=store)
+    return replacement(lm, layer, kind, store=store)
 
 
 def plan_from_scores(lm: LoadedModel, scores: dict, counts: dict, *, order: str = "low",
@@ -285,16 +301,16 @@ def merge_plan(lm: LoadedModel, fraction, *, surgery: bool = True, layers=None, 
 
     With ``surgery`` a removed unit j is replaced by its final partner i (a one-hot term,
     t_j = t_i, plus ``mean_j - mean_i`` when ``replace="mean"``); without it by a constant
-    (``replace``: zero, mean or bias), i.e. merging without the weight update.
+    (``replace``: any of :data:`REPLACEMENTS`), i.e. merging without the weight update.
 
     Raises
     ------
     ConfigError
-        ``replace="bias"`` with surgery, or as :func:`replacement_constants`.
+        ``replace="activation_of_*"`` with surgery, or as :func:`replacement_constants`.
     """
     names = list(layers) if layers else [lay.name for lay in lm.hidden_layers]
     counts = _counts(lm, parse_fractions(fraction, names))
-    if surgery and replace == "bias":
+    if surgery and replacement_kind(replace).startswith("activation_of"):
         raise ConfigError("merging with surgery replaces a unit by its partner; use replace zero or mean")
     out = {}
     for n, k in counts.items():
@@ -356,8 +372,7 @@ def make_plan(lm: LoadedModel, method: str, fraction, *, store=None,
         raise ConfigError(f"unknown plan method {method!r}; use one of {', '.join(METHODS)}")
     if replace is None:
         replace = "mean" if method in ("measure", "hybrid") else "zero"
-    if replace not in REPLACEMENTS:
-        raise ConfigError(f"unknown replacement {replace!r}; use one of {', '.join(REPLACEMENTS)}")
+    replace = replacement_kind(replace)
     if method == "measure":
         return measure_plan(lm, store, measure, fraction, layers=layers, order=order, replace=replace,
                             importance=importance)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..config import seed_streams
 from ..data import Dataset, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError
 from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
@@ -466,7 +467,8 @@ def synergy_plan(model, result: SynergyResult, *, size: int | None = None, repla
     result : SynergyResult
     size : int, optional
         Multiplet size to keep per layer (default: the largest reported).
-    replace : {"zero", "mean", "bias"}
+    replace : str
+        A replacement of :data:`infoprobe.analyses.plans.REPLACEMENTS` (or ``"bias"``).
         Constants for the removed units (:func:`~infoprobe.analyses.plans.replacement_constants`;
         ``mean``, bias balancing, needs ``store``).
 
@@ -514,7 +516,8 @@ def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, 
     result : SynergyResult
     size : int, optional
         Multiplet size (default: the largest reported per layer).
-    replace : {"zero", "mean", "bias"}
+    replace : str
+        A replacement of :data:`infoprobe.analyses.plans.REPLACEMENTS` (or ``"bias"``).
     random_repeats : int
         Random selections per layer (mean and sd reported).
 
@@ -636,7 +639,8 @@ def synergy_study(stores, *, out, model=None, data: Dataset | None = None, plan=
         ``size``, ``replace`` and ``random_repeats`` of :func:`synergy_plan` and
         :func:`multiunit_importance` (the constants of ``mean`` come from the first store).
     seed : int
-        Of the search's sample subset and of the random selections.
+        Of the search's sample subset (``numpy.random.default_rng(seed)``) and, through an
+        independent stream (:func:`infoprobe.config.seed_streams`), of the random selections.
     scale : "auto" or float
         Input multiplier of ``data``.
     plot : bool
@@ -680,8 +684,11 @@ def synergy_study(stores, *, out, model=None, data: Dataset | None = None, plan=
             study.plan.save(plan, overwrite=overwrite)
             files.append(plan)
         if data is not None:
+            # the search's sample subset draws from the seed itself; the random selections from
+            # an independent stream of it (infoprobe.config.seed_streams)
+            selections = seed_streams(seed, ("samples", "random_selections"))["random_selections"]
             study.importance = multiunit_importance(lm, st, data, res, size=plan_size, replace=replace,
-                                                    random_repeats=random_repeats, seed=seed, scale=scale)
+                                                    random_repeats=random_repeats, seed=selections, scale=scale)
             files += write_table(out, "multiunit_importance", study.importance, res.meta)
     finally:
         if st is not paths[0]:

@@ -47,7 +47,7 @@ def activation_batches(source, names, *, data=None, scale="auto", batch_size=409
         raise ConfigError("redundancy from a model needs data")
     x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
     runner = Runner(lm, expose=True, mix=plan is not None, providers=providers, threads=default_threads(),
-                    arena=False)
+                    arena="shared")
     feeds = runner.plan_feeds(plan) if plan is not None else None
     outs = [io_name(n, "post") for n in names]
     rows = chunk_rows(runner, x, batch_size)   # memory bounded whatever the number of samples

@@ -297,6 +297,10 @@ def activation_numpy(node, name: str):
         "gelu": lambda z: 0.5 * z * (1.0 + special.erf(z / np.sqrt(2.0))),
         "softsign": lambda z: z / (1.0 + np.abs(z)),
     }
+    if node is not None and node.op_type == "HardSigmoid":
+        a, b = _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)
+        table["hardsigmoid"] = lambda z: np.clip(a * z + b, 0.0, 1.0)
+    table = {**_curves(), **table}
     if name not in table:
         raise ModelError(f"infoprobe cannot evaluate the {name} activation outside onnxruntime")
     return table[name]
@@ -855,6 +859,102 @@ def _dims(value) -> tuple | None:
     return tuple(d if isinstance(d, int) else None for d in shape.dims[1:])
 
 
+#: Element-wise ops that exported activations are built from (ReLU6 as ``Clip``, SiLU as
+#: ``x * Sigmoid(x)``, GELU as ``0.5 x (1 + Erf(x / sqrt 2))``, HardSwish as ``x * HardSigmoid(x)``,
+#: ...): a chain of them with scalar constants after an affine op is recognised by its values
+#: (:func:`_recognise_activation`), not by its spelling.
+_ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "Erf", "Tanh", "Sigmoid", "Relu", "Clip", "Min", "Max", "Neg", "Exp",
+                "Log", "Softplus", "HardSigmoid", "HardSwish", "Pow", "Sqrt", "Abs", "Elu", "Selu", "LeakyRelu",
+                "Gelu", "Mish", "Softsign", "Celu", "Reciprocal"}
+
+
+def _curves() -> dict:
+    """Activations recognised by their values: name -> NumPy function (float64)."""
+    from scipy import special
+
+    hsig = lambda z: np.clip(z / 6.0 + 0.5, 0.0, 1.0)  # noqa: E731  (PyTorch's hardsigmoid)
+    return {
+        "relu": lambda z: np.maximum(z, 0.0), "relu6": lambda z: np.clip(z, 0.0, 6.0),
+        "sigmoid": special.expit, "tanh": np.tanh, "silu": lambda z: z * special.expit(z),
+        "gelu": lambda z: 0.5 * z * (1.0 + special.erf(z / np.sqrt(2.0))),
+        "gelu_tanh": lambda z: 0.5 * z * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (z + 0.044715 * z ** 3))),
+        "hardsigmoid": hsig, "hardswish": lambda z: z * hsig(z),
+        "mish": lambda z: z * np.tanh(np.logaddexp(0.0, z)), "softplus": lambda z: np.logaddexp(0.0, z),
+        "elu": lambda z: np.where(z >= 0, z, np.expm1(z)), "softsign": lambda z: z / (1.0 + np.abs(z)),
+        "selu": lambda z: 1.0507009873554805 * np.where(z >= 0, z, 1.6732632423543772 * np.expm1(z)),
+        "leakyrelu": lambda z: np.where(z >= 0, z, 0.01 * z),
+    }
+
+
+def _recognise_activation(pre, graph_outputs: set, opset: int):
+    """The activation built from element-wise ops after ``pre``: ``(nodes, post value, name)``,
+    ``(nodes, None, description)`` when they form a non-linearity none of :func:`_curves`
+    matches, or None when ``pre`` is not followed by such a chain.
+
+    The chain is every element-wise consumer reachable from ``pre`` whose other inputs are
+    scalar constants (at most 12 nodes). A candidate output is one through which every use of
+    ``pre`` passes; each is evaluated with onnxruntime on 1,601 points of [-8, 8] and compared
+    with every curve (within 2e-5 + 1e-5 |f|); the largest matching candidate is the site.
+    """
+    import onnxruntime as ort
+
+    closure, values = [], {id(pre): pre}
+    changed = True
+    while changed and len(closure) < 12:
+        changed = False
+        for v in list(values.values()):
+            for node, _ in v.uses():
+                if node in closure or node.op_type not in _ELEMENTWISE or node.domain not in ("", "ai.onnx"):
+                    continue
+                ok = all(i is None or id(i) in values or (_const(i) is not None and _const(i).size == 1)
+                         for i in node.inputs)
+                if ok and len(node.outputs) == 1:
+                    closure.append(node)
+                    values[id(node.outputs[0])] = node.outputs[0]
+                    changed = True
+    if not closure:
+        return None
+    z = np.linspace(-8.0, 8.0, 1601)
+    best, unrecognised = None, None
+    for end in closure:
+        v = end.outputs[0]
+        members, stack = [], [end]            # the nodes v depends on within the chain
+        while stack:
+            n = stack.pop()
+            if n in members:
+                continue
+            members.append(n)
+            stack += [i.producer() for i in n.inputs if i is not None and i.producer() in closure]
+        inner = [o for n in members for o in n.outputs if o is not v]
+        if any(u not in members for u, _ in pre.uses()) or any(
+                o.name in graph_outputs or any(u not in members for u, _ in o.uses()) for o in inner):
+            continue                           # some use of pre, or of an inner value, bypasses v
+        order = [n for n in closure if n in members]
+        g = onnx.helper.make_graph(
+            [ir.serde.serialize_node(n) for n in order], "activation",
+            [onnx.helper.make_tensor_value_info(pre.name, onnx.TensorProto.FLOAT, [len(z)])],
+            [onnx.helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, None)],
+            [onnx.numpy_helper.from_array(_const(i).astype(_const(i).dtype), i.name)
+             for n in order for i in n.inputs if i is not None and id(i) not in values])
+        m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
+        m.ir_version = 8
+        try:
+            sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            f = sess.run(None, {pre.name: z.astype(np.float32)})[0].astype(np.float64)
+        except Exception:
+            continue
+        if f.shape != z.shape:
+            continue
+        name = next((k for k, fn in _curves().items() if np.all(np.abs(f - fn(z)) <= 2e-5 + 1e-5 * np.abs(fn(z)))),
+                    None)
+        if name is not None and (best is None or len(members) > len(best[0])):
+            best = (order, v, name)
+        elif name is None and unrecognised is None and any(n.op_type not in ("Mul", "Add", "Sub", "Div", "Neg")
+                                                              for n in members):
+            unrecognised = (order, None, "+".join(n.op_type for n in order))
+    return best or unrecognised
+
+
 def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
     path, sha = source.path, source.sha256
     graph = model.graph
@@ -863,6 +963,7 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
     except Exception:  # shapes are a convenience for discovery; layers without one are reported
         pass
     graph_outputs = {v.name for v in graph.outputs}
+    opset = model.opset_imports.get("", MIN_OPSET)
     found, unsupported, used_names, claimed = [], [], set(), set()
 
     for node in graph:
@@ -936,6 +1037,15 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
             act = uses[0][0]
             members.append(act)
             post, activation = act.outputs[0], ACTIVATIONS[act.op_type]
+        elif pre.name not in graph_outputs:
+            found_act = _recognise_activation(pre, graph_outputs, opset)
+            if found_act is not None and found_act[1] is not None:
+                members += found_act[0]
+                post, activation = found_act[1], found_act[2]
+            elif found_act is not None:
+                unsupported.append({"node": label, "op": found_act[2],
+                                    "reason": f"a non-linearity ({found_act[2]}) infoprobe does not recognise follows "
+                                              "this layer; its site is the pre-activation"})
         for m in members:
             claimed.add(id(m))
         for m in members:

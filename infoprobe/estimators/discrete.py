@@ -25,7 +25,8 @@ from ..errors import ConfigError
 DEFAULT_THRESHOLDS = {
     "sigmoid": 0.5, "hardsigmoid": 0.5, "relu": 0.0, "tanh": 0.0, "leakyrelu": 0.0, "gelu": 0.0,
     "elu": 0.0, "selu": 0.0, "celu": 0.0, "prelu": 0.0, "softsign": 0.0, "hardswish": 0.0,
-    "mish": 0.0, "none": 0.0,
+    "mish": 0.0, "relu6": 0.0, "silu": 0.0, "gelu_tanh": 0.0, "thresholdedrelu": 0.0,
+    "none": 0.0,
 }
 MAX_JS_CLASSES = 20
 

@@ -611,6 +611,38 @@ class Store:
         names = list(self._info)
         return sorted(names, key=lambda n: (self._info[n]["depth"], names.index(n)))
 
+    def check_model(self, lm, layers=None) -> None:
+        """Check that this store holds ``lm``'s activations as infoprobe reads ``lm`` now.
+
+        Parameters
+        ----------
+        lm : LoadedModel
+        layers : list of str, optional
+            Layers to check (default: every layer of the store that the model has).
+
+        Raises
+        ------
+        DataError
+            The store was captured from another model (SHA-256), a layer's shape differs, or a
+            layer's activation differs: the store was written by an infoprobe that read the
+            model's activations otherwise (e.g. ReLU6 exported as ``Clip``, read as none before
+            version 0.2), so its post-activations are not the model's; capture it again.
+        """
+        captured = self.attrs.get("model_sha256")
+        if captured and captured != lm.sha256:
+            raise DataError(f"the store {self.path} was captured from another model (SHA-256 {captured[:12]}..., "
+                            f"this model is {lm.sha256[:12]}...); capture it again from {lm.path.name}")
+        names = {lay.name for lay in lm.layers}
+        for n in layers if layers is not None else [n for n in self.layer_names if n in names]:
+            info, lay = self.layer_info(n), lm.layer(n)
+            if tuple(info["shape"]) != tuple(lay.shape):
+                raise DataError(f"the store's layer {n!r} has shape {info['shape']} but the model's has {lay.shape}: "
+                                "the store was captured from another model")
+            if info.get("activation", lay.activation) != lay.activation:
+                raise DataError(f"the store's layer {n!r} was captured with activation {info['activation']!r}, but "
+                                f"infoprobe now reads it as {lay.activation!r}: its post-activations are another "
+                                f"tensor; capture the store again from {lm.path.name}")
+
     def layer_info(self, name: str) -> dict:
         """Attributes of layer ``name`` plus its per-sample ``shape`` (validated at open)."""
         self._group(name)

@@ -154,3 +154,24 @@ def test_hdf5_metadata_is_read_in_a_child_first(tmp_path, monkeypatch, script, m
         hdf5.open_file(tmp_path / "x.h5", StoreError)
     ino = os.stat(tmp_path / "x.h5").st_ino
     assert not any(k[1] == ino for k in hdf5._PROBED)   # a refused file is probed again next time
+
+
+def test_a_store_read_otherwise_than_the_model_is_refused(sigmoid_store, tmp_path):
+    """A store whose layer was captured with another activation (an infoprobe that read the
+    model otherwise) holds another tensor as "post": analyses that pair it with the model refuse."""
+    import shutil
+
+    from infoprobe.model import load_model
+
+    lm = load_model(FIX / "mlp_sigmoid.onnx")
+    with Store(sigmoid_store) as st:
+        st.check_model(lm)                                   # as captured: accepted
+    old = tmp_path / "old.h5"
+    shutil.copy(sigmoid_store, old)
+    with h5py.File(old, "r+") as f:
+        grp = next(g for name, g in f["layers"].items() if name == "fc1")
+        grp.attrs["activation"] = "none"
+    with Store(old) as st, pytest.raises(DataError, match="captured with activation 'none'.*'sigmoid'"):
+        st.check_model(lm)
+    with Store(sigmoid_store) as st, pytest.raises(DataError, match="another model"):
+        st.check_model(load_model(FIX / "mlp_relu.onnx"))

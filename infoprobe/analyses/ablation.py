@@ -251,19 +251,13 @@ def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
     n_steps, random_repeats = cfg.n_steps, cfg.random_repeats
     if data.y is None:
         raise DataError(f"{data.path} has no labels ('y'); ablation measures accuracy and needs them")
-    store_model = st.attrs.get("model_sha256")
-    if store_model and store_model != lm.sha256:
-        raise DataError(f"the store {st.path} was captured from another model (SHA-256 {store_model[:12]}..., "
-                        f"this model is {lm.sha256[:12]}...); capture it again from {lm.path.name}")
     names = list(cfg.layers) if cfg.layers else [n for n in st.hidden_layers()]
+    st.check_model(lm, [n for n in st.layer_names if n in set(names) | set(hybrid or {})])
     for n in names:
         if lm.layer(n).is_output:
             raise ConfigError(f"layer {n!r} is the output layer; ablate hidden layers")
         if n not in st.layer_names:
             raise ConfigError(f"layer {n!r} is not in the store {st.path}")
-        if tuple(st.layer_info(n)["shape"]) != tuple(lm.layer(n).shape):
-            raise DataError(f"the store's layer {n!r} has shape {st.layer_info(n)['shape']} but the model's "
-                            f"has {lm.layer(n).shape}: the store was captured from another model")
     for n in hybrid or {}:
         lm.layer(n)
     needs_imp = bool(measures) or bool(hybrid)

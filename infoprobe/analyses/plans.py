@@ -370,6 +370,8 @@ def make_plan(lm: LoadedModel, method: str, fraction, *, store=None,
                              surgery=surgery, order=order, seed=seed, layers=layers, importance=importance)
     if method not in METHODS:
         raise ConfigError(f"unknown plan method {method!r}; use one of {', '.join(METHODS)}")
+    if store is not None:
+        store.check_model(lm)
     if replace is None:
         replace = "mean" if method in ("measure", "hybrid") else "zero"
     replace = replacement_kind(replace)

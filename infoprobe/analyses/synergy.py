@@ -538,6 +538,7 @@ def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, 
     own = not isinstance(store, Store)
     st = Store(store) if own else store
     try:
+        st.check_model(lm)
         which = result.meta.get("parameters", {}).get("which", "pre")
         factor = resolve_scale(data.x, scale)
         x = prepare_inputs(data.x, lm.input_shape, factor, input_name=lm.input_name)

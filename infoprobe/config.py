@@ -112,8 +112,3 @@ class Config:
     def streams(self) -> dict:
         """The random stream of each step in ``STEPS`` (:func:`seed_streams` of ``seed``)."""
         return seed_streams(self.seed, self.STEPS)
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        """The help text of field ``name``."""
-        return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)

@@ -247,7 +247,8 @@ class Evaluator:
         self.threads = threads if threads is not None else default_threads()
         # the whole model: intact labels, prefixes and interventions that have no suffix
         self.whole = Runner(lm, expose=True, providers=providers, threads=self.threads, spin=False, arena="shared")
-        self.rows = self._chunk_rows(batch_size)
+        self.rows = chunk_rows(self.whole, x, batch_size)
+        self._order = {lay.name: i for i, lay in enumerate(lm.layers)}
         self._suffixes: dict = {}
         self._cache: OrderedDict = OrderedDict()
         self._cache_bytes = 0
@@ -261,9 +262,6 @@ class Evaluator:
         if self.y is not None:
             correct = np.bincount(self.y[self.intact == self.y], minlength=self.n_classes)[None]
         self.base = Outcome(n, np.array([n]), correct, self.class_totals)
-
-    def _chunk_rows(self, batch_size: int) -> int:
-        return chunk_rows(self.whole, self.x, batch_size)
 
     def chunks(self):
         """``(start, stop)`` of every chunk of samples."""
@@ -300,15 +298,15 @@ class Evaluator:
             self._cache_bytes += post.nbytes
         return post
 
-    def _route(self, sets: list) -> tuple:
-        """(runner, first site or None) that can apply every set of ``sets``."""
-        order = {lay.name: i for i, lay in enumerate(self.lm.layers)}
-        sites = {iv.site for s in sets for iv in s}
-        first = min(sites, key=order.__getitem__)
+    def _first(self, interventions) -> str | None:
+        """The site whose suffix can apply every intervention of a set (its earliest site),
+        or None when the whole model must run."""
+        sites = {iv.site for iv in interventions}
+        first = min(sites, key=self._order.__getitem__)
         runner = self._suffix(first)
         if runner is None or any(io_name(s, "mask") not in runner.input_names for s in sites):
-            return self.whole, None
-        return runner, first
+            return None
+        return first
 
     def _feeds(self, sets: list, rows: int) -> dict:
         """Mask and offset feeds of ``sets`` stacked along the batch (``rows`` samples each)."""
@@ -372,8 +370,7 @@ class Evaluator:
                 if correct is not None:
                     correct[i] = self.base.correct[0]
                 continue
-            runner, first = self._route([s])
-            groups.setdefault(first, []).append(i)
+            groups.setdefault(self._first(s), []).append(i)
         if k - sum(map(len, groups.values())) and advance:
             advance(k - sum(map(len, groups.values())))
         output = self.lm.output_name

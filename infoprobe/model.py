@@ -906,8 +906,7 @@ def _recognise_activation(pre, graph_outputs: set, opset: int):
             for node, _ in v.uses():
                 if node in closure or node.op_type not in _ELEMENTWISE or node.domain not in ("", "ai.onnx"):
                     continue
-                ok = all(i is None or id(i) in values or (_const(i) is not None and _const(i).size == 1)
-                         for i in node.inputs)
+                ok = all(i is None or id(i) in values or getattr(_const(i), "size", 0) == 1 for i in node.inputs)
                 if ok and len(node.outputs) == 1:
                     closure.append(node)
                     values[id(node.outputs[0])] = node.outputs[0]
@@ -915,6 +914,7 @@ def _recognise_activation(pre, graph_outputs: set, opset: int):
     if not closure:
         return None
     z = np.linspace(-8.0, 8.0, 1601)
+    curves = {k: fn(z) for k, fn in _curves().items()}
     best, unrecognised = None, None
     for end in closure:
         v = end.outputs[0]
@@ -934,7 +934,7 @@ def _recognise_activation(pre, graph_outputs: set, opset: int):
             [ir.serde.serialize_node(n) for n in order], "activation",
             [onnx.helper.make_tensor_value_info(pre.name, onnx.TensorProto.FLOAT, [len(z)])],
             [onnx.helper.make_tensor_value_info(v.name, onnx.TensorProto.FLOAT, None)],
-            [onnx.numpy_helper.from_array(_const(i).astype(_const(i).dtype), i.name)
+            [onnx.numpy_helper.from_array(_const(i), i.name)
              for n in order for i in n.inputs if i is not None and id(i) not in values])
         m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
         m.ir_version = 8
@@ -945,8 +945,7 @@ def _recognise_activation(pre, graph_outputs: set, opset: int):
             continue
         if f.shape != z.shape:
             continue
-        name = next((k for k, fn in _curves().items() if np.all(np.abs(f - fn(z)) <= 2e-5 + 1e-5 * np.abs(fn(z)))),
-                    None)
+        name = next((k for k, c in curves.items() if np.all(np.abs(f - c) <= 2e-5 + 1e-5 * np.abs(c))), None)
         if name is not None and (best is None or len(members) > len(best[0])):
             best = (order, v, name)
         elif name is None and unrecognised is None and any(n.op_type not in ("Mul", "Add", "Sub", "Div", "Neg")

@@ -56,8 +56,8 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
     """
     from infoprobe.analyses.ablation import cumulative_ablation, parse_hybrid
 
-    lm = load(model, max_model_size)
     data = read_data(data_path, split, x_key, y_key, limit)
+    lm = load(model, max_model_size)
     res = cumulative_ablation(
         lm, store, data, measures=csv_list(measures) or [], orders=_both(order, ("low", "high")),
         values=_both(value, ("zero", "mean")), scopes=_both(scope, ("layer", "network")), layers=csv_list(layers),

@@ -37,8 +37,8 @@ def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, ba
     """
     from infoprobe.analyses.capture import capture as run
 
-    lm = load(model, max_model_size)
     data = read_data(data_path, split, x_key, y_key, limit)
+    lm = load(model, max_model_size)
     names = csv_list(layers)
     path = run(lm, data, out, layers=names, batch_size=batch_size, scale=scale, overwrite=overwrite,
                progress=progress, notify=announcer(progress))

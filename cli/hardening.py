@@ -94,10 +94,12 @@ class Group(click.Group):
                 signal.signal(sig, handler)
 
 
-def harden(cmd: click.Command, *, stage: bool = True) -> click.Command:
+def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True) -> click.Command:
     """Give a command the budget options and run it inside a result set.
 
-    Adds ``--max-memory`` (every command) and, where the command captures, ``--max-store-size``;
+    Adds ``--max-memory`` (every command), ``--site``, ``--sites`` and ``--output`` (commands that read a model,
+    ``sites``: every model the command loads discovers its sites under them,
+    :func:`infoprobe.model.discovery`) and, where the command captures, ``--max-store-size``;
     resolves ``--progress`` left unset to "stderr is a terminal"; runs the command with its
     budgets (:func:`infoprobe.limits.budgets`) and every file it writes staged
     (:func:`infoprobe.results.result_set`): the files appear when it succeeds (exit 0, or 1
@@ -110,18 +112,32 @@ def harden(cmd: click.Command, *, stage: bool = True) -> click.Command:
         ["--max-memory"], default=None, metavar="SIZE", envvar="INFOPROBE_MAX_MEMORY",
         help="Memory budget: refuse, before allocating, any array larger than this (default 4G; "
              "env INFOPROBE_MAX_MEMORY)."))
+    if sites:
+        cmd.params += [
+            click.Option(["--site", "extra_sites"], multiple=True, metavar="NAME[:AXIS]",
+                         help="Also analyse the graph value NAME as a unit site, its units on per-sample axis AXIS "
+                              "(0: channels first; the last axis: tokens x units). Repeatable."),
+            click.Option(["--sites", "select_sites"], default=None, metavar="GLOBS",
+                         help="Only the sites whose names match one of these comma-separated glob patterns "
+                              "(e.g. 'block*_add,fc'); `infoprobe inspect` lists the sites."),
+            click.Option(["--output", "class_output"], default=None, metavar="NAME",
+                         help="The model output that holds the class logits (default: the first output).")]
     callback = cmd.callback
 
     @functools.wraps(callback)
-    def run(*args, max_memory=None, **kwargs):
+    def run(*args, max_memory=None, extra_sites=(), select_sites=None, class_output=None, **kwargs):
         from infoprobe.limits import budgets
+        from infoprobe.model import discovery
         from infoprobe.results import result_set
+
+        from .options import csv_list
 
         if "progress" in kwargs and kwargs["progress"] is None:
             kwargs["progress"] = sys.stderr.isatty()
         status = None
         store = kwargs.pop("max_store_size", None)
-        with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None):
+        with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None), \
+                discovery(extra_sites, csv_list(select_sites), output=class_output):
             with result_set() if stage else contextlib.nullcontext():
                 try:
                     return callback(*args, **kwargs)

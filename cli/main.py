@@ -50,9 +50,11 @@ def cli():
 
 #: Commands whose files are not staged: the demo reads back the models it writes.
 _UNSTAGED = {"demo"}
+#: Commands that discover no sites (no ``--site``, ``--sites``, ``--output``): check compares whole models.
+_NO_MODEL = {"importance", "synthetic", "demo", "check"}
 for _command in (inspect, capture, importance, ablate, synergy, modules, frivolous, synthetic, flow, plan, prune,
                  check, demo):
-    cli.add_command(harden(_command, stage=_command.name not in _UNSTAGED))
+    cli.add_command(harden(_command, stage=_command.name not in _UNSTAGED, sites=_command.name not in _NO_MODEL))
 
 
 def main():

@@ -62,7 +62,10 @@ data_details = [
     click.option("--split", default=None, help="Split of the data file: all, train, validation, test or a number."),
     click.option("--scale", default="auto", show_default=True,
                  help="Input multiplier; auto = 1/255 for uint8 data, else 1."),
-    click.option("--x-key", default="x", show_default=True, help="Array of samples in the data file."),
+    click.option("--x-key", default="x", show_default=True,
+                 help="Array of samples in the data file; for a model with several inputs, one array per input, "
+                      "named after it and comma-separated (e.g. input_ids,attention_mask). Integer inputs are "
+                      "passed unscaled; an attention_mask keeps padding tokens out of every reduction."),
     click.option("--y-key", default="y", show_default=True, help="Array of labels in the data file."),
     click.option("--limit", type=int, default=None, help="Use only the first N samples of the split."),
 ]
@@ -85,12 +88,19 @@ def load(path, max_model_size):
 
 
 def read_data(data_path, split, x_key, y_key, limit):
-    """The samples the data options select (None without ``--data``)."""
-    from infoprobe.data import load_data
+    """The samples the data options select (None without ``--data``). Models loaded after
+    this read their symbolic input dimensions from the data's shapes, so a command reads
+    its data before its model."""
+    from infoprobe.data import Inputs, load_data
+    from infoprobe.model import hint_input_shapes
 
     if data_path is None:
         return None
-    return load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit)
+    data = load_data(data_path, split=split or "all", x_key=x_key, y_key=y_key, limit=limit)
+    # models loaded from now on read symbolic input dimensions (dynamic H, W) from the data
+    hint_input_shapes({k: v.shape[1:] for k, v in data.x.arrays.items()} if isinstance(data.x, Inputs)
+                      else {None: data.x.shape[1:]})
+    return data
 
 
 def announcer(progress: bool):

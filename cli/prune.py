@@ -36,8 +36,9 @@ def prune(model, plan_path, out, data_path, split, scale, x_key, y_key, limit, l
     """
     from infoprobe.analyses.compress import prune_model
 
+    data = read_data(data_path, split, x_key, y_key, limit)
     lm = load(model, max_model_size)
-    rep = prune_model(lm, plan_path, out, data=read_data(data_path, split, x_key, y_key, limit), scale=scale,
+    rep = prune_model(lm, plan_path, out, data=data, scale=scale,
                       latency_batch=latency_batch, repeats=repeats, overwrite=overwrite)
     if as_json:
         echo_json(rep)

@@ -1,4 +1,9 @@
-"""Input data: ``.npz`` (keys ``x``, ``y``, optional ``split``), ``.npy`` and HDF5 files."""
+"""Input data: ``.npz`` (keys ``x``, ``y``, optional ``split``), ``.npy`` and HDF5 files.
+
+A model with several inputs (``input_ids``, ``attention_mask``, ``token_type_ids``) reads one
+array per input, named after it (``x_key="input_ids,attention_mask"``): the samples are then an
+:class:`Inputs`, sliced together along the batch.
+"""
 from __future__ import annotations
 
 import math
@@ -18,14 +23,90 @@ from .model import sha256_file
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 
 
+class Inputs:
+    """Several named arrays of the same samples, sliced together along the first axis.
+
+    Parameters
+    ----------
+    arrays : dict of str -> ndarray [N, ...]
+        One array per model input, all with the same N.
+
+    Raises
+    ------
+    DataError
+        No arrays, or arrays of different lengths.
+    """
+
+    def __init__(self, arrays: dict):
+        if not arrays:
+            raise DataError("no input arrays")
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError("the input arrays hold different numbers of samples: "
+                            + ", ".join(f"{k} {n}" for k, n in lengths.items()))
+        self.arrays = dict(arrays)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitem__(self, index) -> "Inputs":
+        return Inputs({k: v[index] for k, v in self.arrays.items()})
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(v.nbytes for v in self.arrays.values()))
+
+    def __repr__(self) -> str:
+        return "Inputs(" + ", ".join(f"{k}={v.dtype}{list(v.shape)}" for k, v in self.arrays.items()) + ")"
+
+
+#: Model inputs that say which token positions are real (1) and which are padding (0).
+MASK_INPUTS = ("attention_mask",)
+
+
+def position_mask(x) -> np.ndarray | None:
+    """The padding mask of samples ``x`` -- the array of :class:`Inputs` named as a model's
+    ``attention_mask`` (:data:`MASK_INPUTS`), [N, T] -- or None."""
+    if isinstance(x, Inputs):
+        for name in MASK_INPUTS:
+            if name in x.arrays and x.arrays[name].ndim == 2:
+                return x.arrays[name]
+    return None
+
+
+def feeds(name: str, x) -> dict:
+    """onnxruntime feeds of prepared samples: ``{name: x}`` for one array (float arrays as
+    float32), the arrays by their own names for :class:`Inputs`."""
+    if isinstance(x, Inputs):
+        return {k: np.ascontiguousarray(v) for k, v in x.arrays.items()}
+    x = np.asarray(x)
+    return {name: np.ascontiguousarray(x, np.float32 if x.dtype.kind == "f" else x.dtype)}
+
+
+def tile_rows(x, k: int):
+    """``x`` repeated ``k`` times along the batch (``[x; x; ...]``), for an array or :class:`Inputs`."""
+    if isinstance(x, Inputs):
+        return Inputs({name: np.concatenate([v] * k) for name, v in x.arrays.items()})
+    return np.concatenate([x] * k)
+
+
+def row_bytes(x) -> int:
+    """Bytes of one sample of ``x`` (an array [N, ...] or :class:`Inputs`), as float32 for
+    arrays (the prepared input's size)."""
+    if isinstance(x, Inputs):
+        return int(sum(max(4, v.dtype.itemsize) * math.prod(v.shape[1:]) for v in x.arrays.values()))
+    return 4 * int(math.prod(x.shape[1:]))
+
+
 @dataclass
 class Dataset:
     """Raw samples of one split.
 
     Attributes
     ----------
-    x : ndarray [N, ...]
-        Samples as stored (e.g. uint8 images); see :func:`prepare_inputs`.
+    x : ndarray [N, ...] or Inputs
+        Samples as stored (e.g. uint8 images), or one array per model input;
+        see :func:`model_inputs`.
     y : int64 ndarray [N] or None
     index : int64 ndarray [N]
         Row numbers in the source file.
@@ -195,7 +276,9 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         datasets of those names.
     split : {"all", "train", "validation", "test"} or int
     x_key, y_key, split_key : str
-        Array names in the file.
+        Array names in the file. ``x_key`` may name several arrays, comma-separated
+        (``"input_ids,attention_mask"``), one per model input: the samples are then an
+        :class:`Inputs`.
     limit : int, optional
         Keep only the first ``limit`` samples of the split.
 
@@ -214,12 +297,15 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
-    keys = (x_key, y_key, split_key)
+    x_keys = [k.strip() for k in str(x_key).split(",") if k.strip()] or ["x"]
+    keys = (*x_keys, y_key, split_key)
     try:
         if suffix == ".npz":
             arrays = _read_npz(path, keys)
         elif suffix == ".npy":
-            arrays = {x_key: _read_npy(path)}
+            if len(x_keys) > 1:
+                raise DataError(f"{path}: an .npy file holds one array; give several inputs in an .npz or .h5 file")
+            arrays = {x_keys[0]: _read_npy(path)}
         elif is_store_path(path):
             arrays = _read_h5(path, keys)
         else:
@@ -228,8 +314,13 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         raise
     except Exception as exc:
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {one_line(exc, 160)}") from None
-    x, y, sp = arrays[x_key], arrays.get(y_key), arrays.get(split_key)
-    _check_samples(x, f"{path}: {x_key!r}")
+    x, y, sp = arrays[x_keys[0]], arrays.get(y_key), arrays.get(split_key)
+    for k in x_keys:
+        if k not in arrays:
+            raise DataError(f"{path} has no array {k!r}")
+        _check_samples(arrays[k], f"{path}: {k!r}")
+        if len(arrays[k]) != len(x):
+            raise DataError(f"{path}: {k!r} holds {len(arrays[k])} samples but {x_keys[0]!r} holds {len(x)}")
     n = len(x)
     if n == 0:
         raise DataError(f"{path}: {x_key!r} holds no samples")
@@ -254,20 +345,80 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         index = index[:limit]
     if len(index) == 0:
         raise DataError(f"{path}: split {split!r} selects no samples")
-    require_memory(int(len(index) * _nbytes(tuple(x.shape[1:]), x.dtype)), f"the selected samples of {path}")
-    xs = np.ascontiguousarray(x[index]) if len(index) < n or isinstance(x, np.memmap) else x
-    return Dataset(x=np.asarray(xs), y=None if y is None else y[index], index=index,
+    require_memory(int(len(index) * sum(_nbytes(tuple(arrays[k].shape[1:]), arrays[k].dtype) for k in x_keys)),
+                   f"the selected samples of {path}")
+    picked = {}
+    for k in x_keys:
+        a = arrays[k]
+        picked[k] = np.asarray(np.ascontiguousarray(a[index]) if len(index) < n or isinstance(a, np.memmap) else a)
+    xs = picked[x_keys[0]] if len(x_keys) == 1 else Inputs(picked)
+    return Dataset(x=xs, y=None if y is None else y[index], index=index,
                    split=str(split), path=path, sha256=sha256_file(path))
 
 
-def resolve_scale(x: np.ndarray, scale) -> float:
-    """Input scale factor: ``"auto"`` is 1/255 for uint8 data and 1 otherwise."""
+def resolve_scale(x, scale) -> float:
+    """Input scale factor: ``"auto"`` is 1/255 for uint8 data and 1 otherwise (for
+    :class:`Inputs`: 1/255 when any array is uint8; it applies to float inputs only)."""
     if scale in (None, "auto"):
-        return 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+        arrays = x.arrays.values() if isinstance(x, Inputs) else [x]
+        return 1.0 / 255.0 if any(a.dtype == np.uint8 for a in arrays) else 1.0
     try:
         return float(scale)
     except (TypeError, ValueError):
         raise DataError(f"the input scale (--scale) must be 'auto' or a number, got {scale!r}") from None
+
+
+def model_inputs(lm, x, scale: float):
+    """The samples ``x`` as the model ``lm`` reads them.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+    x : ndarray [n, ...] or Inputs
+        One array for a model with one input; for a model with several, an :class:`Inputs`
+        with an array named after each input.
+    scale : float
+        Multiplier of float inputs (:func:`resolve_scale`); integer inputs (token ids,
+        attention masks) are passed unscaled, cast to the input's integer type.
+
+    Returns
+    -------
+    float32 ndarray [n, ...] (one input) or Inputs (several, each in the input's dtype)
+
+    Raises
+    ------
+    DataError
+        A missing array, a shape the input cannot take, fractions for an integer input,
+        NaN/inf.
+    BudgetError
+        As :func:`prepare_inputs`.
+    """
+    specs = list(lm.inputs) or [{"name": lm.input_name, "shape": lm.input_shape, "dtype": "float32"}]
+    if not isinstance(x, Inputs):
+        if len(specs) > 1:
+            raise DataError(f"the model has {len(specs)} inputs ({', '.join(s['name'] for s in specs)}); give one "
+                            f"array per input, named after it (x_key=, --x-key {','.join(s['name'] for s in specs)})")
+        if np.dtype(specs[0]["dtype"]).kind == "f":
+            return prepare_inputs(x, specs[0]["shape"], scale, input_name=specs[0]["name"])
+        x = Inputs({specs[0]["name"]: x})
+    missing = [s["name"] for s in specs if s["name"] not in x.arrays]
+    if missing:
+        raise DataError(f"the data has arrays {', '.join(x.arrays)} but the model's inputs are "
+                        f"{', '.join(s['name'] for s in specs)}; name one array after each (missing: {', '.join(missing)})")
+    out = {}
+    for s in specs:
+        a, dtype = x.arrays[s["name"]], np.dtype(s["dtype"])
+        if dtype.kind == "f":
+            out[s["name"]] = prepare_inputs(a, s["shape"], scale, input_name=s["name"]).astype(dtype, copy=False)
+            continue
+        if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+            raise DataError(f"input {s['name']!r} is {dtype} but the data array holds fractions")
+        want, have = tuple(s["shape"][1:]), tuple(a.shape[1:])
+        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
+            raise DataError(f"data array {s['name']!r} has samples of shape {list(have)} but the model input "
+                            f"expects {list(want)}")
+        out[s["name"]] = np.ascontiguousarray(a, dtype)
+    return Inputs(out) if len(specs) > 1 or len(out) > 1 else next(iter(out.values()))
 
 
 def prepare_inputs(x: np.ndarray, input_shape: tuple, scale: float, *, input_name: str = "input") -> np.ndarray:

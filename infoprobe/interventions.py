@@ -33,9 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .data import row_bytes, tile_rows
 from .errors import ConfigError, NoSuffixError
 from .limits import max_memory
 from .model import LoadedModel
+from .positions import units_last
 from .rewrite import io_name, mask_shape
 from .runner import Runner, default_threads
 
@@ -47,18 +49,22 @@ STACK_ROWS = 256
 
 
 def mean_activation(store, site: str) -> np.ndarray:
-    """Mean post-activation of each unit of ``site`` over a store's samples (conv: over samples
-    and positions, one value per channel), float64 [U], read block by block.
+    """Mean post-activation of each unit of ``site`` over a store's samples (conv and token
+    sites: over samples and positions, padding tokens left out), float64 [U], read block by
+    block.
 
     This is the constant of bias balancing (Liu, Amjad & Geiger 2018, eq. 7): replacing t_j
     by its mean adds w_jk * mean(t_j) to the next layer's bias.
     """
+    axis, mask = store.layer_info(site)["unit_axis"], store.position_mask(site)
     total, n = None, 0
-    for _, block in store.iter_rows(site, "post"):
-        b = block.reshape(len(block), block.shape[1], -1).astype(np.float64)
-        s = b.sum(axis=(0, 2))
+    for start, block in store.iter_rows(site, "post"):
+        b = units_last(block, axis).astype(np.float64)
+        if mask is not None:   # padding tokens left out
+            b = b * mask[start:start + len(block), :, None]
+        s = b.sum(axis=(0, 1))
         total = s if total is None else total + s
-        n += b.shape[0] * b.shape[2]
+        n += b.shape[0] * b.shape[1] if mask is None else int(mask[start:start + len(block)].sum())
     return total / n
 
 
@@ -118,13 +124,13 @@ def chunk_rows(runner: Runner, x: np.ndarray, batch_size: int) -> int:
     Parameters
     ----------
     runner : Runner
-    x : array [N, ...]
+    x : array [N, ...] or Inputs
         The inputs (their per-sample size counts too).
     batch_size : int
     """
     lm = runner.lm
     sizes = lm.source.runtime_sizes if lm.source is not None else {}
-    per_row = 2 * int(sizes.get("per_sample_total", 0)) + int(np.prod(x.shape[1:], dtype=np.int64)) * 4
+    per_row = 2 * int(sizes.get("per_sample_total", 0)) + row_bytes(x)
     return int(max(1, min(batch_size, runner.max_rows, (max_memory() // 4) // max(1, per_row))))
 
 
@@ -203,8 +209,8 @@ class Evaluator:
     Parameters
     ----------
     lm : LoadedModel
-    x : float32 [N, ...]
-        Prepared model inputs (:func:`infoprobe.data.prepare_inputs`).
+    x : float32 [N, ...] or Inputs
+        Prepared model inputs (:func:`infoprobe.data.model_inputs`).
     labels : int [N], optional
         True labels, for accuracies.
     n_classes : int, optional
@@ -383,7 +389,7 @@ class Evaluator:
                 step = max(1, self.stack_rows // n)
                 for s0 in range(0, len(idx), step):
                     part = idx[s0:s0 + step]
-                    xin = inputs if len(part) == 1 else np.concatenate([inputs] * len(part))
+                    xin = inputs if len(part) == 1 else tile_rows(inputs, len(part))
                     res = runner.run(xin, feeds=self._feeds([sets[i] for i in part], n), outputs=[output],
                                      batch_size=len(xin))[output]
                     labels = self.lm.predicted_labels(res).reshape(len(part), n)

@@ -1,14 +1,29 @@
-"""Safe loading of ONNX models and discovery of their unit layers.
+"""Safe loading of ONNX models and discovery of their unit sites.
 
-A *unit layer* (DESIGN.md) is an affine op -- ``Gemm``, ``MatMul`` (+ ``Add``), or a 2-D
-``Conv`` (optionally followed by ``BatchNormalization``) -- followed by an activation or by
-nothing. Its *pre-activation* is the affine output (after batch norm), its
-*post-activation* the activation's output. Discovery names what it could not interpret
-(``LoadedModel.unsupported``) instead of guessing.
+A *unit site* is a value in the graph with a unit axis and zero or more position axes:
+dense units ``[B, U]``, conv channels ``[B, C, H, W]`` (or ``[B, C, L]``), token-wise units
+``[B, T, U]``. Discovery finds (``UnitLayer.found_by``):
+
+- ``affine``: a ``Gemm``, ``MatMul`` (+ ``Add``) or ``Conv`` (+ ``BatchNormalization``) -- the
+  unit layers of DESIGN.md -- with constant (or dequantized constant) weights;
+- ``residual``: the ``Add`` of two branches of the same shape (a residual block's output);
+- ``layernorm``: a ``LayerNormalization`` output (the residual stream of a transformer);
+- ``attention``: the concatenated heads before an attention block's output projection
+  (units split by head, ``UnitLayer.heads``);
+- ``user``: any value named with ``sites=`` (``--site NAME[:unit_axis]``).
+
+Each is followed by an activation or by nothing; the *pre-activation* is the site's value,
+the *post-activation* the activation's output. Activations are recognised in their exported
+forms (``Clip`` for ReLU6, ``x * Sigmoid(x)`` for SiLU, ...). Discovery names what it could
+not interpret (``LoadedModel.unsupported``) and what it deliberately leaves out
+(``LoadedModel.skipped``) instead of guessing.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
+import fnmatch
 import functools
 import hashlib
 import json
@@ -16,6 +31,7 @@ import math
 import os
 import stat
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,31 +61,43 @@ _WEIGHTED_UNSUPPORTED = {"ConvTranspose", "LSTM", "GRU", "RNN", "QLinearConv", "
 
 @dataclass(frozen=True)
 class UnitLayer:
-    """One unit layer of a model.
+    """One unit site of a model (for the affine ones, DESIGN.md's *unit layer*).
 
     Attributes
     ----------
     name : str
-        Unique, HDF5-safe layer name (from the affine node's name).
-    kind : {"dense", "conv"}
+        Unique, HDF5-safe site name (from the node's name).
+    kind : {"dense", "conv", "token"}
+        ``dense``: per-sample shape ``(U,)``; ``conv``: units first, then positions
+        (``(C, H, W)`` or ``(C, L)``); ``token``: positions first, units last (``(T, U)``).
     op : str
-        Ops that make the layer, e.g. ``"Gemm"``, ``"MatMul+Add"``, ``"Conv+BatchNormalization"``.
+        Ops that make the site, e.g. ``"Gemm"``, ``"MatMul+Add"``, ``"Conv+BatchNormalization"``,
+        ``"Add"`` (residual), ``"LayerNormalization"``.
     units : int
-        Neurons of a dense layer, output channels (feature maps) of a conv layer.
+        Neurons of a dense or token site, channels (feature maps) of a conv site.
     activation : str
-        Lower-case activation name (``"sigmoid"``, ``"relu"``, ...) or ``"none"``.
+        Lower-case activation name (``"sigmoid"``, ``"relu"``, ``"relu6"``, ...) or ``"none"``.
     fan_in : int
-        Inputs per unit (``C_in/groups * kh * kw`` for conv).
+        Inputs per unit of an affine site (``C_in/groups * kh * kw`` for conv); 0 for the others.
     depth : int
-        1 for layers fed by the model input only, else 1 + the largest depth upstream.
+        1 for sites fed by the model input only, else 1 + the largest depth upstream.
     inputs : tuple of str
-        Names of the unit layers upstream (empty when fed by the model input).
+        Names of the sites upstream (empty when fed by the model input).
     is_output : bool
-        No unit layer lies downstream (the classifier's logits layer).
+        No site lies downstream (the classifier's logits).
     shape : tuple of int
-        Per-sample shape of pre- and post-activation: ``(units,)`` or ``(C, H, W)``.
+        Per-sample shape of pre- and post-activation.
     pre_value, post_value : str
         Names of the ONNX values holding the pre- and post-activation.
+    input_value : str
+        The value the site reads (its first input).
+    unit_axis : int
+        Axis of ``shape`` that holds the units (0, or the last axis for ``token``).
+    found_by : {"affine", "residual", "layernorm", "attention", "user"}
+        How discovery found the site.
+    heads : int
+        Attention heads the units are split into (``attention`` sites; 0 otherwise or when
+        unknown).
     """
 
     name: str
@@ -86,6 +114,19 @@ class UnitLayer:
     post_value: str
     input_value: str
     nodes: tuple = field(repr=False, default=())
+    unit_axis: int = 0
+    found_by: str = "affine"
+    heads: int = 0
+
+    @property
+    def positions(self) -> int:
+        """Positions per unit and sample (1 for dense, H*W for conv, T for token)."""
+        return int(np.prod(self.shape, dtype=np.int64)) // max(1, self.units)
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether the site is an affine op with incoming weights and a bias."""
+        return self.found_by == "affine"
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (ONNX node names omitted)."""
@@ -98,10 +139,16 @@ class UnitLayer:
 
 @dataclass
 class LoadedModel:
-    """A validated ONNX model with its discovered unit layers.
+    """A validated ONNX model with its discovered unit sites (``layers``).
 
     Use :func:`load_model` to create one. ``ir_model`` is an ``onnx_ir.Model`` (external
     weights held in memory); rewrites never modify it but work on :meth:`fresh_ir` copies.
+    ``inputs`` describes every data input (``{"name", "shape", "dtype"}``: a model may have
+    several, e.g. ``input_ids`` and ``attention_mask``); ``input_name``/``input_shape`` are
+    the first's. ``unsupported`` lists the nodes infoprobe could not interpret, ``skipped`` the values it
+    found but does not take as sites (attention projections split into heads, sites left
+    out by ``select``), ``notes`` what was done to the file on loading (opset conversion),
+    each as ``{"node", "op", "reason"}`` (notes: strings).
     """
 
     path: Path
@@ -114,13 +161,21 @@ class LoadedModel:
     output_name: str
     max_bytes: int = DEFAULT_MAX_BYTES
     source: "OnnxFile" = field(default=None, repr=False)
+    skipped: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    inputs: tuple = ()
+
+    @property
+    def input_names(self) -> list:
+        """Names of the model's data inputs (graph inputs that are not weights), in order."""
+        return [i["name"] for i in self.inputs] or [self.input_name]
 
     def layer(self, name: str) -> UnitLayer:
-        """The unit layer called ``name``; raises :class:`ModelError` listing the valid names."""
+        """The unit site called ``name``; raises :class:`ModelError` listing the valid names."""
         for lay in self.layers:
             if lay.name == name:
                 return lay
-        raise ModelError(f"unknown layer {name!r}; the model's unit layers are: "
+        raise ModelError(f"unknown layer {name!r}; the model's unit sites are: "
                          + ", ".join(lay.name for lay in self.layers))
 
     @property
@@ -137,29 +192,51 @@ class LoadedModel:
         """The model's input, output, unit layers and the nodes infoprobe did not interpret, as
         plain JSON values (``name``: how to call the model, default its path)."""
         return {"model": str(name if name is not None else self.path), "sha256": self.sha256,
-                "input": self.input_name, "input_shape": list(self.input_shape), "output": self.output_name,
-                "layers": [lay.to_dict() for lay in self.layers], "unsupported": self.unsupported}
+                "input": self.input_name, "input_shape": list(self.input_shape),
+                "inputs": [dict(i, shape=list(i["shape"])) for i in self.inputs], "output": self.output_name,
+                "layers": [lay.to_dict() for lay in self.layers], "unsupported": self.unsupported,
+                "skipped": self.skipped, "notes": self.notes}
 
     def summary(self, name=None) -> str:
-        """The table of the unit layers: kind, op, units, activation, fan-in, depth, inputs;
-        then every node infoprobe did not interpret, with the reason."""
-        head = f"{'layer':<24} {'kind':<6} {'op':<24} {'units':>6} {'activation':<11} {'fan-in':>7} {'depth':>5}  inputs"
-        lines = [f"{name if name is not None else self.path}  input {self.input_name} {list(self.input_shape)}  "
-                 f"output {self.output_name}", head, "-" * len(head)]
+        """The table of the unit sites: kind, how found, op, shape, activation, fan-in, depth,
+        inputs; then every node infoprobe did not interpret, with the reason, and the values
+        it left out."""
+        width = max([24] + [len(lay.name) for lay in self.layers])
+        head = (f"{'site':<{width}} {'kind':<5} {'found by':<9} {'op':<24} {'shape':<14} {'activation':<11} "
+                f"{'fan-in':>7} {'depth':>5}  inputs")
+        ins = ", ".join(f"{i['name']} {list(i['shape'])}" + ("" if i["dtype"] == "float32" else f" {i['dtype']}")
+                        for i in self.inputs)
+        lines = [f"{name if name is not None else self.path}  input {ins}  output {self.output_name}",
+                 *self.notes, head, "-" * len(head)]
         for lay in self.layers:
-            lines.append(f"{lay.name:<24} {lay.kind:<6} {lay.op:<24} {lay.units:>6} {lay.activation:<11} "
-                         f"{lay.fan_in:>7} {lay.depth:>5}  {','.join(lay.inputs) or '(input)'}"
-                         + ("  [output]" if lay.is_output else ""))
+            shape = "x".join(f"[{d}]" if i == lay.unit_axis else str(d) for i, d in enumerate(lay.shape))
+            lines.append(f"{lay.name:<{width}} {lay.kind:<5} {lay.found_by:<9} {lay.op:<24} {shape:<14} "
+                         f"{lay.activation:<11} {lay.fan_in:>7} {lay.depth:>5}  {','.join(lay.inputs) or '(input)'}"
+                         + (f"  [{lay.heads} heads]" if lay.heads else "") + ("  [output]" if lay.is_output else ""))
+        lines.append("(the unit axis is in brackets)")
         lines += [f"not interpreted: {u['node']} ({u['op']}): {u['reason']}" for u in self.unsupported]
+        lines += [f"not a site: {u['node']} ({u['op']}): {u['reason']}" for u in self.skipped]
         return "\n".join(lines)
 
     @functools.cached_property
     def label_threshold(self) -> float:
         """Threshold of a single-output classifier (:func:`output_threshold`)."""
-        return output_threshold(self.ir_model)
+        return output_threshold(self.ir_model, self.output_name)
 
     def predicted_labels(self, out: np.ndarray) -> np.ndarray:
-        """Labels from this model's outputs [N, ...] by :func:`predicted_labels`."""
+        """Labels from this model's outputs [N, ...] by :func:`predicted_labels`.
+
+        Raises
+        ------
+        ModelError
+            The output is not class logits: more than one per-sample axis longer than 1 (a
+            detector's [N, 84, 8400], a segmenter's maps, token embeddings).
+        """
+        dims = [d for d in np.shape(out)[1:] if d != 1]
+        if len(dims) > 1:
+            raise ModelError(f"the output {self.output_name!r} of {self.path.name} has per-sample shape "
+                             f"{list(np.shape(out)[1:])}, not class logits [N, classes]; this analysis counts "
+                             "predicted labels (capture, importance, synergy and redundancy work on any output)")
         return predicted_labels(out, self.label_threshold)
 
     @property
@@ -178,6 +255,9 @@ class LoadedModel:
         bias : float32 [U]
         """
         lay = layer if isinstance(layer, UnitLayer) else self.layer(layer)
+        if not lay.has_weights:
+            raise ModelError(f"site {lay.name!r} ({lay.found_by}: {lay.op}) is not an affine layer; it has no "
+                             "incoming weights or bias")
         nodes = {n.name: n for n in self.ir_model.graph}
         return _layer_params([nodes[n] for n in lay.nodes], lay.units)
 
@@ -193,11 +273,15 @@ class LoadedModel:
         Raises
         ------
         ModelError
-            An activation infoprobe cannot evaluate in NumPy (e.g. PRelu).
+            An activation infoprobe cannot evaluate in NumPy (e.g. PRelu); ``keep_bias`` on a
+            site that is not an affine layer (a residual sum has no bias).
         """
         lay = layer if isinstance(layer, UnitLayer) else self.layer(layer)
         nodes = {n.name: n for n in self.ir_model.graph}
         act = nodes[lay.nodes[-1]] if lay.activation != "none" else None
+        if keep_bias and not lay.has_weights:
+            raise ModelError(f"site {lay.name!r} ({lay.found_by}) has no bias, so it has no activation of the bias; "
+                             "use the activation of zero, zero or the mean")
         z = self.weights(lay)[1].astype(np.float64) if keep_bias else np.zeros(lay.units)
         return np.asarray(activation_numpy(act, lay.activation)(z), np.float64)
 
@@ -206,12 +290,13 @@ class LoadedModel:
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 
 
-def output_threshold(model: ir.Model) -> float:
-    """Decision threshold of a classifier with a single output (binary): 0.5 when that output
-    comes from a ``Sigmoid`` (a probability), else 0 (a logit). See :func:`predicted_labels`."""
+def output_threshold(model: ir.Model, name: str | None = None) -> float:
+    """Decision threshold of a classifier with a single output value (binary): 0.5 when the
+    output ``name`` (default the first) comes from a ``Sigmoid`` (a probability), else 0 (a logit). See :func:`predicted_labels`."""
     if not model.graph.outputs:
         return 0.0
-    node = model.graph.outputs[0].producer()
+    out = next((v for v in model.graph.outputs if v.name == name), model.graph.outputs[0])
+    node = out.producer()
     while node is not None and node.op_type in _PASS_THROUGH and node.inputs and node.inputs[0] is not None:
         node = node.inputs[0].producer()
     return 0.5 if node is not None and node.op_type == "Sigmoid" else 0.0
@@ -535,12 +620,15 @@ class OnnxFile:
         Of the ``.onnx`` file's bytes (the bytes that were parsed).
     bytes : int
         Size on disk: the graph file plus each external data file once.
+    notes : tuple of str
+        What was done to the model on loading (an opset conversion).
     """
 
     path: Path
     proto: onnx.ModelProto
     sha256: str
     bytes: int
+    notes: tuple = ()
 
     def ir(self) -> ir.Model:
         """A new ``onnx_ir.Model`` of the validated content (never re-read from disk)."""
@@ -732,25 +820,68 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelError(f"{path} holds no graph (truncated or not an ONNX model)")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or opset < MIN_OPSET:
-        raise ModelError(f"{path} uses default-domain opset {opset}; infoprobe needs opset "
-                         f">= {MIN_OPSET} (convert with onnx.version_converter.convert_version)")
+    if opset is None:
+        raise ModelError(f"{path} imports no default-domain opset; infoprobe needs opset >= {MIN_OPSET}")
     _check_text(proto, str(path))
     folder = Path(os.path.abspath(path)).parent
     total = _inline_external_data(proto, folder, st.st_size, max_bytes, path)
+    notes = ()
+    if opset < MIN_OPSET:
+        proto = _convert_opset(proto, opset, path)
+        notes = (f"converted from opset {opset} to {MIN_OPSET} with onnx.version_converter",)
+        warnings.warn(f"{path} uses opset {opset}; infoprobe converted it to opset {MIN_OPSET} "
+                      "(onnx.version_converter) and analyses the converted graph")
     if check:
         try:
             _check_proto(proto)
         except Exception as exc:
             raise ModelError(f"{path} fails onnx.checker: {one_line(exc)}") from None
-    return OnnxFile(path=path, proto=proto, sha256=sha, bytes=int(total))
+    return OnnxFile(path=path, proto=proto, sha256=sha, bytes=int(total), notes=notes)
+
+
+def _convert_opset(proto: onnx.ModelProto, opset: int, path) -> onnx.ModelProto:
+    """``proto`` converted to opset :data:`MIN_OPSET` by ``onnx.version_converter``.
+
+    Raises
+    ------
+    ModelError
+        The converter fails (an op it cannot adapt), with its reason.
+    """
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:
+        raise ModelError(f"{path} uses default-domain opset {opset}; infoprobe needs opset >= {MIN_OPSET} and "
+                         f"onnx.version_converter could not convert it: {one_line(exc)}") from None
+    return converted
 
 
 def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
-               check: bool = True) -> LoadedModel:
-    """Load an untrusted ONNX model safely (:func:`load_onnx`) and discover its unit layers.
+               check: bool = True, sites=None, select=None, input_shapes=None, output=None) -> LoadedModel:
+    """Load an untrusted ONNX model safely (:func:`load_onnx`) and discover its unit sites.
 
-    Parameters are those of :func:`load_onnx`.
+    Parameters
+    ----------
+    path, max_bytes, check
+        As :func:`load_onnx`.
+    sites : list of str, optional
+        Further values to take as sites, each ``NAME[:unit_axis]`` (unit axis of the
+        per-sample shape: 0 for channels first, the last for tokens x units; required for a
+        per-sample rank of 2). Default: those of the enclosing :func:`discovery`, else none.
+    select : list of str, optional
+        Glob patterns (``fnmatch``): keep only the sites whose name matches one (and the
+        ``sites`` named); the others are listed in ``LoadedModel.skipped``. Default: those of
+        :func:`discovery`, else all.
+    input_shapes : dict, optional
+        Per-sample shapes of the data (``{input name: shape}``, or ``{None: shape}`` for a
+        model with one input): symbolic input dimensions (a CNN exported with dynamic H and
+        W) are set from them, so that shape inference finds every site's shape; said in
+        ``LoadedModel.notes``. Default: those of :func:`discovery` (the CLI records the
+        data's shapes there), else none.
+    output : str, optional
+        The graph output whose values are the class logits (``--output``); default: that of
+        :func:`discovery`, else the first output.
 
     Returns
     -------
@@ -760,17 +891,28 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     ------
     ModelError
         As :func:`load_onnx`; also when no unit layer is found or the graph cannot be
-        interpreted.
+        interpreted; a ``sites`` value that does not exist or has no unit axis; a ``select``
+        that matches no site.
     UnsafeModelError
         As :func:`load_onnx`.
     """
+    ctx = _DISCOVERY.get() or {"sites": (), "select": None, "input_shapes": {}}
+    sites = ctx["sites"] if sites is None else sites
+    select = ctx["select"] if select is None else select
+    input_shapes = ctx["input_shapes"] if input_shapes is None else input_shapes
+    output = ctx.get("output") if output is None else output
     f = load_onnx(path, max_bytes=max_bytes, check=check)
+    if input_shapes:
+        fixed = _fix_input_dims(f.proto, input_shapes)
+        if fixed:
+            f.notes = (*f.notes, *fixed)
+            f.__dict__.pop("runtime_sizes", None)
     try:
         model = f.ir()
     except Exception as exc:
         raise ModelError(f"cannot read {path}: {type(exc).__name__}: {one_line(exc)}") from None
     try:
-        return _discover(model, f, max_bytes)
+        return _discover(model, f, max_bytes, sites=sites, select=select, output=output)
     except ModelError:
         raise
     except Exception as exc:  # a graph the checker accepts but discovery cannot follow: one line
@@ -780,7 +922,8 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
 # ----------------------------------------------------------------------------- discovery
 
 def _const(value) -> np.ndarray | None:
-    """Constant content of an ONNX value (initializer or Constant node), else None."""
+    """Constant content of an ONNX value (initializer, ``Constant`` node, or ``DequantizeLinear``
+    of constants: the dequantized weights of a QDQ model), else None."""
     if value is None:
         return None
     if value.const_value is not None and not value.is_graph_input():
@@ -788,7 +931,69 @@ def _const(value) -> np.ndarray | None:
     prod = value.producer()
     if prod is not None and prod.op_type == "Constant" and "value" in prod.attributes:
         return np.asarray(prod.attributes["value"].as_tensor().numpy())
+    if prod is None or prod.domain not in ("", "ai.onnx"):
+        return None
+    if prod.op_type == "DequantizeLinear":
+        return _dequantize(prod)
+    if prod.op_type in _FOLDED and prod.inputs and all(i is None or _const(i) is not None for i in prod.inputs):
+        return _fold(prod)
     return None
+
+
+#: Shape-only ops whose output is computed from constant inputs by :func:`_const` (exporters
+#: write a conv's bias as ``Reshape(bias, [1, C, 1, 1])``, weights as ``Cast`` of half floats).
+_FOLDED = {"Reshape", "Unsqueeze", "Squeeze", "Cast", "Identity", "Flatten", "Transpose"}
+
+
+def _fold(node) -> np.ndarray | None:
+    """NumPy value of a :data:`_FOLDED` op of constants; None when it cannot be computed here."""
+    x = _const(node.inputs[0])
+    op = node.op_type
+    try:
+        if op == "Identity":
+            return x
+        if op == "Cast":
+            return x.astype(ir.DataType(_attr(node, "to", 1)).numpy())
+        if op == "Transpose":
+            perm = _attr(node, "perm", None)
+            return np.transpose(x, perm)
+        if op == "Flatten":
+            axis = int(_attr(node, "axis", 1)) % max(1, x.ndim)
+            return x.reshape(int(np.prod(x.shape[:axis])), -1)
+        axes = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        axes = [int(a) for a in np.ravel(axes)] if axes is not None else list(_attr(node, "axes", []) or [])
+        if op == "Reshape":
+            shape = [int(d) for d in np.ravel(_const(node.inputs[1]))]
+            shape = [x.shape[i] if d == 0 and not _attr(node, "allowzero", 0) else d for i, d in enumerate(shape)]
+            return x.reshape(shape)
+        if op == "Unsqueeze":
+            for a in sorted(a % (x.ndim + len(axes)) for a in axes):
+                x = np.expand_dims(x, a)
+            return x
+        if op == "Squeeze":
+            return np.squeeze(x, axis=tuple(axes)) if axes else np.squeeze(x)
+    except Exception:
+        return None
+    return None
+
+
+def _dequantize(node) -> np.ndarray | None:
+    """``(x - zero_point) * scale`` of a ``DequantizeLinear`` whose inputs are all constant
+    (per-tensor, or per-axis along ``axis``); None otherwise (blocked quantization included)."""
+    if "block_size" in node.attributes and _attr(node, "block_size", 0):
+        return None
+    x = _const(node.inputs[0])
+    scale = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    zp = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if x is None or scale is None or (len(node.inputs) > 2 and node.inputs[2] is not None and zp is None):
+        return None
+    x = x.astype(np.float64)
+    shape = [1] * x.ndim
+    if scale.size > 1:
+        axis = int(_attr(node, "axis", 1)) % max(1, x.ndim)
+        shape[axis] = -1
+    zp = 0.0 if zp is None else zp.astype(np.float64).reshape(shape if zp.size > 1 else [])
+    return ((x - zp) * scale.astype(np.float64).reshape(shape if scale.size > 1 else [])).astype(np.float32)
 
 
 def _attr(node, name, default):
@@ -829,12 +1034,17 @@ def _layer_params(nodes, units) -> tuple[np.ndarray, np.ndarray]:
             other = add.inputs[1] if add.inputs[0] is first.outputs[0] else add.inputs[0]
             bias = _bias_vector(_const(other), units, "Add")
         return w, bias
-    # Conv (+ BatchNormalization)
+    # Conv (+ Add of a per-channel bias) (+ BatchNormalization)
     w = _const(first.inputs[1]).astype(np.float32)
     bias = _bias_vector(_const(first.inputs[2]) if len(first.inputs) > 2 and first.inputs[2] is not None else None,
                         units, "Conv")
-    if len(nodes) > 1 and nodes[1].op_type == "BatchNormalization":
-        bn = nodes[1]
+    rest = list(nodes[1:])
+    if rest and rest[0].op_type == "Add":
+        add = rest.pop(0)
+        other = add.inputs[1] if add.inputs[0] is first.outputs[0] else add.inputs[0]
+        bias = bias + _bias_vector(_const(other), units, "Add")
+    if rest and rest[0].op_type == "BatchNormalization":
+        bn = rest[0]
         scale, beta, mean, var = (_const(v).astype(np.float64) for v in bn.inputs[1:5])
         k = scale / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
         w = (w * k[:, None, None, None]).astype(np.float32)
@@ -954,7 +1164,192 @@ def _recognise_activation(pre, graph_outputs: set, opset: int):
     return best or unrecognised
 
 
-def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
+def _affine(node):
+    """``(members, op, units, fan_in)`` of a unit layer starting at ``node`` (a ``Gemm``,
+    ``MatMul`` or ``Conv`` with constant weights, taking a following bias ``Add`` or
+    ``BatchNormalization``); None when ``node`` is no such op; raises :class:`_Unsupported`
+    for a weighted op infoprobe cannot read."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        if op in _WEIGHTED_UNSUPPORTED:
+            raise _Unsupported(f"{op} is not a unit layer infoprobe can analyse")
+        return None
+    if op == "Gemm":
+        wb = _const(node.inputs[1])
+        if wb is None:
+            raise _Unsupported("Gemm with non-constant weights")
+        if _attr(node, "transA", 0):
+            raise _Unsupported("Gemm with transA=1")
+        units = wb.shape[0] if _attr(node, "transB", 0) else wb.shape[1]
+        fan_in = wb.shape[1] if _attr(node, "transB", 0) else wb.shape[0]
+        return [node], "Gemm", units, fan_in
+    if op == "MatMul":
+        w = _const(node.inputs[1])
+        if w is None or _const(node.inputs[0]) is not None:
+            return None  # a product of two activations (e.g. attention scores): not a unit layer
+        if w.ndim != 2:
+            raise _Unsupported(f"MatMul with a weight of rank {w.ndim}")
+        units, fan_in = w.shape[1], w.shape[0]
+        members, opname = [node], "MatMul"
+        uses = list(node.outputs[0].uses())
+        if len(uses) == 1 and uses[0][0].op_type == "Add" and not node.outputs[0].is_graph_output():
+            add = uses[0][0]
+            c = _const(add.inputs[1 - uses[0][1]])
+            if c is not None and c.size in (1, units):
+                members.append(add)
+                opname = "MatMul+Add"
+        return members, opname, units, fan_in
+    if op == "Conv":
+        w = _const(node.inputs[1])
+        if w is None:
+            raise _Unsupported("Conv with non-constant weights")
+        if w.ndim not in (3, 4):
+            raise _Unsupported(f"Conv with a {w.ndim - 2}-D kernel (1-D and 2-D are supported)")
+        members, opname = [node], "Conv"
+        uses = list(node.outputs[0].uses())
+        if len(uses) == 1 and uses[0][0].op_type == "Add" and not node.outputs[0].is_graph_output():
+            add = uses[0][0]                   # a bias added after the conv (Paddle, some exporters)
+            c = _const(add.inputs[1 - uses[0][1]])
+            if c is not None and (c.size == 1 or (c.size == w.shape[0] and c.reshape(-1).shape[0] == c.shape[
+                    next((i for i, d in enumerate(c.shape) if d != 1), 0)] and c.ndim in (1, w.ndim - 1, w.ndim)
+                    and (c.ndim == 1 or c.shape[-(w.ndim - 1)] == w.shape[0]))):
+                members.append(add)
+                opname = "Conv+Add"
+                uses = list(add.outputs[0].uses())
+        last = members[-1].outputs[0]
+        if (len(uses) == 1 and uses[0][0].op_type == "BatchNormalization"
+                and uses[0][1] == 0 and not last.is_graph_output()):
+            bn = uses[0][0]
+            if len([o for o in bn.outputs if o is not None and o.uses()]) <= 1 and all(
+                    _const(v) is not None for v in bn.inputs[1:5]):
+                members.append(bn)
+                opname += "+BatchNormalization"
+        return members, opname, w.shape[0], int(np.prod(w.shape[1:]))
+    if op in _WEIGHTED_UNSUPPORTED:
+        raise _Unsupported(f"{op} is not a unit layer infoprobe can analyse")
+    return None
+
+
+def _site_kind(dims: tuple, unit_axis: int) -> str:
+    """``dense`` (rank 1), ``token`` (units on the last of 2+ axes) or ``conv`` (units first)."""
+    if len(dims) == 1:
+        return "dense"
+    return "token" if unit_axis == len(dims) - 1 else "conv"
+
+
+def _known(dims) -> bool:
+    return dims is not None and len(dims) > 0 and all(isinstance(d, int) for d in dims)
+
+
+def _heads_split(value, dims) -> bool:
+    """Every use of ``value`` reshapes it to a higher rank (the query, key and value
+    projections of attention, split into heads)."""
+    uses = list(value.uses())
+    if not uses or value.is_graph_output():
+        return False
+    for node, _ in uses:
+        if node.op_type != "Reshape":
+            return False
+        out = _dims(node.outputs[0])
+        shape = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+        rank = len(out) if out is not None else (len(shape) - 1 if shape is not None else None)
+        if rank is None or rank <= len(dims):
+            return False
+    return True
+
+
+def _attention_heads(value):
+    """The head count when ``value`` is attention's heads concatenated (``Reshape`` of a
+    ``Transpose`` of ``MatMul(probabilities, V)``), 0 when the count is unknown; None when
+    ``value`` is not such a value."""
+    r = value.producer()
+    if r is None or r.op_type != "Reshape":
+        return None
+    t = r.inputs[0].producer() if r.inputs[0] is not None else None
+    if t is None or t.op_type != "Transpose":
+        return None
+    m = t.inputs[0].producer() if t.inputs[0] is not None else None
+    if m is None or m.op_type != "MatMul" or any(_const(i) is not None for i in m.inputs):
+        return None
+    dims = _dims(m.outputs[0])
+    return int(dims[0]) if dims is not None and len(dims) == 3 and isinstance(dims[0], int) else 0
+
+
+def _fake_quantized(value):
+    """``(QuantizeLinear, DequantizeLinear)`` when ``value``'s only use is quantized and its
+    only use dequantized again (the fake quantization between ops of a QDQ model), else None."""
+    uses = list(value.uses())
+    if len(uses) != 1 or uses[0][0].op_type != "QuantizeLinear" or uses[0][1] != 0 or value.is_graph_output():
+        return None
+    q = uses[0][0]
+    quses = list(q.outputs[0].uses())
+    if len(quses) != 1 or quses[0][0].op_type != "DequantizeLinear" or q.outputs[0].is_graph_output():
+        return None
+    return q, quses[0][0]
+
+
+def _parse_site(spec: str) -> tuple:
+    """``NAME[:unit_axis]`` -> ``(name, axis or None)``."""
+    name, sep, axis = spec.rpartition(":")
+    if sep and axis.lstrip("-").isdigit() and name:
+        return name, int(axis)
+    return spec, None
+
+
+#: Sites named and selected, and per-sample input shapes, for every :func:`load_model` call of
+#: a context (see :func:`discovery`).
+_DISCOVERY = contextvars.ContextVar("infoprobe_discovery", default=None)
+
+
+@contextlib.contextmanager
+def discovery(sites=(), select=None, input_shapes=None, output=None):
+    """Within the block, :func:`load_model` also takes the values ``sites`` as unit sites,
+    keeps only the sites matching ``select`` (the CLI's ``--site`` and ``--sites``), takes the
+    graph output ``output`` as the class logits (``--output``) and reads
+    symbolic input dimensions from ``input_shapes`` (see :func:`load_model`; updated by
+    :func:`hint_input_shapes`); the arguments of a :func:`load_model` call win over these."""
+    token = _DISCOVERY.set({"sites": tuple(sites or ()), "select": list(select) if select else None,
+                            "input_shapes": dict(input_shapes or {}), "output": output})
+    try:
+        yield
+    finally:
+        _DISCOVERY.reset(token)
+
+
+def hint_input_shapes(shapes: dict) -> None:
+    """Record per-sample shapes of the data (``{input name or None: shape}``, None for a
+    single array) for the models loaded later in the enclosing :func:`discovery` block; no
+    effect outside one."""
+    ctx = _DISCOVERY.get()
+    if ctx is not None:
+        ctx["input_shapes"].update(shapes)
+
+
+def _fix_input_dims(proto: onnx.ModelProto, shapes: dict) -> list:
+    """Set the symbolic non-batch dimensions of the data inputs from ``shapes`` (per-sample
+    shapes by input name, or under None for a model with one input) where the ranks agree,
+    so that shape inference can follow a model exported with dynamic H and W. Returns what
+    was fixed, one line each."""
+    weights = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in weights]
+    fixed = []
+    for v in inputs:
+        shape = shapes.get(v.name, shapes.get(None) if len(inputs) == 1 else None)
+        dims = v.type.tensor_type.shape.dim
+        if shape is None or len(dims) != len(shape) + 1:
+            continue
+        if any(not d.HasField("dim_value") for d in list(dims)[1:]):
+            for d, n in zip(list(dims)[1:], shape):
+                if not d.HasField("dim_value"):
+                    d.Clear()
+                    d.dim_value = int(n)
+            fixed.append(f"input {v.name!r}: symbolic dimensions read from the data, per-sample shape "
+                         f"{[int(n) for n in shape]}")
+    return fixed
+
+
+def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), select=None,
+              output=None) -> LoadedModel:
     path, sha = source.path, source.sha256
     graph = model.graph
     try:
@@ -963,7 +1358,57 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
         pass
     graph_outputs = {v.name for v in graph.outputs}
     opset = model.opset_imports.get("", MIN_OPSET)
-    found, unsupported, used_names, claimed = [], [], set(), set()
+    found, unsupported, skipped, used_names, claimed = [], [], [], set(), set()
+    site_of = {}            # id(value) -> found site, for the unit axis of residual sums
+    order = {id(n): i for i, n in enumerate(graph)}
+
+    def upstream_axis(values, dims):
+        stack, seen = list(values), set()
+        while stack:
+            v = stack.pop()
+            if v is None or id(v) in seen:
+                continue
+            seen.add(id(v))
+            if id(v) in site_of and len(site_of[id(v)]["shape"]) == len(dims):
+                return site_of[id(v)]["unit_axis"]
+            if v.producer() is not None:
+                stack.extend(v.producer().inputs)
+        return None
+
+    def add_site(node, members, pre, *, op, units, fan_in, dims, unit_axis, found_by, inputs, heads=0,
+                 name=None, recognise=True):
+        label = node.name or f"{node.op_type}_{len(found)}"
+        qdq = _fake_quantized(pre)
+        if qdq is not None:       # a QDQ model: the value the next ops read is the dequantized one
+            members, pre, op = [*members, *qdq], qdq[1].outputs[0], f"{op}+QDQ"
+        post, activation = pre, "none"
+        uses = list(pre.uses())
+        if recognise and len(uses) == 1 and uses[0][0].op_type in ACTIVATIONS and pre.name not in graph_outputs \
+                and id(uses[0][0]) not in claimed:
+            act = uses[0][0]
+            members = [*members, act]
+            post, activation = act.outputs[0], ACTIVATIONS[act.op_type]
+        elif recognise and pre.name not in graph_outputs:
+            found_act = _recognise_activation(pre, graph_outputs, opset)
+            if found_act is not None and found_act[1] is not None:
+                members = [*members, *found_act[0]]
+                post, activation = found_act[1], found_act[2]
+            elif found_act is not None:
+                unsupported.append({"node": label, "op": found_act[2],
+                                    "reason": f"a non-linearity ({found_act[2]}) infoprobe does not recognise follows "
+                                              "this site; its site is the pre-activation"})
+        for m in members:
+            claimed.add(id(m))
+            if not m.name:
+                m.name = f"infoprobe_{m.op_type}_{id(m)}"
+        site = dict(name=_sanitize(name or node.name or label, used_names), kind=_site_kind(dims, unit_axis),
+                    op=op, units=int(units), activation=activation, fan_in=int(fan_in),
+                    shape=tuple(int(d) for d in dims), pre=pre, post=post, input=inputs[0], inputs=inputs,
+                    nodes=tuple(m.name for m in members), unit_axis=unit_axis, found_by=found_by, heads=heads,
+                    order=order.get(id(node), len(order)))
+        found.append(site)
+        site_of[id(pre)] = site_of[id(post)] = site
+        return site
 
     for node in graph:
         if id(node) in claimed:
@@ -971,125 +1416,107 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
         op = node.op_type
         label = node.name or f"{op}_{len(found)}"
         try:
-            if node.domain not in ("", "ai.onnx"):
-                if op in _WEIGHTED_UNSUPPORTED:
-                    raise _Unsupported(f"{op} is not a unit layer infoprobe can analyse")
+            if op == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2 and all(
+                    i is not None and _const(i) is None for i in node.inputs):
+                dims = _dims(node.outputs[0])
+                if not (_known(dims) and all(_dims(i) == dims for i in node.inputs) and len(dims) <= 3):
+                    continue          # a broadcast sum (an attention mask), not a residual block
+                axis = upstream_axis(node.inputs, dims)
+                axis = axis if axis is not None else (len(dims) - 1 if len(dims) == 2 else 0)
+                add_site(node, [node], node.outputs[0], op="Add", units=dims[axis], fan_in=0, dims=dims,
+                         unit_axis=axis, found_by="residual", inputs=list(node.inputs))
                 continue
-            if op == "Gemm":
-                if _const(node.inputs[1]) is None:
-                    raise _Unsupported("Gemm with non-constant weights")
-                if _attr(node, "transA", 0):
-                    raise _Unsupported("Gemm with transA=1")
-                wb = _const(node.inputs[1])
-                units = wb.shape[0] if _attr(node, "transB", 0) else wb.shape[1]
-                fan_in = wb.shape[1] if _attr(node, "transB", 0) else wb.shape[0]
-                members, kind, opname = [node], "dense", "Gemm"
-            elif op == "MatMul":
-                w = _const(node.inputs[1])
-                if w is None or _const(node.inputs[0]) is not None:
-                    continue  # a product of two activations (e.g. attention): not a unit layer
-                if w.ndim != 2:
-                    raise _Unsupported(f"MatMul with a weight of rank {w.ndim}")
-                units, fan_in = w.shape[1], w.shape[0]
-                members, kind, opname = [node], "dense", "MatMul"
-                uses = list(node.outputs[0].uses())
-                if len(uses) == 1 and uses[0][0].op_type == "Add" and not node.outputs[0].is_graph_output():
-                    add = uses[0][0]
-                    other = add.inputs[1 - uses[0][1]]
-                    c = _const(other)
-                    if c is not None and c.size in (1, units):
-                        members.append(add)
-                        opname = "MatMul+Add"
-            elif op == "Conv":
-                w = _const(node.inputs[1])
-                if w is None:
-                    raise _Unsupported("Conv with non-constant weights")
-                if w.ndim != 4:
-                    raise _Unsupported(f"Conv with a {w.ndim - 2}-D kernel (only 2-D is supported)")
-                units = w.shape[0]
-                fan_in = int(np.prod(w.shape[1:]))
-                members, kind, opname = [node], "conv", "Conv"
-                uses = list(node.outputs[0].uses())
-                if (len(uses) == 1 and uses[0][0].op_type == "BatchNormalization"
-                        and uses[0][1] == 0 and not node.outputs[0].is_graph_output()):
-                    bn = uses[0][0]
-                    if len([o for o in bn.outputs if o is not None and o.uses()]) <= 1 and all(
-                            _const(v) is not None for v in bn.inputs[1:5]):
-                        members.append(bn)
-                        opname = "Conv+BatchNormalization"
-            elif op in _WEIGHTED_UNSUPPORTED:
-                raise _Unsupported(f"{op} is not a unit layer infoprobe can analyse")
-            else:
+            if op == "LayerNormalization" and node.domain in ("", "ai.onnx"):
+                dims = _dims(node.outputs[0])
+                if not _known(dims):
+                    raise _Unsupported("LayerNormalization output shape could not be inferred")
+                axis = int(_attr(node, "axis", -1))
+                if axis not in (-1, len(dims)):
+                    continue          # normalised over several axes: no unit axis
+                add_site(node, [node], node.outputs[0], op=op, units=dims[-1], fan_in=0, dims=dims,
+                         unit_axis=len(dims) - 1, found_by="layernorm", inputs=[node.inputs[0]])
                 continue
+            aff = _affine(node)
+            if aff is None:
+                continue
+            members, opname, units, fan_in = aff
             with np.errstate(all="ignore"):
                 w_check, b_check = _layer_params(members, units)  # validates bias shapes
             if not (np.isfinite(w_check).all() and np.isfinite(b_check).all()):
                 raise _Unsupported("weights or bias that are NaN or infinite (batch norm folded in)")
+            pre = members[-1].outputs[0]
+            dims = _dims(pre)
+            if op == "Conv":
+                if not _known(dims):
+                    raise _Unsupported("output shape could not be inferred")
+                axis = 0
+            elif dims is None or not _known(dims):
+                if dims is not None and len(dims) > 1:
+                    raise _Unsupported("output shape could not be inferred")
+                dims, axis = (units,), 0
+            else:
+                axis = len(dims) - 1
+                if len(dims) > 2 or dims[-1] != units:
+                    raise _Unsupported(f"output of per-sample shape {list(dims)} (expected [units] or "
+                                       "[positions, units])")
+            if len(dims) == 2 and op != "Conv" and _heads_split(pre, dims):
+                skipped.append({"node": label, "op": opname,
+                                "reason": "attention projection (query, key or value), split into heads; the heads' "
+                                          "output before the output projection is the site"})
+                continue
         except _Unsupported as exc:
             unsupported.append({"node": label, "op": op, "reason": str(exc)})
             continue
+        heads = _attention_heads(node.inputs[0]) if op == "MatMul" else None
+        if heads is not None and id(node.inputs[0]) not in site_of:
+            r = node.inputs[0].producer()
+            add_site(r, [r], node.inputs[0], op="attention heads", units=fan_in,
+                     fan_in=0, dims=dims[:-1] + (fan_in,), unit_axis=axis, found_by="attention",
+                     inputs=[r.inputs[0]], heads=heads, name=f"{_sanitize(node.name or label, set())}_heads",
+                     recognise=False)
+        add_site(node, members, pre, op=opname, units=units, fan_in=fan_in, dims=dims, unit_axis=axis,
+                 found_by="affine", inputs=[node.inputs[0]])
 
-        pre = members[-1].outputs[0]
-        post, activation = pre, "none"
-        uses = list(pre.uses())
-        if len(uses) == 1 and uses[0][0].op_type in ACTIVATIONS and pre.name not in graph_outputs:
-            act = uses[0][0]
-            members.append(act)
-            post, activation = act.outputs[0], ACTIVATIONS[act.op_type]
-        elif pre.name not in graph_outputs:
-            found_act = _recognise_activation(pre, graph_outputs, opset)
-            if found_act is not None and found_act[1] is not None:
-                members += found_act[0]
-                post, activation = found_act[1], found_act[2]
-            elif found_act is not None:
-                unsupported.append({"node": label, "op": found_act[2],
-                                    "reason": f"a non-linearity ({found_act[2]}) infoprobe does not recognise follows "
-                                              "this layer; its site is the pre-activation"})
-        for m in members:
-            claimed.add(id(m))
-        for m in members:
-            if not m.name:
-                m.name = f"infoprobe_{m.op_type}_{id(m)}"
-        dims = _dims(pre)
-        if dims is None or any(d is None for d in dims):
-            dims = (units,) if kind == "dense" else None
-        if kind == "dense" and dims is not None and len(dims) != 1:
-            unsupported.append({"node": label, "op": op,
-                                "reason": f"dense output of per-sample shape {list(dims)} (expected [units])"})
-            continue
-        if kind == "conv" and dims is None:
-            unsupported.append({"node": label, "op": op, "reason": "output shape could not be inferred"})
-            continue
-        found.append(dict(name=_sanitize(node.name or label, used_names), kind=kind, op=opname,
-                          units=int(units), activation=activation, fan_in=int(fan_in),
-                          shape=tuple(int(d) for d in dims), pre=pre, post=post,
-                          input=node.inputs[0], nodes=tuple(m.name for m in members)))
+    for spec in sites:
+        name, axis = _parse_site(spec)
+        value = next((o for n in graph for o in n.outputs if o.name == name), None)
+        if value is None:
+            raise ModelError(f"--site {spec}: the model has no value named {name!r}")
+        if id(value) in site_of:
+            raise ModelError(f"--site {spec}: {name!r} is already the site {site_of[id(value)]['name']!r}")
+        dims = _dims(value)
+        if not _known(dims):
+            raise ModelError(f"--site {spec}: the per-sample shape of {name!r} could not be inferred")
+        if axis is None and len(dims) == 2:
+            raise ModelError(f"--site {spec}: {name!r} has per-sample shape {list(dims)}; give its unit axis "
+                             f"({name}:0 for channels first, {name}:1 for tokens x units)")
+        axis = 0 if axis is None else axis
+        if axis not in (0, len(dims) - 1, -1):
+            raise ModelError(f"--site {spec}: infoprobe reads units on the first or last axis of {list(dims)}")
+        axis %= len(dims)
+        prod = value.producer()
+        add_site(prod, [], value, op=prod.op_type, units=dims[axis], fan_in=0, dims=dims, unit_axis=axis,
+                 found_by="user", inputs=[i for i in prod.inputs if i is not None] or [None], name=name,
+                 recognise=False)
 
     if not found:
         detail = "; ".join(f"{u['node']} ({u['op']}): {u['reason']}" for u in unsupported)
         raise ModelError(f"{path} has no unit layer infoprobe can analyse (Gemm, MatMul+Add or "
                          f"Conv followed by an activation)" + (f"; not interpreted: {detail}" if detail else ""))
-
-    # upstream layers and depth: walk back from each layer's input to other layers' values
-    owner = {}
-    for f in found:
-        owner[id(f["pre"])] = f["name"]
-        owner[id(f["post"])] = f["name"]
-    upstream = {}
-    for f in found:
-        ups, stack, seen = set(), [f["input"]], set()
-        while stack:
-            v = stack.pop()
-            if v is None or id(v) in seen:
-                continue
-            seen.add(id(v))
-            if id(v) in owner:
-                ups.add(owner[id(v)])
-                continue
-            prod = v.producer()
-            if prod is not None:
-                stack.extend(prod.inputs)
-        upstream[f["name"]] = ups
+    found.sort(key=lambda f: f["order"])
+    upstream = _upstream(found)
+    downstream = {u for ups in upstream.values() for u in ups}
+    outputs = {f["name"] for f in found if f["name"] not in downstream}
+    if select:
+        keep = [f for f in found if f["found_by"] == "user" or any(fnmatch.fnmatchcase(f["name"], p) for p in select)]
+        if not keep:
+            raise ModelError(f"--sites {','.join(select)} matches none of the sites: "
+                             + ", ".join(f["name"] for f in found))
+        left = [f["name"] for f in found if f not in keep]
+        if left:
+            skipped.append({"node": f"{len(left)} sites", "op": "--sites", "reason": "left out: " + ", ".join(left)})
+        found = keep
+        upstream = _upstream(found)
     depth = {}
 
     def _depth(name):
@@ -1097,21 +1524,63 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int) -> LoadedModel:
             depth[name] = 1 + max((_depth(u) for u in upstream[name]), default=0)
         return depth[name]
 
-    downstream = {u for ups in upstream.values() for u in ups}
+    names = [g["name"] for g in found]
     layers = [UnitLayer(name=f["name"], kind=f["kind"], op=f["op"], units=f["units"],
                         activation=f["activation"], fan_in=f["fan_in"], depth=_depth(f["name"]),
-                        inputs=tuple(sorted(upstream[f["name"]], key=lambda n: [g["name"] for g in found].index(n))),
-                        is_output=f["name"] not in downstream, shape=f["shape"],
+                        inputs=tuple(sorted(upstream[f["name"]], key=names.index)),
+                        is_output=f["name"] in outputs, shape=f["shape"],
                         pre_value=f["pre"].name, post_value=f["post"].name,
-                        input_value=f["input"].name, nodes=f["nodes"]) for f in found]
+                        input_value=f["input"].name if f["input"] is not None else "", nodes=f["nodes"],
+                        unit_axis=f["unit_axis"], found_by=f["found_by"], heads=f["heads"]) for f in found]
 
     inputs = [v for v in graph.inputs if not v.is_initializer()]
-    if len(inputs) != 1:
-        raise ModelError(f"{path} has {len(inputs)} data inputs; infoprobe analyses classifiers "
-                         "with exactly one input")
+    if not inputs:
+        raise ModelError(f"{path} has no data input")
     if not graph.outputs:
         raise ModelError(f"{path} has no graph output")
-    in_shape = tuple(d if isinstance(d, int) else None for d in (inputs[0].shape.dims if inputs[0].shape else ()))
+    described = []
+    for v in inputs:
+        dtype = v.dtype.numpy() if v.dtype is not None else np.dtype(np.float32)
+        if dtype.kind not in "biuf":
+            raise ModelError(f"{path}: input {v.name!r} is of type {v.dtype}; infoprobe feeds numbers only")
+        described.append({"name": v.name, "dtype": dtype.name,
+                          "shape": tuple(d if isinstance(d, int) else None for d in (v.shape.dims if v.shape else ()))})
+    in_shape = described[0]["shape"]
     return LoadedModel(path=path, sha256=sha, ir_model=model, layers=layers, unsupported=unsupported,
-                       input_name=inputs[0].name, input_shape=in_shape,
-                       output_name=graph.outputs[0].name, max_bytes=max_bytes, source=source)
+                       input_name=inputs[0].name, input_shape=in_shape, inputs=tuple(described),
+                       output_name=_output_name(graph, output, path), max_bytes=max_bytes, source=source, skipped=skipped,
+                       notes=list(source.notes))
+
+
+def _output_name(graph, output, path) -> str:
+    """The classification output: ``output``, or the first graph output."""
+    names = [v.name for v in graph.outputs]
+    if output is None:
+        return names[0]
+    if output not in names:
+        raise ModelError(f"--output {output}: {path} has no output {output!r}; its outputs are {', '.join(names)}")
+    return output
+
+
+def _upstream(found: list) -> dict:
+    """For each site, the sites it reads: walk back from its inputs to the other sites' values."""
+    owner = {}
+    for f in found:
+        owner[id(f["pre"])] = f["name"]
+        owner[id(f["post"])] = f["name"]
+    upstream = {}
+    for f in found:
+        ups, stack, seen = set(), list(f["inputs"]), set()
+        while stack:
+            v = stack.pop()
+            if v is None or id(v) in seen:
+                continue
+            seen.add(id(v))
+            if id(v) in owner and owner[id(v)] != f["name"]:
+                ups.add(owner[id(v)])
+                continue
+            prod = v.producer()
+            if prod is not None:
+                stack.extend(prod.inputs)
+        upstream[f["name"]] = ups
+    return upstream

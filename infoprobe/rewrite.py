@@ -30,15 +30,30 @@ def io_name(layer: str, role: str) -> str:
 def mask_shape(layer: UnitLayer, positions: bool = False) -> tuple:
     """Per-sample shape of a mask or offset array of ``layer`` (the one place it is derived).
 
-    Dense: ``(U,)``. Conv: ``(C, 1, 1)`` per channel, or ``layer.shape`` (``(C, H, W)``) per
-    channel x position (``positions=True``). A feed has a batch dimension first: 1 (the same
-    intervention for every sample) or the batch size (one per sample).
+    The site's shape with 1 on every position axis: dense ``(U,)``, conv ``(C, 1, 1)``, token
+    ``(1, U)``; or the whole shape (``(C, H, W)``, ``(T, U)``) per unit x position
+    (``positions=True``). A feed has a batch dimension first: 1 (the same intervention for
+    every sample) or the batch size (one per sample).
     """
-    if layer.kind == "dense":
-        return (layer.units,)
     if positions:
         return tuple(layer.shape)
-    return (layer.units, *[1] * (len(layer.shape) - 1))
+    return tuple(d if i == layer.unit_axis else 1 for i, d in enumerate(layer.shape))
+
+
+def mix_shape(layer: UnitLayer) -> tuple:
+    """Shape of a site's ``L:mix`` input: ``(U, U)`` where the units are the last axis (a
+    ``MatMul``), ``(U, U, 1, ...)`` where they come first (a 1x1 ``Conv``)."""
+    if layer.unit_axis == len(layer.shape) - 1:
+        return (layer.units, layer.units)
+    return (layer.units, layer.units, *[1] * (len(layer.shape) - 1))
+
+
+def mix_feed(layer: UnitLayer, p):
+    """The ``L:mix`` feed that computes ``t_j <- sum_k P[j, k] t_k`` on the unit axis, from
+    ``P`` [U, U] (shape :func:`mix_shape`)."""
+    if layer.unit_axis == len(layer.shape) - 1:
+        return p.T.copy()
+    return p.reshape(mix_shape(layer))
 
 
 def _value_by_name(graph: ir.Graph, name: str) -> ir.Value:
@@ -60,8 +75,8 @@ def instrument(lm: LoadedModel, *, expose: bool = True, mix: bool = False, noise
     """Rewrite a model so that unit layers can be read and ablated through graph I/O.
 
     Every unit layer gets graph inputs ``L:mask`` and ``L:offset`` (float32, broadcastable to
-    ``[N, *layer.shape]``: ``[B, U]`` dense, ``[B, C, 1, 1]`` or ``[B, C, H, W]`` conv, B = 1
-    or N, see :func:`mask_shape`), and every consumer of the post-activation reads
+    ``[N, *layer.shape]``: ``[B, U]`` dense, ``[B, C, 1, 1]`` or ``[B, C, H, W]`` conv,
+    ``[B, 1, U]`` or ``[B, T, U]`` token, B = 1 or N, see :func:`mask_shape`), and every consumer of the post-activation reads
     ``m * t + c`` instead.
 
     Parameters
@@ -72,9 +87,9 @@ def instrument(lm: LoadedModel, *, expose: bool = True, mix: bool = False, noise
         Add graph outputs ``L:pre`` and ``L:post`` (float32 ``[N, *layer.shape]``), the
         activations before any mask.
     mix : bool
-        Also add ``L:mix`` (float32 ``[U, U]`` dense, ``[C, C, 1, 1]`` conv)
-        and compute ``t' = m * t + c + mix(t)``, where ``mix(t)_j = sum_k P[j, k] t_k`` (dense:
-        ``t @ mix`` with ``mix = P.T``; conv: a 1x1 convolution with weight ``mix``). This is
+        Also add ``L:mix`` (float32, :func:`mix_shape`)
+        and compute ``t' = m * t + c + mix(t)``, where ``mix(t)_j = sum_k P[j, k] t_k`` (units
+        last: ``t @ mix`` with ``mix = P.T``; units first: a 1x1 convolution with weight ``mix``). This is
         the affine replacement of a pruning plan applied without removing anything
         (:meth:`infoprobe.runner.Runner.plan_feeds`); zeros leave the model unchanged.
     noise : bool
@@ -129,10 +144,8 @@ class InterventionPass(ir_passes.InPlacePass):
             name = lay.name
             batch_dim = ir.SymbolicDim(f"{name}_B")
             t = _value_by_name(graph, lay.post_value)
-            if lay.kind == "dense":
-                mdims = [batch_dim, lay.units]
-            else:
-                mdims = [batch_dim, lay.units, ir.SymbolicDim(f"{name}_H"), ir.SymbolicDim(f"{name}_W")]
+            mdims = [batch_dim] + [lay.units if i == lay.unit_axis else ir.SymbolicDim(f"{name}_P{i}")
+                                   for i in range(len(lay.shape))]
             mask = _float_value(io_name(name, "mask"), mdims)
             offset = _float_value(io_name(name, "offset"), mdims)
             graph.inputs.extend([mask, offset])
@@ -142,11 +155,10 @@ class InterventionPass(ir_passes.InPlacePass):
             add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
             graph.extend([mul, add])  # placed by the topological sort of FinalizePass
             if self.mix:
-                mdims = [lay.units, lay.units] if lay.kind == "dense" else [lay.units, lay.units, 1, 1]
+                mdims = list(mix_shape(lay))
                 mixer = _float_value(io_name(name, "mix"), mdims)
                 graph.inputs.append(mixer)
-                prod = (ir.Node("", "MatMul", [t, mixer], name=f"infoprobe/{name}/mix") if lay.kind == "dense"
-                        else ir.Node("", "Conv", [t, mixer], name=f"infoprobe/{name}/mix"))
+                prod = ir.Node("", "MatMul" if len(mdims) == 2 else "Conv", [t, mixer], name=f"infoprobe/{name}/mix")
                 add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
                 graph.extend([prod, add2])
                 add = add2
@@ -246,11 +258,11 @@ class SuffixPass(ir_passes.InPlacePass):
         graph.inputs.append(new_in)
         model = ir_passes_common.RemoveUnusedNodesPass()(model).model
         graph = model.graph
-        original_input = next(v for v in graph.inputs if v.name == lm.input_name)
-        if original_input.uses():
+        data_inputs = set(lm.input_names)
+        if any(v.uses() for v in graph.inputs if v.name in data_inputs):
             raise NoSuffixError(f"the model after layer {layer!r} also reads values computed before it "
-                                "(a skip connection); run the whole model instead")
-        dead = [v for v in graph.inputs if v.name == lm.input_name
+                                "(a skip connection, or another model input); run the whole model instead")
+        dead = [v for v in graph.inputs if v.name in data_inputs
                 or (v.name.endswith((":mask", ":offset")) and v.name.rsplit(":", 1)[0] not in keep)]
         for v in dead:
             graph.inputs.remove(v)

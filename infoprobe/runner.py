@@ -9,9 +9,10 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from .data import feeds as feeds_of
 from .errors import DataError, ModelError, PlanError, one_line
 from .model import LoadedModel, UnitLayer, runtime_rows
-from .rewrite import instrument, io_name, mask_shape, suffix
+from .rewrite import instrument, io_name, mask_shape, mix_feed, mix_shape, suffix
 
 _PROTO_LIMIT = 1_800_000_000  # bytes; above this a model is saved with external data
 
@@ -155,8 +156,7 @@ class Runner:
             if io_name(lay.name, "noise") in self.input_names:
                 self.identity[io_name(lay.name, "noise")] = np.zeros((1, *lay.shape), np.float32)
             if io_name(lay.name, "mix") in self.input_names:
-                dims = (lay.units, lay.units) if lay.kind == "dense" else (lay.units, lay.units, 1, 1)
-                self.identity[io_name(lay.name, "mix")] = np.zeros(dims, np.float32)
+                self.identity[io_name(lay.name, "mix")] = np.zeros(mix_shape(lay), np.float32)
 
     def intervention_feeds(self, layer: UnitLayer, mask: np.ndarray, offset: np.ndarray) -> dict:
         """Feeds for one layer from per-unit arrays ``mask``/``offset`` of shape [U] or [B, U]
@@ -214,7 +214,7 @@ class Runner:
                 if key not in self.input_names:
                     raise PlanError(f"layer {name!r} of the plan has affine terms; build the Runner with mix=True")
                 p = lp.replacement_matrix().astype(np.float32)
-                feeds[key] = np.ascontiguousarray(p.T) if lay.kind == "dense" else p[:, :, None, None]
+                feeds[key] = np.ascontiguousarray(mix_feed(lay, p))
         return feeds
 
     def run(self, x: np.ndarray, *, feeds: dict | None = None, outputs=None,
@@ -223,8 +223,9 @@ class Runner:
 
         Parameters
         ----------
-        x : float32 [N, ...]
-            The model input, or for a suffix runner the layer's post-activation.
+        x : float32 [N, ...] or Inputs
+            The model input (:func:`infoprobe.data.model_inputs`: an :class:`~infoprobe.data.Inputs`
+            for a model with several inputs), or for a suffix runner the layer's post-activation.
         batch_size : int
             Rows per onnxruntime call, lowered to :attr:`max_rows` (the memory budget).
         feeds : dict, optional
@@ -249,7 +250,7 @@ class Runner:
         parts = {o: [] for o in outputs}
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            f = {self.data_input: np.ascontiguousarray(x[start:stop], np.float32)}
+            f = feeds_of(self.data_input, x[start:stop])
             for k, v in feeds.items():
                 f[k] = v[start:stop] if v.shape[0] == n else v  # per-row arrays follow the batch
             try:

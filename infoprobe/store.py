@@ -6,11 +6,14 @@
                             source, model_sha256, complete, plus capture provenance
     /samples/labels  int64 [N]        (absent for unlabelled data)
     /samples/index   int64 [N]
-    /layers/<name>/  attrs: kind, activation, depth, units, inputs, op, fan_in, is_output
-        pre, post    float32 [N, U] or [N, C, H, W]
-        weight       float32 [U, fan_in] or [C_out, C_in, kh, kw]
-        bias         float32 [U]
-    /outputs/logits  float32 [N, classes]
+    /samples/mask    int8 [N, T]      (token models: 1 for a real token, 0 for padding; the
+                                       model input ``attention_mask``)
+    /layers/<name>/  attrs: kind, activation, depth, units, inputs, op, fan_in, is_output,
+                            unit_axis, found_by, heads (one group per unit site)
+        pre, post    float32 [N, U] (dense), [N, C, H, W] or [N, C, L] (conv), [N, T, U] (token)
+        weight       float32 [U, fan_in] or [C_out, C_in, kh, kw]  (affine sites only)
+        bias         float32 [U]                                  (affine sites only)
+    /outputs/logits  float32 [N, K]  (the model's first output, each sample's values flattened)
 
 Datasets are chunked along N (about 1 MiB a chunk) so readers stream through files larger
 than memory. A writer builds ``<path>.partial`` and renames it to ``<path>`` only after the
@@ -205,6 +208,8 @@ class StoreWriter:
     n_outputs : int
         Width of ``/outputs/logits``.
     labels, index : int array [N] or None
+    mask : int array [N, T] or None
+        Which token positions are real (1) or padding (0), for token sites of length T.
     attrs : dict
         Root attributes (``source``, ``model_sha256``, provenance). A partial file is resumed
         only when its ``fingerprint`` attribute equals ``attrs["fingerprint"]``.
@@ -228,7 +233,7 @@ class StoreWriter:
     """
 
     def __init__(self, path, *, n_rows: int, layers: list, n_outputs: int, labels=None, index=None,
-                 attrs: dict | None = None, overwrite: bool = False):
+                 attrs: dict | None = None, overwrite: bool = False, mask=None):
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.n_rows = int(n_rows)
@@ -251,7 +256,7 @@ class StoreWriter:
                     raise StoreError(f"{self.partial} is an unfinished capture of other inputs; delete "
                                      "it or pass overwrite=True (--overwrite) to start again")
             if not self.resumed:
-                self._create(layers, n_outputs, labels, index, attrs)
+                self._create(layers, n_outputs, labels, index, attrs, mask)
             self._open("r+b")
             self.rows_written = int(self.file.attrs["rows_written"])
             self.digests = json.loads(self.file.attrs["digests"])
@@ -284,7 +289,7 @@ class StoreWriter:
         except Exception as exc:   # damaged by a kill in the middle of a flush
             return True, f"{self.partial.name} cannot be read back ({type(exc).__name__})"
 
-    def _create(self, layers, n_outputs, labels, index, attrs):
+    def _create(self, layers, n_outputs, labels, index, attrs, mask=None):
         self.partial.unlink(missing_ok=True)
         self._open("w+b")
         f = self.file
@@ -298,11 +303,14 @@ class StoreWriter:
                 s.create_dataset("labels", data=np.asarray(labels, np.int64), track_times=False)
             s.create_dataset("index", data=np.asarray(index if index is not None else np.arange(self.n_rows), np.int64),
                              track_times=False)
+            if mask is not None:
+                s.create_dataset("mask", data=(np.asarray(mask) != 0).astype(np.int8), track_times=False)
             g = f.create_group("layers")
             keys = []
             for lay in layers:
                 lg = g.create_group(lay["name"])
-                for k in ("kind", "activation", "depth", "units", "op", "fan_in", "is_output"):
+                for k in ("kind", "activation", "depth", "units", "op", "fan_in", "is_output", "unit_axis", "found_by",
+                          "heads"):
                     if k in lay:
                         lg.attrs[k] = lay[k]
                 lg.attrs["inputs"] = json.dumps(list(lay.get("inputs", [])))
@@ -312,8 +320,9 @@ class StoreWriter:
                     lg.create_dataset(ds, shape=(self.n_rows, *shape), dtype="f4", track_times=False,
                                       chunks=(min(rows, max(1, self.n_rows)), *shape))
                     keys.append(f"layers/{lay['name']}/{ds}")
-                lg.create_dataset("weight", data=np.asarray(lay["weight"], np.float32), track_times=False)
-                lg.create_dataset("bias", data=np.asarray(lay["bias"], np.float32), track_times=False)
+                if lay.get("weight") is not None:   # affine sites only
+                    lg.create_dataset("weight", data=np.asarray(lay["weight"], np.float32), track_times=False)
+                    lg.create_dataset("bias", data=np.asarray(lay["bias"], np.float32), track_times=False)
             o = f.create_group("outputs")
             o.create_dataset("logits", shape=(self.n_rows, n_outputs), dtype="f4", track_times=False,
                              chunks=(min(_chunk_rows(n_outputs), max(1, self.n_rows)), n_outputs))
@@ -530,6 +539,18 @@ class Store:
                 raise StoreError(f"{p}: /samples/labels has shape {ds.shape}, expected ({self.n_rows},)")
             self._labels = class_labels(hdf5.read(ds, f"{p}: /samples/labels", StoreError),
                                         f"{p}: /samples/labels", StoreError)
+        self._mask = None
+        if "mask" in f["samples"]:
+            ds = f["samples"]["mask"]
+            if not isinstance(ds, h5py.Dataset):
+                raise StoreError(f"{p}: /samples/mask is not a dataset")
+            hdf5.numeric(ds, f"{p}: /samples/mask", StoreError, kinds="iub", ndim=2)
+            if ds.shape[0] != self.n_rows:
+                raise StoreError(f"{p}: /samples/mask has {ds.shape[0]} rows for {self.n_rows} samples")
+            mask = hdf5.read(ds, f"{p}: /samples/mask", StoreError)
+            if not np.isin(mask, (0, 1)).all() or not mask.any(axis=1).all():
+                raise StoreError(f"{p}: /samples/mask must hold 0 and 1 with at least one 1 per sample")
+            self._mask = mask.astype(bool)
         self._info = {}
         for name, g in f["layers"].items():
             self._info[name] = self._validate_layer(name, g)
@@ -551,23 +572,27 @@ class Store:
                 "units": hdf5.attr(g, "units", what, StoreError, int),
                 "inputs": hdf5.attr(g, "inputs", what, StoreError, list, []),
                 "is_output": hdf5.attr(g, "is_output", what, StoreError, bool, False)}
-        for k, kind in (("op", str), ("fan_in", int)):
+        for k, kind in (("op", str), ("fan_in", int), ("found_by", str), ("heads", int)):
             if k in g.attrs:
                 info[k] = hdf5.attr(g, k, what, StoreError, kind)
-        if info["kind"] not in ("dense", "conv"):
-            raise StoreError(f"{what} has kind {info['kind']!r}; infoprobe reads 'dense' and 'conv' layers")
+        if info["kind"] not in ("dense", "conv", "token"):
+            raise StoreError(f"{what} has kind {info['kind']!r}; infoprobe reads 'dense', 'conv' and 'token' sites")
         if info["depth"] < 1 or info["units"] < 1:
             raise StoreError(f"{what} has depth {info['depth']} and {info['units']} units")
         for key in ("pre", "post"):
             if not isinstance(g.get(key), h5py.Dataset):
                 raise StoreError(f"{what} has no {key!r} dataset")
             hdf5.numeric(g[key], f"{what} {key}", StoreError, kinds="f",
-                         ndim=2 if info["kind"] == "dense" else (3, 4))
+                         ndim={"dense": 2, "conv": (3, 4), "token": 3}[info["kind"]])
         pre, post = g["pre"], g["post"]
         if pre.shape != post.shape or post.shape[0] != self.n_rows:
             raise StoreError(f"{what} has pre {pre.shape} and post {post.shape} for {self.n_rows} samples")
-        if info["units"] != post.shape[1]:
-            raise StoreError(f"{what} says {info['units']} units but stores {post.shape[1]}")
+        last = post.ndim - 2
+        info["unit_axis"] = hdf5.attr(g, "unit_axis", what, StoreError, int, last if info["kind"] == "token" else 0)
+        if info["unit_axis"] != (last if info["kind"] == "token" else 0):
+            raise StoreError(f"{what} is a {info['kind']} site with unit axis {info['unit_axis']}")
+        if info["units"] != post.shape[1 + info["unit_axis"]]:
+            raise StoreError(f"{what} says {info['units']} units but stores {post.shape[1 + info['unit_axis']]}")
         for key in ("weight", "bias"):
             if key in g:
                 hdf5.numeric(g[key], f"{what} {key}", StoreError, kinds="f", ndim=1 if key == "bias" else (2, 4))
@@ -661,6 +686,15 @@ class Store:
     def labels(self) -> np.ndarray | None:
         """Class labels int64 [N] (validated non-negative class indices), or None."""
         return None if self._labels is None else self._labels.copy()
+
+    def position_mask(self, layer: str) -> np.ndarray | None:
+        """bool [N, T]: which positions of a token site are real tokens (``/samples/mask``),
+        or None when the store has no mask or ``layer`` is not a token site of length T."""
+        info = self._info.get(layer)
+        if self._mask is None or info is None or info["kind"] != "token" or \
+                info["shape"][0] != self._mask.shape[1]:
+            return None
+        return self._mask
 
     def require_labels(self) -> np.ndarray:
         """Class labels; raises :class:`DataError` when the store has none."""

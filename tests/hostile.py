@@ -455,9 +455,11 @@ def _(folder):
     return dict(argv=["inspect", str(p)], cwd=folder, secret=None, memory=False)
 
 
-@case("onnx_opset9", "onnx", "capture: the MLP declared as opset 9")
+@case("onnx_opset9", "onnx", "capture: the MLP declared as opset 9 with an op the opset converter cannot adapt "
+                             "(ImageScaler, dropped after opset 9)")
 def _(folder):
-    return capture_spec(folder, save_model(mlp_proto(opset=9), folder / "model" / "mlp.onnx"))
+    scaler = helper.make_node("ImageScaler", ["input"], ["scaled"], name="scaler", scale=2.0)
+    return capture_spec(folder, save_model(mlp_proto(opset=9, extra_nodes=[scaler]), folder / "model" / "mlp.onnx"))
 
 
 @case("onnx_raw_data_mismatch", "onnx", "capture: fc1.bias dims [8] with 12 bytes of raw_data")

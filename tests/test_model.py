@@ -164,9 +164,28 @@ def test_external_data_inside_folder_loads(tmp_path):
 def test_size_limit_and_opset(tmp_path):
     with pytest.raises(UnsafeModelError, match="max-model-size"):
         load_model(FIX / "mlp_sigmoid.onnx", max_bytes=1000)
+
+
+def test_an_old_opset_is_converted_and_said_or_refused_with_the_reason(tmp_path, monkeypatch):
+    import onnxruntime as ort
+    from onnx import version_converter
+
     m, _ = _gemm_model(opset=11)
     onnx.save(m, tmp_path / "old.onnx")
-    with pytest.raises(ModelError, match="opset"):
+    with pytest.warns(UserWarning, match="opset 11"):
+        lm = load_model(tmp_path / "old.onnx")
+    assert lm.notes == ["converted from opset 11 to 13 with onnx.version_converter"]
+    assert "converted from opset 11" in lm.summary()
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(lm.source.proto.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+    def fail(*a, **k):
+        raise RuntimeError("No Adapter For Foo")
+    monkeypatch.setattr(version_converter, "convert_version", fail)
+    with pytest.raises(ModelError, match="opset 11.*could not convert it: No Adapter For Foo"):
         load_model(tmp_path / "old.onnx")
 
 

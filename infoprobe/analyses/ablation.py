@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Dataset, prepare_inputs, resolve_scale
+from ..data import Dataset, model_inputs, resolve_scale
 from ..config import Config, param
 from ..errors import ConfigError, DataError
 from ..interventions import Evaluator, Intervention, replacement
@@ -269,7 +269,7 @@ def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
     st_labels = st.labels
     n_classes = int(max(data.y.max(), st_labels.max() if st_labels is not None else 0)) + 1
     factor = resolve_scale(data.x, cfg.scale)
-    x = prepare_inputs(data.x, lm.input_shape, factor, input_name=lm.input_name)
+    x = model_inputs(lm, data.x, factor)
     y = data.y
     consts = {(n, v): replacement(lm, n, v, store=st) for n in set(names) | set(hybrid or {}) for v in values}
     rng = cfg.streams()["random_orders"]

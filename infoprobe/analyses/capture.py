@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Dataset, prepare_inputs, resolve_scale
+from ..data import Dataset, model_inputs, position_mask, resolve_scale
 from ..errors import BudgetError, DataError
 from ..limits import human, max_store, rows_within
 from ..model import LoadedModel, load_model
@@ -30,7 +30,7 @@ def store_size(lm: LoadedModel, n_rows: int, layers=None, n_outputs: int | None 
     names = [lay.name for lay in lm.layers] if layers is None else [lm.layer(n).name for n in layers]
     per_layer = {n: 2 * 4 * int(np.prod(lm.layer(n).shape, dtype=np.float64)) for n in names}
     outputs = 4 * (n_outputs if n_outputs is not None else lm.layers[-1].units)
-    weights = sum(4 * (lm.layer(n).units * (lm.layer(n).fan_in + 1)) for n in names)
+    weights = sum(4 * (lm.layer(n).units * (lm.layer(n).fan_in + 1)) for n in names if lm.layer(n).has_weights)
     per_sample = sum(per_layer.values()) + outputs + 16
     return {"bytes": int(n_rows * per_sample + weights), "per_sample": int(per_sample), "layers": names}
 
@@ -79,12 +79,13 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     if batch_size < 1:
         raise DataError("batch size must be at least 1")
     factor = resolve_scale(data.x, scale)
-    prepare_inputs(data.x[:1], lm.input_shape, factor, input_name=lm.input_name)  # fail fast
+    model_inputs(lm, data.x[:1], factor)  # fail fast
     runner = Runner(lm, expose=True, providers=providers, threads=default_threads())
-    n_out = runner.session.get_outputs()[runner.output_names.index(lm.output_name)].shape[-1]
-    if not isinstance(n_out, int):
-        n_out = runner.run(prepare_inputs(data.x[:1], lm.input_shape, factor),
-                           outputs=[lm.output_name])[lm.output_name].shape[-1]
+    out_dims = runner.session.get_outputs()[runner.output_names.index(lm.output_name)].shape[1:]
+    if not all(isinstance(d, int) for d in out_dims):
+        out_dims = runner.run(model_inputs(lm, data.x[:1], factor),
+                              outputs=[lm.output_name])[lm.output_name].shape[1:]
+    n_out = int(np.prod(out_dims, dtype=np.int64))   # the outputs of each sample, flattened
     size = store_size(lm, len(data), names, int(n_out))
     out = Path(out)
     _check_room(size["bytes"], out)
@@ -95,12 +96,12 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     specs = []
     for n in names:
         lay = lm.layer(n)
-        w, b = lm.weights(lay)
+        w, b = lm.weights(lay) if lay.has_weights else (None, None)
         specs.append(dict(lay.to_dict(), weight=w, bias=b))
     fingerprint = json.dumps({"model": lm.sha256, "data": data.sha256, "split": data.split,
                               "n": len(data), "scale": factor, "layers": names})
     writer = StoreWriter(out, n_rows=len(data), layers=specs, n_outputs=int(n_out), labels=data.y,
-                         index=data.index, overwrite=overwrite,
+                         index=data.index, overwrite=overwrite, mask=position_mask(data.x),
                          attrs=dict(source="onnx", model_sha256=lm.sha256, fingerprint=fingerprint,
                                     model_file=lm.path.name, data_sha256=data.sha256,
                                     data_file=data.path.name, data_split=data.split, input_scale=factor))
@@ -117,7 +118,7 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
                   disable=not progress) as bar:
             while start < len(data):
                 stop = min(start + batch_size, len(data))
-                x = prepare_inputs(data.x[start:stop], lm.input_shape, factor, input_name=lm.input_name)
+                x = model_inputs(lm, data.x[start:stop], factor)
                 res = runner.run(x, outputs=wanted, batch_size=batch_size)
                 blocks = {f"layers/{n}/{r}": res[io_name(n, r)] for n in names for r in ("pre", "post")}
                 blocks["outputs/logits"] = res[lm.output_name].reshape(stop - start, -1)

@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 from tqdm.auto import tqdm
 
-from ..data import Dataset, prepare_inputs, resolve_scale
+from ..data import Dataset, Inputs, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError, ModelError
 from ..limits import rows_within
 from ..model import DEFAULT_MAX_BYTES, load_onnx, output_threshold, predicted_labels, runtime_rows
@@ -273,6 +273,8 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
     if len(inputs) != 1:
         raise ModelError(f"the models have {len(inputs)} data inputs; infoprobe check compares classifiers "
                          "with one input")
+    if isinstance(data.x, Inputs):
+        raise DataError("infoprobe check compares classifiers with one input; the data holds several arrays")
     in_name, out_name = inputs[0].name, outputs[0].name
     in_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape.dims) if inputs[0].shape else ()
     threads = default_threads()

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from ..data import Dataset, prepare_inputs, resolve_scale
+from ..data import Dataset, feeds, model_inputs, resolve_scale, row_bytes
 from ..errors import ConfigError, InfoprobeError, ModelError, PlanError
 from ..limits import rows_within
 from ..model import LoadedModel, load_model, runtime_rows
@@ -36,16 +36,16 @@ def latency_inputs(lm: LoadedModel, data: Dataset | None, batch: int, scale) -> 
     if data is None and any(d is None for d in dims):
         raise ConfigError(f"the input {lm.input_name!r} has symbolic dimensions {list(lm.input_shape)}; "
                           "pass data (--data) so that latency is measured on real inputs")
-    per_sample = 4 * int(np.prod(dims if data is None else data.x.shape[1:], dtype=np.float64))
+    per_sample = 4 * int(np.prod(dims, dtype=np.float64)) if data is None else row_bytes(data.x)
     batch = rows_within(per_sample, batch, share=1 / 16, what=f"one sample of the input {lm.input_name!r}")
     if data is not None:
-        return prepare_inputs(data.x[:batch], lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+        return model_inputs(lm, data.x[:batch], resolve_scale(data.x, scale))
     return np.random.default_rng(0).random((batch, *dims), dtype=np.float32)
 
 
 def _run_once(session, lm: LoadedModel, x: np.ndarray, what: str) -> np.ndarray:
     try:
-        return session.run([lm.output_name], {lm.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return session.run([lm.output_name], feeds(lm.input_name, x))[0]
     except Exception as exc:
         raise ort_error(exc, what) from None
 
@@ -159,7 +159,7 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
                         "macs": p["macs"] / o["macs"] if o["macs"] else None,
                         "latency": p["latency"]["median_ms"] / o["latency"]["median_ms"]}
     if data is not None:
-        x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+        x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
         ref = Runner(lm, mix=not all(lp.is_constant for lp in pl.layers.values()), threads=threads)
         expected = ref.run(x, feeds=ref.plan_feeds(pl), outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]
         intact = ref.run(x, outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..arrays import namespace
-from ..data import Dataset, prepare_inputs, resolve_scale
+from ..data import Dataset, model_inputs, resolve_scale
 from ..errors import ConfigError
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model, sha256_file
@@ -175,7 +175,7 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
     xp = namespace(device)
     bin_size = default_bin_size(beta) if bin_size is None else bin_size
     scale_f = 1.0 if unit == "nats" else 1.0 / LN2
-    x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+    x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
     n = len(x)
     runner = Runner(lm, expose=True, noise=True, threads=default_threads())
     rng = np.random.default_rng(seed)

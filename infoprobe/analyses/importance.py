@@ -11,6 +11,7 @@ from .. import estimators as est
 from ..arrays import namespace, to_numpy
 from ..errors import ConfigError
 from ..results import check_outputs, provenance, write_table
+from ..positions import REDUCTIONS, per_unit
 from ..store import Store
 
 #: Measure names, in the order of eq. 19 (entropy >= MI >= JS >= labeled MI), plus KL selectivity.
@@ -112,19 +113,6 @@ class ImportanceResult:
             write_table(outdir, "specific_information", self.specific, meta)
 
 
-def reduce_positions(block: np.ndarray, kind: str, conv_reduce: str) -> np.ndarray:
-    """One value per unit and sample: a conv block [N, C, H, W] reduced over its positions by
-    ``conv_reduce`` ("mean" or "max") to [N, C]; a dense block [N, U] as it is."""
-    if block.ndim == 2:
-        return block
-    flat = block.reshape(block.shape[0], block.shape[1], -1)
-    if conv_reduce == "mean":
-        return flat.mean(axis=2)
-    if conv_reduce == "max":
-        return flat.max(axis=2)
-    raise ConfigError(f"unknown conv reduction {conv_reduce!r}; use mean or max")
-
-
 def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer = Quantizer(),
                js: bool = True, device: str = "cpu", conv_reduce: str = "mean",
                max_quantile_rows: int = 200_000, seed: int = 0, progress: bool = True) -> ImportanceResult:
@@ -148,9 +136,13 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
     js : bool
         Compute JS subset separation (O(2^C); refused above 20 classes).
     device : {"cpu", "cuda"}
-    conv_reduce : {"mean", "max"}
-        A conv unit is a channel; its value per sample is the spatial mean (or max) of its
-        feature map. This choice is infoprobe's: the paper treats dense layers only.
+    conv_reduce : {"mean", "max", "first", "last"}
+        How a site with positions gives one value per unit and sample
+        (:func:`infoprobe.positions.per_unit`): a conv unit is a channel, its value the spatial
+        mean (or max) of its feature map; a token unit's value is the mean (max) over the
+        tokens, or the first (``[CLS]``) or last token's; padding tokens (the store's
+        ``/samples/mask``) are left out. This choice is infoprobe's: the paper treats dense
+        layers only.
     max_quantile_rows : int
         Quantile edges are computed from at most this many rows (a seeded random subset).
     seed : int
@@ -163,6 +155,8 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
     ------
     StoreError, DataError (no labels, NaN activations), ConfigError, DeviceError
     """
+    if conv_reduce not in REDUCTIONS or conv_reduce == "samples":
+        raise ConfigError(f"unknown reduction over positions {conv_reduce!r}; use mean, max, first or last")
     own = not isinstance(store, Store)
     st = Store(store) if own else store
     try:
@@ -182,6 +176,12 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
         bar = tqdm(total=len(names) * st.n_rows, unit="sample", desc="importance", disable=not progress)
         for name in names:
             info = st.layer_info(name)
+            mask = st.position_mask(name)   # padding tokens never enter a reduction
+
+            def reduced(block, start=None, rows=None, info=info, mask=mask):
+                m = None if mask is None else (mask[rows] if rows is not None else mask[start:start + len(block)])
+                return per_unit(block, info["unit_axis"], conv_reduce, m)
+
             act = info["activation"] if which == "post" else "none"
             n_units = int(info["units"])
             if quantizer.method == "threshold":
@@ -190,19 +190,19 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
             elif quantizer.method == "uniform":
                 lo = np.full(n_units, np.inf)
                 hi = np.full(n_units, -np.inf)
-                for _, block in st.iter_rows(name, which):
-                    b = reduce_positions(block, info["kind"], conv_reduce)
+                for start, block in st.iter_rows(name, which):
+                    b = reduced(block, start)
                     lo, hi = np.minimum(lo, b.min(0)), np.maximum(hi, b.max(0))
                 edges = est.uniform_edges(xp.asarray(lo), xp.asarray(hi), quantizer.bins)
             else:
                 rows = np.sort(rng.choice(st.n_rows, min(st.n_rows, max_quantile_rows), replace=False))
-                sample = reduce_positions(st.read_rows(name, which, rows), info["kind"], conv_reduce)
+                sample = reduced(st.read_rows(name, which, rows), rows=rows)
                 if not np.isfinite(sample).all():
                     list(st.iter_rows(name, which))  # raises the descriptive NaN error
                 edges = est.quantile_edges(xp.asarray(sample), quantizer.bins)
             counts = None
             for start, block in st.iter_rows(name, which):
-                b = xp.asarray(reduce_positions(block, info["kind"], conv_reduce))
+                b = xp.asarray(reduced(block, start))
                 c = est.joint_counts(est.quantize(b, edges), y_dev[start:start + len(block)],
                                      quantizer.n_bins, n_classes)
                 counts = c if counts is None else counts + c

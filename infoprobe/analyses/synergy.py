@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import seed_streams
-from ..data import Dataset, prepare_inputs, resolve_scale
+from ..data import Dataset, model_inputs, resolve_scale
 from ..errors import ConfigError, DataError
 from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
 from ..estimators.oinfo import Throughput, copula_model, plan_search, search_multiplets
@@ -34,7 +34,7 @@ from ..results import check_outputs, provenance, write_table
 from ..runner import default_threads
 from ..store import Store
 from .ablation import rank_units
-from .importance import reduce_positions
+from ..positions import per_unit
 from .plans import replacement_constants
 
 SELECTIONS = ("synergy", "gcmi_model", "gcmi_mixture", "random")
@@ -50,8 +50,9 @@ def layer_activations(store: Store, layer: str, which: str = "pre", *, max_sampl
                       seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """A layer's activations [N, U] (float64) and the store's labels [N] (or None).
 
-    Convolutional layers are reduced to one value per channel (the mean over positions),
-    the paper's "naive solution" for feature maps (Section 5). ``max_samples`` draws a
+    Sites with positions are reduced to one value per unit (the mean over positions, padding
+    tokens left out: :func:`infoprobe.positions.per_unit`), the paper's "naive solution" for feature maps
+    (Section 5). ``max_samples`` draws a
     seeded random subset of rows (sorted, so the result does not depend on chunking).
 
     Raises
@@ -62,7 +63,7 @@ def layer_activations(store: Store, layer: str, which: str = "pre", *, max_sampl
     if which not in ("pre", "post"):
         raise ConfigError(f"which must be 'pre' or 'post', not {which!r}")
     x = store.read(layer, which)
-    x = reduce_positions(x, which, "mean")
+    x = per_unit(x, store.layer_info(layer)["unit_axis"], "mean", store.position_mask(layer))
     y = store.labels
     if max_samples is not None and len(x) > max_samples:
         rows = np.sort(np.random.default_rng(seed).choice(len(x), int(max_samples), replace=False))
@@ -541,7 +542,7 @@ def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, 
         st.check_model(lm)
         which = result.meta.get("parameters", {}).get("which", "pre")
         factor = resolve_scale(data.x, scale)
-        x = prepare_inputs(data.x, lm.input_shape, factor, input_name=lm.input_name)
+        x = model_inputs(lm, data.x, factor)
         engine = Evaluator(lm, x, labels=data.y, n_classes=int(data.y.max()) + 1, batch_size=batch_size,
                            providers=providers, threads=default_threads())
         base = float(engine.base.accuracy[0])

@@ -13,7 +13,7 @@ from ...estimators.frivolous import Moments, components_needed, independent_unit
 from ...model import LoadedModel, load_model
 from ...plan import LayerPlan, PruningPlan
 from .prunability import Prunability, hidden_layers
-from .redundancy import activation_matrices, layer_kinds
+from .redundancy import activation_matrices, unit_axes
 
 
 def refactor_plan(model, data: Dataset, *, layers=None, tolerance: float = 0.05, max_rows: int = 50_000,
@@ -59,14 +59,14 @@ def refactor_plan(model, data: Dataset, *, layers=None, tolerance: float = 0.05,
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     names = hidden_layers(lm, layers)
-    kinds = layer_kinds(lm, names)
+    axes = unit_axes(lm, names)
     plan = PruningPlan({}, lm.sha256, {"method": "refactor", "tolerance": tolerance, "max_rows": max_rows,
                                        "sequential": sequential, "seed": seed, "data_sha256": data.sha256})
     rows = []
     mats = {}
     for n in tqdm(names, desc="refactor", unit="layer", disable=not progress, leave=False):
         if n not in mats:   # sequential: this layer only, under the plan so far; else every layer once
-            mats = activation_matrices(lm, [n] if sequential else names, kinds, len(data), max_rows=max_rows,
+            mats = activation_matrices(lm, [n] if sequential else names, axes, len(data), max_rows=max_rows,
                                        seed=seed, data=data, scale=scale, batch_size=batch_size,
                                        plan=plan if plan.layers else None)
         m = mats[n].astype(np.float64)

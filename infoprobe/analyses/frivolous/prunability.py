@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...data import Dataset, prepare_inputs, resolve_scale
+from ...data import Dataset, model_inputs, resolve_scale
 from ...errors import ConfigError
 from ...estimators.frivolous import prunable_fraction
 from ...interventions import Evaluator, Intervention
@@ -155,7 +155,7 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
     names = hidden_layers(lm, layers)
     if not names:
         raise ConfigError(f"{lm.path.name} has no hidden unit layer to ablate")
-    x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+    x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
     engine = Evaluator(lm, x, batch_size=batch_size, stack_rows=rows_per_run, providers=providers)
     positions = conv_units == "position"
     sizes = {n: int(np.prod(mask_shape(lm.layer(n), positions))) for n in names}

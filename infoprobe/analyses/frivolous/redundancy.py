@@ -14,24 +14,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...arrays import namespace, to_numpy
-from ...data import Dataset, prepare_inputs, resolve_scale
+from ...data import Dataset, model_inputs, position_mask, resolve_scale
 from ...errors import ConfigError
 from ...interventions import chunk_rows
 from ...estimators.frivolous import Moments, abs_correlations, components_needed, pca_spectrum
 from ...model import LoadedModel, load_model
+from ...positions import per_unit
 from ...rewrite import io_name
 from ...runner import Runner, default_threads
 from ...store import Store, is_store_path
 from .prunability import hidden_layers
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-def _rows(block: np.ndarray, kind: str) -> np.ndarray:
-    """Activation rows [n, U]: dense as is; conv [n, C, H, W] with positions as samples."""
-    if kind == "conv" and block.ndim == 4:
-        return np.moveaxis(block, 1, -1).reshape(-1, block.shape[1])
-    return block.reshape(len(block), -1)
 
 
 def activation_batches(source, names, *, data=None, scale="auto", batch_size=4096, plan=None, providers=None):
@@ -45,7 +39,7 @@ def activation_batches(source, names, *, data=None, scale="auto", batch_size=409
     lm = source
     if data is None:
         raise ConfigError("redundancy from a model needs data")
-    x = prepare_inputs(data.x, lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+    x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
     runner = Runner(lm, expose=True, mix=plan is not None, providers=providers, threads=default_threads(),
                     arena="shared")
     feeds = runner.plan_feeds(plan) if plan is not None else None
@@ -56,26 +50,40 @@ def activation_batches(source, names, *, data=None, scale="auto", batch_size=409
         yield {n: r[io_name(n, "post")] for n in names}
 
 
-def activation_matrices(source, names, kinds: dict, n_samples: int, *, max_rows: int = 50_000, seed: int = 0,
+def activation_matrices(source, names, axes: dict, n_samples: int, *, max_rows: int = 50_000, seed: int = 0,
                         **kw) -> dict:
     """Per layer the float32 activation matrix [rows, U] that redundancy is measured on:
-    every sample of a dense layer, every (sample, position) of a conv layer, randomly
-    subsampled (without replacement, seeded) to at most ``max_rows`` rows."""
+    every sample of a dense layer, every (sample, position) of a conv or token site
+    (``axes``: {layer: unit axis}; :func:`infoprobe.positions.per_unit` with ``samples``),
+    randomly subsampled (without replacement, seeded) to at most ``max_rows`` rows. Padding
+    tokens (a store's ``/samples/mask``, the data's ``attention_mask``) are left out."""
     rng = np.random.default_rng(seed)
-    picks, out, start = {}, {n: [] for n in names}, 0
+    masks = _position_masks(source, names, kw.get("data"))
+    picks, out, start, offset = {}, {n: [] for n in names}, 0, dict.fromkeys(names, 0)
     for blocks in activation_batches(source, names, **kw):
         for n, b in blocks.items():
-            rows = _rows(np.asarray(b, np.float32), kinds[n])
-            per = len(rows) // len(b)
+            m = None if masks[n] is None else masks[n][start:start + len(b)]
+            rows = per_unit(np.asarray(b, np.float32), axes[n], "samples", m)
             if n not in picks:
-                total = n_samples * per
+                total = n_samples * (len(rows) // len(b)) if m is None else int(np.count_nonzero(masks[n]))
                 picks[n] = (np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows
                             else np.arange(total))
             sel = picks[n]
-            lo, hi = np.searchsorted(sel, [start * per, (start + len(b)) * per])
-            out[n].append(rows[sel[lo:hi] - start * per])
+            lo, hi = np.searchsorted(sel, [offset[n], offset[n] + len(rows)])
+            out[n].append(rows[sel[lo:hi] - offset[n]])
+            offset[n] += len(rows)
         start += len(next(iter(blocks.values())))
     return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def _position_masks(source, names, data) -> dict:
+    """{site: padding mask [N, T] or None}: a store's ``/samples/mask``, or the data's
+    ``attention_mask`` for the model's token sites of length T."""
+    if isinstance(source, Store):
+        return {n: source.position_mask(n) for n in names}
+    m = position_mask(data.x) if data is not None else None
+    return {n: m if m is not None and source.layer(n).kind == "token" and source.layer(n).shape[0] == m.shape[1]
+            else None for n in names}
 
 
 def open_source(source):
@@ -88,9 +96,17 @@ def open_source(source):
 
 
 def layer_kinds(source, names) -> dict:
+    """{site: kind} of a store's or a model's sites."""
     if isinstance(source, Store):
         return {n: source.layer_info(n)["kind"] for n in names}
     return {n: source.layer(n).kind for n in names}
+
+
+def unit_axes(source, names) -> dict:
+    """{site: unit axis of its per-sample shape} of a store's or a model's sites."""
+    if isinstance(source, Store):
+        return {n: source.layer_info(n)["unit_axis"] for n in names}
+    return {n: source.layer(n).unit_axis for n in names}
 
 
 def redundancy(source, data: Dataset | None = None, *, layers=None, tolerance: float = 0.05,
@@ -145,12 +161,12 @@ def _redundancy(src, data, layers, tolerance, max_rows, seed, xp, scale, batch_s
         if unknown:
             raise ConfigError(f"the store has no layer {unknown[0]!r}; it has: " + ", ".join(src.layer_names))
         n_samples = int(src.dataset(names[0], "post").shape[0]) if names else 0
-        mats = activation_matrices(src, names, layer_kinds(src, names), n_samples, max_rows=max_rows, seed=seed)
+        mats = activation_matrices(src, names, unit_axes(src, names), n_samples, max_rows=max_rows, seed=seed)
     else:
         if data is None:
             raise ConfigError("redundancy of a model needs data (--data), or give an activation store")
         names = hidden_layers(src, layers)
-        mats = activation_matrices(src, names, layer_kinds(src, names), len(data), max_rows=max_rows, seed=seed,
+        mats = activation_matrices(src, names, unit_axes(src, names), len(data), max_rows=max_rows, seed=seed,
                                    data=data, scale=scale, batch_size=batch_size)
     kinds = layer_kinds(src, names)
     rows, corrs = [], {}

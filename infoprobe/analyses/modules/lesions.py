@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...data import Dataset, prepare_inputs, resolve_scale
+from ...data import Dataset, model_inputs, resolve_scale
 from ...errors import ConfigError, DataError
 from ...interventions import Evaluator, Intervention, replacement
 from ...model import LoadedModel
@@ -65,7 +65,7 @@ class Lesioner:
             raise ConfigError(f"unknown lesion {lesion!r}; use one of {', '.join(LESIONS)}")
         self.lm, self.layers = lm, list(layers)
         self.factor = resolve_scale(data.x, scale)
-        x = prepare_inputs(data.x, lm.input_shape, self.factor, input_name=lm.input_name)
+        x = model_inputs(lm, data.x, self.factor)
         self.engine = Evaluator(lm, x, labels=data.y, batch_size=batch_size, providers=providers, threads=threads)
         self.constants = {n: replacement(lm, n, lesion) for n in self.layers}
         self.base = self.engine.base.class_accuracy[0]

@@ -1,0 +1,182 @@
+"""The fixture zoo (``fixtures/build_zoo.py``): every site of every model read as onnxruntime
+computes it, the recorded activation equal to the graph's, interventions on residual and
+token sites equal to hand-edited graphs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from infoprobe.data import Inputs, load_data, model_inputs
+from infoprobe.interventions import Evaluator, Intervention
+from infoprobe.model import activation_numpy, load_model
+from infoprobe.store import Store
+
+from conftest import FIX
+
+#: Every zoo model with the activations its graph computes (site name -> activation).
+ZOO = {
+    "zoo_mobilenetv2.onnx": {"stem": "relu6", "block1_dw": "relu6", "block1_project": "none", "block1_add": "none"},
+    "zoo_resnet.onnx": {"stem": "relu", "block1_conv2": "none", "block1_add": "relu", "block2_proj": "none"},
+    "zoo_silu_cnn.onnx": {"conv1": "silu", "conv3": "silu"},
+    "zoo_mlp_ln_gelu.onnx": {"fc1": "none", "ln1": "gelu", "ln2": "gelu"},
+    "zoo_vit.onnx": {"block1_ln1": "none", "block1_mlp_fc1_matmul": "gelu", "block1_mlp_residual": "none"},
+    "zoo_encoder.onnx": {"layer1_ff_fc1_matmul": "gelu", "pooler": "tanh", "layer2_ln2": "none"},
+    "zoo_resnet_qdq.onnx": {"stem": "relu", "block1_add": "relu", "block1_conv2": "none"},
+}
+
+
+def _data(name, n=64):
+    if name == "zoo_encoder.onnx":
+        return load_data(FIX / "tokens_demo.npz", split="test", x_key="input_ids,attention_mask", limit=n)
+    return load_data(FIX / "mnist_demo.npz", split="test", limit=n)
+
+
+def _feeds(name, data):
+    """The model's inputs prepared by hand (not by infoprobe)."""
+    if isinstance(data.x, Inputs):
+        return {k: v.astype(np.int64) for k, v in data.x.arrays.items()}
+    x = data.x.astype(np.float32) / 255.0
+    return {"input": x.reshape(len(x), 784) if "mlp" in name else x.reshape(len(x), 1, 28, 28)}
+
+
+def _exposed(path, values, feeds):
+    """onnxruntime run of the original file with ``values`` added as graph outputs."""
+    m = onnx.load(path)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend([helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in dict.fromkeys(values)
+                           if v not in have])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def _skip_missing(name):
+    if not (FIX / name).exists():
+        pytest.skip(f"{name} is not built")
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_site_is_captured_as_onnxruntime_computes_it(name, tmp_path):
+    from infoprobe.analyses.capture import capture
+
+    _skip_missing(name)
+    lm = load_model(FIX / name)
+    data = _data(name)
+    out = capture(lm, data, tmp_path / "acts.h5", progress=False)
+    want = _exposed(FIX / name, [v for lay in lm.layers for v in (lay.pre_value, lay.post_value)], _feeds(name, data))
+    with Store(out) as st:
+        assert sorted(st.layer_names) == sorted(lay.name for lay in lm.layers)
+        for lay in lm.layers:
+            for role, value in (("pre", lay.pre_value), ("post", lay.post_value)):
+                np.testing.assert_allclose(st.read(lay.name, role), want[value], rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{name} {lay.name} {role}")
+        if name == "zoo_encoder.onnx":
+            np.testing.assert_array_equal(st.position_mask("layer1_ff_fc1_matmul"), data.x.arrays["attention_mask"] == 1)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_the_recorded_activation_is_the_graphs(name):
+    _skip_missing(name)
+    lm = load_model(FIX / name)
+    for site, act in ZOO[name].items():
+        assert lm.layer(site).activation == act, (name, site)
+    data = _data(name, 16)
+    want = _exposed(FIX / name, [v for lay in lm.layers for v in (lay.pre_value, lay.post_value)], _feeds(name, data))
+    nodes = {n.name: n for n in lm.ir_model.graph}
+    for lay in lm.layers:
+        if lay.activation == "none":
+            assert lay.pre_value == lay.post_value
+            continue
+        f = activation_numpy(nodes[lay.nodes[-1]], lay.activation)
+        np.testing.assert_allclose(f(want[lay.pre_value].astype(np.float64)), want[lay.post_value], rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{name} {lay.name} {lay.activation}")
+
+
+def _hand_edit(path, value, factor, feeds, output="logits"):
+    """onnxruntime of the original file with ``value`` multiplied by ``factor`` (a constant
+    broadcast along the unit axis) for every consumer: the hand-made ablation."""
+    m = onnx.load(path)
+    for node in m.graph.node:
+        for i, name in enumerate(node.input):
+            if name == value:
+                node.input[i] = value + "_ablated"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(factor, np.float32), "hand_factor"))
+    m.graph.node.append(helper.make_node("Mul", [value, "hand_factor"], [value + "_ablated"], name="hand_mul"))
+    m.graph.ClearField("value_info")
+    sess = ort.InferenceSession(onnx.shape_inference.infer_shapes(m).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    return sess.run([output], feeds)[0]
+
+
+@pytest.mark.parametrize("name,site", [("zoo_resnet.onnx", "block2_add"), ("zoo_mobilenetv2.onnx", "block3_add"),
+                                       ("zoo_vit.onnx", "block1_mlp_residual")])
+def test_ablating_a_residual_block_output_equals_the_hand_edited_graph(name, site):
+    from infoprobe.runner import Runner
+
+    _skip_missing(name)
+    lm = load_model(FIX / name)
+    data = _data(name, 200)
+    lay = lm.layer(site)
+    assert lay.found_by == "residual"
+    feeds = _feeds(name, data)
+    zero = np.zeros([lay.units if i == lay.unit_axis else 1 for i in range(len(lay.shape))])
+    hand = _hand_edit(FIX / name, lay.post_value, zero, feeds)
+    runner = Runner(lm)
+    x = model_inputs(lm, data.x, 1 / 255)
+    got = runner.run(x, feeds=runner.replacement_feeds(lay, np.arange(lay.units), np.zeros(lay.units)),
+                     outputs=[lm.output_name])[lm.output_name]
+    np.testing.assert_allclose(got, hand, rtol=1e-5, atol=1e-5)
+    ev = Evaluator(lm, x, labels=data.y, n_classes=10)
+    outcome = ev.evaluate([[Intervention(site, np.arange(lay.units), np.zeros(lay.units))]])
+    intact = _exposed(FIX / name, [], feeds)["logits"].argmax(1)
+    assert outcome.accuracy[0] == pytest.approx(float(np.mean(hand.argmax(1) == data.y)), abs=1e-12)
+    assert outcome.unchanged_fraction[0] == pytest.approx(float(np.mean(hand.argmax(1) == intact)), abs=1e-12)
+
+
+def test_a_transformer_mlp_neuron_ablated_and_measured_with_padding_masked(tmp_path):
+    """Token sites of the encoder: ablating one feed-forward neuron equals a hand-edited graph;
+    its importance equals that of a dense store holding the masked means computed by hand."""
+    from infoprobe.analyses.capture import capture
+    from infoprobe.analyses.importance import importance
+    from infoprobe.store import StoreWriter
+
+    name, site, unit = "zoo_encoder.onnx", "layer1_ff_fc1_matmul", 5
+    _skip_missing(name)
+    lm = load_model(FIX / name)
+    lay = lm.layer(site)
+    assert (lay.kind, lay.shape, lay.unit_axis) == ("token", (16, 64), 1)
+    data = _data(name, 300)
+    feeds = _feeds(name, data)
+    mask = feeds["attention_mask"]
+    assert (mask == 0).any()                                   # there is padding to leave out
+    factor = np.ones((1, 64))
+    factor[0, unit] = 0.0
+    hand = _hand_edit(FIX / name, lay.post_value, factor, feeds)
+    x = model_inputs(lm, data.x, 1.0)
+    ev = Evaluator(lm, x, labels=data.y, n_classes=3)
+    outcome = ev.evaluate([[Intervention(site, np.array([unit]), np.zeros(1))]])
+    intact = _exposed(FIX / name, [], feeds)["logits"].argmax(1)
+    assert outcome.accuracy[0] == pytest.approx(float(np.mean(hand.argmax(1) == data.y)), abs=1e-12)
+    assert outcome.unchanged_fraction[0] == pytest.approx(float(np.mean(hand.argmax(1) == intact)), abs=1e-12)
+
+    store = capture(lm, data, tmp_path / "acts.h5", layers=[site, "classifier"], progress=False)
+    post = _exposed(FIX / name, [lay.post_value], feeds)[lay.post_value]          # [N, 16, 64]
+    means = np.stack([post[i, mask[i] == 1].mean(axis=0) for i in range(len(post))])   # by hand, per sample
+    w = StoreWriter(tmp_path / "hand.h5", n_rows=len(means), n_outputs=3, labels=data.y,
+                    layers=[dict(name=site, kind="dense", shape=(64,), units=64, activation="gelu", depth=1,
+                                 inputs=[], is_output=False), dict(name="classifier", kind="dense", shape=(3,),
+                                                                   units=3, activation="none", depth=2,
+                                                                   inputs=[site], is_output=True)])
+    w.write(0, {f"layers/{site}/pre": means.astype(np.float32), f"layers/{site}/post": means.astype(np.float32),
+                "layers/classifier/pre": np.zeros((len(means), 3), np.float32),
+                "layers/classifier/post": np.zeros((len(means), 3), np.float32),
+                "outputs/logits": np.zeros((len(means), 3), np.float32)})
+    w.finish()
+    w.close()
+    got = importance(store, layers=[site], progress=False).units
+    want = importance(tmp_path / "hand.h5", layers=[site], progress=False).units
+    for g, h in zip(got, want):
+        for key in ("entropy", "mutual_information", "kl_selectivity", "labeled_mi"):
+            assert g[key] == pytest.approx(h[key], abs=1e-9), (g["unit"], key)

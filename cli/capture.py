@@ -15,16 +15,21 @@ from .options import announcer, csv_list, data_options, load, max_size_option, p
 @click.option("--layers", default=None, help="Comma-separated unit layers (default: all).")
 @click.option("--batch-size", default=512, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (kept until the new one is complete).")
+@click.option("--full-maps", is_flag=True,
+              help="Store every position of conv and token sites (default: each unit's mean over positions per sample, "
+                   "padding tokens left out).")
+@click.option("--float16", is_flag=True, help="Store activations as float16 (half the size).")
 @click.option("--max-store-size", default=None, metavar="SIZE", envvar="INFOPROBE_MAX_STORE_SIZE",
               help="Refuse to write a store larger than this (default 1G; env INFOPROBE_MAX_STORE_SIZE).")
 @max_size_option
 @progress_option
-def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, batch_size, overwrite,
-            max_model_size, progress):
-    """Run MODEL over a data set and store every unit layer's activations in HDF5.
+def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, batch_size, overwrite, full_maps,
+            float16, max_model_size, progress):
+    """Run MODEL over a data set and store every unit site's activations in HDF5.
 
-    Pre- and post-activations, labels, and each layer's incoming weights and bias are
-    written. The expected size of the store is printed first; a store over --max-store-size
+    Pre- and post-activations, labels, and each affine layer's incoming weights and bias are
+    written. Conv and token sites are stored as each unit's mean over its positions per sample
+    (padding tokens of an attention_mask left out); --full-maps keeps every position. The expected size of the store is printed first; a store over --max-store-size
     or over the disk's free space is refused before anything runs. The store appears under
     --out only when complete: an interrupted capture keeps OUT.partial and resumes where it
     stopped when run again; one capture at a time writes a given --out.
@@ -33,7 +38,8 @@ def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, ba
     Examples:
       infoprobe capture model.onnx --data mnist.npz --split validation --out acts.h5
       infoprobe capture cnn.onnx --data fashion.npz --split test --limit 1000 --layers conv2,fc1 \\
-          --max-store-size 4G --out acts.h5
+          --full-maps --max-store-size 4G --out acts.h5
+      infoprobe capture encoder.onnx --data tokens.npz --x-key input_ids,attention_mask --out acts.h5
     """
     from infoprobe.analyses.capture import capture as run
 
@@ -41,5 +47,6 @@ def capture(model, data_path, split, scale, x_key, y_key, limit, out, layers, ba
     lm = load(model, max_model_size)
     names = csv_list(layers)
     path = run(lm, data, out, layers=names, batch_size=batch_size, scale=scale, overwrite=overwrite,
-               progress=progress, notify=announcer(progress))
+               progress=progress, notify=announcer(progress), positions="full" if full_maps else "mean",
+               dtype="float16" if float16 else "float32")
     click.echo(f"wrote {path} ({len(data)} samples, {len(names or lm.layers)} layers)")

@@ -19,24 +19,30 @@ from .options import csv_list, echo_json, progress_option, wrote
 @click.option("--threshold", type=float, default=None,
               help="One-bit threshold (default by activation: 0.5 sigmoid, 0 ReLU/tanh).")
 @click.option("--js/--no-js", default=True, show_default=True, help="JS subset separation (<= 20 classes).")
+@click.option("--positions", type=click.Choice(["mean", "max", "first", "last"]), default="mean", show_default=True,
+              help="One value per unit and sample from a conv or token site: the mean or max over positions, or "
+                   "the first ([CLS]) or last real token; padding tokens left out. Stores captured without "
+                   "--full-maps hold the mean.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing result files in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-layer means as JSON.")
 @progress_option
-def importance(store, out, layers, which, quantizer, bins, threshold, js, device, plot, overwrite, as_json, progress):
+def importance(store, out, layers, which, quantizer, bins, threshold, js, positions, device, plot, overwrite, as_json,
+               progress):
     """Entropy, MI, KL selectivity, JS subset separation and labeled MI of every unit (bits).
 
     Writes importance.csv/json (one row per unit), specific_information.csv/json (one row
     per unit and class) and importance.png to --out.
 
     \b
-    Example:
+    Examples:
       infoprobe importance acts.h5 --out results/ --quantizer quantile --bins 4
+      infoprobe importance encoder_full_maps.h5 --positions first --out results/   # the [CLS] token
     """
     from infoprobe.analyses.importance import Quantizer, importance as run
 
-    res = run(store, layers=csv_list(layers), which=which, js=js, device=device, progress=progress,
+    res = run(store, layers=csv_list(layers), which=which, js=js, device=device, progress=progress, conv_reduce=positions,
               quantizer=Quantizer(method=quantizer, bins=bins, threshold=threshold))
     files = res.save(out, overwrite=overwrite)
     if plot:

@@ -50,7 +50,12 @@ class Inputs:
         return len(next(iter(self.arrays.values())))
 
     def __getitem__(self, index) -> "Inputs":
+        if np.ndim(index) == 0 and not isinstance(index, slice):
+            raise TypeError("Inputs are indexed by a slice or an array of rows, never one row")
         return Inputs({k: v[index] for k, v in self.arrays.items()})
+
+    def __iter__(self):
+        raise TypeError("Inputs are not a sequence of samples; use .arrays, or slice them")
 
     @property
     def nbytes(self) -> int:
@@ -88,6 +93,14 @@ def tile_rows(x, k: int):
     if isinstance(x, Inputs):
         return Inputs({name: np.concatenate([v] * k) for name, v in x.arrays.items()})
     return np.concatenate([x] * k)
+
+
+def repeat_rows(x, k: int):
+    """Each row of ``x`` repeated ``k`` times in place (``[x0, x0, ..., x1, x1, ...]``), for an
+    array or :class:`Inputs`."""
+    if isinstance(x, Inputs):
+        return Inputs({name: np.repeat(v, k, axis=0) for name, v in x.arrays.items()})
+    return np.repeat(x, k, axis=0)
 
 
 def row_bytes(x) -> int:

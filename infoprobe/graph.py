@@ -213,6 +213,9 @@ def build_graph(specs: list, kind: str = "auto") -> WeightGraph:
                 raise ModelError(f"layer {s['name']!r} reads a layer the MLP graph does not hold")
         if not s["is_output"]:
             hidden.append(s["name"])
+    if not blocks:
+        raise ModelError(f"the {kind.upper()} graph of this network has no edges: its {wanted[0]} sites "
+                         f"({', '.join(s['name'] for s in sites)}) do not read one another")
     return WeightGraph(kind, layers, units, blocks, hidden)
 
 

@@ -57,6 +57,8 @@ def mean_activation(store, site: str) -> np.ndarray:
     by its mean adds w_jk * mean(t_j) to the next layer's bias.
     """
     axis, mask = store.layer_info(site)["unit_axis"], store.position_mask(site)
+    if mask is None and store.token_counts(site) is not None:   # stored means, weighted by real tokens
+        mask = store.token_counts(site)[:, None]
     total, n = None, 0
     for start, block in store.iter_rows(site, "post"):
         b = units_last(block, axis).astype(np.float64)

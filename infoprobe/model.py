@@ -1288,6 +1288,24 @@ def _fake_quantized(value):
     return q, quses[0][0]
 
 
+def _elementwise_of(value, source, steps: int = 8) -> bool:
+    """Whether ``value`` is computed from ``source`` by element-wise ops alone (within ``steps``
+    ops): the two inputs of such an ``Add`` are one value, not two branches."""
+    frontier = [value]
+    for _ in range(steps):
+        nxt = []
+        for v in frontier:
+            if v is source:
+                return True
+            p = v.producer() if v is not None else None
+            if p is not None and p.op_type in _ELEMENTWISE:
+                nxt += [i for i in p.inputs if i is not None and _const(i) is None]
+        if not nxt:
+            return False
+        frontier = nxt
+    return any(v is source for v in frontier)
+
+
 def _parse_site(spec: str) -> tuple:
     """``NAME[:unit_axis]`` -> ``(name, axis or None)``."""
     name, sep, axis = spec.rpartition(":")
@@ -1421,6 +1439,8 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
                 dims = _dims(node.outputs[0])
                 if not (_known(dims) and all(_dims(i) == dims for i in node.inputs) and len(dims) <= 3):
                     continue          # a broadcast sum (an attention mask), not a residual block
+                if _elementwise_of(node.inputs[0], node.inputs[1]) or _elementwise_of(node.inputs[1], node.inputs[0]):
+                    continue          # x + f(x) inside an activation (GELU's tanh form), not two branches
                 axis = upstream_axis(node.inputs, dims)
                 axis = axis if axis is not None else (len(dims) - 1 if len(dims) == 2 else 0)
                 add_site(node, [node], node.outputs[0], op="Add", units=dims[axis], fan_in=0, dims=dims,

@@ -9,8 +9,11 @@
     /samples/mask    int8 [N, T]      (token models: 1 for a real token, 0 for padding; the
                                        model input ``attention_mask``)
     /layers/<name>/  attrs: kind, activation, depth, units, inputs, op, fan_in, is_output,
-                            unit_axis, found_by, heads (one group per unit site)
-        pre, post    float32 [N, U] (dense), [N, C, H, W] or [N, C, L] (conv), [N, T, U] (token)
+                            unit_axis, found_by, heads (one group per unit site); for a site
+                            stored reduced, positions="mean" and site_shape (JSON list)
+        pre, post    float32 or float16: [N, U] (dense, and conv or token sites reduced to the
+                     mean over positions: capture's default), or every position
+                     [N, C, H, W] or [N, C, L] (conv), [N, T, U] (token)
         weight       float32 [U, fan_in] or [C_out, C_in, kh, kw]  (affine sites only)
         bias         float32 [U]                                  (affine sites only)
     /outputs/logits  float32 [N, K]  (the model's first output, each sample's values flattened)
@@ -310,14 +313,17 @@ class StoreWriter:
             for lay in layers:
                 lg = g.create_group(lay["name"])
                 for k in ("kind", "activation", "depth", "units", "op", "fan_in", "is_output", "unit_axis", "found_by",
-                          "heads"):
+                          "heads", "positions"):
                     if k in lay:
                         lg.attrs[k] = lay[k]
                 lg.attrs["inputs"] = json.dumps(list(lay.get("inputs", [])))
+                if "site_shape" in lay:
+                    lg.attrs["site_shape"] = json.dumps([int(d) for d in lay["site_shape"]])
                 shape = tuple(lay["shape"])
                 rows = _chunk_rows(int(np.prod(shape)))
                 for ds in ("pre", "post"):
-                    lg.create_dataset(ds, shape=(self.n_rows, *shape), dtype="f4", track_times=False,
+                    lg.create_dataset(ds, shape=(self.n_rows, *shape), dtype=np.dtype(lay.get("dtype", "float32")),
+                                      track_times=False,
                                       chunks=(min(rows, max(1, self.n_rows)), *shape))
                     keys.append(f"layers/{lay['name']}/{ds}")
                 if lay.get("weight") is not None:   # affine sites only
@@ -572,9 +578,12 @@ class Store:
                 "units": hdf5.attr(g, "units", what, StoreError, int),
                 "inputs": hdf5.attr(g, "inputs", what, StoreError, list, []),
                 "is_output": hdf5.attr(g, "is_output", what, StoreError, bool, False)}
-        for k, kind in (("op", str), ("fan_in", int), ("found_by", str), ("heads", int)):
+        for k, kind in (("op", str), ("fan_in", int), ("found_by", str), ("heads", int), ("positions", str)):
             if k in g.attrs:
                 info[k] = hdf5.attr(g, k, what, StoreError, kind)
+        reduced = info.get("positions", "full") == "mean"
+        if info.get("positions", "full") not in ("mean", "full"):
+            raise StoreError(f"{what} has positions={info['positions']!r}; infoprobe writes 'mean' or 'full'")
         if info["kind"] not in ("dense", "conv", "token"):
             raise StoreError(f"{what} has kind {info['kind']!r}; infoprobe reads 'dense', 'conv' and 'token' sites")
         if info["depth"] < 1 or info["units"] < 1:
@@ -583,14 +592,24 @@ class Store:
             if not isinstance(g.get(key), h5py.Dataset):
                 raise StoreError(f"{what} has no {key!r} dataset")
             hdf5.numeric(g[key], f"{what} {key}", StoreError, kinds="f",
-                         ndim={"dense": 2, "conv": (3, 4), "token": 3}[info["kind"]])
+                         ndim=2 if reduced else {"dense": 2, "conv": (3, 4), "token": 3}[info["kind"]])
         pre, post = g["pre"], g["post"]
         if pre.shape != post.shape or post.shape[0] != self.n_rows:
             raise StoreError(f"{what} has pre {pre.shape} and post {post.shape} for {self.n_rows} samples")
-        last = post.ndim - 2
-        info["unit_axis"] = hdf5.attr(g, "unit_axis", what, StoreError, int, last if info["kind"] == "token" else 0)
-        if info["unit_axis"] != (last if info["kind"] == "token" else 0):
-            raise StoreError(f"{what} is a {info['kind']} site with unit axis {info['unit_axis']}")
+        if reduced:   # one value per unit and sample: the mean over the site's positions
+            try:
+                shape = json.loads(hdf5.attr(g, "site_shape", what, StoreError, str))
+            except ValueError:
+                shape = None
+            if not isinstance(shape, list) or not shape or not all(type(d) is int and 0 < d < 2**31 for d in shape):
+                raise StoreError(f"{what}: attribute 'site_shape' is not a JSON list of positive dimensions")
+            info["site_shape"] = tuple(shape)
+            info["unit_axis"] = 0
+        else:
+            last = post.ndim - 2
+            info["unit_axis"] = hdf5.attr(g, "unit_axis", what, StoreError, int, last if info["kind"] == "token" else 0)
+            if info["unit_axis"] != (last if info["kind"] == "token" else 0):
+                raise StoreError(f"{what} is a {info['kind']} site with unit axis {info['unit_axis']}")
         if info["units"] != post.shape[1 + info["unit_axis"]]:
             raise StoreError(f"{what} says {info['units']} units but stores {post.shape[1 + info['unit_axis']]}")
         for key in ("weight", "bias"):
@@ -660,8 +679,9 @@ class Store:
         names = {lay.name for lay in lm.layers}
         for n in layers if layers is not None else [n for n in self.layer_names if n in names]:
             info, lay = self.layer_info(n), lm.layer(n)
-            if tuple(info["shape"]) != tuple(lay.shape):
-                raise DataError(f"the store's layer {n!r} has shape {info['shape']} but the model's has {lay.shape}: "
+            shape = info.get("site_shape", info["shape"])
+            if tuple(shape) != tuple(lay.shape):
+                raise DataError(f"the store's layer {n!r} has shape {shape} but the model's has {lay.shape}: "
                                 "the store was captured from another model")
             if info.get("activation", lay.activation) != lay.activation:
                 raise DataError(f"the store's layer {n!r} was captured with activation {info['activation']!r}, but "
@@ -691,10 +711,24 @@ class Store:
         """bool [N, T]: which positions of a token site are real tokens (``/samples/mask``),
         or None when the store has no mask or ``layer`` is not a token site of length T."""
         info = self._info.get(layer)
-        if self._mask is None or info is None or info["kind"] != "token" or \
+        if self._mask is None or info is None or info["kind"] != "token" or self.reduced(layer) or \
                 info["shape"][0] != self._mask.shape[1]:
             return None
         return self._mask
+
+    def reduced(self, layer: str) -> bool:
+        """Whether ``layer`` was stored as each unit's mean over its positions ([N, U]: the
+        default of capture for conv and token sites) rather than every position."""
+        return self.layer_info(layer).get("positions", "full") == "mean"
+
+    def token_counts(self, layer: str) -> np.ndarray | None:
+        """Real tokens per sample int64 [N] behind a reduced token site's means (the
+        ``/samples/mask`` row sums), or None."""
+        info = self.layer_info(layer)
+        if self._mask is None or info["kind"] != "token" or not self.reduced(layer) or \
+                info["site_shape"][0] != self._mask.shape[1]:
+            return None
+        return self._mask.sum(axis=1).astype(np.int64)
 
     def require_labels(self) -> np.ndarray:
         """Class labels; raises :class:`DataError` when the store has none."""

@@ -99,7 +99,8 @@ def test_torch_store_agrees_with_capture_of_exported_onnx(torch_net, tmp_path):
 
     export_activations(net, (x, y), tmp_path / "torch.h5", batch_size=64, progress=False)
     assert net.training and net.features[1].training
-    capture(lm, _dataset(x.numpy(), y), tmp_path / "onnx.h5", scale=1.0, batch_size=100, progress=False)
+    capture(lm, _dataset(x.numpy(), y), tmp_path / "onnx.h5", scale=1.0, batch_size=100, progress=False,
+            positions="full")
     _assert_stores_agree(tmp_path / "torch.h5", tmp_path / "onnx.h5")
     with Store(tmp_path / "torch.h5") as s:
         assert s.attrs["source"] == "torch"
@@ -194,7 +195,7 @@ def test_keras_store_agrees_with_capture_of_exported_onnx(keras_net, tmp_path):
         ("conv", "Conv", "relu"), ("conv2", "Conv", "tanh"), ("fc1", "MatMul+Add", "relu"),
         ("fc2", "MatMul+Add", "sigmoid"), ("out", "MatMul+Add", "none")]
     export_activations(model, (x, y), tmp_path / "keras.h5", batch_size=64, progress=False)
-    capture(lm, _dataset(x, y), tmp_path / "onnx.h5", scale=1.0, progress=False)
+    capture(lm, _dataset(x, y), tmp_path / "onnx.h5", scale=1.0, progress=False, positions="full")
     _assert_stores_agree(tmp_path / "keras.h5", tmp_path / "onnx.h5")
     with Store(tmp_path / "keras.h5") as s:
         assert s.attrs["source"] == "keras"

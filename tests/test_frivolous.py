@@ -390,7 +390,7 @@ def test_conv_redundancy_from_a_store_subsamples_the_same_positions(tmp_path):
     from infoprobe.analyses.capture import capture
 
     d = load_data(FIX / "mnist_demo.npz", split="test", limit=300)
-    store = capture(FIX / "cnn_small.onnx", d, tmp_path / "c.h5", batch_size=64, progress=False)
+    store = capture(FIX / "cnn_small.onnx", d, tmp_path / "c.h5", batch_size=64, progress=False, positions="full")
     # layers of different sizes are stored in different chunks; blocks must stay in step
     a, ca = redundancy(FIX / "cnn_small.onnx", d, max_rows=7000, seed=3, batch_size=128, progress=False)
     b, cb = redundancy(store, max_rows=7000, seed=3, batch_size=128, progress=False)

@@ -259,3 +259,23 @@ def test_dynamic_height_and_width_are_read_from_the_data(tmp_path):
         from infoprobe.model import hint_input_shapes
         hint_input_shapes({"x": (1, 4, 5)})
         assert load_model(path).layer("conv").shape == (3, 4, 5)
+
+
+def test_the_inner_sum_of_a_tanh_gelu_is_not_a_residual_site(tmp_path):
+    """x + 0.044715 x^3 inside GELU's tanh form adds a value to a function of itself: one
+    value, not two branches; here it follows a Concat, so no affine site claims the chain."""
+    c = [_f(n, v) for n, v in (("k3", 3.0), ("a", 0.044715), ("s", np.sqrt(2 / np.pi)), ("one", 1.0), ("half", 0.5))]
+    nodes = [helper.make_node("Concat", ["x", "x"], ["z"], name="cat", axis=1),
+             helper.make_node("Pow", ["z", "k3"], ["z3"], name="pow"),
+             helper.make_node("Mul", ["z3", "a"], ["az3"], name="mul_a"),
+             helper.make_node("Add", ["z", "az3"], ["inner"], name="inner_add"),
+             helper.make_node("Mul", ["inner", "s"], ["si"], name="mul_s"),
+             helper.make_node("Tanh", ["si"], ["t"], name="tanh"),
+             helper.make_node("Add", ["t", "one"], ["t1"], name="add_one"),
+             helper.make_node("Mul", ["z", "t1"], ["zt"], name="mul_z"),
+             helper.make_node("Mul", ["zt", "half"], ["g"], name="mul_half"),
+             helper.make_node("Gemm", ["g", "w", "b"], ["y"], name="fc")]
+    path, _ = _save(tmp_path, nodes, c + [_f("w", RNG.normal(size=(6, 2))), _f("b", np.zeros(2))],
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
+    assert [lay.name for lay in load_model(path).layers] == ["fc"]

@@ -39,7 +39,7 @@ def test_conv_capture_values(tmp_path):
     from conftest import initializers
 
     data = load_data(FIX / "mnist_demo.npz", split="test", limit=64)
-    p = capture(FIX / "cnn_small.onnx", data, tmp_path / "c.h5", batch_size=20, progress=False)
+    p = capture(FIX / "cnn_small.onnx", data, tmp_path / "c.h5", batch_size=20, progress=False, positions="full")
     x = data.x[:, None].astype(np.float32) / 255
     logits = ort.InferenceSession(str(FIX / "cnn_small.onnx")).run(None, {"input": x})[0]
     with Store(p) as st:

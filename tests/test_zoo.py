@@ -64,16 +64,29 @@ def test_every_site_is_captured_as_onnxruntime_computes_it(name, tmp_path):
     _skip_missing(name)
     lm = load_model(FIX / name)
     data = _data(name)
-    out = capture(lm, data, tmp_path / "acts.h5", progress=False)
-    want = _exposed(FIX / name, [v for lay in lm.layers for v in (lay.pre_value, lay.post_value)], _feeds(name, data))
-    with Store(out) as st:
+    full = capture(lm, data, tmp_path / "full.h5", progress=False, positions="full")
+    means = capture(lm, data, tmp_path / "means.h5", progress=False)              # the default
+    half = capture(lm, data, tmp_path / "half.h5", progress=False, positions="full", dtype="float16")
+    feeds = _feeds(name, data)
+    want = _exposed(FIX / name, [v for lay in lm.layers for v in (lay.pre_value, lay.post_value)], feeds)
+    mask = feeds.get("attention_mask")
+    with Store(full) as st, Store(means) as sm, Store(half) as sh:
         assert sorted(st.layer_names) == sorted(lay.name for lay in lm.layers)
         for lay in lm.layers:
             for role, value in (("pre", lay.pre_value), ("post", lay.post_value)):
                 np.testing.assert_allclose(st.read(lay.name, role), want[value], rtol=1e-5, atol=1e-5,
                                            err_msg=f"{name} {lay.name} {role}")
+                np.testing.assert_array_equal(sh.read(lay.name, role), st.read(lay.name, role).astype(np.float16))
+                # the default store: each unit's mean over positions, padding tokens left out, by hand
+                t = np.moveaxis(want[value], 1 + lay.unit_axis, -1).reshape(len(want[value]), -1, lay.units)
+                hand = np.stack([t[i][mask[i] == 1].mean(0) if mask is not None and lay.kind == "token"
+                                 and t.shape[1] == mask.shape[1] else t[i].mean(0) for i in range(len(t))])
+                np.testing.assert_allclose(sm.read(lay.name, role), hand, rtol=1e-5, atol=1e-5)
+            assert sm.reduced(lay.name) == (lay.positions > 1)
+        sm.check_model(lm)
         if name == "zoo_encoder.onnx":
             np.testing.assert_array_equal(st.position_mask("layer1_ff_fc1_matmul"), data.x.arrays["attention_mask"] == 1)
+            assert sm.position_mask("layer1_ff_fc1_matmul") is None      # the means already leave padding out
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -161,7 +174,7 @@ def test_a_transformer_mlp_neuron_ablated_and_measured_with_padding_masked(tmp_p
     assert outcome.accuracy[0] == pytest.approx(float(np.mean(hand.argmax(1) == data.y)), abs=1e-12)
     assert outcome.unchanged_fraction[0] == pytest.approx(float(np.mean(hand.argmax(1) == intact)), abs=1e-12)
 
-    store = capture(lm, data, tmp_path / "acts.h5", layers=[site, "classifier"], progress=False)
+    store = capture(lm, data, tmp_path / "acts.h5", layers=[site, "classifier"], progress=False, positions="full")
     post = _exposed(FIX / name, [lay.post_value], feeds)[lay.post_value]          # [N, 16, 64]
     means = np.stack([post[i, mask[i] == 1].mean(axis=0) for i in range(len(post))])   # by hand, per sample
     w = StoreWriter(tmp_path / "hand.h5", n_rows=len(means), n_outputs=3, labels=data.y,
@@ -180,3 +193,70 @@ def test_a_transformer_mlp_neuron_ablated_and_measured_with_padding_masked(tmp_p
     for g, h in zip(got, want):
         for key in ("entropy", "mutual_information", "kl_selectivity", "labeled_mi"):
             assert g[key] == pytest.approx(h[key], abs=1e-9), (g["unit"], key)
+
+
+def test_stored_means_give_the_same_bias_balancing_and_importance_as_full_maps(tmp_path):
+    from infoprobe.analyses.capture import capture
+    from infoprobe.analyses.importance import importance
+    from infoprobe.errors import ConfigError
+    from infoprobe.interventions import mean_activation
+
+    for name, site in (("zoo_encoder.onnx", "layer1_ff_fc1_matmul"), ("zoo_resnet.onnx", "block2_add")):
+        _skip_missing(name)
+        lm = load_model(FIX / name)
+        data = _data(name, 120)
+        full = capture(lm, data, tmp_path / f"{name}.full.h5", layers=[site], progress=False, positions="full")
+        means = capture(lm, data, tmp_path / f"{name}.means.h5", layers=[site], progress=False)
+        with Store(full) as sf, Store(means) as sm:
+            np.testing.assert_allclose(mean_activation(sm, site), mean_activation(sf, site), rtol=1e-6)
+            a = importance(sf, layers=[site], progress=False).units
+            b = importance(sm, layers=[site], progress=False).units
+            assert [r["mutual_information"] for r in a] == pytest.approx([r["mutual_information"] for r in b], abs=1e-9)
+            with pytest.raises(ConfigError, match="--full-maps"):
+                importance(sm, layers=[site], conv_reduce="max", progress=False)
+
+
+def test_a_third_party_mobilenetv3_from_its_wheel():
+    """The PP-OCR text-direction classifier (opset 11, dynamic H and W, HardSwish built from
+    Add/Clip/Mul/Div, conv biases as Add of a Reshape): fetched by fixtures/fetch_ppocr_cls.py,
+    never committed; skipped when absent."""
+    import warnings
+
+    path = FIX / "third_party" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    if not path.exists():
+        pytest.skip("run fixtures/fetch_ppocr_cls.py to fetch the PP-OCR classifier")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(path, input_shapes={None: (3, 48, 192)})
+    convs = [lay for lay in lm.layers if lay.op.startswith("Conv")]
+    assert len(convs) == 53 and not lm.unsupported
+    assert sum(lay.activation == "hardswish" for lay in lm.layers) == 18
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 48, 192)).astype(np.float32)
+    m = onnx.load(path)
+    m.graph.output.extend([helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in dict.fromkeys(
+        v for lay in lm.layers for v in (lay.pre_value, lay.post_value))])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+    nodes = {n.name: n for n in lm.ir_model.graph}
+    for lay in lm.layers:
+        if lay.activation != "none":
+            f = activation_numpy(nodes[lay.nodes[-1]], lay.activation)
+            np.testing.assert_allclose(f(want[lay.pre_value].astype(np.float64)), want[lay.post_value],
+                                       rtol=1e-4, atol=1e-5, err_msg=lay.name)
+
+
+def test_information_flow_reads_a_model_with_two_inputs():
+    """Flow's noisy draws repeat every input array of a sample together; its resume digest
+    covers each array."""
+    from infoprobe.analyses.flow import _data_digest, information_flow
+
+    _skip_missing("zoo_encoder.onnx")
+    data = _data("zoo_encoder.onnx", 20)
+    res = information_flow(FIX / "zoo_encoder.onnx", data, beta=0.1, n_samples=3, n_mc=200, n_mc_conditional=20,
+                           layers=["pooler"], progress=False)
+    assert [r["layer"] for r in res.layers] == ["pooler"] and np.isfinite(res.layers[0]["mi"])
+    other = _data("zoo_encoder.onnx", 20)
+    other.x.arrays["attention_mask"] = other.x.arrays["attention_mask"].copy()
+    assert _data_digest(other) == _data_digest(data)
+    other.x.arrays["attention_mask"][0, -1] ^= 1
+    assert _data_digest(other) != _data_digest(data)

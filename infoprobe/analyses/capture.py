@@ -9,34 +9,48 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import Dataset, model_inputs, position_mask, resolve_scale
-from ..errors import BudgetError, DataError
+from ..errors import BudgetError, ConfigError, DataError
 from ..limits import human, max_store, rows_within
 from ..model import LoadedModel, load_model
+from ..positions import per_unit
 from ..results import keep_on_interrupt
 from ..rewrite import io_name
 from ..runner import Runner, default_threads
 from ..store import StoreWriter
 
 
-def store_size(lm: LoadedModel, n_rows: int, layers=None, n_outputs: int | None = None) -> dict:
+#: How capture stores a site with positions: ``mean`` (one value per unit and sample, the mean
+#: over positions, padding left out) or ``full`` (every position: ``--full-maps``).
+POSITIONS = ("mean", "full")
+#: Element types of stored activations.
+DTYPES = ("float32", "float16")
+
+
+def store_size(lm: LoadedModel, n_rows: int, layers=None, n_outputs: int | None = None, *,
+               positions: str = "mean", dtype: str = "float32") -> dict:
     """What a capture of ``n_rows`` samples will write, before anything runs.
 
     Returns
     -------
     dict
         ``bytes`` (the store, uncompressed: pre- and post-activations, logits, labels,
-        index, weights), ``per_sample`` (bytes the run produces per sample), ``layers``.
+        index, weights), ``per_sample`` (bytes of activations the run produces per sample,
+        float32, before any reduction), ``layers``.
     """
     names = [lay.name for lay in lm.layers] if layers is None else [lm.layer(n).name for n in layers]
-    per_layer = {n: 2 * 4 * int(np.prod(lm.layer(n).shape, dtype=np.float64)) for n in names}
+    item = np.dtype(dtype).itemsize
+    stored = {n: 2 * item * (lm.layer(n).units if positions == "mean" else int(np.prod(lm.layer(n).shape, dtype=np.float64)))
+              for n in names}
+    produced = sum(2 * 4 * int(np.prod(lm.layer(n).shape, dtype=np.float64)) for n in names)
     outputs = 4 * (n_outputs if n_outputs is not None else lm.layers[-1].units)
     weights = sum(4 * (lm.layer(n).units * (lm.layer(n).fan_in + 1)) for n in names if lm.layer(n).has_weights)
-    per_sample = sum(per_layer.values()) + outputs + 16
-    return {"bytes": int(n_rows * per_sample + weights), "per_sample": int(per_sample), "layers": names}
+    return {"bytes": int(n_rows * (sum(stored.values()) + outputs + 16) + weights),
+            "per_sample": int(produced + outputs + 16), "layers": names}
 
 
 def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, scale="auto",
-            overwrite: bool = False, progress: bool = True, providers=None, notify=None) -> Path:
+            overwrite: bool = False, progress: bool = True, providers=None, notify=None,
+            positions: str = "mean", dtype: str = "float32") -> Path:
     """Run ``model`` over ``data`` and write every unit layer's activations to an HDF5 store.
 
     Parameters
@@ -61,6 +75,14 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     notify : callable, optional
         Called with one line announcing the work (samples, layers, expected store size and
         its limit) once the inputs are validated, before anything is written.
+    positions : {"mean", "full"}
+        Sites with positions (conv feature maps, tokens): store each unit's mean over the
+        positions per sample (default; padding tokens of an ``attention_mask`` left out:
+        :func:`infoprobe.positions.per_unit`), or every position (``"full"``,
+        ``--full-maps``: what redundancy needs to take positions as samples).
+    dtype : {"float32", "float16"}
+        Element type of the stored activations (``--float16`` halves the store; readers
+        return float32).
 
     Returns
     -------
@@ -76,6 +98,10 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     names = [lay.name for lay in lm.layers] if layers is None else [lm.layer(n).name for n in layers]
+    if positions not in POSITIONS:
+        raise ConfigError(f"positions must be one of {', '.join(POSITIONS)}, not {positions!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if batch_size < 1:
         raise DataError("batch size must be at least 1")
     factor = resolve_scale(data.x, scale)
@@ -86,7 +112,11 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
         out_dims = runner.run(model_inputs(lm, data.x[:1], factor),
                               outputs=[lm.output_name])[lm.output_name].shape[1:]
     n_out = int(np.prod(out_dims, dtype=np.int64))   # the outputs of each sample, flattened
-    size = store_size(lm, len(data), names, int(n_out))
+    size = store_size(lm, len(data), names, int(n_out), positions=positions, dtype=dtype)
+    reduced = {n for n in names if positions == "mean" and lm.layer(n).positions > 1}
+    mask = position_mask(data.x)
+    masks = {n: mask if n in reduced and mask is not None and lm.layer(n).kind == "token"
+             and lm.layer(n).shape[0] == mask.shape[1] else None for n in names}
     out = Path(out)
     _check_room(size["bytes"], out)
     if notify is not None:
@@ -97,9 +127,13 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     for n in names:
         lay = lm.layer(n)
         w, b = lm.weights(lay) if lay.has_weights else (None, None)
-        specs.append(dict(lay.to_dict(), weight=w, bias=b))
+        spec = dict(lay.to_dict(), weight=w, bias=b, dtype=dtype)
+        if n in reduced:   # one value per unit: the mean over positions
+            spec.update(shape=(lay.units,), positions="mean", site_shape=list(lay.shape))
+        specs.append(spec)
     fingerprint = json.dumps({"model": lm.sha256, "data": data.sha256, "split": data.split,
-                              "n": len(data), "scale": factor, "layers": names})
+                              "n": len(data), "scale": factor, "layers": names, "positions": positions,
+                              "dtype": dtype})
     writer = StoreWriter(out, n_rows=len(data), layers=specs, n_outputs=int(n_out), labels=data.y,
                          index=data.index, overwrite=overwrite, mask=position_mask(data.x),
                          attrs=dict(source="onnx", model_sha256=lm.sha256, fingerprint=fingerprint,
@@ -120,7 +154,8 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
                 stop = min(start + batch_size, len(data))
                 x = model_inputs(lm, data.x[start:stop], factor)
                 res = runner.run(x, outputs=wanted, batch_size=batch_size)
-                blocks = {f"layers/{n}/{r}": res[io_name(n, r)] for n in names for r in ("pre", "post")}
+                blocks = {f"layers/{n}/{r}": _stored(res[io_name(n, r)], lm.layer(n), n in reduced, masks[n],
+                                                      start, stop) for n in names for r in ("pre", "post")}
                 blocks["outputs/logits"] = res[lm.output_name].reshape(stop - start, -1)
                 writer.write(start, blocks)
                 bar.update(stop - start)
@@ -130,6 +165,13 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
         return path
     finally:
         writer.close()
+
+
+def _stored(block, lay, reduce: bool, mask, start: int, stop: int) -> np.ndarray:
+    """A block as stored: as run, or each unit's mean over the positions (padding left out)."""
+    if not reduce:
+        return block
+    return per_unit(block, lay.unit_axis, "mean", None if mask is None else mask[start:stop]).astype(np.float32)
 
 
 def _check_room(nbytes: int, out: Path) -> None:

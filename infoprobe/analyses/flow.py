@@ -39,8 +39,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..arrays import namespace
-from ..data import Dataset, model_inputs, resolve_scale
+from ..data import Dataset, Inputs, model_inputs, repeat_rows, resolve_scale, row_bytes
 from ..errors import ConfigError
+from ..limits import rows_within
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model, sha256_file
 from ..results import (after_commit, atomic_write_bytes, check_outputs, keep_on_interrupt, plain, provenance,
@@ -189,12 +190,19 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
     t_first = {nm: np.empty((n, dims[nm]), np.float32) for nm in names}
     h_cond = {nm: np.zeros(n) for nm in names}
     se_cond = {nm: np.zeros(n) for nm in names}
-    block = max(1, batch_size // draws)
+    # inputs per run: their draws, noise feeds, exposed outputs and the values the model computes
+    # for them must fit in a quarter of the memory budget (--max-memory)
+    noisy = sum(int(np.prod(lay.shape)) for lay in lm.layers if not lay.is_output)
+    per_row = 4 * (noisy + sum(dims.values())) + 2 * int((lm.source.runtime_sizes if lm.source else {})
+                                                         .get("per_sample_total", 0)) + row_bytes(x)
+    rows = rows_within(per_row * draws, max(1, batch_size // draws), share=0.25,
+                       what=f"the {draws} noisy draws of one input (n_samples, --samples)")
+    block = max(1, rows)
     outs = [io_name(nm, "post") for nm in names]
     bar = tqdm(total=n, desc="flow", unit="input", disable=not progress, leave=False)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
-        xb = np.repeat(x[b0:b1], draws, axis=0)              # input i's draws are rows i*draws ...
+        xb = repeat_rows(x[b0:b1], draws)                    # input i's draws are rows i*draws ...
         feeds = runner.noise_feeds(rng, len(xb), beta)
         res = runner.run(xb, feeds=feeds, outputs=outs, batch_size=len(xb))
         for nm in names:
@@ -329,7 +337,11 @@ def _exact(v):
 def _data_digest(data: Dataset) -> str:
     """SHA-256 of the selected samples and labels (covers the split, a limit and the keys)."""
     h = hashlib.sha256()
-    for a in (data.x, data.y, data.index):
+    xs = [data.x]
+    if isinstance(data.x, Inputs):      # one array per model input, each named
+        xs = list(data.x.arrays.values())
+        h.update(";".join(data.x.arrays).encode())
+    for a in (*xs, data.y, data.index):
         if a is None:
             h.update(b"none;")
             continue

@@ -177,6 +177,9 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
         for name in names:
             info = st.layer_info(name)
             mask = st.position_mask(name)   # padding tokens never enter a reduction
+            if conv_reduce != "mean" and st.reduced(name):
+                raise ConfigError(f"site {name!r} was stored as each unit's mean over its positions; the {conv_reduce} "
+                                  "over positions needs every position: capture with full maps (--full-maps)")
 
             def reduced(block, start=None, rows=None, info=info, mask=mask):
                 m = None if mask is None else (mask[rows] if rows is not None else mask[start:start + len(block)])

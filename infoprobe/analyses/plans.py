@@ -174,7 +174,7 @@ def measure_plan(lm: LoadedModel, store: Store | None, measure: str, fraction, *
     """
     if measure not in MEASURES:
         raise ConfigError(f"unknown measure {measure!r}; use one of {', '.join(MEASURES)}")
-    names = list(layers) if layers else [lay.name for lay in lm.hidden_layers]
+    names = list(layers) if layers else plannable_layers(lm)
     counts = _counts(lm, parse_fractions(fraction, names))
     imp = _importance(store, importance, list(counts), [measure])
     scores = {n: imp.measure(n, measure) for n in counts}
@@ -228,7 +228,7 @@ def hybrid_plan(lm: LoadedModel, store: Store | None, spec, fraction: float, *, 
 def random_plan(lm: LoadedModel, fraction, *, seed: int = 0, layers=None, replace: str = "zero",
                 store: Store | None = None) -> PruningPlan:
     """Remove a seeded random choice of units per layer (the baseline)."""
-    names = list(layers) if layers else [lay.name for lay in lm.hidden_layers]
+    names = list(layers) if layers else plannable_layers(lm)
     counts = _counts(lm, parse_fractions(fraction, names))
     rng = np.random.default_rng(seed)
     scores = {n: rng.permutation(lm.layer(n).units).astype(np.float64) for n in counts}
@@ -241,7 +241,7 @@ def magnitude_plan(lm: LoadedModel, fraction, *, layers=None, replace: str = "ze
                    store: Store | None = None) -> PruningPlan:
     """Remove the units whose incoming weights have the smallest L1 norm (data-free baseline;
     conv: the norm of the whole kernel of an output channel, batch norm folded in)."""
-    names = list(layers) if layers else [lay.name for lay in lm.hidden_layers]
+    names = list(layers) if layers else plannable_layers(lm)
     counts = _counts(lm, parse_fractions(fraction, names))
     scores = {n: np.abs(lm.weights(n)[0].astype(np.float64)).reshape(lm.layer(n).units, -1).sum(1)
               for n in counts}
@@ -308,7 +308,7 @@ def merge_plan(lm: LoadedModel, fraction, *, surgery: bool = True, layers=None, 
     ConfigError
         ``replace="activation_of_*"`` with surgery, or as :func:`replacement_constants`.
     """
-    names = list(layers) if layers else [lay.name for lay in lm.hidden_layers]
+    names = list(layers) if layers else plannable_layers(lm)
     counts = _counts(lm, parse_fractions(fraction, names))
     if surgery and replacement_kind(replace).startswith("activation_of"):
         raise ConfigError("merging with surgery replaces a unit by its partner; use replace zero or mean")
@@ -347,6 +347,13 @@ def merge_plan(lm: LoadedModel, fraction, *, surgery: bool = True, layers=None, 
     return PruningPlan(out, lm.sha256, {"method": "merge", "surgery": surgery, "replace": replace,
                                         "include_bias": include_bias,
                                         "fractions": {n: counts[n] / lm.layer(n).units for n in counts}})
+
+
+def plannable_layers(lm) -> list:
+    """The hidden sites a plan removes units from by default: the affine layers (a residual
+    sum, a LayerNorm output or attention heads has no weights of its own; removing its units
+    means removing them from every branch, which plans do not do)."""
+    return [lay.name for lay in lm.hidden_layers if lay.has_weights]
 
 
 def make_plan(lm: LoadedModel, method: str, fraction, *, store=None,

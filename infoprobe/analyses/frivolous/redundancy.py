@@ -8,6 +8,7 @@ units - that number.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,11 @@ def _position_masks(source, names, data) -> dict:
     """{site: padding mask [N, T] or None}: a store's ``/samples/mask``, or the data's
     ``attention_mask`` for the model's token sites of length T."""
     if isinstance(source, Store):
+        flat = [n for n in names if source.reduced(n)]
+        if flat:
+            warnings.warn(f"sites {', '.join(flat)} were stored as each unit's mean over positions, so their redundancy "
+                          "takes samples, not samples x positions, as rows; capture with --full-maps to count "
+                          "positions as samples (Casper et al.)")
         return {n: source.position_mask(n) for n in names}
     m = position_mask(data.x) if data is not None else None
     return {n: m if m is not None and source.layer(n).kind == "token" and source.layer(n).shape[0] == m.shape[1]

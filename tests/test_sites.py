@@ -279,3 +279,21 @@ def test_the_inner_sum_of_a_tanh_gelu_is_not_a_residual_site(tmp_path):
                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])])
     assert [lay.name for lay in load_model(path).layers] == ["fc"]
+
+
+def test_redundancy_keeps_every_layers_rows_within_the_memory_budget(tmp_path):
+    from infoprobe.analyses.capture import capture
+    from infoprobe.analyses.frivolous.redundancy import activation_matrices, unit_axes
+    from infoprobe.data import load_data
+    from infoprobe.limits import budgets
+    from infoprobe.store import Store
+
+    store = capture(FIX / "cnn_small.onnx", load_data(FIX / "mnist_demo.npz", limit=40), tmp_path / "c.h5",
+                    progress=False, positions="full")
+    with Store(store) as st:
+        names = ["conv1", "conv2"]                   # 4 + 6 units: 40 bytes a row over both layers
+        full = activation_matrices(st, names, unit_axes(st, names), 40, max_rows=5000)
+        assert [len(full[n]) for n in names] == [5000, 40 * 36]
+        with budgets(memory=8 * 40 * 700), pytest.warns(UserWarning, match="at most 700 rows per layer"):
+            small = activation_matrices(st, names, unit_axes(st, names), 40, max_rows=5000)
+        assert [len(small[n]) for n in names] == [700, 700]

@@ -18,6 +18,7 @@ from ...arrays import namespace, to_numpy
 from ...data import Dataset, model_inputs, position_mask, resolve_scale
 from ...errors import ConfigError
 from ...interventions import chunk_rows
+from ...limits import max_memory, rows_within
 from ...estimators.frivolous import Moments, abs_correlations, components_needed, pca_spectrum
 from ...model import LoadedModel, load_model
 from ...positions import per_unit
@@ -33,7 +34,9 @@ def activation_batches(source, names, *, data=None, scale="auto", batch_size=409
     """Yield {layer: post-activation block} over the samples, from a store or a model (with
     ``plan``'s replacements applied through the mask mechanism)."""
     if isinstance(source, Store):   # one block size for every layer keeps the layers in step
-        iters = [source.iter_rows(n, "post", rows=batch_size) for n in names]
+        per_row = max(int(np.prod(source.dataset(n, "post").shape[1:], dtype=np.float64)) * 4 for n in names)
+        rows = rows_within(per_row, batch_size, share=0.25, what="one sample of a layer")
+        iters = [source.iter_rows(n, "post", rows=rows) for n in names]
         for blocks in zip(*iters):
             yield {n: b for n, (_, b) in zip(names, blocks)}
         return
@@ -56,8 +59,15 @@ def activation_matrices(source, names, axes: dict, n_samples: int, *, max_rows: 
     """Per layer the float32 activation matrix [rows, U] that redundancy is measured on:
     every sample of a dense layer, every (sample, position) of a conv or token site
     (``axes``: {layer: unit axis}; :func:`infoprobe.positions.per_unit` with ``samples``),
-    randomly subsampled (without replacement, seeded) to at most ``max_rows`` rows. Padding
+    randomly subsampled (without replacement, seeded) to at most ``max_rows`` rows (lowered, with
+    a warning, so that every layer's rows fit in an eighth of the memory budget). Padding
     tokens (a store's ``/samples/mask``, the data's ``attention_mask``) are left out."""
+    units = {n: (source.layer_info(n)["units"] if isinstance(source, Store) else source.layer(n).units) for n in names}
+    fit = (max_memory() // 8) // max(1, 4 * sum(units.values()))   # every layer's rows kept at once
+    if fit < max_rows:
+        warnings.warn(f"redundancy keeps at most {fit:,} rows per layer (max_rows {max_rows:,} lowered so that "
+                      f"{len(names)} layers of {sum(units.values()):,} units fit in 1/8 of --max-memory)")
+        max_rows = max(1, fit)
     rng = np.random.default_rng(seed)
     masks = _position_masks(source, names, kw.get("data"))
     picks, out, start, offset = {}, {n: [] for n in names}, 0, dict.fromkeys(names, 0)

@@ -222,7 +222,7 @@ class Evaluator:
         quarter of the memory budget (:func:`infoprobe.limits.max_memory`).
     stack_rows : int
         Chunks under this many rows carry several interventions per call, stacked along the
-        batch.
+        batch (never more rows in all than a chunk may hold within the budget).
     providers, threads :
         As for :class:`infoprobe.runner.Runner`.
 
@@ -388,7 +388,7 @@ class Evaluator:
             for c, (a, b) in enumerate(chunks):
                 n = b - a
                 inputs = self.x[a:b] if first is None else self.activations(first, a, b)
-                step = max(1, self.stack_rows // n)
+                step = max(1, min(self.stack_rows, self.rows) // n)   # stacked rows stay within a chunk's budget
                 for s0 in range(0, len(idx), step):
                     part = idx[s0:s0 + step]
                     xin = inputs if len(part) == 1 else tile_rows(inputs, len(part))

@@ -86,20 +86,28 @@ def test_zero_and_activation_of_zero_differ_on_sigmoid(sig, mnist):
     assert out.correct[1].sum() != out.correct[0].sum()
 
 
-def test_chunks_and_stacking_do_not_change_counts(sig, mnist):
+def test_chunks_and_stacking_do_not_change_counts(sig, mnist, monkeypatch):
     """Chunks forced small by the memory budget, and interventions stacked along the batch,
-    give the counts of one chunk with one intervention per run."""
+    give the counts of one chunk with one intervention per run; stacked calls never hold more
+    rows than a chunk may."""
+    from infoprobe.runner import Runner
+
     x = _x(sig, mnist)
     rng = np.random.default_rng(1)
     sets = [[Intervention("fc1", rng.choice(100, 30, replace=False)), Intervention("fc2", rng.choice(100, k))]
             for k in (5, 40, 80)] + [[Intervention("fc2", np.arange(50), 0.3)]]
     ref = Evaluator(sig, x, labels=mnist.y, stack_rows=1).evaluate(sets)
+    rows, run = [], Runner.run
+    monkeypatch.setattr(Runner, "run", lambda self, x, **kw: rows.append(len(x)) or run(self, x, **kw))
     with budgets(memory=16 << 20):   # 16 MiB: chunks of a few hundred rows
-        ev = Evaluator(sig, x, labels=mnist.y, stack_rows=1 << 20)   # every chunk stacks all sets
+        ev = Evaluator(sig, x, labels=mnist.y, stack_rows=1 << 20)   # stack as many sets as a chunk holds
         assert 1 < len(ev.chunks()) and ev.rows < len(x)
         got = ev.evaluate(sets)
     np.testing.assert_array_equal(got.correct, ref.correct)
     np.testing.assert_array_equal(got.unchanged, ref.unchanged)
+    assert max(rows) <= ev.rows
+    last = len(x) - (len(ev.chunks()) - 1) * ev.rows          # the last, smaller chunk stacks sets
+    assert last < ev.rows // 2 and any(r > last and r % last == 0 for r in rows)
 
 
 def _hand_masked(path, post: str, mask: np.ndarray) -> ort.InferenceSession:

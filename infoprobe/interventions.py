@@ -56,9 +56,9 @@ def mean_activation(store, site: str) -> np.ndarray:
     This is the constant of bias balancing (Liu, Amjad & Geiger 2018, eq. 7): replacing t_j
     by its mean adds w_jk * mean(t_j) to the next layer's bias.
     """
-    axis, mask = store.layer_info(site)["unit_axis"], store.position_mask(site)
-    if mask is None and store.token_counts(site) is not None:   # stored means, weighted by real tokens
-        mask = store.token_counts(site)[:, None]
+    axis, mask, counts = store.layer_info(site)["unit_axis"], store.position_mask(site), store.token_counts(site)
+    if counts is not None:   # stored means, weighted by their real tokens
+        mask = counts[:, None]
     total, n = None, 0
     for start, block in store.iter_rows(site, "post"):
         b = units_last(block, axis).astype(np.float64)

@@ -1210,9 +1210,9 @@ def _affine(node):
         if len(uses) == 1 and uses[0][0].op_type == "Add" and not node.outputs[0].is_graph_output():
             add = uses[0][0]                   # a bias added after the conv (Paddle, some exporters)
             c = _const(add.inputs[1 - uses[0][1]])
-            if c is not None and (c.size == 1 or (c.size == w.shape[0] and c.reshape(-1).shape[0] == c.shape[
-                    next((i for i, d in enumerate(c.shape) if d != 1), 0)] and c.ndim in (1, w.ndim - 1, w.ndim)
-                    and (c.ndim == 1 or c.shape[-(w.ndim - 1)] == w.shape[0]))):
+            per_channel = (1, w.shape[0]) + (1,) * (w.ndim - 2)   # [1, C, 1, 1]: one value per channel
+            if c is not None and c.size in (1, w.shape[0]) and c.ndim <= w.ndim and \
+                    np.broadcast_shapes(c.shape, per_channel) == per_channel:
                 members.append(add)
                 opname = "Conv+Add"
                 uses = list(add.outputs[0].uses())

@@ -297,3 +297,30 @@ def test_redundancy_keeps_every_layers_rows_within_the_memory_budget(tmp_path):
         with budgets(memory=8 * 40 * 700), pytest.warns(UserWarning, match="at most 700 rows per layer"):
             small = activation_matrices(st, names, unit_axes(st, names), 40, max_rows=5000)
         assert [len(small[n]) for n in names] == [700, 700]
+
+
+@pytest.mark.parametrize("bias_shape,folded", [((1, 3, 1, 1), True), ((3, 1, 1), True), ((), True), ((3,), False)])
+def test_a_constant_added_after_a_conv_is_its_bias_only_when_it_is_per_channel(tmp_path, bias_shape, folded):
+    """Add of [1, C, 1, 1] after a conv is a bias (Paddle writes it so); Add of [C] broadcasts
+    along W (here W = C = 3), so it is not, and the site stays the conv's output."""
+    w, b = RNG.normal(size=(3, 1, 3, 3)), RNG.normal(size=bias_shape)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "b"], ["cb"], name="bias"),
+             helper.make_node("Relu", ["cb"], ["r"], name="relu"),
+             helper.make_node("ReduceMean", ["r"], ["y"], name="gap", axes=[2, 3], keepdims=0)]
+    path, m = _save(tmp_path, nodes, [_f("w", w), _f("b", b)],
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 3])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    lay = load_model(path).layer("conv")
+    assert (lay.op == "Conv+Add") == folded
+    x = RNG.normal(size=(5, 1, 4, 3)).astype(np.float32)
+    m.graph.output.append(helper.make_tensor_value_info(lay.pre_value, TensorProto.FLOAT, None))
+    pre = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run([lay.pre_value], {"x": x})[0]
+    weight, bias = load_model(path).weights(lay)                 # the stored bias reproduces the site's value
+    want = ort.InferenceSession(onnx.helper.make_model(onnx.helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["o"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 3])],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)], [_f("w", weight), _f("b", bias)]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString(),
+        providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(want, pre, rtol=1e-5, atol=1e-5)

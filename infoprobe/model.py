@@ -1195,7 +1195,7 @@ def _affine(node):
         if len(uses) == 1 and uses[0][0].op_type == "Add" and not node.outputs[0].is_graph_output():
             add = uses[0][0]
             c = _const(add.inputs[1 - uses[0][1]])
-            if c is not None and c.size in (1, units):
+            if c is not None and (c.size == 1 or (c.size == units and c.shape[-1] == units)):   # on the unit axis
                 members.append(add)
                 opname = "MatMul+Add"
         return members, opname, units, fan_in

@@ -324,3 +324,15 @@ def test_a_constant_added_after_a_conv_is_its_bias_only_when_it_is_per_channel(t
         opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString(),
         providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(want, pre, rtol=1e-5, atol=1e-5)
+
+
+def test_a_matmul_bias_is_folded_only_along_the_units(tmp_path):
+    """A [T, 1] constant with T = U added after a token MatMul varies along the tokens: not a bias."""
+    w = RNG.normal(size=(2, 3))
+    for shape, folded in (((3,), True), ((1, 3), True), ((3, 1), False)):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                 helper.make_node("Add", ["m", "b"], ["y"], name="bias")]
+        path, _ = _save(tmp_path, nodes, [_f("w", w), _f("b", RNG.normal(size=shape))],
+                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2])],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 3])], name=f"{shape}.onnx")
+        assert (load_model(path).layer("mm").op == "MatMul+Add") == folded, shape

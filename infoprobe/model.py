@@ -55,8 +55,12 @@ ACTIVATIONS = {
     "PRelu": "prelu", "Celu": "celu", "ThresholdedRelu": "thresholdedrelu",
 }
 #: Ops that carry weights but that infoprobe does not (yet) treat as unit layers.
-_WEIGHTED_UNSUPPORTED = {"ConvTranspose", "LSTM", "GRU", "RNN", "QLinearConv", "QLinearMatMul",
-                         "MatMulInteger", "ConvInteger", "Einsum", "Attention"}
+_WEIGHTED_UNSUPPORTED = {"ConvTranspose", "LSTM", "GRU", "RNN", "Einsum", "Attention", "QAttention",
+                         "DynamicQuantizeLSTM", "QLinearConvTranspose"}
+#: Integer ops whose output is quantized: op -> input indices of its output's scale and zero
+#: point (``QLinearAdd`` and ``QGemm`` are onnxruntime's ``com.microsoft`` ops of QOperator models).
+_QUANTIZED_OUTPUT = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 8), "QLinearAdd": (6, 7),
+                     "QuantizeLinear": (1, 2)}
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,12 @@ class UnitLayer:
     heads : int
         Attention heads the units are split into (``attention`` sites; 0 otherwise or when
         unknown).
+    quantized : tuple of str
+        For a site whose value is an integer output of a QOperator model (``QLinearConv``,
+        ``QLinearMatMul``, ``QGemm``, ``QLinearAdd``): the names of its scale and zero point.
+        The site's activations are the dequantized values ``(q - zero_point) * scale``; the
+        rewrites dequantize it to read or ablate it and quantize it again (see
+        :mod:`infoprobe.rewrite`). Empty for float sites.
     """
 
     name: str
@@ -117,6 +127,7 @@ class UnitLayer:
     unit_axis: int = 0
     found_by: str = "affine"
     heads: int = 0
+    quantized: tuple = ()
 
     @property
     def positions(self) -> int:
@@ -134,6 +145,7 @@ class UnitLayer:
         d.pop("nodes")
         d["inputs"] = list(self.inputs)
         d["shape"] = list(self.shape)
+        d["quantized"] = list(self.quantized)
         return d
 
 
@@ -223,6 +235,11 @@ class LoadedModel:
         """Threshold of a single-output classifier (:func:`output_threshold`)."""
         return output_threshold(self.ir_model, self.output_name)
 
+    def is_class_logits(self, out: np.ndarray) -> bool:
+        """Whether outputs [N, ...] are class logits: at most one per-sample axis longer than 1
+        (``[N, classes]``, ``[N, 1]``, ``[N]``), the form :meth:`predicted_labels` accepts."""
+        return len([d for d in np.shape(out)[1:] if d != 1]) <= 1
+
     def predicted_labels(self, out: np.ndarray) -> np.ndarray:
         """Labels from this model's outputs [N, ...] by :func:`predicted_labels`.
 
@@ -232,11 +249,11 @@ class LoadedModel:
             The output is not class logits: more than one per-sample axis longer than 1 (a
             detector's [N, 84, 8400], a segmenter's maps, token embeddings).
         """
-        dims = [d for d in np.shape(out)[1:] if d != 1]
-        if len(dims) > 1:
+        if not self.is_class_logits(out):
             raise ModelError(f"the output {self.output_name!r} of {self.path.name} has per-sample shape "
                              f"{list(np.shape(out)[1:])}, not class logits [N, classes]; this analysis counts "
-                             "predicted labels (capture, importance, synergy and redundancy work on any output)")
+                             "predicted labels (frivolous compares such outputs within --agreement; capture, "
+                             "importance, synergy and redundancy work on any output)")
         return predicted_labels(out, self.label_threshold)
 
     @property
@@ -987,13 +1004,7 @@ def _dequantize(node) -> np.ndarray | None:
     zp = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if x is None or scale is None or (len(node.inputs) > 2 and node.inputs[2] is not None and zp is None):
         return None
-    x = x.astype(np.float64)
-    shape = [1] * x.ndim
-    if scale.size > 1:
-        axis = int(_attr(node, "axis", 1)) % max(1, x.ndim)
-        shape[axis] = -1
-    zp = 0.0 if zp is None else zp.astype(np.float64).reshape(shape if zp.size > 1 else [])
-    return ((x - zp) * scale.astype(np.float64).reshape(shape if scale.size > 1 else [])).astype(np.float32)
+    return _dequantized(x, scale, zp, int(_attr(node, "axis", 1)))
 
 
 def _attr(node, name, default):
@@ -1016,9 +1027,85 @@ class _Unsupported(Exception):
     pass
 
 
+def _dequantized(q, scale, zero_point, axis: int) -> np.ndarray:
+    """``(q - zero_point) * scale`` of constant values (per tensor, or per slice along ``axis``)."""
+    q = np.asarray(q).astype(np.float64)
+
+    def per(v):
+        v = np.asarray(0.0 if v is None else v, np.float64)
+        if v.size == 1:
+            return v.reshape(())
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        return v.reshape(shape)
+
+    return ((q - per(zero_point)) * per(scale)).astype(np.float32)
+
+
+def _const_input(node, i):
+    return _const(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
+
+
+def _integer_scale(node):
+    """The weight scale of a dynamically quantized ``MatMulInteger``/``ConvInteger``: its output
+    is ``Cast`` to float and multiplied by ``input_scale * weight_scale``; ``(Cast, Mul, weight
+    scale)``, or raises :class:`_Unsupported`."""
+    uses = list(node.outputs[0].uses())
+    cast = uses[0][0] if len(uses) == 1 and uses[0][0].op_type == "Cast" else None
+    cuses = list(cast.outputs[0].uses()) if cast is not None else []
+    mul = cuses[0][0] if len(cuses) == 1 and cuses[0][0].op_type == "Mul" else None
+    if mul is None:
+        raise _Unsupported(f"{node.op_type} not followed by Cast and Mul (its dequantization)")
+    factor = mul.inputs[1 - cuses[0][1]]
+    prod = factor.producer() if factor is not None else None
+    consts = [_const(i) for i in prod.inputs] if prod is not None and prod.op_type == "Mul" else []
+    scales = [c for c in consts if c is not None]
+    if len(consts) != 2 or len(scales) != 1:
+        raise _Unsupported(f"{node.op_type}'s output scale is not input scale x constant weight scale")
+    return cast, mul, scales[0]
+
+
+def _quantized_params(nodes, units) -> tuple[np.ndarray, np.ndarray]:
+    """Float weight [U, fan_in] or [C_out, C_in/groups, kh, kw] and bias [U] of a site made by
+    an integer op (``QLinearConv``, ``QLinearMatMul``, ``QGemm``, ``MatMulInteger``,
+    ``ConvInteger``), dequantized: ``w = (w_q - w_zero_point) * w_scale`` (per output unit
+    where the scale is per channel), the int32 bias times ``x_scale * w_scale`` (the
+    quantization of ONNX's ``QLinearConv`` and onnxruntime's ``QGemm``)."""
+    first = nodes[0]
+    op = first.op_type
+    if op in ("QLinearConv", "ConvInteger"):
+        zp = 5 if op == "QLinearConv" else 3
+        scale = _const_input(first, 4) if op == "QLinearConv" else _integer_scale(first)[2]
+        w = _dequantized(_const_input(first, 3 if op == "QLinearConv" else 1), scale, _const_input(first, zp), 0)
+    elif op == "QGemm":
+        trans = _attr(first, "transB", 0)
+        scale = _const_input(first, 4)
+        w = _dequantized(_const_input(first, 3), scale, _const_input(first, 5), 0 if trans else 1)
+        w = (w if trans else w.T) * np.float32(_attr(first, "alpha", 1.0))
+    else:                                  # QLinearMatMul, MatMulInteger: [K, N] -> [N, K]
+        scale = _const_input(first, 4) if op == "QLinearMatMul" else _integer_scale(first)[2]
+        w = _dequantized(_const_input(first, 3 if op == "QLinearMatMul" else 1), scale,
+                         _const_input(first, 5 if op == "QLinearMatMul" else 3), 1).T
+    bias = np.zeros(units, np.float64)
+    b = {"QLinearConv": 8, "QGemm": 6}.get(op)
+    if b is not None and _const_input(first, b) is not None:
+        x_scale = _const_input(first, 1)
+        if x_scale is None:
+            raise _Unsupported(f"{op} with a non-constant input scale")
+        bias = _const_input(first, b).astype(np.float64).reshape(-1) * float(np.ravel(x_scale)[0]) * \
+            np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (units,))
+    if op in ("MatMulInteger", "ConvInteger") and len(nodes) > 3 and nodes[3].op_type == "Add" \
+            and nodes[2].outputs[0] in nodes[3].inputs:   # the float bias after Cast and the scale Mul
+        add, scaled = nodes[3], nodes[2].outputs[0]
+        bias = bias + _bias_vector(_const(add.inputs[1] if add.inputs[0] is scaled else add.inputs[0]), units, "Add")
+    return np.ascontiguousarray(w, np.float32), bias.astype(np.float32)
+
+
 def _layer_params(nodes, units) -> tuple[np.ndarray, np.ndarray]:
     """Weight and bias of a unit layer from its ONNX nodes (see LoadedModel.weights)."""
     first = nodes[0]
+    if first.op_type in INTEGER_AFFINE:
+        return _quantized_params(nodes, units)
     if first.op_type == "Gemm":
         b = _const(first.inputs[1]).astype(np.float32)
         w = b if _attr(first, "transB", 0) else b.T
@@ -1164,12 +1251,69 @@ def _recognise_activation(pre, graph_outputs: set, opset: int):
     return best or unrecognised
 
 
+#: Integer ops read as affine sites (dequantized weights, :func:`_quantized_params`).
+INTEGER_AFFINE = {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger"}
+
+
+def _integer_affine(node):
+    """:func:`_affine` for the integer ops of quantized models: ``QLinearConv``,
+    ``QLinearMatMul`` and onnxruntime's ``QGemm`` (static QOperator: the site is their
+    quantized output), ``MatMulInteger`` and ``ConvInteger`` (dynamic quantization: the site is
+    the float value after their ``Cast``, scale ``Mul`` and bias ``Add``)."""
+    op = node.op_type
+    w_index = 3 if op in ("QLinearConv", "QLinearMatMul", "QGemm") else 1
+    w = _const_input(node, w_index)
+    if w is None:
+        raise _Unsupported(f"{op} with non-constant weights")
+    members = [node]
+    if op in ("MatMulInteger", "ConvInteger"):
+        cast, mul, _ = _integer_scale(node)
+        members += [cast, mul]
+        uses = list(mul.outputs[0].uses())
+        conv = op == "ConvInteger"
+        if len(uses) == 1 and uses[0][0].op_type == "Add" and not mul.outputs[0].is_graph_output():
+            c = _const(uses[0][0].inputs[1 - uses[0][1]])
+            units = w.shape[0] if conv else w.shape[-1]
+            lead = (1, units) + (1,) * (w.ndim - 2) if conv else (units,)
+            if c is not None and c.size in (1, units) and (
+                    c.size == 1 or (np.broadcast_shapes(c.shape, lead) == lead if conv else c.shape[-1] == units)):
+                members.append(uses[0][0])
+    name = op + ("+Add" if members[-1].op_type == "Add" else "")   # Cast and Mul dequantize
+    if op in ("QLinearConv", "ConvInteger"):
+        if w.ndim not in (3, 4):
+            raise _Unsupported(f"{op} with a {w.ndim - 2}-D kernel (1-D and 2-D are supported)")
+        return members, name, w.shape[0], int(np.prod(w.shape[1:]))
+    if w.ndim != 2:
+        raise _Unsupported(f"{op} with a weight of rank {w.ndim}")
+    if op == "QGemm":
+        if _attr(node, "transA", 0):
+            raise _Unsupported("QGemm with transA=1")
+        trans = _attr(node, "transB", 0)
+        return members, op, w.shape[0] if trans else w.shape[1], w.shape[1] if trans else w.shape[0]
+    return members, name, w.shape[1], w.shape[0]
+
+
+def _quantization(value):
+    """``(scale, zero point)`` values of an integer value made by a QOperator op
+    (:data:`_QUANTIZED_OUTPUT`), else None."""
+    prod = value.producer() if value is not None else None
+    idx = _QUANTIZED_OUTPUT.get(prod.op_type) if prod is not None else None
+    if idx is None or prod.domain not in ("", "ai.onnx", "com.microsoft") or len(prod.inputs) <= idx[0] \
+            or prod.inputs[idx[0]] is None:
+        return None
+    zp = prod.inputs[idx[1]] if len(prod.inputs) > idx[1] else None
+    return (prod.inputs[idx[0]], zp) if zp is not None else None
+
+
 def _affine(node):
     """``(members, op, units, fan_in)`` of a unit layer starting at ``node`` (a ``Gemm``,
     ``MatMul`` or ``Conv`` with constant weights, taking a following bias ``Add`` or
-    ``BatchNormalization``); None when ``node`` is no such op; raises :class:`_Unsupported`
-    for a weighted op infoprobe cannot read."""
+    ``BatchNormalization``; or an integer op of a quantized model, :func:`_integer_affine`);
+    None when ``node`` is no such op; raises :class:`_Unsupported` for a weighted op infoprobe
+    cannot read."""
     op = node.op_type
+    if op in INTEGER_AFFINE and node.domain in ("", "ai.onnx", "com.microsoft"):
+        return _integer_affine(node)
     if node.domain not in ("", "ai.onnx"):
         if op in _WEIGHTED_UNSUPPORTED:
             raise _Unsupported(f"{op} is not a unit layer infoprobe can analyse")
@@ -1306,6 +1450,51 @@ def _elementwise_of(value, source, steps: int = 8) -> bool:
     return any(v is source for v in frontier)
 
 
+def _summands(node):
+    """The two summands of an ``Add`` (or a QOperator model's ``QLinearAdd``), else None."""
+    if node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+        summands = list(node.inputs)
+    elif node.op_type == "QLinearAdd" and node.domain == "com.microsoft" and len(node.inputs) >= 6:
+        summands = [node.inputs[0], node.inputs[3]]
+    else:
+        return None
+    return summands if all(i is not None for i in summands) else None
+
+
+def _shapes_by_running(model: ir.Model) -> list:
+    """Learn the shapes that shape inference could not (ops of other domains, such as the
+    ``com.microsoft`` ops of onnxruntime's quantized models): run the model with onnxruntime on
+    zero-valued inputs of batch 1 and 2, and set each unknown value's shape (the dims that
+    change with the batch are symbolic) and type. Needs every input's per-sample shape; does
+    nothing when it is unknown or the run fails. Returns a note, or nothing."""
+    import onnxruntime as ort
+
+    missing = [v for n in model.graph for v in n.outputs if v is not None and v.name and v.shape is None]
+    data = [v for v in model.graph.inputs if not v.is_initializer()]
+    if not missing or any(v.shape is None or v.dtype is None or
+                          not all(isinstance(d, int) for d in v.shape.dims[1:]) for v in data):
+        return []
+    proto = ir.to_proto(model)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(v.name) for v in missing)
+    try:
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        runs = [sess.run(None, {v.name: np.zeros((b, *v.shape.dims[1:]), v.dtype.numpy()) for v in data})
+                for b in (1, 2)]
+    except Exception:          # shapes stay unknown; the sites that need them say so
+        return []
+    for v, a, b in zip(missing, *runs):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim != b.ndim:
+            continue
+        v.shape = ir.Shape([ir.SymbolicDim(f"{v.name}_d{i}") if x != y else int(x)
+                            for i, (x, y) in enumerate(zip(a.shape, b.shape))])
+        if v.dtype is None:
+            v.dtype = ir.DataType.from_numpy(a.dtype)
+    return [f"shapes of {len(missing)} values that shape inference could not follow were read from an "
+            "onnxruntime run on zero-valued inputs"]
+
+
 def _parse_site(spec: str) -> tuple:
     """``NAME[:unit_axis]`` -> ``(name, axis or None)``."""
     name, sep, axis = spec.rpartition(":")
@@ -1377,6 +1566,8 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
     graph_outputs = {v.name for v in graph.outputs}
     opset = model.opset_imports.get("", MIN_OPSET)
     found, unsupported, skipped, used_names, claimed = [], [], [], set(), set()
+    notes = list(source.notes) + _shapes_by_running(model)
+    quantized_sites, fused = [], []
     site_of = {}            # id(value) -> found site, for the unit axis of residual sums
     order = {id(n): i for i, n in enumerate(graph)}
 
@@ -1400,6 +1591,17 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
         if qdq is not None:       # a QDQ model: the value the next ops read is the dequantized one
             members, pre, op = [*members, *qdq], qdq[1].outputs[0], f"{op}+QDQ"
         post, activation = pre, "none"
+        quant = _quantization(pre) if found_by != "user" else None
+        if quant is not None:     # a QOperator model: the site's values are the dequantized ones
+            zp = _const(quant[1])
+            if zp is not None and zp.size == 1 and zp.dtype.kind in "iu" and \
+                    int(zp.reshape(-1)[0]) == np.iinfo(zp.dtype).min:
+                activation = "relu"   # the output range starts at 0: a ReLU fused into quantization
+            uses = list(pre.uses())
+            dq = uses[0][0] if len(uses) == 1 and uses[0][0].op_type == "DequantizeLinear" else None
+            if dq is not None and not pre.is_graph_output() and list(dq.inputs[1:3]) == list(quant):
+                members, pre, op, quant = [*members, dq], dq.outputs[0], f"{op}+DequantizeLinear", None
+            post, recognise = pre, recognise and quant is None and activation == "none"
         uses = list(pre.uses())
         if recognise and len(uses) == 1 and uses[0][0].op_type in ACTIVATIONS and pre.name not in graph_outputs \
                 and id(uses[0][0]) not in claimed:
@@ -1423,9 +1625,14 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
                     op=op, units=int(units), activation=activation, fan_in=int(fan_in),
                     shape=tuple(int(d) for d in dims), pre=pre, post=post, input=inputs[0], inputs=inputs,
                     nodes=tuple(m.name for m in members), unit_axis=unit_axis, found_by=found_by, heads=heads,
-                    order=order.get(id(node), len(order)))
+                    order=order.get(id(node), len(order)),
+                    quantized=tuple(v.name for v in quant) if quant is not None else ())
         found.append(site)
         site_of[id(pre)] = site_of[id(post)] = site
+        if quant is not None or site["op"].endswith("+DequantizeLinear"):
+            quantized_sites.append(site["name"])
+            if activation == "relu":
+                fused.append(site["name"])
         return site
 
     for node in graph:
@@ -1434,17 +1641,17 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
         op = node.op_type
         label = node.name or f"{op}_{len(found)}"
         try:
-            if op == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2 and all(
-                    i is not None and _const(i) is None for i in node.inputs):
+            summands = _summands(node)
+            if summands is not None and all(_const(i) is None for i in summands):
                 dims = _dims(node.outputs[0])
-                if not (_known(dims) and all(_dims(i) == dims for i in node.inputs) and len(dims) <= 3):
+                if not (_known(dims) and all(_dims(i) == dims for i in summands) and len(dims) <= 3):
                     continue          # a broadcast sum (an attention mask), not a residual block
-                if _elementwise_of(node.inputs[0], node.inputs[1]) or _elementwise_of(node.inputs[1], node.inputs[0]):
+                if _elementwise_of(summands[0], summands[1]) or _elementwise_of(summands[1], summands[0]):
                     continue          # x + f(x) inside an activation (GELU's tanh form), not two branches
-                axis = upstream_axis(node.inputs, dims)
+                axis = upstream_axis(summands, dims)
                 axis = axis if axis is not None else (len(dims) - 1 if len(dims) == 2 else 0)
-                add_site(node, [node], node.outputs[0], op="Add", units=dims[axis], fan_in=0, dims=dims,
-                         unit_axis=axis, found_by="residual", inputs=list(node.inputs))
+                add_site(node, [node], node.outputs[0], op=op, units=dims[axis], fan_in=0, dims=dims,
+                         unit_axis=axis, found_by="residual", inputs=summands)
                 continue
             if op == "LayerNormalization" and node.domain in ("", "ai.onnx"):
                 dims = _dims(node.outputs[0])
@@ -1466,7 +1673,7 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
                 raise _Unsupported("weights or bias that are NaN or infinite (batch norm folded in)")
             pre = members[-1].outputs[0]
             dims = _dims(pre)
-            if op == "Conv":
+            if op in ("Conv", "QLinearConv", "ConvInteger"):
                 if not _known(dims):
                     raise _Unsupported("output shape could not be inferred")
                 axis = 0
@@ -1479,7 +1686,7 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
                 if len(dims) > 2 or dims[-1] != units:
                     raise _Unsupported(f"output of per-sample shape {list(dims)} (expected [units] or "
                                        "[positions, units])")
-            if len(dims) == 2 and op != "Conv" and _heads_split(pre, dims):
+            if len(dims) == 2 and axis != 0 and _heads_split(pre, dims):
                 skipped.append({"node": label, "op": opname,
                                 "reason": "attention projection (query, key or value), split into heads; the heads' "
                                           "output before the output projection is the site"})
@@ -1551,7 +1758,15 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
                         is_output=f["name"] in outputs, shape=f["shape"],
                         pre_value=f["pre"].name, post_value=f["post"].name,
                         input_value=f["input"].name if f["input"] is not None else "", nodes=f["nodes"],
-                        unit_axis=f["unit_axis"], found_by=f["found_by"], heads=f["heads"]) for f in found]
+                        unit_axis=f["unit_axis"], found_by=f["found_by"], heads=f["heads"],
+                        quantized=f["quantized"]) for f in found]
+    if quantized_sites:
+        notes.append(f"{len(quantized_sites)} sites are integer outputs of a quantized model, read dequantized: "
+                     + ", ".join(quantized_sites))
+    if fused:
+        notes.append(f"a ReLU is fused into the output quantization (zero point at the type's minimum) of "
+                     f"{', '.join(fused)}: their activation is relu and their pre-activation is not in the "
+                     "model (pre = post)")
 
     inputs = [v for v in graph.inputs if not v.is_initializer()]
     if not inputs:
@@ -1569,7 +1784,7 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
     return LoadedModel(path=path, sha256=sha, ir_model=model, layers=layers, unsupported=unsupported,
                        input_name=inputs[0].name, input_shape=in_shape, inputs=tuple(described),
                        output_name=_output_name(graph, output, path), max_bytes=max_bytes, source=source, skipped=skipped,
-                       notes=list(source.notes))
+                       notes=notes)
 
 
 def _output_name(graph, output, path) -> str:

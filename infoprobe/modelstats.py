@@ -15,13 +15,35 @@ def _static(value) -> list | None:
     return dims if all(isinstance(d, int) for d in dims[1:]) else None
 
 
+#: Ops whose multiply-accumulates are counted: op -> index of the weight input. The integer
+#: ops of quantized models (ONNX's ``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``,
+#: ``MatMulInteger``; onnxruntime's ``QGemm``) count as their float counterparts do; a QDQ
+#: model's weights (``DequantizeLinear`` of constants) are read through the dequantization.
+_COUNTED = {"Gemm": 1, "MatMul": 1, "Conv": 1, "QGemm": 3, "QLinearMatMul": 3, "QLinearConv": 3,
+            "MatMulInteger": 1, "ConvInteger": 1}
+_CONV_OPS = {"Conv", "QLinearConv", "ConvInteger"}
+
+
+def _weight_shape(w) -> list | None:
+    if w is None:
+        return None
+    if w.const_value is not None:
+        return list(w.const_value.shape)
+    from .model import _const          # a QDQ weight: DequantizeLinear of a constant
+
+    c = _const(w)
+    return list(c.shape) if c is not None else _static(w)
+
+
 def model_cost(model: ir.Model, nbytes: int | None = None) -> dict:
     """Parameters, size and per-sample multiply-accumulates of a model.
 
     Parameters
     ----------
     model : onnx_ir.Model
-        Shapes are inferred on it (in place) when missing.
+        Shapes are inferred on it (in place) when missing: by ONNX shape inference, then, for
+        values it cannot follow (onnxruntime's ``com.microsoft`` ops of QOperator models), by
+        one onnxruntime run on zero-valued inputs when the inputs' shapes are static.
     nbytes : int, optional
         The model's size on disk (graph file plus external data files, as
         :attr:`infoprobe.model.OnnxFile.bytes`); otherwise the size of the serialised model.
@@ -29,40 +51,58 @@ def model_cost(model: ir.Model, nbytes: int | None = None) -> dict:
     Returns
     -------
     dict
-        ``parameters`` (elements of all initializers), ``bytes``, ``macs`` (per sample: the
-        multiply-accumulates of ``Gemm``, ``MatMul`` and ``Conv``; other ops are not
-        counted) and ``macs_unknown`` (nodes whose shapes were not static).
+        ``parameters`` (elements of all initializers), ``bytes``, ``parameter_bytes`` (of the
+        initializers) and ``bytes_by_dtype`` (``{"int8": ..., "float32": ...}``), ``macs`` (per
+        sample: the multiply-accumulates of ``Gemm``, ``MatMul``, ``Conv`` and their integer
+        forms ``QGemm``, ``QLinearMatMul``, ``QLinearConv``, ``MatMulInteger``,
+        ``ConvInteger``, whatever the precision; other ops are not counted) and
+        ``macs_unknown`` (nodes whose shapes were not static).
     """
+    from .model import _shapes_by_running
+
     def needs_shapes(node):  # Gemm's cost is its weight's size; Conv and MatMul need output shapes
-        return node.op_type in ("Conv", "MatMul") and _static(node.outputs[0]) is None
+        return node.op_type in _COUNTED and "Gemm" not in node.op_type and _static(node.outputs[0]) is None
 
     if any(needs_shapes(n) for n in model.graph):
         try:
             model = ir_passes.ShapeInferencePass()(model).model
         except Exception:  # cost is informative; unknown shapes are reported below
             pass
+    if any(needs_shapes(n) for n in model.graph):
+        _shapes_by_running(model)
     graph = model.graph
-    params = sum(int(v.const_value.size) for v in graph.initializers.values() if v.const_value is not None)
+    by_dtype = {}
+    params = 0
+    for v in graph.initializers.values():
+        if v.const_value is not None:
+            params += int(v.const_value.size)
+            try:
+                key = v.const_value.dtype.numpy().name
+            except Exception:            # a type NumPy has no name for (float8, int4, ...)
+                key = str(v.const_value.dtype).lower()
+            by_dtype[key] = by_dtype.get(key, 0) + int(v.const_value.nbytes)
     macs, unknown = 0, []
     for node in graph:
         op = node.op_type
-        if op not in ("Gemm", "MatMul", "Conv"):
+        if op not in _COUNTED or node.domain not in ("", "ai.onnx", "com.microsoft"):
             continue
-        w = node.inputs[1] if len(node.inputs) > 1 else None
-        out = _static(node.outputs[0]) if op != "Gemm" else [None]
-        w_shape = list(w.const_value.shape) if w is not None and w.const_value is not None else _static(w)
+        i = _COUNTED[op]
+        w = node.inputs[i] if len(node.inputs) > i else None
+        out = _static(node.outputs[0]) if "Gemm" not in op else [None]
+        w_shape = _weight_shape(w)
         if out is None or w_shape is None:
             unknown.append(node.name)
             continue
-        if op == "Conv":
+        if op in _CONV_OPS:
             macs += int(np.prod(w_shape)) * int(np.prod(out[2:]))
-        elif op == "Gemm":
+        elif "Gemm" in op:
             macs += int(np.prod(w_shape))
         else:  # MatMul: rows per sample x K x N
             rows = int(np.prod(out[1:-1])) if len(out) > 2 else 1
             macs += rows * int(np.prod(w_shape[-2:]))
     size = nbytes if nbytes is not None else ir.to_proto(model).ByteSize()
-    return {"parameters": params, "bytes": int(size), "macs": macs, "macs_unknown": unknown}
+    return {"parameters": params, "bytes": int(size), "parameter_bytes": sum(by_dtype.values()),
+            "bytes_by_dtype": dict(sorted(by_dtype.items())), "macs": macs, "macs_unknown": unknown}
 
 
 def measure_latency(session, input_name: str, x: np.ndarray, *, repeats: int = 30, warmup: int = 3) -> dict:

@@ -35,7 +35,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from .errors import ModelError, PlanError
-from .model import ACTIVATIONS, LoadedModel, activation_numpy
+from .model import ACTIVATIONS, INTEGER_AFFINE, LoadedModel, activation_numpy
 from .plan import LayerPlan, PruningPlan
 from .results import atomic_write_bytes, check_outputs
 from .rewrite import finalize
@@ -408,6 +408,11 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
         between layers that does not preserve it, shared initializers, unknown shapes).
     """
     plan.check_model(lm)
+    quantized = [lay.name for lay in lm.layers if lay.op.split("+")[0] in INTEGER_AFFINE]
+    if quantized:
+        raise PlanError(f"{lm.path.name} is quantized (integer ops at {', '.join(quantized[:3])}"
+                        f"{', ...' if len(quantized) > 3 else ''}): infoprobe prunes float and QDQ models; prune the "
+                        "float model, then quantize it again")
     model = lm.fresh_ir()
     model = ir_passes.ShapeInferencePass()(model).model
     graph = model.graph

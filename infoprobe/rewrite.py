@@ -3,7 +3,9 @@
 :func:`instrument` gives every unit layer two extra graph inputs, a ``mask`` m and an
 ``offset`` c, and replaces its post-activation t by ``t' = m * t + c`` for all consumers
 (m = 1, c = 0 is the identity). It can also expose each layer's pre- and post-activation
-(before the mask) as graph outputs. :func:`suffix` cuts an instrumented model after a unit
+(before the mask) as graph outputs. A site of a QOperator model (``UnitLayer.quantized``) holds
+integers: it is dequantized before it is exposed or masked, and the masked value quantized
+again with the same scale and zero point (so m = 1, c = 0 leaves it bit for bit unchanged). :func:`suffix` cuts an instrumented model after a unit
 layer, so that a sweep over that layer starts from its stored post-activation.
 
 Value names used by the rewritten graphs (``L`` is the layer name): ``L:pre``, ``L:post``
@@ -60,6 +62,8 @@ def _value_by_name(graph: ir.Graph, name: str) -> ir.Value:
     for v in graph.inputs:
         if v.name == name:
             return v
+    if name in graph.initializers:
+        return graph.initializers[name]
     for node in graph:
         for v in node.outputs:
             if v.name == name:
@@ -69,6 +73,28 @@ def _value_by_name(graph: ir.Graph, name: str) -> ir.Value:
 
 def _float_value(name: str, dims) -> ir.Value:
     return ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(dims))
+
+
+def _dequantize(graph: ir.Graph, lay: UnitLayer, value: ir.Value, name: str) -> ir.Value:
+    """``value`` itself for a float site; for a site of a quantized model (``lay.quantized``)
+    a new ``DequantizeLinear`` of it with the site's scale and zero point."""
+    if not lay.quantized:
+        return value
+    scale, zp = (_value_by_name(graph, n) for n in lay.quantized)
+    node = ir.Node("", "DequantizeLinear", [value, scale, zp], name=name)
+    graph.append(node)
+    return node.outputs[0]
+
+
+def _quantize(graph: ir.Graph, lay: UnitLayer, value: ir.Value, name: str) -> ir.Value:
+    """The inverse of :func:`_dequantize`: a ``QuantizeLinear`` back to the site's integer type
+    (exact for values that are dequantized integers, saturating outside the type's range)."""
+    if not lay.quantized:
+        return value
+    scale, zp = (_value_by_name(graph, n) for n in lay.quantized)
+    node = ir.Node("", "QuantizeLinear", [value, scale, zp], name=name)
+    graph.append(node)
+    return node.outputs[0]
 
 
 def instrument(lm: LoadedModel, *, expose: bool = True, mix: bool = False, noise: bool = False) -> ir.Model:
@@ -151,14 +177,15 @@ class InterventionPass(ir_passes.InPlacePass):
             graph.inputs.extend([mask, offset])
             uses = list(t.uses())
             was_output = t.is_graph_output()
-            mul = ir.Node("", "Mul", [t, mask], name=f"infoprobe/{name}/mask_mul")
+            tf = _dequantize(graph, lay, t, f"infoprobe/{name}/dequantize")
+            mul = ir.Node("", "Mul", [tf, mask], name=f"infoprobe/{name}/mask_mul")
             add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
             graph.extend([mul, add])  # placed by the topological sort of FinalizePass
             if self.mix:
                 mdims = list(mix_shape(lay))
                 mixer = _float_value(io_name(name, "mix"), mdims)
                 graph.inputs.append(mixer)
-                prod = ir.Node("", "MatMul" if len(mdims) == 2 else "Conv", [t, mixer], name=f"infoprobe/{name}/mix")
+                prod = ir.Node("", "MatMul" if len(mdims) == 2 else "Conv", [tf, mixer], name=f"infoprobe/{name}/mix")
                 add2 = ir.Node("", "Add", [add.outputs[0], prod.outputs[0]], name=f"infoprobe/{name}/mix_add")
                 graph.extend([prod, add2])
                 add = add2
@@ -168,7 +195,7 @@ class InterventionPass(ir_passes.InPlacePass):
                 add3 = ir.Node("", "Add", [add.outputs[0], z], name=f"infoprobe/{name}/noise_add")
                 graph.append(add3)
                 add = add3
-            new = add.outputs[0]
+            new = _quantize(graph, lay, add.outputs[0], f"infoprobe/{name}/quantize")
             new.type, new.shape = t.type, t.shape
             for node, idx in uses:
                 node.replace_input_with(idx, new)
@@ -204,11 +231,15 @@ class ExposurePass(ir_passes.InPlacePass):
         for lay in self.lm.layers:
             dims = [ir.SymbolicDim("N"), *lay.shape]
             for role, value in (("pre", lay.pre_value), ("post", lay.post_value)):
-                node = ir.Node("", "Identity", [_value_by_name(graph, raw(value))], name=f"infoprobe/{lay.name}/{role}")
-                out = node.outputs[0]
+                v = _value_by_name(graph, raw(value))
+                if lay.quantized:
+                    out = _dequantize(graph, lay, v, f"infoprobe/{lay.name}/{role}")
+                else:
+                    node = ir.Node("", "Identity", [v], name=f"infoprobe/{lay.name}/{role}")
+                    graph.append(node)
+                    out = node.outputs[0]
                 out.name = io_name(lay.name, role)
                 out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(dims)
-                graph.append(node)
                 graph.outputs.append(out)
         return ir_passes.PassResult(model, modified=True)
 
@@ -253,9 +284,11 @@ class SuffixPass(ir_passes.InPlacePass):
         graph = model.graph
         t = _value_by_name(graph, lay.post_value)
         new_in = _float_value(io_name(layer, "post_in"), [ir.SymbolicDim("N"), *lay.shape])
-        for node, idx in list(t.uses()):
-            node.replace_input_with(idx, new_in)
         graph.inputs.append(new_in)
+        fed = _quantize(graph, lay, new_in, f"infoprobe/{layer}/quantize_in")
+        for node, idx in list(t.uses()):
+            if node.outputs[0] is not fed:
+                node.replace_input_with(idx, fed)
         model = ir_passes_common.RemoveUnusedNodesPass()(model).model
         graph = model.graph
         data_inputs = set(lm.input_names)

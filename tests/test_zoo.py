@@ -25,6 +25,10 @@ ZOO = {
     "zoo_vit.onnx": {"block1_ln1": "none", "block1_mlp_fc1_matmul": "gelu", "block1_mlp_residual": "none"},
     "zoo_encoder.onnx": {"layer1_ff_fc1_matmul": "gelu", "pooler": "tanh", "layer2_ln2": "none"},
     "zoo_resnet_qdq.onnx": {"stem": "relu", "block1_add": "relu", "block1_conv2": "none"},
+    # QOperator: a ReLU lives in its producer's output range (zero point 0), no op of its own
+    "zoo_resnet_qop.onnx": {"stem_quant": "relu", "block1_add_quant": "relu", "block1_conv2_quant": "none",
+                            "fc_quant": "none"},
+    "zoo_resnet_dyn.onnx": {"stem_quant": "relu", "block1_add": "relu", "block1_conv2_quant": "none"},
 }
 
 
@@ -43,13 +47,21 @@ def _feeds(name, data):
 
 
 def _exposed(path, values, feeds):
-    """onnxruntime run of the original file with ``values`` added as graph outputs."""
+    """onnxruntime run of the original file with ``values`` added as graph outputs; the integer
+    values of a QOperator model are dequantized here, in NumPy, with their producer's output
+    scale and zero point read from the file."""
     m = onnx.load(path)
     have = {o.name for o in m.graph.output}
-    m.graph.output.extend([helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in dict.fromkeys(values)
-                           if v not in have])
+    m.graph.output.extend([helper.make_empty_tensor_value_info(v) for v in dict.fromkeys(values) if v not in have])
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    where = {"QLinearConv": (6, 7), "QGemm": (7, 8), "QLinearAdd": (6, 7)}
+    for node in m.graph.node:
+        if node.output[0] in out and node.op_type in where and out[node.output[0]].dtype != np.float32:
+            scale, zp = (consts[node.input[i]] for i in where[node.op_type])
+            out[node.output[0]] = ((out[node.output[0]].astype(np.float64) - zp) * scale).astype(np.float32)
+    return out
 
 
 def _skip_missing(name):
@@ -107,16 +119,22 @@ def test_the_recorded_activation_is_the_graphs(name):
                                    atol=1e-5, err_msg=f"{name} {lay.name} {lay.activation}")
 
 
-def _hand_edit(path, value, factor, feeds, output="logits"):
+def _hand_edit(path, value, factor, feeds, output="logits", quantized=()):
     """onnxruntime of the original file with ``value`` multiplied by ``factor`` (a constant
-    broadcast along the unit axis) for every consumer: the hand-made ablation."""
+    broadcast along the unit axis) for every consumer: the hand-made ablation. An integer
+    value (``quantized``: its scale and zero point) is dequantized, multiplied and quantized."""
     m = onnx.load(path)
     for node in m.graph.node:
         for i, name in enumerate(node.input):
             if name == value:
                 node.input[i] = value + "_ablated"
     m.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(factor, np.float32), "hand_factor"))
-    m.graph.node.append(helper.make_node("Mul", [value, "hand_factor"], [value + "_ablated"], name="hand_mul"))
+    if quantized:
+        m.graph.node.extend([helper.make_node("DequantizeLinear", [value, *quantized], ["hand_f"]),
+                             helper.make_node("Mul", ["hand_f", "hand_factor"], ["hand_m"]),
+                             helper.make_node("QuantizeLinear", ["hand_m", *quantized], [value + "_ablated"])])
+    else:
+        m.graph.node.append(helper.make_node("Mul", [value, "hand_factor"], [value + "_ablated"], name="hand_mul"))
     m.graph.ClearField("value_info")
     sess = ort.InferenceSession(onnx.shape_inference.infer_shapes(m).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
@@ -124,7 +142,9 @@ def _hand_edit(path, value, factor, feeds, output="logits"):
 
 
 @pytest.mark.parametrize("name,site", [("zoo_resnet.onnx", "block2_add"), ("zoo_mobilenetv2.onnx", "block3_add"),
-                                       ("zoo_vit.onnx", "block1_mlp_residual")])
+                                       ("zoo_vit.onnx", "block1_mlp_residual"),
+                                       ("zoo_resnet_qop.onnx", "block2_add_quant"),
+                                       ("zoo_resnet_dyn.onnx", "block2_add")])
 def test_ablating_a_residual_block_output_equals_the_hand_edited_graph(name, site):
     from infoprobe.runner import Runner
 
@@ -135,7 +155,7 @@ def test_ablating_a_residual_block_output_equals_the_hand_edited_graph(name, sit
     assert lay.found_by == "residual"
     feeds = _feeds(name, data)
     zero = np.zeros([lay.units if i == lay.unit_axis else 1 for i in range(len(lay.shape))])
-    hand = _hand_edit(FIX / name, lay.post_value, zero, feeds)
+    hand = _hand_edit(FIX / name, lay.post_value, zero, feeds, quantized=lay.quantized)
     runner = Runner(lm)
     x = model_inputs(lm, data.x, 1 / 255)
     got = runner.run(x, feeds=runner.replacement_feeds(lay, np.arange(lay.units), np.zeros(lay.units)),
@@ -260,3 +280,106 @@ def test_information_flow_reads_a_model_with_two_inputs():
     assert _data_digest(other) == _data_digest(data)
     other.x.arrays["attention_mask"][0, -1] ^= 1
     assert _data_digest(other) != _data_digest(data)
+
+
+def _segmenter(path):
+    """A model whose output is a map, not class logits: Conv(1->4, 3x3) + Relu, Conv(4->2, 1x1),
+    output [N, 2, 28, 28]."""
+    rng = np.random.default_rng(5)
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w1"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b1"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["maps"], name="head")]
+    g = helper.make_graph(nodes, "segmenter", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                          [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["N", 2, 28, 28])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_outputs_that_are_not_class_logits_are_compared_within_a_tolerance(tmp_path):
+    """Prunability of a segmenter-like model: a sample is unchanged while its output map
+    moves by at most ``agreement`` of its norm; the count equals a hand-edited graph's run
+    and NumPy norms. Label-counting analyses refuse such an output in one line."""
+    from infoprobe.analyses.frivolous.prunability import prunability
+    from infoprobe.errors import ModelError
+
+    path = _segmenter(tmp_path / "seg.onnx")
+    lm = load_model(path)
+    data = _data("zoo_resnet.onnx", 200)
+    feeds = _feeds("zoo_resnet.onnx", data)
+    x = model_inputs(lm, data.x, 1 / 255)
+    intact = _exposed(path, [], feeds)["maps"].reshape(200, -1).astype(np.float64)
+    for units, quantile in (([1], 0.5), ([0, 2], 0.25), ([0], 0.9)):
+        factor = np.ones((4, 1, 1), np.float32)
+        factor[units] = 0.0
+        hand = _hand_edit(path, "r1", factor, feeds, output="maps").reshape(200, -1).astype(np.float64)
+        rel = np.linalg.norm(hand - intact, axis=1) / np.linalg.norm(intact, axis=1)
+        tol = float(np.quantile(rel, quantile))              # a tolerance that splits the samples
+        want = rel <= tol
+        assert 0 < want.sum() < 200
+        ev = Evaluator(lm, x, agreement=tol)
+        got = ev.evaluate([[Intervention("conv1", np.array(units), np.zeros(len(units)))]])
+        assert got.unchanged[0] == int(want.sum()), (units, tol)
+    dead = Evaluator(lm, x, agreement=0.0).evaluate([[Intervention("conv1", np.array([3]), np.zeros(1))]])
+    assert dead.unchanged[0] == 200             # unit 3 never fires: ablating it changes no output at all
+    with pytest.raises(ModelError, match="not class logits"):
+        Evaluator(lm, x)
+    with pytest.warns(UserWarning, match="not class logits"):
+        pr = prunability(lm, data, progress=False, n_permutations=1, modes=("layer",))
+    assert pr.agreement == 0.05
+
+
+def test_qoperator_sites_are_dequantized_outputs_with_dequantized_weights():
+    """A QOperator model's conv site: its weights and bias (dequantized by infoprobe) applied
+    in float to the dequantized input site give the site's dequantized output to within one
+    quantization step; a ReLU dropped into the output range is recorded as relu, pre = post."""
+    name = "zoo_resnet_qop.onnx"
+    _skip_missing(name)
+    lm = load_model(FIX / name)
+    assert any("integer outputs of a quantized model" in n for n in lm.notes)
+    stem, conv2 = lm.layer("stem_quant"), lm.layer("block1_conv2_quant")
+    assert (stem.activation, stem.pre_value == stem.post_value, stem.quantized[1]) == ("relu", True,
+                                                                                       "stem_bn_out_zero_point")
+    assert conv2.activation == "none" and conv2.inputs == ("block1_conv1_quant",)
+    data = _data(name, 64)
+    got = _exposed(FIX / name, [lm.layer("block1_conv1_quant").post_value, conv2.post_value], _feeds(name, data))
+    w, b = lm.weights(conv2)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "ref",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": got[lm.layer("block1_conv1_quant").post_value]})[0]
+    scale = float(onnx.numpy_helper.to_array(next(t for t in onnx.load(FIX / name).graph.initializer
+                                                  if t.name == conv2.quantized[0])))
+    err = np.abs(ref - got[conv2.post_value])
+    inside = np.abs(ref) < 100 * scale              # values beyond the uint8 range saturate
+    assert err[inside].max() <= 0.5 * scale + 1e-6 and err[inside].mean() < 0.3 * scale
+
+
+@pytest.mark.parametrize("name", ["zoo_resnet.onnx", "zoo_resnet_qdq.onnx", "zoo_resnet_qop.onnx",
+                                  "zoo_resnet_dyn.onnx"])
+def test_multiply_accumulates_of_quantized_models_are_counted(name):
+    import onnx_ir as ir
+
+    from infoprobe.modelstats import model_cost
+
+    _skip_missing(name)
+    cost = model_cost(ir.load(FIX / name))
+    # by hand: C_out x C_in x kh x kw x H_out x W_out of each conv, and the classifier's 32 x 10
+    hand = (16 * 1 * 9 * 196 + 2 * 16 * 16 * 9 * 196 + 32 * 16 * 9 * 49 + 32 * 16 * 49 + 3 * 32 * 32 * 9 * 49
+            + 32 * 10)
+    assert cost["macs"] == hand and not cost["macs_unknown"]
+    weights = 16 * 9 + 2 * 16 * 16 * 9 + 32 * 16 * 9 + 32 * 16 + 3 * 32 * 32 * 9 + 32 * 10
+    if name in ("zoo_resnet_qdq.onnx", "zoo_resnet_qop.onnx"):   # int8 weights and per-channel zero points
+        assert cost["bytes_by_dtype"]["int8"] == weights + (16 * 3 + 32 * 5 + 10)
+    elif name == "zoo_resnet_dyn.onnx":                          # uint8 weights, one zero point per tensor
+        assert cost["bytes_by_dtype"]["uint8"] == weights + 9
+    else:
+        assert cost["bytes_by_dtype"] == {"float32": 4 * cost["parameters"]}

@@ -23,6 +23,7 @@ from .options import (config_option, csv_list, data_options, max_size_option, nu
               help="Width factors of the swept models, e.g. 0.25,0.5,1,2,4 (default: hidden units / median).")
 @click.option("--layers", default=None, help="Comma-separated hidden layers (default: all).")
 @config_option(FrivolousConfig, "prune_tolerance", "--tolerance")
+@config_option(FrivolousConfig, "agreement", "--agreement", type=float, show_default=False)
 @config_option(FrivolousConfig, "redundancy_tolerance", "--redundancy-tolerance")
 @click.option("--steps", default=7, show_default=True, type=int,
               help="Ablated fractions 0, 1/(steps-1), ..., 1 per curve.")
@@ -43,7 +44,7 @@ from .options import (config_option, csv_list, data_options, max_size_option, nu
 @max_size_option
 @progress_option
 def frivolous(sources, out, data_path, split, scale, x_key, y_key, limit, sweep, widths, layers, prune_tolerance,
-              redundancy_tolerance, steps, n_permutations, mode, conv_units, max_rows, device, plan_prunable,
+              agreement, redundancy_tolerance, steps, n_permutations, mode, conv_units, max_rows, device, plan_prunable,
               plan_redundant, thin, seed, plot, overwrite, as_json, max_model_size, progress):
     """Frivolous units: how many units are prunable and how many redundant, per layer.
 
@@ -51,7 +52,9 @@ def frivolous(sources, out, data_path, split, scale, x_key, y_key, limit, sweep,
     ablated cumulatively (post-activations times 0) at the fractions 0, 1/6, ..., 1, and the
     fraction of predictions that stay unchanged is recorded; the prunable fraction is where
     that curve crosses 1 - --tolerance (linear interpolation; 1.0 when it never does), the
-    largest over --permutations. Conv units are channel x position. Redundancy (models with
+    largest over --permutations. Conv units are channel x position. For a model whose output
+    is not class logits (a detector, a segmenter, an embedding model), a prediction is
+    unchanged while its output moves by at most --agreement of its norm. Redundancy (models with
     --data, or activation stores): PCA of each layer's activations (conv: positions are
     samples); units beyond the components that leave --redundancy-tolerance of the variance
     unexplained are redundant. With --sweep, SOURCES are one architecture at several widths:
@@ -84,7 +87,7 @@ def frivolous(sources, out, data_path, split, scale, x_key, y_key, limit, sweep,
     fam = frivolous_family(
         sources, read_data(data_path, split, x_key, y_key, limit), out=out, sweep=sweep,
         widths=numbers(widths, "--widths"), layers=csv_list(layers), prune_tolerance=prune_tolerance,
-        redundancy_tolerance=redundancy_tolerance, fractions=[i / (steps - 1) for i in range(steps)],
+        agreement=agreement, redundancy_tolerance=redundancy_tolerance, fractions=[i / (steps - 1) for i in range(steps)],
         n_permutations=n_permutations, modes=("layer", "network") if mode == "both" else (mode,),
         conv_units=conv_units, max_rows=max_rows, device=device, seed=seed, scale=scale,
         plan_prunable=plan_prunable, plan_redundant=plan_redundant, thin=thin, overwrite=overwrite, plot=plot,

@@ -22,7 +22,9 @@ to one :class:`Evaluator`. The evaluator
   call's overhead (``benchmarks/frivolous.py`` measures when it pays);
 - predicts labels with one rule for every command (:func:`infoprobe.model.predicted_labels`:
   the argmax, or the sign of a single logit) and counts, per intervention, correct labels per
-  class and labels unchanged from the intact model.
+  class and labels unchanged from the intact model; or, for a model whose output is not class
+  logits (a detector, a segmenter, an embedding model), counts the samples whose output stays
+  within a tolerance of the intact model's (``agreement``).
 
 Replacement values come from :func:`replacement`, with one vocabulary for every command.
 """
@@ -46,6 +48,8 @@ REPLACEMENTS = ("zero", "mean", "activation_of_bias", "activation_of_zero", "con
 
 #: Rows per onnxruntime call under which interventions are stacked along the batch.
 STACK_ROWS = 256
+#: Default tolerance of the output agreement of models without class logits (relative L2).
+AGREEMENT = 0.05
 
 
 def mean_activation(store, site: str) -> np.ndarray:
@@ -171,7 +175,8 @@ class Outcome:
     n : int
         Samples.
     unchanged : int64 [K]
-        Samples whose predicted label equals the intact model's.
+        Samples whose predicted label equals the intact model's (with an evaluator's
+        ``agreement``: whose output stays within it).
     correct : int64 [K, C] or None
         Correctly labelled samples per true class (None without labels).
     class_totals : int64 [C] or None
@@ -225,11 +230,18 @@ class Evaluator:
         batch (never more rows in all than a chunk may hold within the budget).
     providers, threads :
         As for :class:`infoprobe.runner.Runner`.
+    agreement : float, "auto" or None
+        None: compare predicted labels (the output must be class logits). A float ``tol``:
+        a sample is unchanged while its output ``o'`` stays within ``||o' - o||_2 <= tol *
+        ||o||_2`` of the intact output ``o`` (each sample's output flattened); accuracies are
+        then not counted. ``"auto"``: labels for class logits, else :data:`AGREEMENT`.
 
     Attributes
     ----------
     intact : int64 [N]
-        Labels the intact model predicts.
+        Labels the intact model predicts (all -1 when outputs are compared).
+    agreement : float or None
+        The tolerance outputs are compared with, None when labels are.
     base : Outcome
         Counts of the intact model (K = 1).
     runs : int
@@ -242,8 +254,11 @@ class Evaluator:
     """
 
     def __init__(self, lm: LoadedModel, x: np.ndarray, *, labels=None, n_classes: int | None = None,
-                 batch_size: int = 4096, stack_rows: int = STACK_ROWS, providers=None, threads: int | None = None):
+                 batch_size: int = 4096, stack_rows: int = STACK_ROWS, providers=None, threads: int | None = None,
+                 agreement=None):
         self.lm, self.x = lm, x
+        if agreement not in (None, "auto") and not (isinstance(agreement, (int, float)) and agreement >= 0):
+            raise ConfigError(f"agreement must be a tolerance >= 0, 'auto' or None, not {agreement!r}")
         self.y = None if labels is None else np.asarray(labels, np.int64)
         if self.y is not None:
             self.n_classes = int(n_classes if n_classes is not None else self.y.max() + 1)
@@ -262,14 +277,55 @@ class Evaluator:
         self._cache_bytes = 0
         self.runs = 0
         n = len(x)
-        self.intact = np.empty(n, np.int64)
+        self.intact = np.full(n, -1, np.int64)
+        self.agreement = agreement
+        self._outputs, self._outputs_kept = {}, True
         for a, b in self.chunks():
             out = self.whole.run(x[a:b], outputs=[lm.output_name], batch_size=b - a)[lm.output_name]
-            self.intact[a:b] = lm.predicted_labels(out)
+            if self.agreement == "auto":
+                self.agreement = None if lm.is_class_logits(out) else AGREEMENT
+            if self.agreement is None:
+                self.intact[a:b] = lm.predicted_labels(out)
+            else:
+                self._keep_output(a, b, out)
+        if self.agreement is not None:
+            if self.y is not None:
+                raise ConfigError("accuracy needs predicted labels; an evaluator comparing outputs takes no labels")
+            self.base = Outcome(n, np.array([n]))
+            return
         correct = None
         if self.y is not None:
             correct = np.bincount(self.y[self.intact == self.y], minlength=self.n_classes)[None]
         self.base = Outcome(n, np.array([n]), correct, self.class_totals)
+
+    def _keep_output(self, a: int, b: int, out: np.ndarray) -> None:
+        """Keep the intact outputs while they all fit an eighth of the budget; past that they
+        are computed again for each evaluation (:meth:`intact_output`)."""
+        out = np.asarray(out, np.float32).reshape(b - a, -1)
+        if self._outputs_kept and out.nbytes * len(self.x) / max(1, b - a) <= max_memory() // 8:
+            self._outputs[(a, b)] = out
+        else:
+            self._outputs_kept, self._outputs = False, {}
+
+    def intact_output(self, a: int, b: int) -> np.ndarray:
+        """The intact model's outputs on samples ``a:b``, flattened per sample, float32."""
+        out = self._outputs.get((a, b))
+        if out is None:
+            name = self.lm.output_name
+            out = np.asarray(self.whole.run(self.x[a:b], outputs=[name], batch_size=b - a)[name],
+                             np.float32).reshape(b - a, -1)
+        return out
+
+    def _unchanged(self, res: np.ndarray, k: int, a: int, b: int) -> np.ndarray:
+        """Per intervention of a stacked run, the samples ``a:b`` whose label (or output,
+        within ``agreement``) is the intact model's, bool [k, b - a]; and the labels."""
+        n = b - a
+        if self.agreement is None:
+            labels = self.lm.predicted_labels(res).reshape(k, n)
+            return labels == self.intact[a:b], labels
+        ref = self.intact_output(a, b).astype(np.float64)
+        diff = np.asarray(res, np.float64).reshape(k, n, -1) - ref[None]
+        return np.linalg.norm(diff, axis=2) <= self.agreement * np.linalg.norm(ref, axis=1)[None], None
 
     def chunks(self):
         """``(start, stop)`` of every chunk of samples."""
@@ -394,9 +450,9 @@ class Evaluator:
                     xin = inputs if len(part) == 1 else tile_rows(inputs, len(part))
                     res = runner.run(xin, feeds=self._feeds([sets[i] for i in part], n), outputs=[output],
                                      batch_size=len(xin))[output]
-                    labels = self.lm.predicted_labels(res).reshape(len(part), n)
+                    same, labels = self._unchanged(res, len(part), a, b)
                     for j, i in enumerate(part):
-                        unchanged[i] += np.count_nonzero(labels[j] == self.intact[a:b])
+                        unchanged[i] += np.count_nonzero(same[j])
                         if correct is not None:
                             ok = labels[j] == y[a:b]
                             correct[i] += np.bincount(y[a:b][ok], minlength=self.n_classes)

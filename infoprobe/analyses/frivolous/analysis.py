@@ -84,6 +84,10 @@ class FrivolousConfig(Config):
 
     layers: tuple | None = param(None, help="Hidden layers (default: all).")
     prune_tolerance: float = param(0.2, help="Prunability: tolerated fraction of changed predictions.")
+    agreement: float | None = param(None, help="Prunability: compare outputs, not labels: a prediction is unchanged "
+                                               "while its output moves by at most this fraction of its norm "
+                                               "(relative L2). Default: labels for class logits, 0.05 for any "
+                                               "other output (detectors, segmenters, embeddings).")
     redundancy_tolerance: float = param(0.05, help="Redundancy (and --thin): largest fraction of variance left unexplained.")
     fractions: tuple | None = param(None, help="Ablated fractions, ascending from 0 (default 0, 1/6, ..., 1).")
     n_permutations: int = param(3, help="Random permutations per curve; the largest prunable fraction is kept.")
@@ -107,6 +111,8 @@ class FrivolousConfig(Config):
             raise ConfigError(f"modes must be among {', '.join(MODES)}")
         if not 0 <= self.prune_tolerance <= 1 or not 0 <= self.redundancy_tolerance < 1:
             raise ConfigError("tolerances are fractions: prune_tolerance in [0, 1], redundancy_tolerance in [0, 1)")
+        if self.agreement is not None and not self.agreement >= 0:
+            raise ConfigError("agreement is a tolerance >= 0 (a fraction of the output's norm)")
         if self.max_rows < 2:
             raise ConfigError("max_rows must be at least 2")
 
@@ -156,7 +162,8 @@ def _frivolous(src, data, cfg: FrivolousConfig, progress):
     if isinstance(src, LoadedModel):
         pr = prunability(src, data, layers=cfg.layers, fractions=cfg.fractions, n_permutations=cfg.n_permutations,
                          tolerance=cfg.prune_tolerance, conv_units=cfg.conv_units, modes=cfg.modes,
-                         seed=streams["permutations"], scale=cfg.scale, batch_size=cfg.batch_size, progress=progress)
+                         seed=streams["permutations"], scale=cfg.scale, batch_size=cfg.batch_size, progress=progress,
+                         agreement=cfg.agreement)
     red, corrs = redundancy(src, data, layers=cfg.layers, tolerance=cfg.redundancy_tolerance, max_rows=cfg.max_rows,
                             seed=streams["redundancy_rows"], device=cfg.device, scale=cfg.scale,
                             batch_size=cfg.batch_size, progress=progress)
@@ -182,5 +189,6 @@ def _frivolous(src, data, cfg: FrivolousConfig, progress):
     if data is not None:
         inputs["data"] = (data.path, data.sha256)
     params = dict(cfg.record(), fractions=list(checked_fractions(cfg.fractions)), split=getattr(data, "split", None),
+                  unchanged="labels" if pr is None or pr.agreement is None else f"outputs within {pr.agreement:g}",
                   input_scale=resolve_scale(data.x, cfg.scale) if data is not None else None)
     return FrivolousResult(str(path), rows, pr, red, corrs, provenance(inputs, params))

@@ -84,7 +84,8 @@ class FrivolousFamily:
 
 
 def frivolous_family(sources, data: Dataset | None = None, *, out, sweep: bool = False, widths=None,
-                     layers=None, prune_tolerance: float = 0.2, redundancy_tolerance: float = 0.05, fractions=None,
+                     layers=None, prune_tolerance: float = 0.2, agreement: float | None = None,
+                     redundancy_tolerance: float = 0.05, fractions=None,
                      n_permutations: int = 3, modes=MODES, conv_units: str = "position", max_rows: int = 50_000,
                      device: str = "cpu", seed: int = 0, scale="auto", plan_prunable=None, plan_redundant=None,
                      thin=None, overwrite: bool = False, plot: bool = True,
@@ -107,7 +108,7 @@ def frivolous_family(sources, data: Dataset | None = None, *, out, sweep: bool =
         to ``out``.
     widths : list of float, optional
         Width factors of :func:`~infoprobe.analyses.frivolous.width_sweep`.
-    layers, prune_tolerance, redundancy_tolerance, fractions, n_permutations, modes, conv_units, max_rows :
+    layers, prune_tolerance, agreement, redundancy_tolerance, fractions, n_permutations, modes, conv_units, max_rows :
         As for :func:`~infoprobe.analyses.frivolous.frivolous`; ``redundancy_tolerance``,
         ``layers``, ``max_rows`` and ``seed`` also drive the refactoring.
     device, seed, scale :
@@ -166,6 +167,7 @@ def frivolous_family(sources, data: Dataset | None = None, *, out, sweep: bool =
                                   "needs conv_units='channel' (--conv-units channel): a channel x position cannot "
                                   "be removed from a model")
             res = frivolous(source, None if is_store else data, layers=layers, prune_tolerance=prune_tolerance,
+                            agreement=agreement,
                             redundancy_tolerance=redundancy_tolerance, fractions=fractions,
                             n_permutations=n_permutations, conv_units=conv_units, modes=modes, max_rows=max_rows,
                             seed=seed, device=device, scale=scale, progress=progress)

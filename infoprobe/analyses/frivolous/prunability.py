@@ -10,6 +10,8 @@ channels. The runs go through the intervention engine
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,6 +75,10 @@ class Prunability:
         layer -> number of ablation units.
     runs : int
         Ablations evaluated (benchmarks compare with as many plain forward passes).
+    agreement : float or None
+        None: ``unchanged`` compares predicted labels; a float: outputs, a sample being
+        unchanged while its output moves by at most this fraction of its norm (relative L2;
+        a model whose output is not class logits).
     """
 
     curves: list
@@ -82,6 +88,7 @@ class Prunability:
     conv_units: str
     unit_counts: dict = field(default_factory=dict)
     runs: int = 0
+    agreement: float | None = None
 
     def row(self, layer: str, mode: str = "layer") -> dict:
         for r in self.summary:
@@ -93,14 +100,15 @@ class Prunability:
 def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutations: int = 3,
                 tolerance: float = 0.2, conv_units: str = "position", modes=MODES, seed=0,
                 scale="auto", batch_size: int = 4096, rows_per_run: int = 256, progress: bool = True,
-                providers=None) -> Prunability:
+                providers=None, agreement: float | None = None) -> Prunability:
     """Prunability of each hidden layer, and of all of them at once, by cumulative random
     ablation (Casper et al., Section 4, "Prunability"; Fig. 2a-b).
 
     Parameters
     ----------
     model : LoadedModel or path-like
-        An ONNX classifier.
+        An ONNX model: a classifier, or any model when predictions are compared by output
+        agreement.
     data : Dataset
         Test samples [N, ...] (labels are not needed: the metric compares predictions with
         the intact network's).
@@ -131,6 +139,12 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
         i.e. for small data sets; on a CPU, repeating the masks costs more than it saves for
         1,000 samples and more, as ``benchmarks/frivolous.py`` measures). See
         :class:`infoprobe.interventions.Evaluator`.
+    agreement : float, optional
+        Compare outputs rather than predicted labels: a sample's prediction is unchanged
+        while ``||o' - o||_2 <= agreement * ||o||_2`` (its output flattened). Default: labels
+        for a classifier's logits, and :data:`infoprobe.interventions.AGREEMENT` (0.05) for
+        any other output (a detector's boxes, a segmenter's maps, an embedding), with a
+        warning that says so.
 
     Returns
     -------
@@ -156,7 +170,12 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
     if not names:
         raise ConfigError(f"{lm.path.name} has no hidden unit layer to ablate")
     x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
-    engine = Evaluator(lm, x, batch_size=batch_size, stack_rows=rows_per_run, providers=providers)
+    engine = Evaluator(lm, x, batch_size=batch_size, stack_rows=rows_per_run, providers=providers,
+                       agreement="auto" if agreement is None else agreement)
+    if agreement is None and engine.agreement is not None:
+        warnings.warn(f"the output {lm.output_name!r} of {lm.path.name} is not class logits: a prediction counts as "
+                      f"unchanged while the output moves by at most {engine.agreement:g} of its norm (relative L2; "
+                      "set it with --agreement)")
     positions = conv_units == "position"
     sizes = {n: int(np.prod(mask_shape(lm.layer(n), positions))) for n in names}
     rng = np.random.default_rng(seed)
@@ -196,4 +215,4 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
                         "per_permutation": [f for f, _ in per_perm]})
         perms[(mode, label)] = kept_perms
     bar.close()
-    return Prunability(curves, summary, perms, names, conv_units, dict(sizes), engine.runs)
+    return Prunability(curves, summary, perms, names, conv_units, dict(sizes), engine.runs, engine.agreement)

@@ -32,12 +32,16 @@ from .options import csv_list, echo_json, load, max_size_option
               help="measure: remove lowest- or highest-ranked units.")
 @click.option("--layers", default=None, help="Comma-separated hidden layers (default: all).")
 @click.option("--seed", default=0, show_default=True, type=int, help="random: the seed.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Plan to write (.json).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Plan to write (.json); required unless --groups.")
+@click.option("--groups", "show_groups", is_flag=True,
+              help="List the model's dependency groups (sites whose units are removed together) and why each is "
+                   "coupled or cannot be pruned; write no plan.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing plan file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
 @max_size_option
 def plan(model, method, fraction, measure, hybrid, store, replace, surgery, order, layers, seed, out,
-         overwrite, as_json, max_model_size):
+         show_groups, overwrite, as_json, max_model_size):
     """Write a pruning plan for MODEL: units to remove and what replaces each.
 
     \b
@@ -49,7 +53,10 @@ def plan(model, method, fraction, measure, hybrid, store, replace, surgery, orde
       merge      data-free neuron merging of Srinivas & Babu 2015 (--no-surgery: no weight update)
 
     The plan is JSON (format infoprobe-pruning-plan, version 1; see the README) and is
-    applied by `infoprobe prune`.
+    applied by `infoprobe prune`. Sites whose units are coupled -- the branches of a residual
+    sum and the sum, a depthwise conv and the site it reads -- form a dependency group: the
+    plan ranks the group's units by the sum over members of each member's scores divided by
+    their mean, and removes the same units from every member (--groups lists the groups).
 
     \b
     Examples:
@@ -58,9 +65,24 @@ def plan(model, method, fraction, measure, hybrid, store, replace, surgery, orde
       infoprobe plan model.onnx --method hybrid --hybrid fc1=mutual_information:1,fc2=kl_selectivity:2 \\
           --fraction 0.5 --store acts.h5 --out plan.json
       infoprobe plan model.onnx --method merge --fraction 0.5 --out plan.json
+      infoprobe plan resnet.onnx --groups
     """
     from infoprobe.analyses.plans import make_plan
+    from infoprobe.prune import dependency_groups
 
+    if show_groups:
+        groups = dependency_groups(load(model, max_model_size))
+        if as_json:
+            echo_json({"groups": [g.to_dict() for g in groups]})
+            return
+        for g in groups:
+            state = f"refused: {g.refused}" if g.refused else "prunable"
+            click.echo(f"{', '.join(g.sites)}  ({g.units} units each; {state})")
+            for link in g.links:
+                click.echo(f"    {link}")
+        return
+    if out is None:
+        raise click.UsageError("--out is required (or pass --groups to list the dependency groups)")
     res = make_plan(load(model, max_model_size), method, fraction, store=store, measure=measure,
                     hybrid=hybrid or None, replace=replace, surgery=surgery, order=order, seed=seed,
                     layers=csv_list(layers))

@@ -105,22 +105,66 @@ def model_cost(model: ir.Model, nbytes: int | None = None) -> dict:
             "bytes_by_dtype": dict(sorted(by_dtype.items())), "macs": macs, "macs_unknown": unknown}
 
 
-def measure_latency(session, input_name: str, x: np.ndarray, *, repeats: int = 30, warmup: int = 3) -> dict:
+def measure_latency(session, input_name: str, x, *, repeats: int = 30, warmup: int = 3) -> dict:
     """Median wall-clock time of ``session.run`` on the batch ``x`` (onnxruntime, this machine).
+
+    Parameters
+    ----------
+    x : array [B, ...] or :class:`infoprobe.data.Inputs`
+        The batch (several named inputs as an ``Inputs``).
 
     Returns
     -------
     dict
         ``batch`` (rows of ``x``), ``median_ms`` and ``p90_ms`` per run, ``repeats``.
     """
-    feed = {input_name: np.ascontiguousarray(x, np.float32)}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    t = np.array(times) * 1e3
-    return {"batch": int(len(x)), "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
-            "repeats": len(times)}
+    return compare_latency({"model": session}, input_name, x, batches=(len(x),), repeats=repeats,
+                           warmup=warmup)["model"][0]
+
+
+def compare_latency(sessions: dict, input_name: str, x, *, batches=(1, 256), repeats: int = 30,
+                    warmup: int = 3) -> dict:
+    """Latency of several onnxruntime sessions measured the same way, side by side.
+
+    For each batch size (rows of ``x``, at most ``len(x)``), every session is warmed up
+    ``warmup`` times, then the sessions run in turn ``repeats`` times (interleaved, the order
+    reversed every round, so that a slow spell of the machine touches all of them alike).
+
+    Parameters
+    ----------
+    sessions : dict
+        Name -> ``onnxruntime.InferenceSession``, all taking the same inputs.
+    input_name : str
+        The input of a single-input model (ignored for ``Inputs``).
+    x : array [B, ...] or Inputs
+        Inputs; each batch is its first rows.
+    batches : sequence of int
+        Batch sizes (default 1, the latency of one request, and 256, throughput).
+
+    Returns
+    -------
+    dict
+        Name -> list, one dict per batch: ``batch``, ``median_ms``, ``p10_ms``, ``p90_ms`` (the
+        spread) per run, ``per_sample_ms`` (median / batch) and ``repeats``.
+    """
+    from .data import feeds
+
+    out = {k: [] for k in sessions}
+    names = list(sessions)
+    for b in dict.fromkeys(max(1, min(int(b), len(x))) for b in batches):
+        feed = feeds(input_name, x[:b])
+        for k in names:
+            for _ in range(warmup):
+                sessions[k].run(None, feed)
+        times = {k: [] for k in names}
+        for r in range(max(1, repeats)):
+            for k in (names if r % 2 == 0 else names[::-1]):
+                t0 = time.perf_counter()
+                sessions[k].run(None, feed)
+                times[k].append(time.perf_counter() - t0)
+        for k in names:
+            t = np.array(times[k]) * 1e3
+            med = float(np.median(t))
+            out[k].append({"batch": b, "median_ms": med, "p10_ms": float(np.percentile(t, 10)),
+                           "p90_ms": float(np.percentile(t, 90)), "per_sample_ms": med / b, "repeats": len(t)})
+    return out

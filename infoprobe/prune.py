@@ -19,6 +19,16 @@ f(c)); an affine term travels exactly only through linear ops, and a single non-
 also through max pooling and (without a constant) through ``Relu``/``LeakyRelu``. Anything
 else is refused with a message naming the node -- never approximated.
 
+Dependency groups (:func:`dependency_groups`): where a site's units are summed with another
+branch's in a residual ``Add`` (a ``residual`` site) or read channel by channel by a depthwise
+conv, those sites form a group that loses the same units: the sum needs no surgery (its
+summands lose the units), a depthwise conv loses its filters and its ``group`` attribute
+shrinks, and every member's replacement is folded into the members' consumers outside the
+group. A plan that removes different units from members of one group is refused, and so is a
+group that reaches an op normalising over its units (``LayerNormalization``, ``Softmax``).
+Token-wise sites (a transformer MLP's hidden neurons, units last) are removed from the
+``MatMul`` that makes them and the ``MatMul`` that reads them.
+
 Flatten -> dense: a removed channel removes its block of H*W columns of the dense weight.
 Zero padding: when the next conv zero-pads its input, a constant c_j contributes
 ``sum W[o, j] c_j`` in the interior but less at the borders, where padding supplies 0
@@ -74,14 +84,32 @@ def _static_dims(value, what) -> list:
     return dims
 
 
-def _routes(graph: ir.Graph, lay, firsts: dict) -> list:
+def _depthwise(node) -> bool:
+    """A ``Conv`` whose every output channel reads its own input channel (group = C_in = C_out)."""
+    g = _attr_int(node, "group", 1)
+    w = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    return g > 1 and w is not None and w.shape[1] == 1 and w.shape[0] == g
+
+
+#: Ops that normalise over (or mix) the unit axis: a unit removed there changes every other.
+_NORMALISING = {"LayerNormalization", "Softmax", "LogSoftmax", "InstanceNormalization", "GroupNormalization",
+                "LpNormalization", "MeanVarianceNormalization"}
+
+
+def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> list:
     """Consumers of ``lay``'s post-activation and the pass-through ops before each.
 
     The walk tracks the tensor's layout: ``("spatial", (H, W))`` while it is [N, C, H, W],
-    ``("flat", block)`` once it is [N, units * block].
+    ``("flat", block)`` once it is [N, units * block], ``("token",)`` for [N, T, U] (units
+    last). Where it reaches a site whose units are the same units -- the residual ``Add`` the
+    post-activation is summed in, or a depthwise conv that reads it channel by channel -- it
+    stops and appends ``(site name, how)`` to ``links``: those sites form one dependency group
+    with ``lay`` (:func:`dependency_groups`). Refuses (:class:`PlanError`) every other op it
+    cannot carry a removal through.
     """
     start = next(v for n in graph for v in n.outputs if v.name == lay.post_value)
     routes = []
+    links = [] if links is None else links
 
     def refuse(msg):
         raise PlanError(f"cannot prune layer {lay.name!r}: {msg}")
@@ -92,28 +120,51 @@ def _routes(graph: ir.Graph, lay, firsts: dict) -> list:
         for node, idx in list(value.uses()):
             op = node.op_type
             where = f"{node.name or op} ({op})"
+            site = firsts.get(node.name)
+            if site is not None and site.found_by == "residual":
+                links.append((site.name, f"residual {op} {node.name}"))
+                continue
+            if op in ("Add", "QLinearAdd", "Sum") and site is None and all(
+                    i is not None and i.const_value is None for i in node.inputs):
+                refuse(f"it is summed with another branch in {where}, which is not a site (left out by --sites?); "
+                       "the branches' units can only be removed together")
+            if op == "Conv" and idx == 0 and site is not None and _depthwise(node):
+                if state[0] != "spatial":
+                    refuse(f"it reaches the depthwise convolution {where} flattened")
+                links.append((site.name, f"depthwise Conv {node.name}"))
+                continue
             if op in _AFFINE and idx == 0:
-                if node.name not in firsts:
+                if site is None:
                     refuse(f"it feeds {where}, which is not a unit layer infoprobe can rewrite")
                 if op == "Conv":
                     if state[0] != "spatial":
                         refuse(f"it reaches the convolution {where} flattened")
                     if _attr_int(node, "group", 1) != 1:
-                        refuse(f"it feeds the grouped convolution {where}")
+                        refuse(f"it feeds the grouped convolution {where}, whose channels are tied in blocks of "
+                               f"{_attr_int(node, 'group', 1)} groups")
+                    routes.append(_Route(node, ops, 1, []))
+                elif state[0] == "token":
+                    if op != "MatMul":
+                        refuse(f"it reaches {where} with positions")
                     routes.append(_Route(node, ops, 1, []))
                 else:
                     if state[0] != "flat":
                         refuse(f"it reaches {where} without being flattened to [N, features]")
                     routes.append(_Route(node, ops, state[1], [n for n in ops if n.op_type == "Reshape"]))
                 continue
+            if op in _NORMALISING:
+                refuse(f"it reaches {where}, which normalises over the units: removing one changes the others")
             if idx != 0 or (op not in _LINEAR and op not in _MAXPOOL and op not in _ELEMENTWISE):
                 refuse(f"its output reaches {where}, which physical pruning cannot rewrite exactly "
                        "(supported between unit layers: Identity, Dropout, Flatten, Reshape, MaxPool, "
-                       "AveragePool, GlobalMaxPool, GlobalAveragePool, Relu, LeakyRelu, Sigmoid, Tanh)")
+                       "AveragePool, GlobalMaxPool, GlobalAveragePool, Relu, LeakyRelu, Sigmoid, Tanh; "
+                       "residual sums and depthwise convs join a dependency group)")
             out = node.outputs[0]
             if any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:]):
                 refuse(f"{where} has a second output in use")
             nxt = state
+            if state[0] == "token" and op not in ("Identity", "Dropout") and op not in _ELEMENTWISE:
+                refuse(f"{where} reshapes or pools a token-wise site")
             if op in ("Flatten", "Reshape"):
                 dims = _static_dims(out, f"the output of {where}")
                 in_dims = _static_dims(value, f"the input of {where}")
@@ -131,10 +182,97 @@ def _routes(graph: ir.Graph, lay, firsts: dict) -> list:
                 nxt = ("spatial", tuple(_static_dims(out, f"the output of {where}")[2:]))
             walk(out, ops + [node], nxt)
 
-    walk(start, [], ("flat", 1) if lay.kind == "dense" else ("spatial", tuple(lay.shape[1:])))
-    if not routes:
+    if lay.kind == "token":
+        state = ("token",)
+    else:
+        state = ("flat", 1) if lay.kind == "dense" else ("spatial", tuple(lay.shape[1:]))
+    walk(start, [], state)
+    if not routes and not links:
         raise PlanError(f"cannot prune layer {lay.name!r}: no unit layer reads it")
     return routes
+
+
+@dataclass(frozen=True)
+class DependencyGroup:
+    """Sites whose units must be removed together, unit j of one with unit j of every other.
+
+    Attributes
+    ----------
+    sites : tuple of str
+        The members, in model order: the branches of a residual sum and the sum itself (every
+        producer and consumer of a residual stream), a depthwise conv and the site it reads.
+    units : int
+        Units of each member (the same for all).
+    links : tuple of str
+        Why they are coupled, one line per link (``"stem -> residual Add block1_add"``).
+    refused : str or None
+        Why the group cannot be pruned (a member reaches an op that normalises over the
+        units, a grouped conv, a graph output, ...); None when it can.
+    """
+
+    sites: tuple
+    units: int
+    links: tuple = ()
+    refused: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"sites": list(self.sites), "units": self.units, "links": list(self.links), "refused": self.refused}
+
+
+def dependency_groups(lm: LoadedModel) -> list:
+    """The dependency groups of a model's hidden sites (singletons included), in model order.
+
+    A hidden site's post-activation is followed forward (as :func:`apply_plan` does): a
+    residual ``Add`` (a ``residual`` site) it is summed in and a depthwise ``Conv`` that reads
+    it join its group, by union over all sites. A group is refused with the first reason any
+    of its members gives (an op the removal cannot pass, an op that normalises over the
+    units, a member without weights and without links: a LayerNorm output, attention heads).
+
+    Returns
+    -------
+    list of DependencyGroup
+    """
+    graph = lm.ir_model.graph
+    firsts = {lay.nodes[0]: lay for lay in lm.layers if lay.nodes}
+    hidden = [lay.name for lay in lm.hidden_layers]
+    parent = {n: n for n in hidden}
+
+    def find(n):
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    why, refused = {}, {}
+    for lay in lm.hidden_layers:
+        links = []
+        try:
+            if lay.found_by not in ("affine", "residual"):
+                raise PlanError(f"site {lay.name!r} ({lay.found_by}) has no units of its own to remove")
+            _routes(graph, lay, firsts, links)
+        except PlanError as exc:
+            refused[lay.name] = str(exc)
+        for site, how in links:
+            if site in parent:
+                ra, rb = find(lay.name), find(site)
+                if ra != rb:
+                    parent[rb] = ra
+                why.setdefault(lay.name, []).append(f"{lay.name} -> {how}")
+            else:
+                refused[lay.name] = f"cannot prune layer {lay.name!r}: it reaches {site!r}, the output layer"
+    groups = {}
+    for n in hidden:
+        groups.setdefault(find(n), []).append(n)
+    out = []
+    for members in groups.values():
+        units = {lm.layer(m).units for m in members}
+        reason = next((refused[m] for m in members if m in refused), None)
+        if reason is None and len(units) > 1:
+            reason = f"sites {', '.join(members)} are coupled but have different unit counts"
+        out.append(DependencyGroup(tuple(members), min(units), tuple(x for m in members for x in why.get(m, [])),
+                                   reason))
+    order = {n: i for i, n in enumerate(hidden)}
+    return sorted(out, key=lambda g: order[g.sites[0]])
 
 
 def _transport(route: _Route, lp: LayerPlan, layer: str) -> np.ndarray:
@@ -321,7 +459,10 @@ def _add_to_bias(graph, arrays: _Arrays, node, members, delta: np.ndarray) -> No
 
 
 def _remove_rows(arrays: _Arrays, lay, members, kept: np.ndarray) -> None:
-    """Remove the pruned units from their own layer: weight rows, bias, batch norm."""
+    """Remove the pruned units from their own layer: weight rows, bias, batch norm (nothing for
+    a residual sum: its summands lose the same units)."""
+    if lay.found_by == "residual":
+        return
     first = members[0]
     op = first.op_type
     if op == "Gemm":
@@ -424,12 +565,13 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
     border = {}          # consumer node name -> border correction [O, H, W]
 
     active = {n: lp for n, lp in plan.layers.items() if len(lp.remove)}
+    _check_groups(lm, active)
     for name in active:
         first = members_of[name][0]
-        if first.op_type == "Conv" and _attr_int(first, "group", 1) != 1:
-            raise PlanError(f"cannot prune layer {name!r}: it is a grouped (or depthwise) convolution with "
-                            f"group={_attr_int(first, 'group', 1)}, whose channels are tied to its input's; "
-                            "infoprobe does not remove such dependency groups yet")
+        if first.op_type == "Conv" and _attr_int(first, "group", 1) != 1 and not _depthwise(first):
+            raise PlanError(f"cannot prune layer {name!r}: it is a grouped convolution with "
+                            f"group={_attr_int(first, 'group', 1)}, whose channels are tied to its input's in "
+                            "blocks; infoprobe removes whole depthwise channels only")
     # phase 1: fold each removed unit into the layers that read it (full-size arrays)
     for name, lp in active.items():
         lay = lm.layer(name)
@@ -475,6 +617,9 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
             store(w.reshape(w.shape[0], units, block)[:, keep_units].reshape(w.shape[0], -1))
     for name, lp in active.items():
         _remove_rows(arrays, lm.layer(name), members_of[name], lp.kept)
+        first = members_of[name][0]
+        if first.op_type == "Conv" and _depthwise(first):        # one group per channel left
+            first.attributes["group"] = ir.AttrInt64("group", len(lp.kept))
     for cname, corr in border.items():
         node = by_name[cname]
         lay = firsts[cname]
@@ -490,6 +635,26 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
         return finalize(model)
     except ModelError as exc:
         raise PlanError(f"the pruned model is invalid: {exc}") from None
+
+
+def _check_groups(lm: LoadedModel, active: dict) -> None:
+    """Every pruned site's dependency group is prunable and removes the same units from every
+    member (:func:`dependency_groups`); raises :class:`PlanError` naming the group."""
+    for g in dependency_groups(lm):
+        touched = [m for m in g.sites if m in active]
+        if not touched:
+            continue
+        if g.refused:
+            raise PlanError(g.refused if len(g.sites) == 1 else
+                            f"{g.refused} (dependency group {', '.join(g.sites)})")
+        ref = active[touched[0]].remove
+        for m in g.sites:
+            got = active[m].remove if m in active else np.zeros(0, np.int64)
+            if not np.array_equal(got, ref):
+                raise PlanError(f"sites {', '.join(g.sites)} form a dependency group (their units are summed or "
+                                f"read channel by channel); the plan removes units {ref.tolist()[:8]} from "
+                                f"{touched[0]!r} but {got.tolist()[:8]} from {m!r}: remove the same units from "
+                                "every member (infoprobe plan does; plan --groups lists the groups)")
 
 
 def save_model(model: ir.Model, path, *, overwrite: bool = False) -> Path:

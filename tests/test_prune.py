@@ -9,7 +9,7 @@ import pytest
 from conftest import FIX, initializers, sigmoid
 from infoprobe.analyses.plans import (hybrid_plan, magnitude_plan, merge_order, merge_plan,
                                       parse_fractions, random_plan)
-from infoprobe.data import load_data, prepare_inputs
+from infoprobe.data import load_data, model_inputs, prepare_inputs
 from infoprobe.errors import ConfigError, PlanError
 from infoprobe.model import load_model
 from infoprobe.plan import LayerPlan, PruningPlan
@@ -346,3 +346,75 @@ def test_plan_and_threshold_files_nested_beyond_recursion_are_one_error(tmp_path
     (tmp_path / "t.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000)
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_thresholds(tmp_path / "t.toml")
+
+
+# ---------------------------------------------------------------- dependency groups
+
+def test_dependency_groups_of_the_resnet_follow_its_residual_stream():
+    from infoprobe.prune import dependency_groups
+
+    groups = {g.sites: g for g in dependency_groups(load_model(FIX / "zoo_resnet.onnx"))}
+    # by hand from build_zoo.py: block1's identity skip ties the stem to block1's conv2 and sum;
+    # block2's projection starts a new stream that block3's identity skip continues
+    assert set(groups) == {("stem", "block1_conv2", "block1_add"), ("block1_conv1",),
+                           ("block2_proj", "block2_conv2", "block2_add", "block3_conv2", "block3_add"),
+                           ("block2_conv1",), ("block3_conv1",)}
+    assert not any(g.refused for g in groups.values())
+    mob = {g.sites: g for g in dependency_groups(load_model(FIX / "zoo_mobilenetv2.onnx"))}
+    assert ("block1_expand", "block1_dw") in mob and "depthwise" in mob[("block1_expand", "block1_dw")].links[0]
+    vit = {g.sites: g for g in dependency_groups(load_model(FIX / "zoo_vit.onnx"))}
+    assert vit[("block1_mlp_fc1_matmul",)].refused is None
+    assert "normalises over the units" in vit[("block1_mlp_fc2_matmul", "block1_mlp_residual")].refused
+
+
+def _zoo_inputs(name, lm, n=200):
+    if name == "zoo_encoder.onnx":
+        d = load_data(FIX / "tokens_demo.npz", split="test", x_key="input_ids,attention_mask", limit=n)
+        return model_inputs(lm, d.x, 1.0)
+    return model_inputs(lm, load_data(FIX / "mnist_demo.npz", split="test", limit=n).x, 1 / 255)
+
+
+@pytest.mark.parametrize("name", ["zoo_resnet.onnx", "zoo_mobilenetv2.onnx", "zoo_vit.onnx", "zoo_encoder.onnx"])
+@pytest.mark.parametrize("fraction", [0.3, 0.5])
+def test_zoo_models_pruned_by_groups_equal_the_plan_applied_by_masks(name, fraction):
+    """Magnitude ranking over dependency groups, with non-zero constants (folded into every
+    consumer of the group, padding borders included): the smaller model equals the masked
+    plan; residual-coupled channels, depthwise channels and transformer MLP neurons go."""
+    from infoprobe.analyses.compress import prunable_part
+    from infoprobe.analyses.plans import plan_from_scores, plannable_layers
+    from infoprobe.data import feeds
+
+    lm = load_model(FIX / name)
+    rng = np.random.default_rng(7)
+    names = plannable_layers(lm)
+    scores = {n: np.abs(lm.weights(n)[0].astype(np.float64)).reshape(lm.layer(n).units, -1).sum(1) for n in names}
+    counts = {n: int(round(fraction * lm.layer(n).units)) for n in names}
+    plan = plan_from_scores(lm, scores, counts)
+    plan = PruningPlan({n: LayerPlan.build(n, lp.units, lp.remove, rng.normal(0, 0.2, len(lp.remove)))
+                        for n, lp in plan.layers.items()}, lm.sha256, plan.generator)
+    plan, _ = prunable_part(lm, plan)
+    pruned = apply_plan(lm, plan)
+    x = _zoo_inputs(name, lm)
+    ref = Runner(lm)
+    want = ref.run(x, feeds=ref.plan_feeds(plan), outputs=[lm.output_name])[lm.output_name]
+    got = make_session(pruned).run([lm.output_name], feeds(lm.input_name, x))[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert np.abs(want - ref.run(x, outputs=[lm.output_name])[lm.output_name]).max() > 1e-2  # the plan did act
+    removed = {n for n, lp in plan.layers.items() if len(lp.remove)}
+    expect = {"zoo_resnet.onnx": {"block1_add", "block3_add", "stem"}, "zoo_mobilenetv2.onnx": {"block1_dw", "block3_add"},
+              "zoo_vit.onnx": {"block1_mlp_fc1_matmul"}, "zoo_encoder.onnx": {"layer2_ff_fc1_matmul"}}[name]
+    assert expect <= removed
+    dims = {v.name: v for v in pruned.graph.initializers.values()}
+    assert sum(v.const_value.size for v in dims.values()) < sum(
+        v.const_value.size for v in lm.fresh_ir().graph.initializers.values() if v.const_value is not None)
+
+
+def test_a_plan_that_splits_a_dependency_group_is_refused():
+    lm = load_model(FIX / "zoo_resnet.onnx")
+    plan = PruningPlan({"stem": LayerPlan.build("stem", 16, [1, 2]), "block1_conv2": LayerPlan.build("block1_conv2", 16, [1]),
+                        "block1_add": LayerPlan.build("block1_add", 16, [1, 2])})
+    with pytest.raises(PlanError, match="dependency group"):
+        apply_plan(lm, plan)
+    lm = load_model(FIX / "zoo_mlp_ln_gelu.onnx")
+    with pytest.raises(PlanError, match="normalises over the units"):
+        apply_plan(lm, PruningPlan({"fc1": LayerPlan.build("fc1", 64, [1])}))

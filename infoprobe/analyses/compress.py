@@ -10,9 +10,9 @@ from ..data import Dataset, feeds, model_inputs, resolve_scale, row_bytes
 from ..errors import ConfigError, InfoprobeError, ModelError, PlanError
 from ..limits import rows_within
 from ..model import LoadedModel, load_model, runtime_rows
-from ..modelstats import measure_latency, model_cost
+from ..modelstats import compare_latency, model_cost
 from ..plan import PruningPlan
-from ..prune import apply_plan, save_model
+from ..prune import apply_plan, dependency_groups, save_model
 from ..results import check_outputs
 from ..runner import Runner, default_threads, make_session, ort_error
 
@@ -73,6 +73,11 @@ class PruneReport(dict):
                   f"{'MACs per sample':<22} {o['macs']:>14,} {p['macs']:>14,} {r['macs'] or float('nan'):>7.3f}",
                   f"{lat:<22} {o['latency']['median_ms']:>14.4f} {p['latency']['median_ms']:>14.4f} "
                   f"{r['latency']:>7.3f}"]
+        if "latency_batch1" in o:
+            lines.append(f"{'latency (ms/1)':<22} {o['latency_batch1']['median_ms']:>14.4f} "
+                         f"{p['latency_batch1']['median_ms']:>14.4f} {r['latency_batch1']:>7.3f}")
+        lines += [f"note: {n}" for n in self.get("notes", [])]
+        lines += [f"left whole: {', '.join(x['layers'])}: {x['reason']}" for x in self.get("left_out", [])]
         ver = self.get("verification")
         if ver:
             acc = (f"; accuracy {ver['accuracy_original']:.4f} -> {ver['accuracy_pruned']:.4f}"
@@ -105,14 +110,18 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
         accuracies are reported when labels exist. Its first ``latency_batch`` rows are
         the latency batch.
     latency_batch, repeats : int
-        Batch size and repetitions of the onnxruntime latency measurement (median). The
-        batch is capped to fit a sixteenth of the memory budget.
+        Throughput batch size and repetitions of the onnxruntime latency measurement
+        (:func:`infoprobe.modelstats.compare_latency`: both models warmed up, then run in
+        turn; median and spread at batch 1 and at ``latency_batch``). The batch is capped to
+        fit a sixteenth of the memory budget.
 
     Returns
     -------
     PruneReport
-        A dict: ``original`` and ``pruned``: parameters, bytes, per-sample MACs and latency;
-        ``ratios`` (pruned / original); ``layers`` (units before and after);
+        A dict: ``original`` and ``pruned``: parameters, bytes, per-sample MACs, ``latency``
+        (throughput batch) and ``latency_batch1``; ``ratios`` (pruned / original); ``notes``
+        (a measured speed-up under 80% of the MAC-predicted one); ``left_out`` (layers of
+        dependency groups that cannot be pruned, left whole, with the reason); ``layers`` (units before and after);
         ``verification`` (with data: max |delta output| against the plan applied by masks
         and against the original, tolerance, label agreement with the original,
         accuracies); ``out``.
@@ -128,6 +137,7 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
     check_outputs([out], overwrite)
     if out.resolve() == lm.path.resolve():
         raise ConfigError("the output (out, --out) is the input model; write the pruned model elsewhere")
+    pl, left_out = prunable_part(lm, pl)
     pruned = apply_plan(lm, pl)
     threads = default_threads()
     x_lat = latency_inputs(lm, data, runtime_rows(lm.source, latency_batch), scale)
@@ -144,35 +154,87 @@ def prune_model(model, plan, out, *, data: Dataset | None = None, scale="auto", 
     if got_out.shape != ref_out.shape:
         raise PlanError(f"the pruned model's output has shape {list(got_out.shape)} instead of "
                         f"{list(ref_out.shape)}, so it was not written")
+    ver = None if data is None else _verify(lm, pl, sessions["pruned"], data, scale, threads, batch_size)
+    if ver is not None and not ver["exact"]:
+        raise PlanError(f"the pruned model differs from the plan applied by masks by {ver['max_abs_diff']:.3g} "
+                        f"(tolerance {ver['tolerance']:.3g}) on {ver['n_samples']} samples, so it was not written")
     save_model(pruned, out, overwrite=overwrite)
     report = PruneReport({"out": str(out), "plan_sha256": pl.sha256(), "generator": pl.generator,
+              "left_out": left_out,
               "layers": [{"layer": lay.name, "units": lay.units,
                           "kept": lay.units - (len(pl.layers[lay.name].remove) if lay.name in pl.layers else 0)}
                          for lay in lm.layers]})
+    lat = compare_latency(sessions, lm.input_name, x_lat, batches=(1, len(x_lat)), repeats=repeats)
     for key, ir_model, nbytes in (("original", lm.ir_model, lm.file_bytes),
                                   ("pruned", pruned, ir.to_proto(pruned).ByteSize())):
         cost = model_cost(ir_model, nbytes)
-        cost["latency"] = measure_latency(sessions[key], lm.input_name, x_lat, repeats=repeats)
+        cost["latency_batch1"], cost["latency"] = lat[key][0], lat[key][-1]
         report[key] = cost
     o, p = report["original"], report["pruned"]
     report["ratios"] = {"parameters": p["parameters"] / o["parameters"], "bytes": p["bytes"] / o["bytes"],
                         "macs": p["macs"] / o["macs"] if o["macs"] else None,
-                        "latency": p["latency"]["median_ms"] / o["latency"]["median_ms"]}
-    if data is not None:
-        x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
-        ref = Runner(lm, mix=not all(lp.is_constant for lp in pl.layers.values()), threads=threads)
-        expected = ref.run(x, feeds=ref.plan_feeds(pl), outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]
-        intact = ref.run(x, outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]
-        got = np.concatenate([_run_once(sessions["pruned"], lm, x[i:i + batch_size], "running the pruned model")
-                              for i in range(0, len(x), batch_size)])
-        diff = float(np.abs(got - expected).max())
-        tol = VERIFY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
-        pred_got, pred_intact = lm.predicted_labels(got), lm.predicted_labels(intact)
-        ver = {"n_samples": len(x), "max_abs_diff": diff, "tolerance": tol, "exact": diff <= tol,
-               "max_abs_diff_original": float(np.abs(got - intact).max()),
-               "label_agreement_with_original": float((pred_got == pred_intact).mean())}
-        if data.y is not None:
-            ver["accuracy_original"] = float((pred_intact == data.y).mean())
-            ver["accuracy_pruned"] = float((pred_got == data.y).mean())
+                        "latency": p["latency"]["median_ms"] / o["latency"]["median_ms"],
+                        "latency_batch1": p["latency_batch1"]["median_ms"] / o["latency_batch1"]["median_ms"]}
+    report["notes"] = speedup_notes(report["ratios"])
+    if ver is not None:
         report["verification"] = ver
     return report
+
+
+def speedup_notes(ratios: dict, share: float = 0.8) -> list:
+    """Lines saying where the measured speed-up falls short of ``share`` of the speed-up the
+    MACs predict (``1 / macs ratio``), at either batch size of :func:`prune_model`."""
+    notes = []
+    if not ratios.get("macs"):
+        return notes
+    predicted = 1.0 / ratios["macs"]
+    for key, what in (("latency_batch1", "batch 1"), ("latency", "the throughput batch")):
+        got = 1.0 / ratios[key]
+        if predicted > 1.05 and got < 1 + share * (predicted - 1):
+            notes.append(f"at {what}: measured speed-up {got:.2f}x, the MACs predict {predicted:.2f}x (time goes "
+                         "to per-op overheads, memory traffic or channel counts the kernels do not favour)")
+    return notes
+
+
+def prunable_part(lm: LoadedModel, plan: PruningPlan) -> tuple:
+    """The plan without the layers of dependency groups that cannot be pruned
+    (:func:`infoprobe.prune.dependency_groups`), and the list of ``{"layers", "reason"}``
+    left out (:class:`PruneReport` prints them).
+
+    Raises
+    ------
+    PlanError
+        Every layer the plan removes units from is left out.
+    """
+    left, drop = [], set()
+    for g in dependency_groups(lm):
+        hit = [m for m in g.sites if m in plan.layers and len(plan.layers[m].remove)]
+        if hit and g.refused:
+            left.append({"layers": hit, "reason": g.refused})
+            drop.update(hit)
+    if not drop:
+        return plan, []
+    kept = {n: lp for n, lp in plan.layers.items() if n not in drop}
+    if not any(len(lp.remove) for lp in kept.values()):
+        raise PlanError("nothing in the plan can be pruned: " + "; ".join(x["reason"] for x in left))
+    return PruningPlan(kept, plan.model_sha256, dict(plan.generator, left_out=[x["layers"] for x in left])), left
+
+
+def _verify(lm, pl, session, data, scale, threads, batch_size) -> dict:
+    """The pruned model (``session``) against the plan applied by masks, and the original."""
+    x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
+    ref = Runner(lm, mix=not all(lp.is_constant for lp in pl.layers.values()), threads=threads)
+    expected = ref.run(x, feeds=ref.plan_feeds(pl), outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]
+    intact = ref.run(x, outputs=[lm.output_name], batch_size=batch_size)[lm.output_name]
+    got = np.concatenate([_run_once(session, lm, x[i:i + batch_size], "running the pruned model")
+                          for i in range(0, len(x), batch_size)])
+    diff = float(np.abs(got - expected).max())
+    tol = VERIFY_TOLERANCE * max(1.0, float(np.abs(expected).max()))
+    pred_got, pred_intact = lm.predicted_labels(got), lm.predicted_labels(intact)
+    ver = {"n_samples": len(x), "max_abs_diff": diff, "tolerance": tol, "exact": diff <= tol,
+           "max_abs_diff_original": float(np.abs(got - intact).max()),
+           "label_agreement_with_original": float((pred_got == pred_intact).mean())}
+    if data.y is not None:
+        ver["accuracy_original"] = float((pred_intact == data.y).mean())
+        ver["accuracy_pruned"] = float((pred_got == data.y).mean())
+    return ver

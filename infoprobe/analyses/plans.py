@@ -24,13 +24,15 @@ unit's incoming weights leaves, DESIGN.md).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..errors import ConfigError
 from ..interventions import replacement
 from ..model import LoadedModel
 from ..plan import LayerPlan, PruningPlan
-from ..prune import outgoing_weights
+from ..prune import dependency_groups, outgoing_weights
 from ..store import Store
 from .ablation import parse_hybrid, rank_units
 from .importance import MEASURES, ImportanceResult, importance as compute_importance
@@ -126,21 +128,58 @@ def replacement_constants(lm: LoadedModel, layer: str, replace: str, store: Stor
     return replacement(lm, layer, kind, store=store)
 
 
+def coupled_groups(lm: LoadedModel) -> dict:
+    """Site name -> its :class:`~infoprobe.prune.DependencyGroup`, for the sites of prunable
+    groups of more than one member (whose units a plan removes from every member at once)."""
+    return {m: g for g in dependency_groups(lm) if len(g.sites) > 1 and not g.refused for m in g.sites}
+
+
+def group_scores(scores: dict, sites) -> np.ndarray:
+    """One score per unit of a dependency group: the sum over its members that have scores of
+    each member's scores divided by their mean absolute value (so that every member weighs
+    the same, whatever its scale), float64 [U].
+
+    Raises
+    ------
+    ConfigError
+        No member has scores.
+    """
+    parts = [np.asarray(scores[m], np.float64) for m in sites if m in scores]
+    if not parts:
+        raise ConfigError(f"no scores for any site of the dependency group {', '.join(sites)}")
+    return sum(p / max(float(np.mean(np.abs(p))), 1e-300) for p in parts)
+
+
 def plan_from_scores(lm: LoadedModel, scores: dict, counts: dict, *, order: str = "low",
                      replace: str = "zero", store: Store | None = None,
                      generator: dict | None = None) -> PruningPlan:
     """Remove the ``counts[layer]`` units ranked first by ``scores[layer]`` ([U] each) and
-    replace them by constants (see :func:`replacement_constants`)."""
-    layers = {}
+    replace them by constants (see :func:`replacement_constants`).
+
+    A layer of a dependency group (:func:`infoprobe.prune.dependency_groups`: the branches of
+    a residual sum and the sum, a depthwise conv and its input) is planned as a group: its
+    units are ranked by :func:`group_scores` over the members, the first ``counts`` of the
+    first member listed are removed from every member, each replaced by its own constant.
+    """
+    layers, coupled, done = {}, coupled_groups(lm), set()
     for n, k in counts.items():
+        if n in done:
+            continue
         lay = lm.layer(n)
         s = np.asarray(scores[n], np.float64)
         if s.shape != (lay.units,):
             raise ConfigError(f"scores of layer {n!r} have shape {s.shape}, expected ({lay.units},)")
-        remove = rank_units(s, order)[:k]
-        consts = replacement_constants(lm, n, replace, store)
-        layers[n] = LayerPlan.build(n, lay.units, remove, consts[remove])
-    return PruningPlan(layers, lm.sha256, dict(generator or {}, replace=replace, order=order))
+        members = coupled[n].sites if n in coupled else (n,)
+        remove = rank_units(group_scores(scores, members) if n in coupled else s, order)[:k]
+        for m in members:
+            consts = replacement_constants(lm, m, replace, store)
+            layers[m] = LayerPlan.build(m, lm.layer(m).units, remove, consts[remove])
+        done.update(members)
+    groups = sorted({coupled[n].sites for n in done if n in coupled})
+    gen = dict(generator or {}, replace=replace, order=order)
+    if groups:
+        gen["groups"] = [list(g) for g in groups]
+    return PruningPlan(layers, lm.sha256, gen)
 
 
 def _importance(store, imp, layers, measures) -> ImportanceResult:
@@ -309,6 +348,14 @@ def merge_plan(lm: LoadedModel, fraction, *, surgery: bool = True, layers=None, 
         ``replace="activation_of_*"`` with surgery, or as :func:`replacement_constants`.
     """
     names = list(layers) if layers else plannable_layers(lm)
+    coupled = coupled_groups(lm)
+    if any(n in coupled for n in names):
+        which = ", ".join(n for n in names if n in coupled)
+        if layers:
+            raise ConfigError(f"merging replaces a unit by a partner of its own layer; {which} belong to dependency "
+                              "groups (residual sums, depthwise convs), which merge does not plan: use another method")
+        warnings.warn(f"merge leaves out {which}: they belong to dependency groups, which merge does not plan")
+        names = [n for n in names if n not in coupled]
     counts = _counts(lm, parse_fractions(fraction, names))
     if surgery and replacement_kind(replace).startswith("activation_of"):
         raise ConfigError("merging with surgery replaces a unit by its partner; use replace zero or mean")

@@ -75,24 +75,15 @@ def _float_value(name: str, dims) -> ir.Value:
     return ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(dims))
 
 
-def _dequantize(graph: ir.Graph, lay: UnitLayer, value: ir.Value, name: str) -> ir.Value:
-    """``value`` itself for a float site; for a site of a quantized model (``lay.quantized``)
-    a new ``DequantizeLinear`` of it with the site's scale and zero point."""
+def _requantize(graph: ir.Graph, lay: UnitLayer, value: ir.Value, name: str, op: str) -> ir.Value:
+    """``value`` itself for a float site; for a site of a quantized model (``lay.quantized``) a
+    new ``op`` of it with the site's scale and zero point: ``DequantizeLinear`` to read or
+    mask it, ``QuantizeLinear`` back to its integer type (exact for dequantized integers,
+    saturating outside the type's range)."""
     if not lay.quantized:
         return value
     scale, zp = (_value_by_name(graph, n) for n in lay.quantized)
-    node = ir.Node("", "DequantizeLinear", [value, scale, zp], name=name)
-    graph.append(node)
-    return node.outputs[0]
-
-
-def _quantize(graph: ir.Graph, lay: UnitLayer, value: ir.Value, name: str) -> ir.Value:
-    """The inverse of :func:`_dequantize`: a ``QuantizeLinear`` back to the site's integer type
-    (exact for values that are dequantized integers, saturating outside the type's range)."""
-    if not lay.quantized:
-        return value
-    scale, zp = (_value_by_name(graph, n) for n in lay.quantized)
-    node = ir.Node("", "QuantizeLinear", [value, scale, zp], name=name)
+    node = ir.Node("", op, [value, scale, zp], name=name)
     graph.append(node)
     return node.outputs[0]
 
@@ -177,7 +168,7 @@ class InterventionPass(ir_passes.InPlacePass):
             graph.inputs.extend([mask, offset])
             uses = list(t.uses())
             was_output = t.is_graph_output()
-            tf = _dequantize(graph, lay, t, f"infoprobe/{name}/dequantize")
+            tf = _requantize(graph, lay, t, f"infoprobe/{name}/dequantize", "DequantizeLinear")
             mul = ir.Node("", "Mul", [tf, mask], name=f"infoprobe/{name}/mask_mul")
             add = ir.Node("", "Add", [mul.outputs[0], offset], name=f"infoprobe/{name}/offset_add")
             graph.extend([mul, add])  # placed by the topological sort of FinalizePass
@@ -195,7 +186,7 @@ class InterventionPass(ir_passes.InPlacePass):
                 add3 = ir.Node("", "Add", [add.outputs[0], z], name=f"infoprobe/{name}/noise_add")
                 graph.append(add3)
                 add = add3
-            new = _quantize(graph, lay, add.outputs[0], f"infoprobe/{name}/quantize")
+            new = _requantize(graph, lay, add.outputs[0], f"infoprobe/{name}/quantize", "QuantizeLinear")
             new.type, new.shape = t.type, t.shape
             for node, idx in uses:
                 node.replace_input_with(idx, new)
@@ -233,7 +224,7 @@ class ExposurePass(ir_passes.InPlacePass):
             for role, value in (("pre", lay.pre_value), ("post", lay.post_value)):
                 v = _value_by_name(graph, raw(value))
                 if lay.quantized:
-                    out = _dequantize(graph, lay, v, f"infoprobe/{lay.name}/{role}")
+                    out = _requantize(graph, lay, v, f"infoprobe/{lay.name}/{role}", "DequantizeLinear")
                 else:
                     node = ir.Node("", "Identity", [v], name=f"infoprobe/{lay.name}/{role}")
                     graph.append(node)
@@ -285,7 +276,7 @@ class SuffixPass(ir_passes.InPlacePass):
         t = _value_by_name(graph, lay.post_value)
         new_in = _float_value(io_name(layer, "post_in"), [ir.SymbolicDim("N"), *lay.shape])
         graph.inputs.append(new_in)
-        fed = _quantize(graph, lay, new_in, f"infoprobe/{layer}/quantize_in")
+        fed = _requantize(graph, lay, new_in, f"infoprobe/{layer}/quantize_in", "QuantizeLinear")
         for node, idx in list(t.uses()):
             if node.outputs[0] is not fed:
                 node.replace_input_with(idx, fed)

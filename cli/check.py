@@ -31,6 +31,8 @@ _THRESHOLD_HELP = {
     "max_logit_diff": "Largest |output difference| [default off].",
     "max_latency_ratio": "Largest candidate/reference latency [default off].",
     "max_size_ratio": "Largest candidate/reference file size [default off].",
+    "min_speedup": "Smallest reference/candidate latency at the batch size, measured interleaved after warm-up "
+                   "(e.g. 1.5: the candidate must be 1.5x faster) [default off].",
 }
 
 

@@ -136,8 +136,8 @@ def compare_latency(sessions: dict, input_name: str, x, *, batches=(1, 256), rep
         Name -> ``onnxruntime.InferenceSession``, all taking the same inputs.
     input_name : str
         The input of a single-input model (ignored for ``Inputs``).
-    x : array [B, ...] or Inputs
-        Inputs; each batch is its first rows.
+    x : array [B, ...], Inputs, or dict
+        Inputs (a dict: onnxruntime feeds, used as they are); each batch is its first rows.
     batches : sequence of int
         Batch sizes (default 1, the latency of one request, and 256, throughput).
 
@@ -151,8 +151,9 @@ def compare_latency(sessions: dict, input_name: str, x, *, batches=(1, 256), rep
 
     out = {k: [] for k in sessions}
     names = list(sessions)
-    for b in dict.fromkeys(max(1, min(int(b), len(x))) for b in batches):
-        feed = feeds(input_name, x[:b])
+    rows = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    for b in dict.fromkeys(max(1, min(int(b), rows)) for b in batches):
+        feed = {k: v[:b] for k, v in x.items()} if isinstance(x, dict) else feeds(input_name, x[:b])
         for k in names:
             for _ in range(warmup):
                 sessions[k].run(None, feed)

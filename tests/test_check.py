@@ -201,3 +201,21 @@ def test_one_output_classifiers_label_by_the_logit_sign(tmp_path, sigmoid):
     plan = PruningPlan({"fc1": LayerPlan.build("fc1", 8, [0])}, model_sha256=lm.sha256)
     rep = prune_model(lm, plan, tmp_path / "small.onnx", data=data, repeats=1)
     assert rep["verification"]["accuracy_original"] == pytest.approx((truth == y).mean())
+
+
+def test_min_speedup_is_a_lower_bound_on_the_measured_speedup(test_data):
+    """``min_speedup`` fails when reference / candidate latency falls short of it (a bound
+    no machine reaches fails, a bound of 0 passes); latency is reported at batch 1 and at
+    the batch size, from the interleaved measurement."""
+    model = FIX / "mlp_sigmoid.onnx"
+    res = check(model, model, test_data, thresholds={"min_speedup": 0.0}, latency_repeats=3)
+    (ch,) = [c for c in res.checks if c["name"] == "min_speedup"]
+    assert ch["passed"] and ch["value"] == pytest.approx(res.metrics["speedup"])
+    assert res.metrics["speedup"] == pytest.approx(res.models["reference"]["latency_ms"] /
+                                                   res.models["candidate"]["latency_ms"])
+    assert [r["batch"] for r in res.models["candidate"]["latency"]] == [1, res.params["batch_size"]]
+    res = check(model, model, test_data, thresholds={"min_speedup": 1e9}, latency_repeats=3)
+    assert not [c for c in res.checks if c["name"] == "min_speedup"][0]["passed"]
+    r = CliRunner().invoke(cli, ["check", str(model), str(model), "--data", str(FIX / "mnist_demo.npz"),
+                                 "--split", "test", "--min-speedup", "1e9"])
+    assert r.exit_code == 1 and "min_speedup" in r.output

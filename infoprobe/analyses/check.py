@@ -32,11 +32,12 @@ from ..data import Dataset, Inputs, prepare_inputs, resolve_scale
 from ..errors import ConfigError, DataError, ModelError
 from ..limits import rows_within
 from ..model import DEFAULT_MAX_BYTES, load_onnx, output_threshold, predicted_labels, runtime_rows
-from ..modelstats import model_cost
+from ..modelstats import compare_latency, model_cost
 from ..results import atomic_write_bytes, check_outputs
 from ..runner import default_threads, make_session, ort_error
 
-#: name -> (metric compared, human description). Every threshold is an upper bound.
+#: name -> (metric compared, human description). Every threshold is an upper bound except
+#: those named ``min_*`` (:data:`LOWER_BOUNDS`).
 THRESHOLDS = {
     "max_label_change": ("label_change", "fraction of predicted labels that changed"),
     "max_accuracy_drop": ("accuracy_drop", "top-1 accuracy drop"),
@@ -45,9 +46,13 @@ THRESHOLDS = {
     "max_logit_diff": ("max_abs_logit_diff", "max |output difference|"),
     "max_latency_ratio": ("latency_ratio", "candidate / reference latency"),
     "max_size_ratio": ("size_ratio", "candidate / reference file size"),
+    "min_speedup": ("speedup", "reference / candidate latency at the throughput batch"),
 }
+#: Thresholds that the metric must reach rather than stay under.
+LOWER_BOUNDS = {"min_speedup"}
 DEFAULT_THRESHOLDS = {"max_label_change": 0.01, "max_accuracy_drop": 0.005, "max_class_drop": 0.02,
-                      "max_kl": None, "max_logit_diff": None, "max_latency_ratio": None, "max_size_ratio": None}
+                      "max_kl": None, "max_logit_diff": None, "max_latency_ratio": None, "max_size_ratio": None,
+                      "min_speedup": None}
 _NEEDS_LABELS = {"max_accuracy_drop", "max_class_drop"}
 
 
@@ -166,7 +171,8 @@ class CheckResult:
         r, c = self.models["reference"], self.models["candidate"]
         lines.append(f"  size {r['bytes']:,} -> {c['bytes']:,} bytes ({m['size_ratio']:.3f}x); "
                      f"MACs/sample {r['macs']:,} -> {c['macs']:,}; latency {r['latency_ms']:.3f} -> "
-                     f"{c['latency_ms']:.3f} ms per batch of {self.params['batch_size']} ({m['latency_ratio']:.3f}x)")
+                     f"{c['latency_ms']:.3f} ms per batch of {self.params['batch_size']} ({m['latency_ratio']:.3f}x; "
+                     f"at batch 1 {m.get('latency_ratio_batch1', float('nan')):.3f}x)")
         for ch in self.checks:
             mark = "ok  " if ch["passed"] else "FAIL"
             lines.append(f"  [{mark}] {ch['name']}: {ch['value']:.6g} (limit {ch['threshold']:.6g})")
@@ -221,7 +227,8 @@ class CheckResult:
 
 
 def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None, scale="auto",
-          batch_size: int = 1024, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False) -> CheckResult:
+          batch_size: int = 1024, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False,
+          latency_repeats: int = 10) -> CheckResult:
     """Compare ``candidate`` with ``reference`` on labelled ``data`` and apply thresholds.
 
     Parameters
@@ -234,7 +241,12 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
     thresholds : dict, optional
         Overrides of :data:`DEFAULT_THRESHOLDS` (``None`` switches one off).
     batch_size : int
-        Rows per onnxruntime call; latency is the median time per batch.
+        Rows per onnxruntime call.
+    latency_repeats : int
+        Runs per model and batch size of the latency measurement: both models warmed up,
+        then run in turn on the first batch (:func:`infoprobe.modelstats.compare_latency`),
+        at batch 1 and at ``batch_size``; ``latency_ms`` is the median at ``batch_size``,
+        ``speedup`` = reference / candidate there (``min_speedup`` is its lower bound).
 
     Returns
     -------
@@ -336,14 +348,19 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
                        class_accuracy=[{"class": int(c), "reference": float(r), "candidate": float(cn),
                                         "drop": float(d)} for c, r, cn, d in
                                        zip(classes, per["reference"], per["candidate"], drops)])
+    lat = compare_latency(sessions, in_name, {in_name: batch_inputs(0)}, batches=(1, batch_size),
+                          repeats=latency_repeats)
     models = {}
     for k, path, model in (("reference", reference, ref_model), ("candidate", candidate, cand_model)):
         cost = model_cost(model, files[k].bytes)
         models[k] = {"path": str(path), "sha256": files[k].sha256, "parameters": cost["parameters"],
-                     "bytes": cost["bytes"],
-                     "macs": cost["macs"], "latency_ms": float(np.median(times[k]) * 1e3),
+                     "bytes": cost["bytes"], "bytes_by_dtype": cost["bytes_by_dtype"],
+                     "macs": cost["macs"], "latency_ms": lat[k][-1]["median_ms"],
+                     "latency_batch1_ms": lat[k][0]["median_ms"], "latency": lat[k],
                      "seconds_total": float(np.sum(times[k]))}
     metrics["latency_ratio"] = models["candidate"]["latency_ms"] / models["reference"]["latency_ms"]
+    metrics["speedup"] = 1.0 / metrics["latency_ratio"]
+    metrics["latency_ratio_batch1"] = models["candidate"]["latency_batch1_ms"] / models["reference"]["latency_batch1_ms"]
     metrics["size_ratio"] = models["candidate"]["bytes"] / models["reference"]["bytes"]
     checks = []
     for name, limit in th.items():
@@ -352,7 +369,8 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
         metric, desc = THRESHOLDS[name]
         value = metrics[metric]
         checks.append({"name": name, "metric": metric, "description": desc, "value": float(value),
-                       "threshold": float(limit), "passed": bool(value <= limit)})
+                       "threshold": float(limit),
+                       "passed": bool(value >= limit if name in LOWER_BOUNDS else value <= limit)})
     return CheckResult(metrics, checks, models,
                        {"path": str(data.path), "sha256": data.sha256, "split": data.split, "n_samples": n},
                        {"thresholds": th, "batch_size": batch_size, "seconds": time.perf_counter() - t0})

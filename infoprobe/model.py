@@ -268,7 +268,10 @@ class LoadedModel:
         -------
         weight : float32 [U, fan_in] (dense) or [C_out, C_in/groups, kh, kw] (conv)
             For ``Conv+BatchNormalization`` the batch norm is folded in, so that
-            ``pre = weight * input + bias`` holds exactly.
+            ``pre = weight * input + bias`` holds exactly. For ``Conv+Add(positions)`` (a
+            constant per channel and position added after the conv, as ``infoprobe prune``
+            corrects a pruned padded conv's borders) the bias is each channel's median over
+            positions (its interior value): the equation then holds away from the borders.
         bias : float32 [U]
         """
         lay = layer if isinstance(layer, UnitLayer) else self.layer(layer)
@@ -1128,8 +1131,10 @@ def _layer_params(nodes, units) -> tuple[np.ndarray, np.ndarray]:
     rest = list(nodes[1:])
     if rest and rest[0].op_type == "Add":
         add = rest.pop(0)
-        other = add.inputs[1] if add.inputs[0] is first.outputs[0] else add.inputs[0]
-        bias = bias + _bias_vector(_const(other), units, "Add")
+        other = _const(add.inputs[1] if add.inputs[0] is first.outputs[0] else add.inputs[0])
+        if other is not None and other.size > units:   # per channel and position: the interior value
+            other = np.median(np.asarray(other, np.float64).reshape(units, -1), axis=1)
+        bias = bias + _bias_vector(other, units, "Add")
     if rest and rest[0].op_type == "BatchNormalization":
         bn = rest[0]
         scale, beta, mean, var = (_const(v).astype(np.float64) for v in bn.inputs[1:5])
@@ -1355,10 +1360,16 @@ def _affine(node):
             add = uses[0][0]                   # a bias added after the conv (Paddle, some exporters)
             c = _const(add.inputs[1 - uses[0][1]])
             per_channel = (1, w.shape[0]) + (1,) * (w.ndim - 2)   # [1, C, 1, 1]: one value per channel
+            out = _dims(node.outputs[0])
+            per_position = (1, w.shape[0], *out[1:]) if out is not None and _known(out) else None
             if c is not None and c.size in (1, w.shape[0]) and c.ndim <= w.ndim and \
                     np.broadcast_shapes(c.shape, per_channel) == per_channel:
                 members.append(add)
                 opname = "Conv+Add"
+                uses = list(add.outputs[0].uses())
+            elif c is not None and per_position is not None and c.shape in (per_position, per_position[1:]):
+                members.append(add)     # a bias per channel and position (a pruned padded conv's border correction)
+                opname = "Conv+Add(positions)"
                 uses = list(add.outputs[0].uses())
         last = members[-1].outputs[0]
         if (len(uses) == 1 and uses[0][0].op_type == "BatchNormalization"

@@ -489,10 +489,21 @@ def _remove_rows(arrays: _Arrays, lay, members, kept: np.ndarray) -> None:
         arrays.set(first.inputs[1], w[kept])
         if len(first.inputs) > 2 and first.inputs[2] is not None:
             arrays.set(first.inputs[2], arrays.get(first.inputs[2], f"the bias of {first.name}")[kept])
-        if len(members) > 1 and members[1].op_type == "BatchNormalization":
-            bn = members[1]
-            for v in bn.inputs[1:5]:
-                arrays.set(v, arrays.get(v, f"a batch-norm parameter of {bn.name}")[kept])
+        for node in members[1:]:
+            if node.op_type == "BatchNormalization":
+                for v in node.inputs[1:5]:
+                    arrays.set(v, arrays.get(v, f"a batch-norm parameter of {node.name}")[kept])
+            elif node.op_type == "Add" and node is members[1]:   # a bias after the conv, per channel (and position)
+                c = _conv_add_constant(node, first)
+                b = arrays.get(c, f"the bias of {node.name}")
+                if b.size > 1:
+                    axis = 1 if b.ndim == len(lay.shape) + 1 else 0    # [1, C, ...] or [C, ...]
+                    arrays.set(c, np.take(b, kept, axis=axis))
+
+
+def _conv_add_constant(add, conv) -> ir.Value:
+    """The constant input of the ``Add`` after a conv (its other input is the conv's output)."""
+    return add.inputs[1] if add.inputs[0] is conv.outputs[0] else add.inputs[0]
 
 
 def outgoing_weights(lm: LoadedModel, layer: str) -> np.ndarray:
@@ -625,6 +636,14 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
         lay = firsts[cname]
         if lay.name in active:
             corr = corr[active[lay.name].kept]
+        members = members_of[lay.name]
+        if len(members) > 1 and members[1].op_type == "Add":     # the conv has a bias Add: add to it
+            c = _conv_add_constant(members[1], node)
+            b = arrays.get(c, f"the bias of {members[1].name}")
+            arrays.set(c, (b.reshape(b.shape[-3:]) if b.ndim >= 3 else b.reshape(-1, 1, 1)) + corr)
+            if b.ndim == 4 or b.ndim < 3:
+                arrays.set(c, arrays.arrays[id(c)][None])
+            continue
         _insert_add(graph, node.outputs[0], arrays.new(f"{cname}.border_correction", corr[None]),
                     f"infoprobe/{cname}/border_correction")
     arrays.write_back()

@@ -418,3 +418,33 @@ def test_a_plan_that_splits_a_dependency_group_is_refused():
     lm = load_model(FIX / "zoo_mlp_ln_gelu.onnx")
     with pytest.raises(PlanError, match="normalises over the units"):
         apply_plan(lm, PruningPlan({"fc1": LayerPlan.build("fc1", 64, [1])}))
+
+
+def test_a_pruned_padded_cnn_is_rediscovered_and_pruned_again(tmp_path):
+    """Constants folded past zero padding leave a border correction after the conv; the pruned
+    model's sites are found as before (conv, batch norm, activation) and a second plan prunes
+    it again exactly, adding to the corrections."""
+    from infoprobe.data import feeds
+
+    lm = load_model(FIX / "zoo_resnet.onnx")
+    rng = np.random.default_rng(3)
+
+    def constants(model, plan):
+        return PruningPlan({n: LayerPlan.build(n, lp.units, lp.remove, rng.normal(0.5, 0.2, len(lp.remove)))
+                            for n, lp in plan.layers.items()}, model.sha256, {})
+
+    first = constants(lm, magnitude_plan(lm, 0.25))
+    path = save_model(apply_plan(lm, first), tmp_path / "p1.onnx")
+    small = load_model(path)
+    for name in ("block1_conv1", "block2_conv1", "block3_conv1"):
+        lay = small.layer(name)
+        assert (lay.op, lay.activation) == ("Conv+Add(positions)+BatchNormalization", "relu"), name
+    assert [lay.name for lay in small.layers] == [lay.name for lay in lm.layers]
+    second = constants(small, magnitude_plan(small, 0.25))
+    pruned = apply_plan(small, second)
+    x = _zoo_inputs("zoo_resnet.onnx", small)
+    ref = Runner(small)
+    want = ref.run(x, feeds=ref.plan_feeds(second), outputs=[small.output_name])[small.output_name]
+    got = make_session(pruned).run([small.output_name], feeds(small.input_name, x))[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert sum(n.op_type == "Add" for n in pruned.graph) == sum(n.op_type == "Add" for n in ir.load(path).graph)

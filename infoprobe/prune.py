@@ -29,6 +29,12 @@ group that reaches an op normalising over its units (``LayerNormalization``, ``S
 Token-wise sites (a transformer MLP's hidden neurons, units last) are removed from the
 ``MatMul`` that makes them and the ``MatMul`` that reads them.
 
+``Concat`` along the units shifts a layer's units by the channels before it; ``Split`` along
+the units sends a window of them to each output (its sizes are updated; a removed unit there
+is replaced by a constant only). A grouped conv is handled as the block-diagonal dense conv it
+computes and written back per group, which needs the same number of channels removed from
+every group and no replacement mixing groups.
+
 Flatten -> dense: a removed channel removes its block of H*W columns of the dense weight.
 Zero padding: when the next conv zero-pads its input, a constant c_j contributes
 ``sum W[o, j] c_j`` in the interior but less at the borders, where padding supplies 0
@@ -64,6 +70,11 @@ class _Route:
     ops: list            # pass-through nodes on the way, in order
     block: int           # consumer input features per unit (H*W after flattening a conv output)
     reshapes: list       # Reshape nodes whose target shape holds the feature count
+    offset: int = 0      # the layer's first unit among the consumer's input units (after a Concat)
+    total: int = 0       # the consumer's input units (0: the layer's own units)
+    lo: int = 0          # the layer's units [lo, hi) that reach the consumer (after a Split)
+    hi: int = -1
+    splits: tuple = ()   # (Split node, output index, lo, hi) on the way
 
 
 def _attr_int(node, name, default) -> int:
@@ -139,18 +150,47 @@ def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> li
                 if op == "Conv":
                     if state[0] != "spatial":
                         refuse(f"it reaches the convolution {where} flattened")
-                    if _attr_int(node, "group", 1) != 1:
-                        refuse(f"it feeds the grouped convolution {where}, whose channels are tied in blocks of "
-                               f"{_attr_int(node, 'group', 1)} groups")
-                    routes.append(_Route(node, ops, 1, []))
+                    routes.append(_Route(node, ops, 1, [], *state[2:]))
                 elif state[0] == "token":
                     if op != "MatMul":
                         refuse(f"it reaches {where} with positions")
-                    routes.append(_Route(node, ops, 1, []))
+                    routes.append(_Route(node, ops, 1, [], *state[2:]))
                 else:
                     if state[0] != "flat":
                         refuse(f"it reaches {where} without being flattened to [N, features]")
-                    routes.append(_Route(node, ops, state[1], [n for n in ops if n.op_type == "Reshape"]))
+                    routes.append(_Route(node, ops, state[1], [n for n in ops if n.op_type == "Reshape"], *state[2:]))
+                continue
+            if op == "Split" and idx == 0:
+                in_dims = _static_dims(value, f"the input of {where}")
+                axis = _attr_int(node, "axis", 0) % len(in_dims)
+                if axis != (len(in_dims) - 1 if state[0] == "token" else 1) or state[0] == "flat":
+                    refuse(f"{where} splits along axis {axis}, not along the units")
+                sizes = [_static_dims(o, f"an output of {where}")[axis] for o in node.outputs]
+                if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:
+                    refuse(f"{where} has no constant split sizes that pruning could update")
+                start, off0, lo0, hi0 = 0, state[2], state[4], state[5]
+                for k, (o, size) in enumerate(zip(node.outputs, sizes)):
+                    # the layer's units [lo0, hi0) are channels [off0, off0 + hi0 - lo0) here; output k
+                    # takes channels [start, start + size)
+                    a, b = max(off0, start), min(off0 + hi0 - lo0, start + size)
+                    if b > a and o is not None and (o.uses() or o.is_graph_output()):
+                        lo, hi = lo0 + a - off0, lo0 + b - off0
+                        walk(o, ops + [node], (state[0], state[1], a - start, size, lo, hi,
+                                               (*state[6], (node, k, lo, hi))))
+                    start += size
+                continue
+            if op == "Concat":
+                dims = _static_dims(node.outputs[0], f"the output of {where}")
+                axis = _attr_int(node, "axis", 1) % len(dims)
+                unit_axis = len(dims) - 1 if state[0] == "token" else 1
+                block = state[1] if state[0] == "flat" else 1
+                if axis != unit_axis:
+                    refuse(f"{where} concatenates along axis {axis}, not along the units")
+                before = sum(_static_dims(i, f"an input of {where}")[axis] for i in node.inputs[:idx])
+                if before % block or dims[axis] % block:
+                    refuse(f"{where} does not keep each unit's features together")
+                walk(node.outputs[0], ops + [node], (state[0], state[1], state[2] + before // block,
+                                                     dims[axis] // block, *state[4:]))
                 continue
             if op in _NORMALISING:
                 refuse(f"it reaches {where}, which normalises over the units: removing one changes the others")
@@ -165,28 +205,31 @@ def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> li
             nxt = state
             if state[0] == "token" and op not in ("Identity", "Dropout") and op not in _ELEMENTWISE:
                 refuse(f"{where} reshapes or pools a token-wise site")
+            total = state[3]
             if op in ("Flatten", "Reshape"):
                 dims = _static_dims(out, f"the output of {where}")
                 in_dims = _static_dims(value, f"the input of {where}")
                 axis = node.attributes["axis"].value if op == "Flatten" and "axis" in node.attributes else 1
-                if len(dims) != 2 or axis != 1 or in_dims[1] != (lay.units if state[0] == "spatial"
-                                                                 else lay.units * state[1]):
+                if len(dims) != 2 or axis != 1 or in_dims[1] != (total if state[0] == "spatial"
+                                                                 else total * state[1]):
                     refuse(f"{where} does not flatten [N, units, ...] to [N, features]")
                 block = int(np.prod(in_dims[2:])) if state[0] == "spatial" else state[1]
-                if dims[1] != lay.units * block:
+                if dims[1] != total * block:
                     refuse(f"{where} does not keep each unit's features together")
-                nxt = ("flat", block)
+                nxt = ("flat", block, state[2], total, *state[4:])
             elif op in _LINEAR | _MAXPOOL and op not in ("Identity", "Dropout"):
                 if state[0] != "spatial":
                     refuse(f"{where} pools a flattened tensor")
-                nxt = ("spatial", tuple(_static_dims(out, f"the output of {where}")[2:]))
+                nxt = ("spatial", tuple(_static_dims(out, f"the output of {where}")[2:]), state[2], total, *state[4:])
             walk(out, ops + [node], nxt)
 
     if lay.kind == "token":
-        state = ("token",)
+        state = ("token", None)
     else:
         state = ("flat", 1) if lay.kind == "dense" else ("spatial", tuple(lay.shape[1:]))
-    walk(start, [], state)
+    # (layout, block or H x W, offset among the consumer's units, their count, the layer's units [lo, hi)
+    # that travel, the Splits on the way)
+    walk(start, [], (*state, 0, lay.units, 0, lay.units, ()))
     if not routes and not links:
         raise PlanError(f"cannot prune layer {lay.name!r}: no unit layer reads it")
     return routes
@@ -283,6 +326,11 @@ def _transport(route: _Route, lp: LayerPlan, layer: str) -> np.ndarray:
     for node in route.ops:
         op = node.op_type
         where = f"{node.name or op} ({op})"
+        if op in ("Concat", "Split"):       # a unit's values pass unchanged
+            if op == "Split" and not lp.is_constant:
+                raise PlanError(f"cannot prune layer {layer!r}: {where} sends its units to different consumers, so "
+                                "a removed unit can only be replaced by a constant there, not by other units")
+            continue
         if op in _LINEAR:
             if op == "AveragePool" and any(_ints(node, "pads", [0])) and \
                     (node.attributes["count_include_pad"].value if "count_include_pad" in node.attributes else 0) \
@@ -421,7 +469,40 @@ def _consumer_weight(arrays: _Arrays, node) -> tuple:
         return w.T, lambda a: arrays.set(w_val, a.T)
     if op == "MatMul":
         return w.T, lambda a: arrays.set(w_val, a.T)
+    g = _attr_int(node, "group", 1)
+    if g > 1:   # a grouped conv: the block-diagonal [C_out, C_in, kh, kw] it computes
+        return _expand_groups(w, g), lambda a: arrays.set(w_val, _compress_groups(a, g, node))
     return w, lambda a: arrays.set(w_val, a)
+
+
+def _expand_groups(w: np.ndarray, g: int) -> np.ndarray:
+    """The weight [C_out, C_in/g, ...] of a conv of ``g`` groups as the dense block-diagonal
+    weight [C_out, C_in, ...] it applies."""
+    out, per = w.shape[0], w.shape[1]
+    full = np.zeros((out, per * g, *w.shape[2:]))
+    for k in range(g):
+        rows = slice(k * out // g, (k + 1) * out // g)
+        full[rows, k * per:(k + 1) * per] = w[rows]
+    return full
+
+
+def _compress_groups(full: np.ndarray, g: int, node, col_groups: np.ndarray | None = None) -> np.ndarray:
+    """The inverse of :func:`_expand_groups` (``col_groups``: the group of each input column
+    left, when columns were removed). Refuses weights outside the diagonal blocks (a
+    replacement that mixes groups) and groups of unequal size (a removal that is not the same
+    number of channels in every group)."""
+    out, cin = full.shape[:2]
+    cols = np.repeat(np.arange(g), cin // g) if col_groups is None else col_groups
+    rows = np.repeat(np.arange(g), out // g)
+    counts = np.bincount(cols, minlength=g)
+    if out % g or len(set(counts.tolist())) != 1:
+        raise PlanError(f"the plan removes {np.bincount(rows, minlength=g).tolist()} output and leaves "
+                        f"{counts.tolist()} input channels in the groups of the grouped convolution {node.name}; "
+                        "remove the same number of channels from every group")
+    if np.abs(full[rows[:, None] != cols[None, :]]).max(initial=0.0) > 0:
+        raise PlanError(f"a replacement in the plan mixes channels of different groups of the grouped convolution "
+                        f"{node.name}, which it cannot hold")
+    return np.stack([full[o, cols == rows[o]] for o in range(out)])
 
 
 def _add_to_bias(graph, arrays: _Arrays, node, members, delta: np.ndarray) -> None:
@@ -573,16 +654,21 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
     by_name = {n.name: n for n in graph}
     members_of = {lay.name: [by_name[n] for n in lay.nodes] for lay in lm.layers}
     consumer_cols = {}   # consumer node name -> kept column mask (input side)
+    reshaped = set()     # (Reshape, layer) whose target shape was shrunk
     border = {}          # consumer node name -> border correction [O, H, W]
 
     active = {n: lp for n, lp in plan.layers.items() if len(lp.remove)}
     _check_groups(lm, active)
     for name in active:
         first = members_of[name][0]
-        if first.op_type == "Conv" and _attr_int(first, "group", 1) != 1 and not _depthwise(first):
-            raise PlanError(f"cannot prune layer {name!r}: it is a grouped convolution with "
-                            f"group={_attr_int(first, 'group', 1)}, whose channels are tied to its input's in "
-                            "blocks; infoprobe removes whole depthwise channels only")
+        g = _attr_int(first, "group", 1) if first.op_type == "Conv" else 1
+        if g > 1 and not _depthwise(first):     # a grouped conv loses the same number of filters per group
+            lp = active[name]
+            per = np.bincount(lp.remove // (lp.units // g), minlength=g)
+            if len(set(per.tolist())) != 1:
+                raise PlanError(f"cannot prune layer {name!r}: it is a convolution of {g} groups and the plan "
+                                f"removes {per.tolist()} of its channels per group; remove the same number from "
+                                "every group")
     # phase 1: fold each removed unit into the layers that read it (full-size arrays)
     for name, lp in active.items():
         lay = lm.layer(name)
@@ -590,12 +676,16 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
             node = route.consumer
             c = _transport(route, lp, name)
             w, store = _consumer_weight(arrays, node)
-            out = w.shape[0]
-            wr = w.reshape(out, lay.units, route.block, *w.shape[2:]) if node.op_type != "Conv" else w
+            out, total = w.shape[0], route.total or lay.units
+            lo, hi = route.lo, (route.hi if route.hi >= 0 else lay.units)
+            seen = (lp.remove >= lo) & (lp.remove < hi)           # the removed units this consumer reads
+            off = route.offset - lo                               # unit u is the consumer's input u + off
+            wr = w.reshape(out, total, route.block, *w.shape[2:]) if node.op_type != "Conv" else w
             wr = wr.copy()
-            removed_cols = wr[:, lp.remove]                       # [O, R, ...]
-            if not lp.is_constant:
-                wr[:, lp.kept] += np.einsum("rk,or...->ok...", lp.coef, removed_cols)
+            removed_cols = wr[:, off + lp.remove[seen]]           # [O, R, ...]
+            if not lp.is_constant:                                # (no Split on the way: lo, hi = 0, U)
+                wr[:, off + lp.kept] += np.einsum("rk,or...->ok...", lp.coef, removed_cols)
+            c = c[seen]
             wc = np.einsum("or...,r->o...", removed_cols, c)      # conv: [O, kh, kw]; dense: [O, block]
             delta = wc.reshape(out, -1).sum(axis=1)
             if node.op_type == "Conv" and c.any():
@@ -607,13 +697,20 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
             if delta.any():
                 _add_to_bias(graph, arrays, node, members_of[firsts[node.name].name], delta)
             store(wr.reshape(w.shape))
-            mask = consumer_cols.setdefault(node.name, np.ones(lay.units, bool))
-            mask[lp.remove] = False
+            mask = consumer_cols.setdefault(node.name, np.ones(total, bool))
+            mask[off + lp.remove[seen]] = False
+            for split, k, a, b in route.splits:                  # each Split's output k loses its removed units
+                if (split.name, k, name) not in reshaped:
+                    reshaped.add((split.name, k, name))
+                    sizes = arrays.get(split.inputs[1], f"the split sizes of {split.name}").copy()
+                    sizes[k] -= int(((lp.remove >= a) & (lp.remove < b)).sum())
+                    arrays.set(split.inputs[1], sizes)
             for rs in route.reshapes:
                 shape = arrays.get(rs.inputs[1], f"the target shape of {rs.name}")
-                if shape[-1] > 0:
+                if shape[-1] > 0 and (rs.name, name) not in reshaped:   # each layer shrinks it once
+                    reshaped.add((rs.name, name))
                     shape = shape.copy()
-                    shape[-1] = len(lp.kept) * route.block
+                    shape[-1] -= len(lp.remove) * route.block
                     arrays.set(rs.inputs[1], shape)
 
     # phase 2: remove input columns of consumers and output rows of pruned layers
@@ -621,7 +718,11 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
         node = by_name[cname]
         w, store = _consumer_weight(arrays, node)
         units = len(keep_units)
-        if node.op_type == "Conv":
+        g = _attr_int(node, "group", 1) if node.op_type == "Conv" else 1
+        if g > 1:      # columns of the block-diagonal weight, then back to the groups
+            groups = np.repeat(np.arange(g), units // g)[keep_units]
+            arrays.set(node.inputs[1], _compress_groups(w[:, keep_units], g, node, groups))
+        elif node.op_type == "Conv":
             store(w[:, keep_units])
         else:
             block = w.shape[1] // units

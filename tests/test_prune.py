@@ -448,3 +448,84 @@ def test_a_pruned_padded_cnn_is_rediscovered_and_pruned_again(tmp_path):
     got = make_session(pruned).run([small.output_name], feeds(small.input_name, x))[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
     assert sum(n.op_type == "Add" for n in pruned.graph) == sum(n.op_type == "Add" for n in ir.load(path).graph)
+
+
+def _np_conv(x, w, b=None, pad=0, groups=1):
+    """Plain NumPy 2-D convolution (stride 1): x [N, C, H, W], w [O, C/groups, k, k]."""
+    n, c, h, wd = x.shape
+    o, per, k, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
+    out = np.zeros((n, o, ho, wo))
+    for g in range(groups):
+        rows = slice(g * o // groups, (g + 1) * o // groups)
+        xs = xp[:, g * per:(g + 1) * per]
+        for i in range(k):
+            for j in range(k):
+                out[:, rows] += np.einsum("nchw,oc->nohw", xs[:, :, i:i + ho, j:j + wo], w[rows, :, i, j])
+    return out + (0 if b is None else b[None, :, None, None])
+
+
+def test_concat_split_and_a_grouped_conv_pruned_as_numpy_computes_the_plan(tmp_path):
+    """A graph by hand: two convs concatenated, split 4/6, a grouped conv on the first part and
+    a 1x1 conv on the second, concatenated again, pooled, Gemm. Units removed from every site
+    (balanced over the grouped conv's groups), replaced by constants: the pruned model equals
+    a NumPy forward pass of the original with those constants, and the shapes shrink."""
+    from onnx import TensorProto, helper
+
+    from infoprobe.data import feeds
+
+    rng = np.random.default_rng(11)
+    p = {"wa": rng.normal(0, .5, (6, 2, 3, 3)), "ba": rng.normal(0, .1, 6), "wb": rng.normal(0, .5, (4, 2, 1, 1)),
+         "bb": rng.normal(0, .1, 4), "wc": rng.normal(0, .5, (4, 2, 3, 3)), "bc": rng.normal(0, .1, 4),
+         "wd": rng.normal(0, .5, (4, 6, 1, 1)), "bd": rng.normal(0, .1, 4), "wf": rng.normal(0, .5, (3, 8)),
+         "bf": rng.normal(0, .1, 3)}
+    inits = [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in p.items()]
+    inits.append(onnx.numpy_helper.from_array(np.array([4, 6], np.int64), "sizes"))
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
+             helper.make_node("Conv", ["x", "wb", "bb"], ["b"], name="conv_b"),
+             helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+             helper.make_node("Concat", ["ra", "rb"], ["ab"], name="cat1", axis=1),
+             helper.make_node("Split", ["ab", "sizes"], ["s1", "s2"], name="split", axis=1),
+             helper.make_node("Conv", ["s1", "wc", "bc"], ["c"], name="conv_c", pads=[1, 1, 1, 1], group=2),
+             helper.make_node("Relu", ["c"], ["rc"], name="relu_c"),
+             helper.make_node("Conv", ["s2", "wd", "bd"], ["d"], name="conv_d"),
+             helper.make_node("Relu", ["d"], ["rd"], name="relu_d"),
+             helper.make_node("Concat", ["rc", "rd"], ["cd"], name="cat2", axis=1),
+             helper.make_node("GlobalAveragePool", ["cd"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
+             helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "concat_split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "cs.onnx")
+    lm = load_model(tmp_path / "cs.onnx")
+    assert [lay.name for lay in lm.hidden_layers] == ["conv_a", "conv_b", "conv_c", "conv_d"]
+    remove = {"conv_a": [0, 3, 5], "conv_b": [2], "conv_c": [1, 2], "conv_d": [0]}
+    consts = {n: rng.normal(0.3, 0.2, len(r)) for n, r in remove.items()}
+    plan = PruningPlan({n: LayerPlan.build(n, lm.layer(n).units, r, consts[n]) for n, r in remove.items()}, lm.sha256)
+    pruned = apply_plan(lm, plan)
+
+    x = rng.normal(0, 1, (16, 2, 6, 6))
+
+    def replaced(t, name):
+        t = t.copy()
+        t[:, remove[name]] = consts[name][None, :, None, None]
+        return t
+
+    ra = replaced(np.maximum(_np_conv(x, p["wa"], p["ba"], pad=1), 0), "conv_a")
+    rb = replaced(np.maximum(_np_conv(x, p["wb"], p["bb"]), 0), "conv_b")
+    ab = np.concatenate([ra, rb], axis=1)
+    rc = replaced(np.maximum(_np_conv(ab[:, :4], p["wc"], p["bc"], pad=1, groups=2), 0), "conv_c")
+    rd = replaced(np.maximum(_np_conv(ab[:, 4:], p["wd"], p["bd"]), 0), "conv_d")
+    want = np.concatenate([rc, rd], axis=1).mean(axis=(2, 3)) @ p["wf"].T + p["bf"]
+    got = make_session(pruned).run(["logits"], feeds("x", x.astype(np.float32)))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    w = {v.name: v.const_value.numpy() for v in pruned.graph.initializers.values()}
+    # part 1 (a0..a3) loses a0, a3; part 2 (a4, a5, b0..b3) loses a5 and b2
+    assert w["sizes"].tolist() == [2, 4]
+    assert w["wc"].shape == (2, 1, 3, 3) and w["wd"].shape == (3, 4, 1, 1) and w["wf"].shape == (3, 5)
+    with pytest.raises(PlanError, match="same number of channels from every group"):   # 0 and 1: one group
+        apply_plan(lm, PruningPlan({"conv_a": LayerPlan.build("conv_a", 6, [0, 1])}, lm.sha256))

@@ -27,7 +27,10 @@ shrinks, and every member's replacement is folded into the members' consumers ou
 group. A plan that removes different units from members of one group is refused, and so is a
 group that reaches an op normalising over its units (``LayerNormalization``, ``Softmax``).
 Token-wise sites (a transformer MLP's hidden neurons, units last) are removed from the
-``MatMul`` that makes them and the ``MatMul`` that reads them.
+``MatMul`` that makes them and the ``MatMul`` that reads them. An ``attention`` site loses
+whole heads (:func:`_remove_heads`): the heads' columns of the query, key and value
+projections, the head count in the ``Reshape`` that splits them and the width in the one that
+merges them, and the heads' rows of the output projection.
 
 ``Concat`` along the units shifts a layer's units by the channels before it; ``Split`` along
 the units sends a window of them to each output (its sizes are updated; a removed unit there
@@ -290,7 +293,7 @@ def dependency_groups(lm: LoadedModel) -> list:
     for lay in lm.hidden_layers:
         links = []
         try:
-            if lay.found_by not in ("affine", "residual"):
+            if lay.found_by not in ("affine", "residual", "attention"):
                 raise PlanError(f"site {lay.name!r} ({lay.found_by}) has no units of its own to remove")
             _routes(graph, lay, firsts, links)
         except PlanError as exc:
@@ -542,7 +545,7 @@ def _add_to_bias(graph, arrays: _Arrays, node, members, delta: np.ndarray) -> No
 def _remove_rows(arrays: _Arrays, lay, members, kept: np.ndarray) -> None:
     """Remove the pruned units from their own layer: weight rows, bias, batch norm (nothing for
     a residual sum: its summands lose the same units)."""
-    if lay.found_by == "residual":
+    if lay.found_by in ("residual", "attention"):   # attention: see _remove_heads
         return
     first = members[0]
     op = first.op_type
@@ -585,6 +588,86 @@ def _remove_rows(arrays: _Arrays, lay, members, kept: np.ndarray) -> None:
 def _conv_add_constant(add, conv) -> ir.Value:
     """The constant input of the ``Add`` after a conv (its other input is the conv's output)."""
     return add.inputs[1] if add.inputs[0] is conv.outputs[0] else add.inputs[0]
+
+
+def _remove_heads(graph: ir.Graph, arrays: _Arrays, merge: ir.Node, lay, lp: LayerPlan) -> None:
+    """Remove whole attention heads of an ``attention`` site (``merge``: the ``Reshape`` that
+    concatenates the heads): their columns of the query, key and value projections and of
+    those projections' biases, and the head count and width in every ``Reshape`` between the
+    projections and the site. (The output projection loses the heads' inputs as any
+    consumer.)"""
+    heads, units = lay.heads, lay.units
+    if heads < 2:
+        raise PlanError(f"cannot prune layer {lay.name!r}: its head count is not known")
+    hd = units // heads
+    gone = sorted({int(u) // hd for u in lp.remove})
+    cols = np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in gone])
+    if not np.array_equal(np.sort(lp.remove), cols):
+        raise PlanError(f"cannot prune layer {lay.name!r}: the plan removes part of a head (units come in {heads} "
+                        f"heads of {hd}); remove whole heads")
+    keep = np.setdiff1d(np.arange(units), cols)
+    projections, splits, seen = [], [], set()
+    stack = [merge.inputs[0]]
+    while stack:                                   # up to the projections, through attention's own ops
+        v = stack.pop()
+        node = v.producer() if v is not None else None
+        if node is None or id(node) in seen or v.const_value is not None:
+            continue
+        seen.add(id(node))
+        if node.op_type == "MatMul" and node.inputs[1] is not None and node.inputs[1].const_value is not None:
+            projections.append(node)
+            continue
+        if node.op_type == "Reshape":
+            splits.append(node)
+        if node.op_type in ("LayerNormalization", "Gemm", "Conv") or node.op_type in ACTIVATIONS:
+            continue                               # the block's input: beyond the projections
+        stack.extend(node.inputs)
+    if len(projections) != 3:
+        raise PlanError(f"cannot prune layer {lay.name!r}: found {len(projections)} query, key and value "
+                        "projections (MatMul with constant weights) instead of 3")
+    for proj in projections:
+        out = proj.outputs[0]
+        uses = list(out.uses())
+        if len(uses) != 1:
+            raise PlanError(f"cannot prune layer {lay.name!r}: the projection {proj.name} has several consumers")
+        w = arrays.get(proj.inputs[1], f"the weight of {proj.name}")
+        arrays.set(proj.inputs[1], w[:, keep])
+        add = uses[0][0]
+        if add.op_type == "Add":
+            other = add.inputs[1 - uses[0][1]]
+            if other is not None and other.const_value is not None:
+                b = arrays.get(other, f"the bias of {add.name}")
+                if b.size == units:
+                    arrays.set(other, b.reshape(-1)[keep])
+
+    def reshape_to(node, fix):
+        shape = np.array(node.inputs[1].const_value.numpy()) if node.inputs[1] is not None and \
+            node.inputs[1].const_value is not None else None
+        if shape is None:
+            raise PlanError(f"cannot prune layer {lay.name!r}: {node.name} has no constant target shape")
+        new = fix(shape.astype(np.int64))
+        v = ir.Value(name=_unique(graph, f"{node.name}.shape"), const_value=ir.tensor(new))
+        graph.register_initializer(v)              # its own copy: shape constants are often shared
+        node.replace_input_with(1, v)
+
+    def split_heads(shape):
+        if shape[-2] not in (heads, -1) or shape[-1] not in (hd, -1):
+            raise PlanError(f"cannot prune layer {lay.name!r}: a Reshape to {shape.tolist()} does not split "
+                            f"{heads} heads of {hd}")
+        if shape[-2] == heads:
+            shape[-2] = heads - len(gone)
+        return shape
+
+    def merge_heads(shape):
+        if shape[-1] not in (units, -1):
+            raise PlanError(f"cannot prune layer {lay.name!r}: {merge.name} reshapes to {shape.tolist()}")
+        if shape[-1] == units:
+            shape[-1] = units - len(cols)
+        return shape
+
+    for node in splits:
+        reshape_to(node, split_heads)
+    reshape_to(merge, merge_heads)
 
 
 def outgoing_weights(lm: LoadedModel, layer: str) -> np.ndarray:
@@ -729,6 +812,8 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
             store(w.reshape(w.shape[0], units, block)[:, keep_units].reshape(w.shape[0], -1))
     for name, lp in active.items():
         _remove_rows(arrays, lm.layer(name), members_of[name], lp.kept)
+        if lm.layer(name).found_by == "attention":
+            _remove_heads(graph, arrays, members_of[name][0], lm.layer(name), lp)
         first = members_of[name][0]
         if first.op_type == "Conv" and _depthwise(first):        # one group per channel left
             first.attributes["group"] = ir.AttrInt64("group", len(lp.kept))

@@ -529,3 +529,34 @@ def test_concat_split_and_a_grouped_conv_pruned_as_numpy_computes_the_plan(tmp_p
     assert w["wc"].shape == (2, 1, 3, 3) and w["wd"].shape == (3, 4, 1, 1) and w["wf"].shape == (3, 5)
     with pytest.raises(PlanError, match="same number of channels from every group"):   # 0 and 1: one group
         apply_plan(lm, PruningPlan({"conv_a": LayerPlan.build("conv_a", 6, [0, 1])}, lm.sha256))
+
+
+@pytest.mark.parametrize("name,unit", [("zoo_vit.onnx", "block2_attn_proj_matmul_heads"),
+                                       ("zoo_encoder.onnx", "layer1_attn_proj_matmul_heads")])
+def test_attention_heads_are_removed_whole(name, unit):
+    """A plan over an attention site removes whole heads (ranked by their units' summed
+    scores); the pruned model, with fewer query, key and value columns and the heads' Reshapes
+    updated, equals the plan applied by masks. Part of a head is refused."""
+    from infoprobe.analyses.plans import plan_from_scores
+    from infoprobe.data import feeds
+
+    lm = load_model(FIX / name)
+    lay = lm.layer(unit)
+    assert lay.heads == 4
+    scores = np.arange(32, dtype=np.float64)[::-1].copy()          # head 3 has the lowest sum, then head 2
+    plan = plan_from_scores(lm, {unit: scores}, {unit: 13})         # 13 units: round(13 / 8) = 2 heads
+    assert plan.layers[unit].remove.tolist() == list(range(16, 32))
+    plan = PruningPlan({unit: LayerPlan.build(unit, 32, plan.layers[unit].remove, np.linspace(-.5, .5, 16))},
+                       lm.sha256)
+    pruned = apply_plan(lm, plan)
+    x = _zoo_inputs(name, lm)
+    ref = Runner(lm)
+    want = ref.run(x, feeds=ref.plan_feeds(plan), outputs=[lm.output_name])[lm.output_name]
+    got = make_session(pruned).run([lm.output_name], feeds(lm.input_name, x))[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert np.abs(want - ref.run(x, outputs=[lm.output_name])[lm.output_name]).max() > 1e-2
+    shapes = sorted(v.const_value.numpy().shape for v in pruned.graph.initializers.values()
+                    if v.name.endswith((".weight_t", "q.weight_t")) and v.const_value.numpy().ndim == 2)
+    assert (32, 16) in shapes and (16, 32) in shapes              # Q/K/V lose 16 columns; the output projection 16 rows
+    with pytest.raises(PlanError, match="part of a head"):
+        apply_plan(lm, PruningPlan({unit: LayerPlan.build(unit, 32, [0, 1, 2])}, lm.sha256))

@@ -159,7 +159,9 @@ def plan_from_scores(lm: LoadedModel, scores: dict, counts: dict, *, order: str 
     A layer of a dependency group (:func:`infoprobe.prune.dependency_groups`: the branches of
     a residual sum and the sum, a depthwise conv and its input) is planned as a group: its
     units are ranked by :func:`group_scores` over the members, the first ``counts`` of the
-    first member listed are removed from every member, each replaced by its own constant.
+    first member listed are removed from every member, each replaced by its own constant. An
+    ``attention`` site loses whole heads: ``round(counts / head width)`` of them (at most all
+    but one), ranked by the sum of their units' scores.
     """
     layers, coupled, done = {}, coupled_groups(lm), set()
     for n, k in counts.items():
@@ -170,7 +172,14 @@ def plan_from_scores(lm: LoadedModel, scores: dict, counts: dict, *, order: str 
         if s.shape != (lay.units,):
             raise ConfigError(f"scores of layer {n!r} have shape {s.shape}, expected ({lay.units},)")
         members = coupled[n].sites if n in coupled else (n,)
-        remove = rank_units(group_scores(scores, members) if n in coupled else s, order)[:k]
+        if lay.found_by == "attention" and lay.heads > 1:   # whole heads: each ranked by its units' sum
+            hd = lay.units // lay.heads
+            h = min(int(round(k / hd)), lay.heads - 1)
+            worst = rank_units(s.reshape(lay.heads, hd).sum(axis=1), order)[:h]
+            remove = np.concatenate([np.arange(j * hd, (j + 1) * hd) for j in worst]).astype(np.int64) \
+                if h else np.zeros(0, np.int64)
+        else:
+            remove = rank_units(group_scores(scores, members) if n in coupled else s, order)[:k]
         for m in members:
             consts = replacement_constants(lm, m, replace, store)
             layers[m] = LayerPlan.build(m, lm.layer(m).units, remove, consts[remove])

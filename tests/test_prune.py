@@ -367,6 +367,19 @@ def test_dependency_groups_of_the_resnet_follow_its_residual_stream():
     assert "normalises over the units" in vit[("block1_mlp_fc2_matmul", "block1_mlp_residual")].refused
 
 
+def _assert_equals_masked(lm, plan, pruned, name):
+    """The pruned model's outputs equal the plan applied by masks (1e-4 of the output scale),
+    and the plan changed them."""
+    from infoprobe.data import feeds
+
+    x = _zoo_inputs(name, lm)
+    ref = Runner(lm)
+    want = ref.run(x, feeds=ref.plan_feeds(plan), outputs=[lm.output_name])[lm.output_name]
+    got = make_session(pruned).run([lm.output_name], feeds(lm.input_name, x))[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+    assert np.abs(want - ref.run(x, outputs=[lm.output_name])[lm.output_name]).max() > 1e-2  # the plan did act
+
+
 def _zoo_inputs(name, lm, n=200):
     if name == "zoo_encoder.onnx":
         d = load_data(FIX / "tokens_demo.npz", split="test", x_key="input_ids,attention_mask", limit=n)
@@ -382,7 +395,6 @@ def test_zoo_models_pruned_by_groups_equal_the_plan_applied_by_masks(name, fract
     plan; residual-coupled channels, depthwise channels and transformer MLP neurons go."""
     from infoprobe.analyses.compress import prunable_part
     from infoprobe.analyses.plans import plan_from_scores, plannable_layers
-    from infoprobe.data import feeds
 
     lm = load_model(FIX / name)
     rng = np.random.default_rng(7)
@@ -394,12 +406,7 @@ def test_zoo_models_pruned_by_groups_equal_the_plan_applied_by_masks(name, fract
                         for n, lp in plan.layers.items()}, lm.sha256, plan.generator)
     plan, _ = prunable_part(lm, plan)
     pruned = apply_plan(lm, plan)
-    x = _zoo_inputs(name, lm)
-    ref = Runner(lm)
-    want = ref.run(x, feeds=ref.plan_feeds(plan), outputs=[lm.output_name])[lm.output_name]
-    got = make_session(pruned).run([lm.output_name], feeds(lm.input_name, x))[0]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
-    assert np.abs(want - ref.run(x, outputs=[lm.output_name])[lm.output_name]).max() > 1e-2  # the plan did act
+    _assert_equals_masked(lm, plan, pruned, name)
     removed = {n for n, lp in plan.layers.items() if len(lp.remove)}
     expect = {"zoo_resnet.onnx": {"block1_add", "block3_add", "stem"}, "zoo_mobilenetv2.onnx": {"block1_dw", "block3_add"},
               "zoo_vit.onnx": {"block1_mlp_fc1_matmul"}, "zoo_encoder.onnx": {"layer2_ff_fc1_matmul"}}[name]
@@ -424,7 +431,6 @@ def test_a_pruned_padded_cnn_is_rediscovered_and_pruned_again(tmp_path):
     """Constants folded past zero padding leave a border correction after the conv; the pruned
     model's sites are found as before (conv, batch norm, activation) and a second plan prunes
     it again exactly, adding to the corrections."""
-    from infoprobe.data import feeds
 
     lm = load_model(FIX / "zoo_resnet.onnx")
     rng = np.random.default_rng(3)
@@ -442,11 +448,7 @@ def test_a_pruned_padded_cnn_is_rediscovered_and_pruned_again(tmp_path):
     assert [lay.name for lay in small.layers] == [lay.name for lay in lm.layers]
     second = constants(small, magnitude_plan(small, 0.25))
     pruned = apply_plan(small, second)
-    x = _zoo_inputs("zoo_resnet.onnx", small)
-    ref = Runner(small)
-    want = ref.run(x, feeds=ref.plan_feeds(second), outputs=[small.output_name])[small.output_name]
-    got = make_session(pruned).run([small.output_name], feeds(small.input_name, x))[0]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+    _assert_equals_masked(small, second, pruned, "zoo_resnet.onnx")
     assert sum(n.op_type == "Add" for n in pruned.graph) == sum(n.op_type == "Add" for n in ir.load(path).graph)
 
 
@@ -538,7 +540,6 @@ def test_attention_heads_are_removed_whole(name, unit):
     scores); the pruned model, with fewer query, key and value columns and the heads' Reshapes
     updated, equals the plan applied by masks. Part of a head is refused."""
     from infoprobe.analyses.plans import plan_from_scores
-    from infoprobe.data import feeds
 
     lm = load_model(FIX / name)
     lay = lm.layer(unit)
@@ -549,12 +550,7 @@ def test_attention_heads_are_removed_whole(name, unit):
     plan = PruningPlan({unit: LayerPlan.build(unit, 32, plan.layers[unit].remove, np.linspace(-.5, .5, 16))},
                        lm.sha256)
     pruned = apply_plan(lm, plan)
-    x = _zoo_inputs(name, lm)
-    ref = Runner(lm)
-    want = ref.run(x, feeds=ref.plan_feeds(plan), outputs=[lm.output_name])[lm.output_name]
-    got = make_session(pruned).run([lm.output_name], feeds(lm.input_name, x))[0]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
-    assert np.abs(want - ref.run(x, outputs=[lm.output_name])[lm.output_name]).max() > 1e-2
+    _assert_equals_masked(lm, plan, pruned, name)
     shapes = sorted(v.const_value.numpy().shape for v in pruned.graph.initializers.values()
                     if v.name.endswith((".weight_t", "q.weight_t")) and v.const_value.numpy().ndim == 2)
     assert (32, 16) in shapes and (16, 32) in shapes              # Q/K/V lose 16 columns; the output projection 16 rows

@@ -556,3 +556,19 @@ def test_attention_heads_are_removed_whole(name, unit):
     assert (32, 16) in shapes and (16, 32) in shapes              # Q/K/V lose 16 columns; the output projection 16 rows
     with pytest.raises(PlanError, match="part of a head"):
         apply_plan(lm, PruningPlan({unit: LayerPlan.build(unit, 32, [0, 1, 2])}, lm.sha256))
+
+
+def test_plan_groups_command_lists_the_groups_and_why():
+    from click.testing import CliRunner
+
+    from infoprobe.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["plan", str(FIX / "zoo_mobilenetv2.onnx"), "--groups", "--json"])
+    assert r.exit_code == 0, r.output
+    groups = {tuple(g["sites"]): g for g in json.loads(r.output)["groups"]}
+    assert groups[("block1_expand", "block1_dw")]["links"] == ["block1_expand -> depthwise Conv block1_dw"]
+    assert all(g["refused"] is None for g in groups.values())
+    r = CliRunner().invoke(cli, ["plan", str(FIX / "zoo_mlp_ln_gelu.onnx"), "--groups"])
+    assert r.exit_code == 0 and "fc1  (64 units each; refused: cannot prune layer 'fc1': it reaches ln1" in r.output
+    r = CliRunner().invoke(cli, ["plan", str(FIX / "zoo_mlp_ln_gelu.onnx")])
+    assert r.exit_code == 2 and "--out is required" in r.output

@@ -32,6 +32,9 @@ from .options import csv_list, echo_json, load, max_size_option
               help="measure: remove lowest- or highest-ranked units.")
 @click.option("--layers", default=None, help="Comma-separated hidden layers (default: all).")
 @click.option("--seed", default=0, show_default=True, type=int, help="random: the seed.")
+@click.option("--round-to", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Keep a multiple of this many units per layer (8 or 16: CPU kernels work in blocks of "
+                   "channels, and a layer left with 12 or 24 can run slower than the original).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Plan to write (.json); required unless --groups.")
 @click.option("--groups", "show_groups", is_flag=True,
@@ -40,7 +43,7 @@ from .options import csv_list, echo_json, load, max_size_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing plan file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan's summary as JSON.")
 @max_size_option
-def plan(model, method, fraction, measure, hybrid, store, replace, surgery, order, layers, seed, out,
+def plan(model, method, fraction, measure, hybrid, store, replace, surgery, order, layers, seed, round_to, out,
          show_groups, overwrite, as_json, max_model_size):
     """Write a pruning plan for MODEL: units to remove and what replaces each.
 
@@ -65,6 +68,7 @@ def plan(model, method, fraction, measure, hybrid, store, replace, surgery, orde
       infoprobe plan model.onnx --method hybrid --hybrid fc1=mutual_information:1,fc2=kl_selectivity:2 \\
           --fraction 0.5 --store acts.h5 --out plan.json
       infoprobe plan model.onnx --method merge --fraction 0.5 --out plan.json
+      infoprobe plan resnet.onnx --method magnitude --fraction 0.5 --round-to 8 --out plan.json
       infoprobe plan resnet.onnx --groups
     """
     from infoprobe.analyses.plans import make_plan
@@ -85,7 +89,7 @@ def plan(model, method, fraction, measure, hybrid, store, replace, surgery, orde
         raise click.UsageError("--out is required (or pass --groups to list the dependency groups)")
     res = make_plan(load(model, max_model_size), method, fraction, store=store, measure=measure,
                     hybrid=hybrid or None, replace=replace, surgery=surgery, order=order, seed=seed,
-                    layers=csv_list(layers))
+                    layers=csv_list(layers), round_to=round_to)
     res.save(out, overwrite=overwrite)
     if as_json:
         echo_json({"out": str(out), **res.describe()})

@@ -572,3 +572,16 @@ def test_plan_groups_command_lists_the_groups_and_why():
     assert r.exit_code == 0 and "fc1  (64 units each; refused: cannot prune layer 'fc1': it reaches ln1" in r.output
     r = CliRunner().invoke(cli, ["plan", str(FIX / "zoo_mlp_ln_gelu.onnx")])
     assert r.exit_code == 2 and "--out is required" in r.output
+
+
+def test_round_to_keeps_a_multiple_of_the_block_of_units():
+    from infoprobe.analyses.plans import kept_multiple
+
+    # (units, removed, multiple) -> removed, by hand
+    for args, want in [((16, 4, 8), 0), ((32, 8, 8), 8), ((32, 8, 16), 0), ((32, 20, 16), 16), ((5, 2, 8), 2),
+                       ((16, 15, 8), 8), ((64, 10, 1), 10)]:
+        assert kept_multiple(*args) == want, args
+    lm = load_model(FIX / "zoo_mobilenetv2.onnx")
+    plan = magnitude_plan(lm, 0.5, round_to=16)
+    kept = {n: lp.units - len(lp.remove) for n, lp in plan.layers.items()}
+    assert all(k % 16 == 0 for n, k in kept.items() if lm.layer(n).units >= 16) and plan.generator["round_to"] == 16

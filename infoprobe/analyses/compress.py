@@ -192,7 +192,8 @@ def speedup_notes(ratios: dict, share: float = 0.8) -> list:
         got = 1.0 / ratios[key]
         if predicted > 1.05 and got < 1 + share * (predicted - 1):
             notes.append(f"at {what}: measured speed-up {got:.2f}x, the MACs predict {predicted:.2f}x (time goes "
-                         "to per-op overheads, memory traffic or channel counts the kernels do not favour)")
+                         "to per-op overheads, memory traffic or channel counts the kernels do not favour: try "
+                         "plan --round-to 8 or 16)")
     return notes
 
 

@@ -373,7 +373,7 @@ def _assert_equals_masked(lm, plan, pruned, name):
     from infoprobe.data import feeds
 
     x = _zoo_inputs(name, lm)
-    ref = Runner(lm)
+    ref = Runner(lm, mix=not all(lp.is_constant for lp in plan.layers.values()))
     want = ref.run(x, feeds=ref.plan_feeds(plan), outputs=[lm.output_name])[lm.output_name]
     got = make_session(pruned).run([lm.output_name], feeds(lm.input_name, x))[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
@@ -585,3 +585,20 @@ def test_round_to_keeps_a_multiple_of_the_block_of_units():
     plan = magnitude_plan(lm, 0.5, round_to=16)
     kept = {n: lp.units - len(lp.remove) for n, lp in plan.layers.items()}
     assert all(k % 16 == 0 for n, k in kept.items() if lm.layer(n).units >= 16) and plan.generator["round_to"] == 16
+
+
+def test_site_by_site_generators_leave_dependency_groups_out():
+    """refactor (least squares within one site) cannot keep a residual group whole: it plans
+    the uncoupled sites only, says so, and the plan prunes exactly."""
+    from infoprobe.analyses.frivolous.plans import refactor_plan
+    from infoprobe.analyses.plans import uncoupled
+
+    lm = load_model(FIX / "zoo_resnet.onnx")
+    with pytest.warns(UserWarning, match="dependency groups"):
+        assert uncoupled(lm, [lay.name for lay in lm.hidden_layers], "x") == ["block1_conv1", "block2_conv1",
+                                                                              "block3_conv1"]
+    data = load_data(FIX / "mnist_demo.npz", split="validation", limit=300)
+    with pytest.warns(UserWarning, match="refactor leaves out stem"):
+        plan, rows = refactor_plan(lm, data, tolerance=0.05)
+    assert set(plan.layers) <= {"block1_conv1", "block2_conv1", "block3_conv1"} and plan.layers
+    _assert_equals_masked(lm, plan, apply_plan(lm, plan), "zoo_resnet.onnx")

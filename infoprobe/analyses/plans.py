@@ -134,6 +134,18 @@ def coupled_groups(lm: LoadedModel) -> dict:
     return {m: g for g in dependency_groups(lm) if len(g.sites) > 1 and not g.refused for m in g.sites}
 
 
+def uncoupled(lm: LoadedModel, names, method: str) -> list:
+    """``names`` without the sites of dependency groups of several members, each group left
+    out with a warning: for the generators that choose units site by site from measurements
+    of that site alone (refactor, prunable, synergy, merge), which cannot keep a group whole."""
+    coupled = coupled_groups(lm)
+    left = [n for n in names if n in coupled]
+    if left:
+        warnings.warn(f"{method} leaves out {', '.join(left)}: they belong to dependency groups (residual sums, "
+                      f"depthwise convs), which {method} does not plan; use measure, magnitude, hybrid or random")
+    return [n for n in names if n not in coupled]
+
+
 def group_scores(scores: dict, sites) -> np.ndarray:
     """One score per unit of a dependency group: the sum over its members that have scores of
     each member's scores divided by their mean absolute value (so that every member weighs
@@ -370,15 +382,7 @@ def merge_plan(lm: LoadedModel, fraction, *, surgery: bool = True, layers=None, 
     ConfigError
         ``replace="activation_of_*"`` with surgery, or as :func:`replacement_constants`.
     """
-    names = list(layers) if layers else plannable_layers(lm)
-    coupled = coupled_groups(lm)
-    if any(n in coupled for n in names):
-        which = ", ".join(n for n in names if n in coupled)
-        if layers:
-            raise ConfigError(f"merging replaces a unit by a partner of its own layer; {which} belong to dependency "
-                              "groups (residual sums, depthwise convs), which merge does not plan: use another method")
-        warnings.warn(f"merge leaves out {which}: they belong to dependency groups, which merge does not plan")
-        names = [n for n in names if n not in coupled]
+    names = uncoupled(lm, list(layers) if layers else plannable_layers(lm), "merge")
     counts = _counts(lm, parse_fractions(fraction, names))
     if surgery and replacement_kind(replace).startswith("activation_of"):
         raise ConfigError("merging with surgery replaces a unit by its partner; use replace zero or mean")

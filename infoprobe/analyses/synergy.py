@@ -35,7 +35,7 @@ from ..runner import default_threads
 from ..store import Store
 from .ablation import rank_units
 from ..positions import per_unit
-from .plans import replacement_constants
+from .plans import replacement_constants, uncoupled
 
 SELECTIONS = ("synergy", "gcmi_model", "gcmi_mixture", "random")
 MODES = ("ablate", "keep")
@@ -483,7 +483,7 @@ def synergy_plan(model, result: SynergyResult, *, size: int | None = None, repla
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     net = _network_of(result, lm)
     layers = {}
-    for n in result.layers():
+    for n in uncoupled(lm, result.layers(), "the synergy plan"):
         lay = lm.layer(n)
         kept = result.best(n, size=size, network=net)["units"]
         remove = np.setdiff1d(np.arange(lay.units), kept)

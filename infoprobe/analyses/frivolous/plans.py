@@ -12,6 +12,7 @@ from ...errors import ConfigError, PlanError
 from ...estimators.frivolous import Moments, components_needed, independent_units, pca_spectrum, refactor
 from ...model import LoadedModel, load_model
 from ...plan import LayerPlan, PruningPlan
+from ..plans import uncoupled
 from .prunability import Prunability, hidden_layers
 from .redundancy import activation_matrices, unit_axes
 
@@ -58,7 +59,9 @@ def refactor_plan(model, data: Dataset, *, layers=None, tolerance: float = 0.05,
     ConfigError, DataError, ModelError
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
-    names = hidden_layers(lm, layers)
+    names = uncoupled(lm, hidden_layers(lm, layers), "refactor")
+    if not names:
+        raise ConfigError("every chosen layer belongs to a dependency group; refactoring plans single sites")
     axes = unit_axes(lm, names)
     plan = PruningPlan({}, lm.sha256, {"method": "refactor", "tolerance": tolerance, "max_rows": max_rows,
                                        "sequential": sequential, "seed": seed, "data_sha256": data.sha256})
@@ -135,7 +138,10 @@ def prunable_plan(model, result: Prunability, *, mode: str = "network") -> Pruni
             sets[n] = order[:int(np.floor(r["prunable_fraction"] * r["units"] + 1e-9))]
     else:
         raise ConfigError(f"unknown mode {mode!r}; use network or layer")
+    keep = set(uncoupled(lm, list(sets), "the prunable plan"))
     for n, s in sets.items():
+        if n not in keep:
+            continue
         s = np.sort(s)
         if len(s) >= sizes[n]:
             s = s[:-1]   # a plan keeps at least one unit

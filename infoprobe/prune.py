@@ -16,8 +16,11 @@ Between a pruned layer and the unit layers that read it the graph may hold ``Ide
 ``GlobalMaxPool``, ``GlobalAveragePool`` and elementwise ``Relu``, ``LeakyRelu``,
 ``Sigmoid``, ``Tanh``. A constant travels through them exactly (an elementwise op maps c to
 f(c)); an affine term travels exactly only through linear ops, and a single non-negative term
-also through max pooling and (without a constant) through ``Relu``/``LeakyRelu``. Anything
-else is refused with a message naming the node -- never approximated.
+also through max pooling and (without a constant) through ``Relu``/``LeakyRelu``. Element-wise
+ops whose other inputs are scalar or per-unit constants (``Mul``, ``Add``, a standalone
+``BatchNormalization``, ``PRelu``, ``Clip``, ...) carry a constant (computed by onnxruntime on
+the constants) and lose their per-unit constants' removed entries. Anything else is refused
+with a message naming the node -- never approximated.
 
 Dependency groups (:func:`dependency_groups`): where a site's units are summed with another
 branch's in a residual ``Add`` (a ``residual`` site) or read channel by channel by a depthwise
@@ -62,6 +65,42 @@ from .rewrite import finalize
 _LINEAR = {"Identity", "Dropout", "Flatten", "Reshape", "AveragePool", "GlobalAveragePool"}
 _MAXPOOL = {"MaxPool", "GlobalMaxPool"}
 _ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh"}
+#: Element-wise ops whose other inputs are constants, scalar or one per unit: a removed unit's
+#: constant passes them exactly (computed by onnxruntime), their per-unit constants are sliced.
+_CHANNELWISE = {"Mul", "Add", "Sub", "Div", "BatchNormalization", "PRelu", "Clip", "HardSigmoid", "HardSwish",
+                "Elu", "Selu", "Softplus", "Softsign", "Mish", "Gelu", "Celu", "Neg", "Abs", "Max", "Min", "Pow"}
+
+
+def _per_unit_shape(lay) -> tuple:
+    """The shape a constant has when it holds one value per unit of ``lay`` (batch included)."""
+    if lay.kind == "conv":
+        return (1, lay.units) + (1,) * (len(lay.shape) - 1)
+    return (1,) * len(lay.shape) + (lay.units,)
+
+
+def _channelwise(node, lay) -> bool:
+    """Whether ``node`` (reached by ``lay``'s units on input 0, no Concat or Split before) is
+    element-wise with other inputs that are constants, scalar or one per unit."""
+    if node.op_type not in _CHANNELWISE or node.domain not in ("", "ai.onnx"):
+        return False
+    want = _per_unit_shape(lay)
+    for i in node.inputs[1:]:
+        if i is None:
+            continue
+        c = i.const_value
+        if c is None:
+            return False
+        shape = tuple(c.shape)
+        if node.op_type == "BatchNormalization":
+            ok = shape == (lay.units,) and lay.kind == "conv"
+        else:
+            try:
+                ok = np.broadcast_shapes(shape, want) == want
+            except ValueError:
+                ok = False
+        if not ok:
+            return False
+    return True
 _AFFINE = {"Gemm", "MatMul", "Conv"}
 
 
@@ -197,11 +236,17 @@ def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> li
                 continue
             if op in _NORMALISING:
                 refuse(f"it reaches {where}, which normalises over the units: removing one changes the others")
+            if idx == 0 and op not in _ELEMENTWISE and _channelwise(node, lay):
+                if state[0] == "flat" and state[1] != 1 or state[2] != 0 or state[3] != lay.units or state[6]:
+                    refuse(f"it reaches {where} after a Concat, Split or Flatten; infoprobe slices per-unit "
+                           "constants only before those")
+                walk(node.outputs[0], ops + [node], state)
+                continue
             if idx != 0 or (op not in _LINEAR and op not in _MAXPOOL and op not in _ELEMENTWISE):
                 refuse(f"its output reaches {where}, which physical pruning cannot rewrite exactly "
-                       "(supported between unit layers: Identity, Dropout, Flatten, Reshape, MaxPool, "
-                       "AveragePool, GlobalMaxPool, GlobalAveragePool, Relu, LeakyRelu, Sigmoid, Tanh; "
-                       "residual sums and depthwise convs join a dependency group)")
+                       "(supported between unit layers: Identity, Dropout, Flatten, Reshape, pooling, "
+                       "Concat, Split, element-wise ops with scalar or per-unit constants; residual sums and "
+                       "depthwise convs join a dependency group)")
             out = node.outputs[0]
             if any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:]):
                 refuse(f"{where} has a second output in use")
@@ -321,7 +366,50 @@ def dependency_groups(lm: LoadedModel) -> list:
     return sorted(out, key=lambda g: order[g.sites[0]])
 
 
-def _transport(route: _Route, lp: LayerPlan, layer: str) -> np.ndarray:
+def _through_node(node, lay, units: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """What the element-wise ``node`` (:func:`_channelwise`) makes of the constants ``c`` of
+    ``units``: onnxruntime runs it on a tensor holding them (one position per unit)."""
+    import onnx
+    import onnxruntime as ort
+
+    x = np.zeros(_per_unit_shape(lay), np.float32)
+    flat = x.reshape(-1)
+    flat[units] = c
+    proto = ir.serde.serialize_node(node)
+    names = [proto.input[0]] + [i for i in proto.input[1:] if i]
+    consts = [onnx.numpy_helper.from_array(np.asarray(i.const_value.numpy()), i.name)
+              for i in node.inputs[1:] if i is not None]
+    del proto.output[1:]
+    g = onnx.helper.make_graph([proto], "unit_constants",
+                               [onnx.helper.make_tensor_value_info(names[0], onnx.TensorProto.FLOAT, list(x.shape))],
+                               [onnx.helper.make_tensor_value_info(proto.output[0], onnx.TensorProto.FLOAT, None)],
+                               consts)
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    try:
+        out = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {names[0]: x})[0]
+    except Exception as exc:
+        raise PlanError(f"cannot carry constants through {node.name} ({node.op_type}): {exc}") from None
+    return np.asarray(out, np.float64).reshape(-1)[units]
+
+
+def _slice_channelwise(arrays, node, lay, kept: np.ndarray) -> None:
+    """Keep the per-unit constants of an element-wise ``node`` for the ``kept`` units."""
+    want = _per_unit_shape(lay)
+    for i in node.inputs[1:]:
+        if i is None or i.const_value is None or int(np.prod(i.const_value.shape)) <= 1:
+            continue
+        c = arrays.get(i, f"a constant of {node.name}")
+        if node.op_type == "BatchNormalization":
+            arrays.set(i, c[kept])
+            continue
+        shape = (1,) * (len(want) - c.ndim) + c.shape     # aligned from the right with [1, C, ...]
+        axis = [k for k, (d, w) in enumerate(zip(shape, want)) if w == lay.units and d == lay.units][0]
+        arrays.set(i, np.take(c.reshape(shape), kept, axis=axis).reshape(
+            c.shape[:axis - (len(want) - c.ndim)] + (len(kept),) + c.shape[axis - (len(want) - c.ndim) + 1:]))
+
+
+def _transport(route: _Route, lp: LayerPlan, layer: str, lay=None) -> np.ndarray:
     """Constants as the consumer sees them, after the route's ops; checks that the affine
     terms pass the route exactly."""
     c = lp.constant.copy()
@@ -347,6 +435,12 @@ def _transport(route: _Route, lp: LayerPlan, layer: str) -> np.ndarray:
                 raise PlanError(f"cannot prune layer {layer!r}: unit {int(lp.remove[bad][0])} is replaced by "
                                 f"a combination of units that {where} does not preserve (only one "
                                 "non-negative term passes a max pooling exactly)")
+            continue
+        if op in _CHANNELWISE:
+            if nterms.any():
+                raise PlanError(f"cannot prune layer {layer!r}: {where} changes each unit differently, so a removed "
+                                "unit can only be replaced by a constant there, not by other units")
+            c = _through_node(node, lay, lp.remove, c)
             continue
         # elementwise activation
         with_terms = nterms > 0
@@ -738,6 +832,7 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
     members_of = {lay.name: [by_name[n] for n in lay.nodes] for lay in lm.layers}
     consumer_cols = {}   # consumer node name -> kept column mask (input side)
     reshaped = set()     # (Reshape, layer) whose target shape was shrunk
+    sliced = {}          # layer -> element-wise nodes whose per-unit constants lose its removed units
     border = {}          # consumer node name -> border correction [O, H, W]
 
     active = {n: lp for n, lp in plan.layers.items() if len(lp.remove)}
@@ -757,7 +852,10 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
         lay = lm.layer(name)
         for route in _routes(graph, lay, firsts):
             node = route.consumer
-            c = _transport(route, lp, name)
+            c = _transport(route, lp, name, lay)
+            for op_node in route.ops:
+                if op_node.op_type in _CHANNELWISE:
+                    sliced.setdefault(name, {})[id(op_node)] = op_node
             w, store = _consumer_weight(arrays, node)
             out, total = w.shape[0], route.total or lay.units
             lo, hi = route.lo, (route.hi if route.hi >= 0 else lay.units)
@@ -814,6 +912,8 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
         _remove_rows(arrays, lm.layer(name), members_of[name], lp.kept)
         if lm.layer(name).found_by == "attention":
             _remove_heads(graph, arrays, members_of[name][0], lm.layer(name), lp)
+        for op_node in sliced.get(name, {}).values():
+            _slice_channelwise(arrays, op_node, lm.layer(name), lp.kept)
         first = members_of[name][0]
         if first.op_type == "Conv" and _depthwise(first):        # one group per channel left
             first.attributes["group"] = ir.AttrInt64("group", len(lp.kept))

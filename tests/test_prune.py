@@ -602,3 +602,51 @@ def test_site_by_site_generators_leave_dependency_groups_out():
         plan, rows = refactor_plan(lm, data, tolerance=0.05)
     assert set(plan.layers) <= {"block1_conv1", "block2_conv1", "block3_conv1"} and plan.layers
     _assert_equals_masked(lm, plan, apply_plan(lm, plan), "zoo_resnet.onnx")
+
+
+def test_per_unit_constants_between_sites_are_carried_and_sliced(tmp_path):
+    """Between two convs: a per-channel Mul, a standalone BatchNormalization, a per-channel
+    PRelu and a Clip. Removed channels replaced by constants pass them exactly and their
+    per-channel constants lose the removed channels; the result equals NumPy's forward pass."""
+    from onnx import TensorProto, helper
+
+    from infoprobe.data import feeds
+
+    rng = np.random.default_rng(4)
+    p = {"w1": rng.normal(0, .5, (5, 1, 3, 3)), "b1": rng.normal(0, .1, 5), "scale": rng.uniform(.5, 2, (1, 5, 1, 1)),
+         "g": rng.uniform(.5, 2, 5), "be": rng.normal(0, .2, 5), "mu": rng.normal(0, .2, 5), "var": rng.uniform(.5, 2, 5),
+         "slope": rng.uniform(0, .3, (5, 1, 1)), "w2": rng.normal(0, .5, (3, 5, 3, 3)), "b2": rng.normal(0, .1, 3)}
+    inits = [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in p.items()]
+    inits += [onnx.numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("lo", -1.0), ("hi", 1.5))]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["a"], ["t"], name="tanh1"),
+             helper.make_node("Mul", ["t", "scale"], ["m"], name="scale_mul"),
+             helper.make_node("BatchNormalization", ["m", "g", "be", "mu", "var"], ["n"], name="bn"),
+             helper.make_node("PRelu", ["n", "slope"], ["pr"], name="prelu"),
+             helper.make_node("Clip", ["pr", "lo", "hi"], ["cl"], name="clip"),
+             helper.make_node("Conv", ["cl", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["y"], ["ty"], name="tanh2"),
+             helper.make_node("GlobalAveragePool", ["ty"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["logits"], name="flat")]
+    g = helper.make_graph(nodes, "channelwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "cw.onnx")
+    lm = load_model(tmp_path / "cw.onnx")
+    assert lm.layer("conv1").activation == "tanh" and lm.layer("conv1").post_value == "t"
+    remove, consts = [1, 3], np.array([0.4, -0.7])
+    pruned = apply_plan(lm, PruningPlan({"conv1": LayerPlan.build("conv1", 5, remove, consts)}, lm.sha256))
+
+    x = rng.normal(0, 1, (8, 1, 6, 6))
+    t = np.tanh(_np_conv(x, p["w1"], p["b1"], pad=1))
+    t[:, remove] = consts[None, :, None, None]
+    n = (t * p["scale"] - p["mu"][None, :, None, None]) / np.sqrt(p["var"][None, :, None, None] + 1e-5) \
+        * p["g"][None, :, None, None] + p["be"][None, :, None, None]
+    cl = np.clip(np.where(n >= 0, n, p["slope"][None] * n), -1.0, 1.5)
+    want = np.tanh(_np_conv(cl, p["w2"], p["b2"], pad=1)).mean(axis=(2, 3))
+    got = make_session(pruned).run(["logits"], feeds("x", x.astype(np.float32)))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    w = {v.name: v.const_value.numpy() for v in pruned.graph.initializers.values()}
+    assert w["scale"].shape == (1, 3, 1, 1) and w["g"].shape == (3,) and w["slope"].shape == (3, 1, 1)
+    assert w["w2"].shape == (3, 3, 3, 3)

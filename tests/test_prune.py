@@ -452,6 +452,18 @@ def test_a_pruned_padded_cnn_is_rediscovered_and_pruned_again(tmp_path):
     assert sum(n.op_type == "Add" for n in pruned.graph) == sum(n.op_type == "Add" for n in ir.load(path).graph)
 
 
+def _save_graph(path, nodes, inits, in_shape, out_shape):
+    """Write a hand-built opset-17 graph from input ``x`` to output ``logits``."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
 def _np_conv(x, w, b=None, pad=0, groups=1):
     """Plain NumPy 2-D convolution (stride 1): x [N, C, H, W], w [O, C/groups, k, k]."""
     n, c, h, wd = x.shape
@@ -473,7 +485,7 @@ def test_concat_split_and_a_grouped_conv_pruned_as_numpy_computes_the_plan(tmp_p
     a 1x1 conv on the second, concatenated again, pooled, Gemm. Units removed from every site
     (balanced over the grouped conv's groups), replaced by constants: the pruned model equals
     a NumPy forward pass of the original with those constants, and the shapes shrink."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from infoprobe.data import feeds
 
@@ -498,12 +510,7 @@ def test_concat_split_and_a_grouped_conv_pruned_as_numpy_computes_the_plan(tmp_p
              helper.make_node("GlobalAveragePool", ["cd"], ["gap"], name="gap"),
              helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
              helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], name="fc", transB=1)]
-    g = helper.make_graph(nodes, "concat_split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "cs.onnx")
-    lm = load_model(tmp_path / "cs.onnx")
+    lm = load_model(_save_graph(tmp_path / "cs.onnx", nodes, inits, ["N", 2, 6, 6], ["N", 3]))
     assert [lay.name for lay in lm.hidden_layers] == ["conv_a", "conv_b", "conv_c", "conv_d"]
     remove = {"conv_a": [0, 3, 5], "conv_b": [2], "conv_c": [1, 2], "conv_d": [0]}
     consts = {n: rng.normal(0.3, 0.2, len(r)) for n, r in remove.items()}
@@ -608,7 +615,7 @@ def test_per_unit_constants_between_sites_are_carried_and_sliced(tmp_path):
     """Between two convs: a per-channel Mul, a standalone BatchNormalization, a per-channel
     PRelu and a Clip. Removed channels replaced by constants pass them exactly and their
     per-channel constants lose the removed channels; the result equals NumPy's forward pass."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from infoprobe.data import feeds
 
@@ -628,12 +635,7 @@ def test_per_unit_constants_between_sites_are_carried_and_sliced(tmp_path):
              helper.make_node("Tanh", ["y"], ["ty"], name="tanh2"),
              helper.make_node("GlobalAveragePool", ["ty"], ["gap"], name="gap"),
              helper.make_node("Flatten", ["gap"], ["logits"], name="flat")]
-    g = helper.make_graph(nodes, "channelwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, tmp_path / "cw.onnx")
-    lm = load_model(tmp_path / "cw.onnx")
+    lm = load_model(_save_graph(tmp_path / "cw.onnx", nodes, inits, ["N", 1, 6, 6], ["N", 3]))
     assert lm.layer("conv1").activation == "tanh" and lm.layer("conv1").post_value == "t"
     remove, consts = [1, 3], np.array([0.4, -0.7])
     pruned = apply_plan(lm, PruningPlan({"conv1": LayerPlan.build("conv1", 5, remove, consts)}, lm.sha256))

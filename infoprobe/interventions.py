@@ -316,14 +316,14 @@ class Evaluator:
                              np.float32).reshape(b - a, -1)
         return out
 
-    def _unchanged(self, res: np.ndarray, k: int, a: int, b: int) -> np.ndarray:
+    def _unchanged(self, res: np.ndarray, k: int, a: int, b: int, ref: np.ndarray | None) -> np.ndarray:
         """Per intervention of a stacked run, the samples ``a:b`` whose label (or output,
-        within ``agreement``) is the intact model's, bool [k, b - a]; and the labels."""
+        within ``agreement`` of the intact outputs ``ref``) is the intact model's, bool
+        [k, b - a]; and the labels."""
         n = b - a
         if self.agreement is None:
             labels = self.lm.predicted_labels(res).reshape(k, n)
             return labels == self.intact[a:b], labels
-        ref = self.intact_output(a, b).astype(np.float64)
         diff = np.asarray(res, np.float64).reshape(k, n, -1) - ref[None]
         return np.linalg.norm(diff, axis=2) <= self.agreement * np.linalg.norm(ref, axis=1)[None], None
 
@@ -445,12 +445,13 @@ class Evaluator:
                 n = b - a
                 inputs = self.x[a:b] if first is None else self.activations(first, a, b)
                 step = max(1, min(self.stack_rows, self.rows) // n)   # stacked rows stay within a chunk's budget
+                ref = None if self.agreement is None else self.intact_output(a, b).astype(np.float64)
                 for s0 in range(0, len(idx), step):
                     part = idx[s0:s0 + step]
                     xin = inputs if len(part) == 1 else tile_rows(inputs, len(part))
                     res = runner.run(xin, feeds=self._feeds([sets[i] for i in part], n), outputs=[output],
                                      batch_size=len(xin))[output]
-                    same, labels = self._unchanged(res, len(part), a, b)
+                    same, labels = self._unchanged(res, len(part), a, b, ref)
                     for j, i in enumerate(part):
                         unchanged[i] += np.count_nonzero(same[j])
                         if correct is not None:

@@ -1362,8 +1362,12 @@ def _affine(node):
             per_channel = (1, w.shape[0]) + (1,) * (w.ndim - 2)   # [1, C, 1, 1]: one value per channel
             out = _dims(node.outputs[0])
             per_position = (1, w.shape[0], *out[1:]) if out is not None and _known(out) else None
-            if c is not None and c.size in (1, w.shape[0]) and c.ndim <= w.ndim and \
-                    np.broadcast_shapes(c.shape, per_channel) == per_channel:
+            try:
+                fits = c is not None and c.size in (1, w.shape[0]) and c.ndim <= w.ndim and \
+                    np.broadcast_shapes(c.shape, per_channel) == per_channel
+            except ValueError:        # a constant that does not broadcast with the output: not a bias
+                fits = False
+            if fits:
                 members.append(add)
                 opname = "Conv+Add"
                 uses = list(add.outputs[0].uses())
@@ -1472,12 +1476,14 @@ def _summands(node):
     return summands if all(i is not None for i in summands) else None
 
 
-def _shapes_by_running(model: ir.Model) -> list:
+def shapes_by_running(model: ir.Model) -> list:
     """Learn the shapes that shape inference could not (ops of other domains, such as the
     ``com.microsoft`` ops of onnxruntime's quantized models): run the model with onnxruntime on
     zero-valued inputs of batch 1 and 2, and set each unknown value's shape (the dims that
     change with the batch are symbolic) and type. Needs every input's per-sample shape; does
-    nothing when it is unknown or the run fails. Returns a note, or nothing."""
+    nothing when it is unknown or the run fails. Memory: every unknown value for three samples
+    (the model's per-sample values, as :attr:`OnnxFile.runtime_sizes` counts them, three
+    times). Returns a note, or nothing."""
     import onnxruntime as ort
 
     missing = [v for n in model.graph for v in n.outputs if v is not None and v.name and v.shape is None]
@@ -1577,7 +1583,7 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
     graph_outputs = {v.name for v in graph.outputs}
     opset = model.opset_imports.get("", MIN_OPSET)
     found, unsupported, skipped, used_names, claimed = [], [], [], set(), set()
-    notes = list(source.notes) + _shapes_by_running(model)
+    notes = list(source.notes) + shapes_by_running(model)
     quantized_sites, fused = [], []
     site_of = {}            # id(value) -> found site, for the unit axis of residual sums
     order = {id(n): i for i, n in enumerate(graph)}

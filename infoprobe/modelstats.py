@@ -58,7 +58,7 @@ def model_cost(model: ir.Model, nbytes: int | None = None) -> dict:
         ``ConvInteger``, whatever the precision; other ops are not counted) and
         ``macs_unknown`` (nodes whose shapes were not static).
     """
-    from .model import _shapes_by_running
+    from .model import shapes_by_running
 
     def needs_shapes(node):  # Gemm's cost is its weight's size; Conv and MatMul need output shapes
         return node.op_type in _COUNTED and "Gemm" not in node.op_type and _static(node.outputs[0]) is None
@@ -69,7 +69,7 @@ def model_cost(model: ir.Model, nbytes: int | None = None) -> dict:
         except Exception:  # cost is informative; unknown shapes are reported below
             pass
     if any(needs_shapes(n) for n in model.graph):
-        _shapes_by_running(model)
+        shapes_by_running(model)
     graph = model.graph
     by_dtype = {}
     params = 0

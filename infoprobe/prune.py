@@ -49,7 +49,7 @@ correction (a [1, C_out, H_out, W_out] constant) into an ``Add`` after the conv.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,27 @@ def _channelwise(node, lay) -> bool:
         if not ok:
             return False
     return True
+
+
 _AFFINE = {"Gemm", "MatMul", "Conv"}
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a pruned layer's units are in a tensor its post-activation reaches."""
+
+    kind: str            # "spatial" [N, C, H, W], "flat" [N, units * block], "token" [N, T, U]
+    block: int = 1       # features per unit ("flat": H*W of a flattened conv output)
+    offset: int = 0      # the channel of unit ``lo`` in this tensor (after a Concat)
+    total: int = 0       # channels of this tensor
+    lo: int = 0          # the layer's units [lo, hi) that are in this tensor (after a Split)
+    hi: int = 0
+    splits: tuple = ()   # (Split node, output index, lo, hi) on the way
+
+    @property
+    def whole(self) -> bool:
+        """The tensor holds exactly the layer's units, in order, one feature each."""
+        return self.block == 1 and self.offset == 0 and self.lo == 0 and self.total == self.hi and not self.splits
 
 
 @dataclass
@@ -110,13 +130,8 @@ class _Route:
 
     consumer: ir.Node
     ops: list            # pass-through nodes on the way, in order
-    block: int           # consumer input features per unit (H*W after flattening a conv output)
     reshapes: list       # Reshape nodes whose target shape holds the feature count
-    offset: int = 0      # the layer's first unit among the consumer's input units (after a Concat)
-    total: int = 0       # the consumer's input units (0: the layer's own units)
-    lo: int = 0          # the layer's units [lo, hi) that reach the consumer (after a Split)
-    hi: int = -1
-    splits: tuple = ()   # (Split node, output index, lo, hi) on the way
+    at: _Layout          # the layer's units in the consumer's input
 
 
 def _attr_int(node, name, default) -> int:
@@ -152,13 +167,13 @@ _NORMALISING = {"LayerNormalization", "Softmax", "LogSoftmax", "InstanceNormaliz
 def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> list:
     """Consumers of ``lay``'s post-activation and the pass-through ops before each.
 
-    The walk tracks the tensor's layout: ``("spatial", (H, W))`` while it is [N, C, H, W],
-    ``("flat", block)`` once it is [N, units * block], ``("token",)`` for [N, T, U] (units
-    last). Where it reaches a site whose units are the same units -- the residual ``Add`` the
-    post-activation is summed in, or a depthwise conv that reads it channel by channel -- it
-    stops and appends ``(site name, how)`` to ``links``: those sites form one dependency group
-    with ``lay`` (:func:`dependency_groups`). Refuses (:class:`PlanError`) every other op it
-    cannot carry a removal through.
+    The walk tracks where the layer's units are (:class:`_Layout`): channels of a spatial
+    tensor, blocks of features once flattened, the last axis of a token tensor, shifted by a
+    ``Concat`` and windowed by a ``Split``. Where it reaches a site whose units are the same
+    units -- the residual ``Add`` the post-activation is summed in, or a depthwise conv that
+    reads it channel by channel -- it stops and appends ``(site name, how)`` to ``links``: those
+    sites form one dependency group with ``lay`` (:func:`dependency_groups`). Refuses
+    (:class:`PlanError`) every other op it cannot carry a removal through.
     """
     start = next(v for n in graph for v in n.outputs if v.name == lay.post_value)
     routes = []
@@ -167,7 +182,7 @@ def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> li
     def refuse(msg):
         raise PlanError(f"cannot prune layer {lay.name!r}: {msg}")
 
-    def walk(value, ops, state):
+    def walk(value, ops, at: _Layout):
         if value.is_graph_output():
             refuse(f"{value.name!r} is a graph output, whose shape pruning would change")
         for node, idx in list(value.uses()):
@@ -182,65 +197,58 @@ def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> li
                 refuse(f"it is summed with another branch in {where}, which is not a site (left out by --sites?); "
                        "the branches' units can only be removed together")
             if op == "Conv" and idx == 0 and site is not None and _depthwise(node):
-                if state[0] != "spatial":
+                if at.kind != "spatial":
                     refuse(f"it reaches the depthwise convolution {where} flattened")
                 links.append((site.name, f"depthwise Conv {node.name}"))
                 continue
             if op in _AFFINE and idx == 0:
                 if site is None:
                     refuse(f"it feeds {where}, which is not a unit layer infoprobe can rewrite")
-                if op == "Conv":
-                    if state[0] != "spatial":
-                        refuse(f"it reaches the convolution {where} flattened")
-                    routes.append(_Route(node, ops, 1, [], *state[2:]))
-                elif state[0] == "token":
-                    if op != "MatMul":
-                        refuse(f"it reaches {where} with positions")
-                    routes.append(_Route(node, ops, 1, [], *state[2:]))
-                else:
-                    if state[0] != "flat":
-                        refuse(f"it reaches {where} without being flattened to [N, features]")
-                    routes.append(_Route(node, ops, state[1], [n for n in ops if n.op_type == "Reshape"], *state[2:]))
+                if op == "Conv" and at.kind != "spatial":
+                    refuse(f"it reaches the convolution {where} flattened")
+                if op != "Conv" and at.kind == "spatial":
+                    refuse(f"it reaches {where} without being flattened to [N, features]")
+                if op not in ("Conv", "MatMul") and at.kind == "token":
+                    refuse(f"it reaches {where} with positions")
+                routes.append(_Route(node, ops, [n for n in ops if n.op_type == "Reshape"], at))
                 continue
             if op == "Split" and idx == 0:
                 in_dims = _static_dims(value, f"the input of {where}")
                 axis = _attr_int(node, "axis", 0) % len(in_dims)
-                if axis != (len(in_dims) - 1 if state[0] == "token" else 1) or state[0] == "flat":
+                if axis != (len(in_dims) - 1 if at.kind == "token" else 1) or at.kind == "flat":
                     refuse(f"{where} splits along axis {axis}, not along the units")
                 sizes = [_static_dims(o, f"an output of {where}")[axis] for o in node.outputs]
                 if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].const_value is None:
                     refuse(f"{where} has no constant split sizes that pruning could update")
-                start, off0, lo0, hi0 = 0, state[2], state[4], state[5]
+                first = 0
                 for k, (o, size) in enumerate(zip(node.outputs, sizes)):
-                    # the layer's units [lo0, hi0) are channels [off0, off0 + hi0 - lo0) here; output k
-                    # takes channels [start, start + size)
-                    a, b = max(off0, start), min(off0 + hi0 - lo0, start + size)
+                    # the layer's units [lo, hi) are channels [offset, offset + hi - lo) here; output k
+                    # takes channels [first, first + size)
+                    a, b = max(at.offset, first), min(at.offset + at.hi - at.lo, first + size)
                     if b > a and o is not None and (o.uses() or o.is_graph_output()):
-                        lo, hi = lo0 + a - off0, lo0 + b - off0
-                        walk(o, ops + [node], (state[0], state[1], a - start, size, lo, hi,
-                                               (*state[6], (node, k, lo, hi))))
-                    start += size
+                        lo, hi = at.lo + a - at.offset, at.lo + b - at.offset
+                        walk(o, ops + [node], replace(at, offset=a - first, total=size, lo=lo, hi=hi,
+                                                      splits=(*at.splits, (node, k, lo, hi))))
+                    first += size
                 continue
             if op == "Concat":
                 dims = _static_dims(node.outputs[0], f"the output of {where}")
                 axis = _attr_int(node, "axis", 1) % len(dims)
-                unit_axis = len(dims) - 1 if state[0] == "token" else 1
-                block = state[1] if state[0] == "flat" else 1
-                if axis != unit_axis:
+                if axis != (len(dims) - 1 if at.kind == "token" else 1):
                     refuse(f"{where} concatenates along axis {axis}, not along the units")
                 before = sum(_static_dims(i, f"an input of {where}")[axis] for i in node.inputs[:idx])
-                if before % block or dims[axis] % block:
+                if before % at.block or dims[axis] % at.block:
                     refuse(f"{where} does not keep each unit's features together")
-                walk(node.outputs[0], ops + [node], (state[0], state[1], state[2] + before // block,
-                                                     dims[axis] // block, *state[4:]))
+                walk(node.outputs[0], ops + [node], replace(at, offset=at.offset + before // at.block,
+                                                            total=dims[axis] // at.block))
                 continue
             if op in _NORMALISING:
                 refuse(f"it reaches {where}, which normalises over the units: removing one changes the others")
             if idx == 0 and op not in _ELEMENTWISE and _channelwise(node, lay):
-                if state[0] == "flat" and state[1] != 1 or state[2] != 0 or state[3] != lay.units or state[6]:
+                if not at.whole:
                     refuse(f"it reaches {where} after a Concat, Split or Flatten; infoprobe slices per-unit "
                            "constants only before those")
-                walk(node.outputs[0], ops + [node], state)
+                walk(node.outputs[0], ops + [node], at)
                 continue
             if idx != 0 or (op not in _LINEAR and op not in _MAXPOOL and op not in _ELEMENTWISE):
                 refuse(f"its output reaches {where}, which physical pruning cannot rewrite exactly "
@@ -250,34 +258,25 @@ def _routes(graph: ir.Graph, lay, firsts: dict, links: list | None = None) -> li
             out = node.outputs[0]
             if any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[1:]):
                 refuse(f"{where} has a second output in use")
-            nxt = state
-            if state[0] == "token" and op not in ("Identity", "Dropout") and op not in _ELEMENTWISE:
+            nxt = at
+            if at.kind == "token" and op not in ("Identity", "Dropout") and op not in _ELEMENTWISE:
                 refuse(f"{where} reshapes or pools a token-wise site")
-            total = state[3]
             if op in ("Flatten", "Reshape"):
                 dims = _static_dims(out, f"the output of {where}")
                 in_dims = _static_dims(value, f"the input of {where}")
                 axis = node.attributes["axis"].value if op == "Flatten" and "axis" in node.attributes else 1
-                if len(dims) != 2 or axis != 1 or in_dims[1] != (total if state[0] == "spatial"
-                                                                 else total * state[1]):
+                if len(dims) != 2 or axis != 1 or in_dims[1] != at.total * at.block:
                     refuse(f"{where} does not flatten [N, units, ...] to [N, features]")
-                block = int(np.prod(in_dims[2:])) if state[0] == "spatial" else state[1]
-                if dims[1] != total * block:
+                block = int(np.prod(in_dims[2:])) if at.kind == "spatial" else at.block
+                if dims[1] != at.total * block:
                     refuse(f"{where} does not keep each unit's features together")
-                nxt = ("flat", block, state[2], total, *state[4:])
-            elif op in _LINEAR | _MAXPOOL and op not in ("Identity", "Dropout"):
-                if state[0] != "spatial":
-                    refuse(f"{where} pools a flattened tensor")
-                nxt = ("spatial", tuple(_static_dims(out, f"the output of {where}")[2:]), state[2], total, *state[4:])
+                nxt = replace(at, kind="flat", block=block)
+            elif op in _LINEAR | _MAXPOOL and op not in ("Identity", "Dropout") and at.kind != "spatial":
+                refuse(f"{where} pools a flattened tensor")
             walk(out, ops + [node], nxt)
 
-    if lay.kind == "token":
-        state = ("token", None)
-    else:
-        state = ("flat", 1) if lay.kind == "dense" else ("spatial", tuple(lay.shape[1:]))
-    # (layout, block or H x W, offset among the consumer's units, their count, the layer's units [lo, hi)
-    # that travel, the Splits on the way)
-    walk(start, [], (*state, 0, lay.units, 0, lay.units, ()))
+    kind = {"token": "token", "dense": "flat"}.get(lay.kind, "spatial")
+    walk(start, [], _Layout(kind, total=lay.units, hi=lay.units))
     if not routes and not links:
         raise PlanError(f"cannot prune layer {lay.name!r}: no unit layer reads it")
     return routes
@@ -786,10 +785,14 @@ def outgoing_weights(lm: LoadedModel, layer: str) -> np.ndarray:
     firsts = {lay2.nodes[0]: lay2 for lay2 in lm.layers}
     parts = []
     for route in _routes(lm.ir_model.graph, lay, firsts):
-        w = lm.weights(firsts[route.consumer.name])[0].astype(np.float64)   # [out, in] or [out, C, kh, kw]
-        if route.consumer.op_type != "Conv":
-            w = w.reshape(w.shape[0], lay.units, route.block)
-        parts.append(np.moveaxis(w, 1, 0).reshape(lay.units, -1))
+        at, node = route.at, route.consumer
+        w = lm.weights(firsts[node.name])[0].astype(np.float64)   # [out, in] or [out, C/g, kh, kw]
+        if node.op_type == "Conv" and _attr_int(node, "group", 1) > 1:
+            w = _expand_groups(w, _attr_int(node, "group", 1))
+        w = w.reshape(w.shape[0], at.total, -1)[:, at.offset:at.offset + at.hi - at.lo]   # this layer's inputs
+        rows = np.zeros((lay.units, w.shape[0] * w.shape[2]))
+        rows[at.lo:at.hi] = np.moveaxis(w, 1, 0).reshape(at.hi - at.lo, -1)   # units a Split did not send: 0
+        parts.append(rows)
     return np.concatenate(parts, axis=1)
 
 
@@ -857,11 +860,11 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
                 if op_node.op_type in _CHANNELWISE:
                     sliced.setdefault(name, {})[id(op_node)] = op_node
             w, store = _consumer_weight(arrays, node)
-            out, total = w.shape[0], route.total or lay.units
-            lo, hi = route.lo, (route.hi if route.hi >= 0 else lay.units)
-            seen = (lp.remove >= lo) & (lp.remove < hi)           # the removed units this consumer reads
-            off = route.offset - lo                               # unit u is the consumer's input u + off
-            wr = w.reshape(out, total, route.block, *w.shape[2:]) if node.op_type != "Conv" else w
+            at = route.at
+            out, total = w.shape[0], at.total
+            seen = (lp.remove >= at.lo) & (lp.remove < at.hi)     # the removed units this consumer reads
+            off = at.offset - at.lo                               # unit u is the consumer's input u + off
+            wr = w.reshape(out, total, at.block, *w.shape[2:]) if node.op_type != "Conv" else w
             wr = wr.copy()
             removed_cols = wr[:, off + lp.remove[seen]]           # [O, R, ...]
             if not lp.is_constant:                                # (no Split on the way: lo, hi = 0, U)
@@ -880,7 +883,7 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
             store(wr.reshape(w.shape))
             mask = consumer_cols.setdefault(node.name, np.ones(total, bool))
             mask[off + lp.remove[seen]] = False
-            for split, k, a, b in route.splits:                  # each Split's output k loses its removed units
+            for split, k, a, b in at.splits:                     # each Split's output k loses its removed units
                 if (split.name, k, name) not in reshaped:
                     reshaped.add((split.name, k, name))
                     sizes = arrays.get(split.inputs[1], f"the split sizes of {split.name}").copy()
@@ -891,7 +894,7 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
                 if shape[-1] > 0 and (rs.name, name) not in reshaped:   # each layer shrinks it once
                     reshaped.add((rs.name, name))
                     shape = shape.copy()
-                    shape[-1] -= len(lp.remove) * route.block
+                    shape[-1] -= len(lp.remove) * at.block
                     arrays.set(rs.inputs[1], shape)
 
     # phase 2: remove input columns of consumers and output rows of pruned layers

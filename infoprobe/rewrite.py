@@ -5,8 +5,9 @@
 (m = 1, c = 0 is the identity). It can also expose each layer's pre- and post-activation
 (before the mask) as graph outputs. A site of a QOperator model (``UnitLayer.quantized``) holds
 integers: it is dequantized before it is exposed or masked, and the masked value quantized
-again with the same scale and zero point (so m = 1, c = 0 leaves it bit for bit unchanged). :func:`suffix` cuts an instrumented model after a unit
-layer, so that a sweep over that layer starts from its stored post-activation.
+again with the same scale and zero point (so m = 1, c = 0 leaves it bit for bit unchanged).
+:func:`suffix` cuts an instrumented model after a unit layer, so that a sweep over that layer
+starts from its stored post-activation.
 
 Value names used by the rewritten graphs (``L`` is the layer name): ``L:pre``, ``L:post``
 (outputs), ``L:mask``, ``L:offset``, ``L:mix``, ``L:noise`` (inputs), ``L:post_in`` (suffix input).

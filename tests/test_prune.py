@@ -536,6 +536,13 @@ def test_concat_split_and_a_grouped_conv_pruned_as_numpy_computes_the_plan(tmp_p
     # part 1 (a0..a3) loses a0, a3; part 2 (a4, a5, b0..b3) loses a5 and b2
     assert w["sizes"].tolist() == [2, 4]
     assert w["wc"].shape == (2, 1, 3, 3) and w["wd"].shape == (3, 4, 1, 1) and w["wf"].shape == (3, 5)
+    # conv_a's outgoing weights: a0..a3 through the grouped conv_c (block-diagonal), a4, a5 to conv_d
+    wc_full = np.zeros((4, 4, 3, 3))
+    wc_full[:2, :2], wc_full[2:, 2:] = p["wc"][:2], p["wc"][2:]
+    hand = np.zeros((6, 4 * 9 + 4))
+    hand[:4, :36] = np.moveaxis(wc_full, 1, 0).reshape(4, -1)
+    hand[4:, 36:] = np.moveaxis(p["wd"][:, :2], 1, 0).reshape(2, -1)
+    np.testing.assert_allclose(outgoing_weights(lm, "conv_a"), hand, rtol=1e-6)
     with pytest.raises(PlanError, match="same number of channels from every group"):   # 0 and 1: one group
         apply_plan(lm, PruningPlan({"conv_a": LayerPlan.build("conv_a", 6, [0, 1])}, lm.sha256))
 

@@ -49,6 +49,7 @@ correction (a [1, C_out, H_out, W_out] constant) into an ``Add`` after the conv.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -939,10 +940,44 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
     model = ir_passes.RemoveUnusedNodesPass()(model).model
     model.metadata_props["infoprobe.pruned_from_sha256"] = lm.sha256
     model.metadata_props["infoprobe.plan_sha256"] = plan.sha256()
+    origin, kept = kept_units(lm)
+    for name, lp in active.items():
+        kept[name] = (np.asarray(kept[name])[lp.kept] if name in kept else lp.kept).tolist()
+    model.metadata_props[KEPT_UNITS_KEY] = json.dumps(kept, separators=(",", ":"))
+    model.metadata_props[KEPT_FROM_KEY] = origin or lm.sha256
     try:
         return finalize(model)
     except ModelError as exc:
         raise PlanError(f"the pruned model is invalid: {exc}") from None
+
+
+#: Metadata of a pruned model: {site: indices of the units kept, in the original's numbering}
+#: and the SHA-256 of that original (a model pruned twice records its first original).
+KEPT_UNITS_KEY, KEPT_FROM_KEY = "infoprobe.kept_units", "infoprobe.kept_units_from_sha256"
+
+
+def kept_units(lm) -> tuple[str | None, dict]:
+    """The units a pruned model kept of its original, from the metadata :func:`apply_plan`
+    writes: ``(sha256 of the original, {site: list of unit indices})``; ``(None, {})`` for a
+    model infoprobe did not prune.
+
+    Raises
+    ------
+    ModelError
+        The metadata is there but malformed.
+    """
+    props = lm.ir_model.metadata_props
+    raw = props.get(KEPT_UNITS_KEY)
+    if raw is None:
+        return None, {}
+    try:
+        kept = json.loads(raw)
+    except ValueError:
+        kept = None
+    if not isinstance(kept, dict) or not all(
+            isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v) for v in kept.values()):
+        raise ModelError(f"{lm.path}: metadata {KEPT_UNITS_KEY} is not a JSON object of unit index lists")
+    return props.get(KEPT_FROM_KEY), kept
 
 
 def _check_groups(lm: LoadedModel, active: dict) -> None:

@@ -219,3 +219,198 @@ def test_min_speedup_is_a_lower_bound_on_the_measured_speedup(test_data):
     r = CliRunner().invoke(cli, ["check", str(model), str(model), "--data", str(FIX / "mnist_demo.npz"),
                                  "--split", "test", "--min-speedup", "1e9"])
     assert r.exit_code == 1 and "min_speedup" in r.output
+
+
+# --- the paired statistics, against statsmodels and scipy ---------------------------------------
+
+def _pairs(b, c, same_right, same_wrong, classes=None):
+    """Hand-built predictions: b samples only the reference gets right, c only the candidate,
+    then both right, then both wrong (labels all 0 unless ``classes`` gives them)."""
+    n = b + c + same_right + same_wrong
+    y = np.zeros(n, np.int64) if classes is None else np.asarray(classes)
+    ref = y.copy()
+    cand = y.copy()
+    cand[:b] = y[:b] + 1                                   # candidate wrong
+    ref[b:b + c] = y[b:b + c] + 1                          # reference wrong
+    ref[n - same_wrong:] = y[n - same_wrong:] + 1
+    cand[n - same_wrong:] = y[n - same_wrong:] + 2
+    return y, ref, cand
+
+
+@pytest.mark.parametrize("b,c", [(8, 3), (0, 5), (20, 20), (100, 0), (0, 0), (37, 61)])
+def test_mcnemar_and_label_change_bound_match_statsmodels(b, c):
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.proportion import proportion_confint
+
+    from infoprobe.analyses.check import paired_statistics
+
+    y, ref, cand = _pairs(b, c, 900, 70)
+    st = paired_statistics(ref, cand, y, confidence=0.95)
+    ok_r, ok_c = ref == y, cand == y
+    table = [[np.sum(ok_r & ok_c), np.sum(ok_r & ~ok_c)], [np.sum(~ok_r & ok_c), np.sum(~ok_r & ~ok_c)]]
+    assert (st["reference_only"], st["candidate_only"]) == (b, c)
+    if b + c:
+        assert st["mcnemar_p"] == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-12)
+    else:
+        assert st["mcnemar_p"] == 1.0
+    changed = int(np.sum(ref != cand))
+    # one-sided upper Clopper-Pearson bound at 95% = the upper end of the two-sided 90% interval
+    assert st["label_change_upper"] == pytest.approx(
+        proportion_confint(changed, len(y), alpha=0.10, method="beta")[1] if changed else 1 - 0.05 ** (1 / len(y)),
+        rel=1e-9)
+    assert st["accuracy_drop"] == pytest.approx((b - c) / len(y))
+
+
+def test_drop_interval_agrees_with_scipy_bootstrap_and_covers_exactly():
+    """Bonett-Price's interval equals scipy's paired bootstrap where both are accurate (many
+    discordant pairs), and its exact coverage, summed over every outcome of a small paired
+    experiment with scipy's multinomial pmf, is close to nominal."""
+    from scipy import stats
+
+    from infoprobe.stats import drop_interval
+
+    y, ref, cand = _pairs(60, 30, 1800, 110)
+    boot = stats.bootstrap((ref == y, cand == y), lambda a, b, axis=-1: a.mean(axis) - b.mean(axis), paired=True,
+                           vectorized=True, method="percentile", n_resamples=20000, random_state=3).confidence_interval
+    lo, hi = drop_interval(60, 30, len(y))
+    assert lo == pytest.approx(boot.low, abs=0.001) and hi == pytest.approx(boot.high, abs=0.001)
+    for n, p12, p21 in [(30, 0.1, 0.05), (40, 0.2, 0.02)]:
+        two = upper = 0.0
+        for b in range(n + 1):
+            for c in range(n + 1 - b):
+                pr = stats.multinomial.pmf([b, c, n - b - c], n, [p12, p21, 1 - p12 - p21])
+                lo, hi = drop_interval(b, c, n, 0.95)
+                two += pr * (lo <= p12 - p21 <= hi)
+                upper += pr * (p12 - p21 <= drop_interval(b, c, n, 0.95, side="upper")[1])
+        assert 0.93 < two < 0.99 and 0.92 < upper < 0.99, (n, two, upper)
+    # no discordant pair: the bound does not collapse to 0
+    assert 0 < drop_interval(0, 0, 2000, 0.95, side="upper")[1] < 0.002
+
+
+def test_per_class_p_values_are_holm_adjusted_mcnemar():
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.multitest import multipletests
+
+    from infoprobe.analyses.check import paired_statistics
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 4, 1200)
+    ref = np.where(rng.random(1200) < 0.9, y, (y + 1) % 4)
+    cand = np.where((y == 2) & (rng.random(1200) < 0.3), (y + 1) % 4, ref)   # class 2 degraded
+    cand = np.where(rng.random(1200) < 0.02, (cand + 2) % 4, cand)
+    st = paired_statistics(ref, cand, y, confidence=0.95)
+    ps = []
+    for k in range(4):
+        m = y == k
+        r, c = ref[m] == k, cand[m] == k
+        ps.append(mcnemar([[np.sum(r & c), np.sum(r & ~c)], [np.sum(~r & c), np.sum(~r & ~c)]], exact=True).pvalue)
+    rej, adj, _, _ = multipletests(ps, alpha=0.05, method="holm")
+    rows = st["classes"]
+    assert [r["class"] for r in rows] == [0, 1, 2, 3]
+    np.testing.assert_allclose([r["mcnemar_p"] for r in rows], ps, rtol=1e-12)
+    np.testing.assert_allclose([r["p_adjusted"] for r in rows], adj, rtol=1e-12)
+    assert [r["significant"] for r in rows] == list(rej) and rows[2]["significant"]
+    # the per-class upper bounds are simultaneous: each at 1 - 0.05 / 4
+    from infoprobe.stats import drop_interval
+    r2 = rows[2]
+    assert r2["drop_upper"] == pytest.approx(drop_interval(r2["reference_only"], r2["candidate_only"], r2["n"],
+                                                           1 - 0.05 / 4, side="upper")[1])
+    assert st["max_class_drop_upper"] == max(r["drop_upper"] for r in rows)
+
+
+def test_detectable_drop_has_the_stated_power():
+    """At the smallest detectable drop, statsmodels' exact McNemar test rejects in about 80%
+    of simulated paired experiments (Connor's formula is an approximation: +-0.06)."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from infoprobe.stats import detectable_drop, samples_needed
+
+    n, pd = 2000, 0.03
+    d = detectable_drop(n, pd, alpha=0.05, power=0.8)
+    assert 0 < d < pd
+    assert samples_needed(d, pd, 0.05, 0.8) == pytest.approx(n, rel=0.002)
+    rng = np.random.default_rng(0)
+    p12, p21 = (pd + d) / 2, (pd - d) / 2
+    counts = rng.multinomial(n, [p12, p21, 1 - pd], size=1000)
+    hits = [mcnemar([[0, b], [c, 0]], exact=True).pvalue < 0.05 for b, c, _ in counts]
+    assert abs(np.mean(hits) - 0.8) < 0.06
+    # no discordant pair at all: about (z_0.975 + z_0.8)^2 / n
+    assert detectable_drop(n, 0.0) == pytest.approx((1.959964 + 0.841621) ** 2 / n, rel=0.01)
+
+
+def test_confidence_gate_passes_an_identical_candidate_and_fails_a_destroyed_class(test_data, broken_class, tmp_path):
+    cand = tmp_path / "copy.onnx"
+    shutil.copy(REF, cand)
+    # ~200 samples per class cannot bound a class's drop under the default 0.02 at 95%
+    # simultaneous confidence, even for an identical copy: the gate fails and says why
+    res = check(REF, cand, test_data, confidence=0.95, divergence_samples=0)
+    assert [c["name"] for c in res.checks if not c["passed"]] == ["max_class_drop"]
+    assert any("max_class_drop = 0.02 cannot pass at confidence 0.95" in n for n in res.notes)
+    res = check(REF, cand, test_data, confidence=0.95, divergence_samples=0, thresholds={"max_class_drop": 0.05})
+    assert res.passed and not any("cannot pass" in n for n in res.notes)
+    assert {c["metric"] for c in res.checks} == {"label_change_upper", "accuracy_drop_upper", "max_class_drop_upper"}
+    assert all(0 < c["value"] < c["threshold"] for c in res.checks)
+    r = CliRunner().invoke(cli, ["check", str(REF), str(broken_class), "--data", str(DATA), "--split", "test",
+                                 "--confidence", "0.95", "--max-accuracy-drop", "0.2", "--max-label-change", "0.2",
+                                 "--max-class-drop", "0.05", "--divergence-samples", "0", "--json", "--no-progress"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.output)
+    failed = {c["name"] for c in doc["checks"] if not c["passed"]}
+    assert failed == {"max_class_drop"}
+    cls3 = [row for row in doc["metrics"]["class_accuracy"] if row["class"] == 3][0]
+    assert cls3["significant"] and cls3["p_adjusted"] < 1e-30
+    assert any("3 (accuracy" in n for n in doc["notes"])
+
+
+def test_small_data_set_is_called_out(tmp_path):
+    """50 samples cannot test a 0.5-point drop: the gate says so (and passes, saying why a pass
+    says little)."""
+    data = load_data(DATA, split="test", limit=50)
+    cand = tmp_path / "copy.onnx"
+    shutil.copy(REF, cand)
+    res = check(REF, cand, data, divergence_samples=0)
+    assert res.passed
+    assert any("too few to test max_accuracy_drop" in n for n in res.notes)
+    assert any("classes have too few samples" in n for n in res.notes)
+
+
+def test_confusion_difference_and_changed_samples_match_numpy(test_data, broken_class, tmp_path):
+    out = tmp_path / "changed.csv"
+    r = CliRunner().invoke(cli, ["check", str(REF), str(broken_class), "--data", str(DATA), "--split", "test",
+                                 "--changed-samples", str(out), "--divergence-samples", "0", "--json", "--no-progress"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.output)
+    x = test_data.x.reshape(len(test_data), -1).astype(np.float32) / 255
+    pa, pb = _outputs(REF, x).argmax(1), _outputs(broken_class, x).argmax(1)
+    y = test_data.y
+    diff = np.zeros((10, 10), np.int64)
+    np.add.at(diff, (y, pb), 1)
+    np.add.at(diff, (y, pa), -1)
+    conf = doc["confusions"]
+    assert conf["classes"] == list(range(10)) and np.array_equal(conf["difference"], diff)
+    assert conf["n_changed"] == int(np.sum(pa != pb))
+    top = conf["moves"][0]
+    m = (y == top["true"]) & (pa == top["reference"]) & (pb == top["candidate"])
+    assert top["true"] == 3 and top["count"] == int(m.sum())
+    assert sum(mv["count"] for mv in conf["moves"]) == conf["n_changed"]
+    rows = np.loadtxt(out, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    changed = np.flatnonzero(pa != pb)
+    assert np.array_equal(rows[:, 0], changed) and np.array_equal(rows[:, 1], test_data.index[changed])
+    assert np.array_equal(rows[:, 2], y[changed]) and np.array_equal(rows[:, 3], pa[changed])
+    assert np.array_equal(rows[:, 4], pb[changed])
+
+
+def test_a_slower_candidate_is_called_out():
+    """The rule: slower by over 10% and beyond the runs' spread (p10 of the candidate above p90
+    of the reference), at either batch size."""
+    from infoprobe.analyses.check import _notes
+
+    def model(med, p10, p90, dtypes=("float32",)):
+        return {"latency": [{"batch": 1, "median_ms": med, "p10_ms": p10, "p90_ms": p90}] * 2,
+                "bytes_by_dtype": dict.fromkeys(dtypes, 1)}
+
+    st = {"alpha": 0.05, "power": 0.8, "n": 100}
+    slow = _notes(st, {}, {"reference": model(1.0, 0.9, 1.1), "candidate": model(4.3, 4.0, 4.6, ("int8",))}, 64)
+    assert len(slow) == 2 and "4.30x slower" in slow[0] and "integer kernels" in slow[0]
+    assert not _notes(st, {}, {"reference": model(1.0, 0.8, 1.3), "candidate": model(1.2, 1.05, 1.4)}, 64)
+    assert not _notes(st, {}, {"reference": model(1.0, 0.9, 1.1), "candidate": model(1.05, 1.0, 1.1)}, 64)

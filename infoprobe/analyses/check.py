@@ -70,6 +70,8 @@ UPPER_BOUNDS = {"max_label_change": "label_change_upper", "max_accuracy_drop": "
                 "max_class_drop": "max_class_drop_upper"}
 #: Confidence of the intervals reported when the thresholds are on point estimates.
 REPORT_CONFIDENCE = 0.95
+#: Rows of a Markdown table (a pull-request comment holds at most 65,536 characters).
+MARKDOWN_ROWS = 60
 #: A candidate slower than the reference by more than this factor (and beyond the runs'
 #: spread) is called out.
 SLOWER = 1.10
@@ -405,10 +407,12 @@ class CheckResult:
                         f"simultaneous at {st['confidence']:.0%})</summary>", "",
                         "| class | samples | reference | candidate | drop | upper bound | p (adjusted) |",
                         "|---:|---:|---:|---:|---:|---:|---:|"]
-                for row in sorted(moved, key=lambda v: -v["drop"]):
+                for row in sorted(moved, key=lambda v: -v["drop"])[:MARKDOWN_ROWS]:
                     out.append(f"| {row['class']} | {row['n']:,} | {row['reference']:.4f} | {row['candidate']:.4f} | "
                                f"{row['drop']:+.4f} | {row['drop_upper']:+.4f} | {_p(row['p_adjusted'])}"
                                f"{' *' if row['significant'] else ''} |")
+                if len(moved) > MARKDOWN_ROWS:
+                    out.append(f"\n{len(moved) - MARKDOWN_ROWS} more classes in the JSON report (`--json`).")
                 out += ["", "</details>"]
         if self._moves():
             out += ["", "Samples that changed label, by (true class: reference → candidate): "
@@ -418,14 +422,21 @@ class CheckResult:
             first = dv["first_diverging"]
             out += ["", (f"First diverging site: **{first}**" if first else "No site diverges")
                     + f" (relative error > {dv['tolerance']:g}; {dv['n_samples']:,} samples).", "",
+                    f"<details><summary>Per-site divergence ({len(dv['sites'])} matched sites)</summary>", "",
                     "| site | candidate site | matched by | compared on | relative error | unit correlation (mean / min) "
                     "| linear CKA | units that moved most |", "|---|---|---|---|---:|---:|---:|---|"]
-            for row in dv["sites"]:
+            first_at = next((i for i, row in enumerate(dv["sites"]) if row["diverged"]), 0)
+            start = max(0, min(first_at - 5, len(dv["sites"]) - MARKDOWN_ROWS))
+            for row in dv["sites"][start:start + MARKDOWN_ROWS]:
                 units = ", ".join(f"{u['unit']} ({u['moved']:.3g})" for u in row["moved_units"][:3])
                 name = f"**{row['reference']}**" if row["diverged"] else row["reference"]
                 out.append(f"| {name} | {row['candidate']} | {row['matched_by']} | {row['compared_on']} | "
                            f"{_num(row['relative_error'])} | {_num(row['correlation_mean'], '.4f')} / "
                            f"{_num(row['correlation_min'], '.4f')} | {_num(row['cka'], '.4f')} | {units} |")
+            if len(dv["sites"]) > MARKDOWN_ROWS:
+                out.append(f"\nSites {start + 1}-{start + MARKDOWN_ROWS} of {len(dv['sites'])}, from just before the "
+                           "first diverging one; all are in the JSON report (`--json`).")
+            out += ["", "</details>"]
         elif dv.get("skipped"):
             out += ["", f"Sites not compared: {dv['skipped']}."]
         return "\n".join(out) + "\n"
@@ -440,7 +451,8 @@ class CheckResult:
                               time=f"{self.params.get('seconds', 0):.3f}")
         props = ET.SubElement(suite, "properties")
         for k, v in (("reference", self.models["reference"]["path"]), ("candidate", self.models["candidate"]["path"]),
-                     ("data", self.data["path"]), ("n_samples", self.data["n_samples"])):
+                     ("data", self.data["path"]), ("n_samples", self.data["n_samples"]),
+                     ("first_diverging_site", self.divergence.get("first_diverging") or "")):
             ET.SubElement(props, "property", name=k, value=str(v))
         for ch in self.checks:
             case = ET.SubElement(suite, "testcase", classname="infoprobe.check", name=ch["name"], time="0")

@@ -204,14 +204,17 @@ def plot_double_lesions(pairs: list, rows: list, path) -> Path | None:
         x, y = idx[p["x"]], idx[p["y"]]
         m[x, y], star[x, y] = 100 * p["delta_y_given_x"], p["y_given_x"]
         m[y, x], star[y, x] = 100 * p["delta_x_given_y"], p["x_given_y"]
-    size = 0.55 * len(names) + 2
-    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    size = 0.8 * len(names) + 2.5
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
     im = ax.imshow(m, cmap="viridis")
+    lo, hi = np.nanmin(m), np.nanmax(m)
     for i in range(len(names)):
         for j in range(len(names)):
             if np.isfinite(m[i, j]):
+                dark = (m[i, j] - lo) < 0.55 * (hi - lo)        # viridis is dark at the bottom
                 ax.text(j, i, f"{m[i, j]:.1f}{'*' if star[i, j] else ''}", ha="center", va="center",
-                        fontsize=6, color="white" if m[i, j] < np.nanmax(m) / 2 else "black")
+                        fontsize=8, fontweight="bold" if star[i, j] else "normal",
+                        color="white" if dark else "black")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)))
@@ -252,6 +255,9 @@ def plot_dependencies(edges: list, rows: list, path) -> Path | None:
     ax.set_xticklabels(layers)
     ax.set_yticks([])
     ax.set_xlim(-0.6, len(layers) - 0.4)
+    ys = [y for _, y in pos.values()] or [0.0]
+    ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)          # nodes (and their labels) inside the canvas
+    ax.set_xlabel("layer (nodes: important sub-clusters, labelled by cluster)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_title("Dependencies between important sub-clusters (double lesions)", fontsize=9)
     return _save(fig, path)
@@ -327,10 +333,14 @@ def plot_clusterability(clus: list, path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(clus), figsize=(4.2 * len(clus), 3.0), squeeze=False, layout="constrained")
     for ax, c in zip(axes[0], clus):
-        ax.hist(c["shuffled"], bins=15, color="0.6", label=f"shuffled ({len(c['shuffled'])})")
-        ax.axvline(c["ncut"], color="tab:red", linewidth=2, label="network")
-        ax.set_xlabel("n-cut")
-        ax.set_title(f"shuffle {c['variant']}: p = {c['p']:.3g}, z = {c['z']:.2f}", fontsize=9)
+        n = len(c["shuffled"])
+        ax.hist(c["shuffled"], bins=15, color="0.6", label=f"{n} shuffled networks")
+        ax.axvline(c["ncut"], color="tab:red", linewidth=2, label="this network")
+        ax.set_xlabel("n-cut (lower: more clusterable)")
+        ax.set_ylabel("shuffled networks")
+        floor = 1 / (n + 1)
+        ax.set_title(f"shuffle {c['variant']}: p = {c['p']:.3g}, z = {c['z']:.2f}\n"
+                     f"(p cannot go below 1/{n + 1} = {floor:.3g} with {n} shuffles)", fontsize=8)
         ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -367,7 +377,8 @@ def plot_prunability(curves: dict, path, *, tolerance: float = 0.2, mode: str | 
                 f = np.array([r["fraction"] for r in sel if r["permutation"] == perms[0]])
                 u = np.mean([[r["unchanged"] for r in sel if r["permutation"] == p] for p in perms], axis=0)
                 ax.plot(f, u, "o-", ms=3, lw=1.4, color=colors[li], label=lab)
-        ax.axhline(1 - tolerance, color="grey", ls="--", lw=1)
+        ax.axhline(1 - tolerance, color="grey", ls="--", lw=1,
+                   label=f"{1 - tolerance:g}: prunable while above (tolerance {tolerance:g})")
         ax.set_title(f"{layer}" if md == "layer" else "all layers at once", fontsize=9)
         ax.set_xlabel("fraction of units ablated")
         ax.set_ylim(-0.02, 1.02)

@@ -34,6 +34,8 @@ def summary_lines(summary: dict, out) -> list:
                  f"{md['fisher_importance']:.2g}, chi-squared p {md['chi2_importance']:.2g}; "
                  + ", ".join(f"{k} {v}" for k, v in md["categories"].items() if v) + " (modules/)")
     lines.append(f"results in {out}/: " + ", ".join(summary["files"]))
+    if summary.get("report"):
+        lines.append(f"report: {summary['report']} (open it in a browser)")
     return lines
 
 

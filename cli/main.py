@@ -7,6 +7,7 @@ import click
 from infoprobe import __version__
 
 from .ablate import ablate
+from .analyze import analyze, report
 from .capture import capture
 from .check import check
 from .demo import demo
@@ -42,6 +43,11 @@ def cli():
       infoprobe plan model.onnx --method hybrid --fraction 0.5 --store acts.h5 --out plan.json
       infoprobe prune model.onnx plan.json --out small.onnx --data mnist.npz --split test
       infoprobe check model.onnx small.onnx --data mnist.npz --split test --junit report.xml
+      infoprobe report results/ modules/ frivolous/ --out report.html
+
+    \b
+    Or all of it at once, within a budget, with its report:
+      infoprobe analyze model.onnx --data mnist.npz --split test --out analysis/ --budget 4
 
     Errors caused by inputs print one line and exit with status 2 (`check` exits with 1
     when a threshold fails).
@@ -49,11 +55,11 @@ def cli():
 
 
 #: Commands whose files are not staged: the demo reads back the models it writes.
-_UNSTAGED = {"demo"}
+_UNSTAGED = {"demo", "analyze"}
 #: Commands that discover no sites (no ``--site``, ``--sites``, ``--output``): check compares whole models.
-_NO_MODEL = {"importance", "synthetic", "demo", "check"}
+_NO_MODEL = {"importance", "synthetic", "demo", "check", "report"}
 for _command in (inspect, capture, importance, ablate, synergy, modules, frivolous, synthetic, flow, plan, prune,
-                 check, demo):
+                 check, analyze, report, demo):
     cli.add_command(harden(_command, stage=_command.name not in _UNSTAGED, sites=_command.name not in _NO_MODEL))
 
 

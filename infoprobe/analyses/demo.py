@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ..data import load_data
 from ..errors import OutputExistsError
+from ..htmlreport import write_report
 from ..model import load_model
 from ..report import plot_ablation, plot_importance, plot_synergy
-from ..results import atomic_write_bytes
+from ..results import atomic_write_bytes, plain
 from ..store import Store
 from .ablation import cumulative_ablation
 from .capture import capture
@@ -98,6 +99,7 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
                                                                  "max_accuracy_drop": 0.01, "max_class_drop": 0.05})
     atomic_write_bytes(out / "check.md", gate.markdown().encode())
     atomic_write_bytes(out / "check.xml", gate.junit_xml())
+    atomic_write_bytes(out / "check.json", json.dumps(plain(gate.to_dict()), indent=1, allow_nan=False).encode())
     relu_stores = [capture(fixture_path(f"{n}.onnx"), test, out / f"acts_{n}.h5", overwrite=True, progress=False)
                    for n in RELU_NETWORKS]
     syn = synergy(relu_stores, max_size=8, exhaustive_up_to=6, progress=progress)
@@ -119,7 +121,7 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     thin = prune_model(lm, thin_plan, out / "frivolous" / "thin.onnx", data=test, overwrite=True, repeats=10)
     toy_files = sorted(Path(str(p)) for p in resources.files("infoprobe.fixtures").iterdir()
                        if p.name.startswith("toy_tanh_k") and p.name.endswith(".onnx"))
-    toy = flow_series(toy_files, load_data(fixture_path("toy_tanh.npz")), beta=0.01, n_mc=20_000, unit="nats",
+    toy = flow_series(toy_files, load_data(fixture_path("toy_tanh.npz")), beta=0.01, n_mc=20_000, unit="bits",
                       epochs=[int(p.stem.rsplit("_k", 1)[1]) for p in toy_files], progress=False)
     toy.save(out / "flow", overwrite=True)
     toy.plot(out / "flow")
@@ -155,8 +157,22 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
             "label_agreement": thin["verification"]["label_agreement_with_original"],
             "max_abs_logit_diff": thin["verification"]["max_abs_diff_original"]},
         "flow": {"model": "toy_tanh_k*.onnx", "beta": 0.01, "epochs": toy.epochs,
-                 "toy_mi_nats": [r["mi"] for r in toy.trajectory]},
-        "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json"}),
+                 "toy_mi_bits": [r["mi"] for r in toy.trajectory]},
+        "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json", "report.html"}),
     }
+    summary = _rounded(summary)            # for reading: the result tables keep every digit
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())
+    write_report([out], out / "report.html", title="infoprobe demo", overwrite=True)
+    summary["report"] = str(out / "report.html")
     return summary
+
+
+def _rounded(v, digits: int = 4):
+    """``v`` with every float rounded to ``digits`` significant digits (lists and dicts too)."""
+    if isinstance(v, float):
+        return float(f"{v:.{digits}g}")
+    if isinstance(v, dict):
+        return {k: _rounded(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_rounded(x, digits) for x in v]
+    return v

@@ -1,0 +1,258 @@
+"""``infoprobe analyze``: the analyses that apply to one model and one labelled data set, sized
+to a work budget, written to one folder with their report.
+
+The budget is split into shares (:data:`SHARES`). One onnxruntime pass over a few hundred
+samples measures the model's cost per sample; each analysis then takes the largest setting of
+its ladder (:data:`LADDERS`) whose estimated time fits its share, and the plan, with what was
+cut to fit, is printed before any work. Time left over by one analysis goes to the next.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..data import Dataset, prepare_inputs, resolve_scale
+from ..errors import ConfigError, DataError, InfoprobeError
+from ..model import LoadedModel, load_model
+from ..results import check_outputs
+
+#: Default budget in minutes (about this on two cores for the bundled MLPs).
+DEFAULT_BUDGET = 4.0
+#: Share of the budget per analysis, in the order they run.
+SHARES = {"importance": 0.15, "ablation": 0.30, "synergy": 0.15, "modules": 0.25, "frivolous": 0.15}
+#: Settings per analysis, from the papers' (first) down to the least that still says something.
+LADDERS = {
+    "ablation": [{"n_steps": 21, "random_repeats": 5, "values": ("zero", "mean")},
+                 {"n_steps": 11, "random_repeats": 3, "values": ("mean",)},
+                 {"n_steps": 6, "random_repeats": 1, "values": ("mean",)}],
+    # never under 20 random draws and 20 shuffles: the percentile p values' floor 1/(n + 1)
+    # must stay below alpha = 0.05, or no test can be significant (Hod et al., Appendix A.4)
+    "modules": [{"n_random": 20, "n_shuffles": 50, "n_double": 50},
+                {"n_random": 20, "n_shuffles": 20, "n_double": 20},
+                {"n_random": 20, "n_shuffles": 20, "n_double": 0}],
+    "frivolous": [{"n_permutations": 3}, {"n_permutations": 2}, {"n_permutations": 1}],
+}
+#: Samples the measures are estimated on at most.
+MAX_FIT_SAMPLES = 5000
+#: Overhead of an instrumented evaluation over a plain forward pass (masks, stacking).
+INSTRUMENTED = 1.5
+
+
+@dataclass
+class Step:
+    """One analysis of the plan: its share (seconds), settings, estimate and what was cut."""
+
+    name: str
+    seconds: float
+    settings: dict = field(default_factory=dict)
+    estimate: float = 0.0
+    cut: str = ""
+    skipped: str = ""
+    took: float | None = None
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"  {self.name:<11} skipped: {self.skipped}"
+        sets = ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in self.settings.items())
+        return (f"  {self.name:<11} {self.seconds:6.0f} s share, about {self.estimate:5.0f} s"
+                + (f"  ({sets})" if sets else "") + (f"; cut: {self.cut}" if self.cut else ""))
+
+
+def _per_sample_seconds(lm: LoadedModel, data: Dataset, scale) -> float:
+    """Seconds of one plain onnxruntime forward pass per sample (median of 3 runs on up to
+    256 samples, after a warm-up)."""
+    from ..runner import default_threads, make_session
+
+    sess = make_session(lm.fresh_ir(), threads=default_threads(), spin=False)
+    k = min(256, len(data.x))
+    x = prepare_inputs(data.x[:k], lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
+    sess.run(None, {lm.input_name: x})
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        sess.run(None, {lm.input_name: x})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) / k
+
+
+def plan_analyses(lm: LoadedModel, n_fit: int, n_eval: int, per_sample: float, budget_s: float,
+                  has_labels: bool = True) -> list:
+    """The steps of :func:`analyze` for a model whose forward pass costs ``per_sample`` seconds
+    per sample, within ``budget_s`` seconds.
+
+    Estimates (seconds, c = ``per_sample`` x :data:`INSTRUMENTED`, L hidden layers, N samples):
+    importance 2 N_fit c (capture) + 1e-6 N_fit U (estimators over U units); ablation
+    L x values x (2 rankings + repeats) x steps x N_eval x c; modules
+    12 L (1 + n_random) + 10 n_double lesions of N_eval c each, and 3e-4 s per vertex (input
+    and units) for each shuffled network's spectral clustering;
+    frivolous L x 2 modes x 7 fractions x permutations x N_eval x c. Synergy gets its share as
+    its own search budget.
+
+    Returns
+    -------
+    list of Step
+    """
+    c = per_sample * INSTRUMENTED
+    hidden = max(1, len(lm.hidden_layers))
+    units = sum(lay.units for lay in lm.hidden_layers)
+    vertices = units + int(np.prod([d or 1 for d in lm.input_shape[1:]], dtype=np.float64)) + lm.layers[-1].units
+    steps = []
+    for name, share in SHARES.items():
+        secs = share * budget_s
+        if not has_labels and name in ("importance", "ablation", "modules", "synergy"):
+            steps.append(Step(name, secs, skipped="the data have no labels"))
+            continue
+        if name == "importance":
+            # Liu et al.'s one-bit threshold code is for dense units; a conv channel's mean over
+            # positions after a ReLU is almost never 0, so its threshold code would be constant
+            dense = all(lay.kind == "dense" for lay in lm.hidden_layers)
+            steps.append(Step(name, secs, {"samples": n_fit, "quantizer": "threshold" if dense else "median"},
+                              2 * n_fit * c + 1e-6 * n_fit * units))
+            continue
+        if name == "synergy":
+            steps.append(Step(name, secs, {"budget_s": round(max(5.0, secs), 1)}, max(5.0, secs)))
+            continue
+        ladder = LADDERS[name]
+
+        def cost(s):
+            if name == "ablation":
+                return hidden * len(s["values"]) * (2 + s["random_repeats"]) * s["n_steps"] * n_eval * c
+            if name == "modules":
+                return (12 * hidden * (1 + s["n_random"]) + 10 * s["n_double"]) * n_eval * c + 3e-4 * vertices * s["n_shuffles"]
+            return hidden * 2 * 7 * s["n_permutations"] * n_eval * c
+
+        fit = next((s for s in ladder if cost(s) <= secs), ladder[-1])
+        step = Step(name, secs, dict(fit), cost(fit))
+        if fit is not ladder[0]:
+            step.cut = ", ".join(f"{k} {'/'.join(v) if isinstance(v, tuple) else v} instead of "
+                                 f"{'/'.join(ladder[0][k]) if isinstance(ladder[0][k], tuple) else ladder[0][k]}"
+                                 for k, v in fit.items() if v != ladder[0][k])
+        if cost(fit) > 3 * secs:
+            step.skipped = (f"even its smallest setting needs about {cost(fit):.0f} s, over 3x its share of "
+                            f"{secs:.0f} s (raise --budget)")
+        steps.append(step)
+    return steps
+
+
+def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budget: float = DEFAULT_BUDGET,
+            scale="auto", overwrite: bool = False, progress: bool = True, echo=print) -> dict:
+    """Run the analyses that apply to ``model`` on ``data`` within ``budget`` minutes and write
+    their results and ``report.html`` to ``out``.
+
+    Parameters
+    ----------
+    model : LoadedModel or path-like
+        A classifier (logits or probabilities as its output).
+    data : Dataset
+        Labelled samples the model is evaluated on (ablations, lesions, prunability).
+    out : path-like
+        Result folder (created).
+    fit_data : Dataset, optional
+        Samples the measures are estimated on (the activation store); default ``data``
+        (at most :data:`MAX_FIT_SAMPLES`).
+    budget : float
+        Minutes of work (default :data:`DEFAULT_BUDGET`); see :func:`plan_analyses`.
+    echo : callable
+        Receives the plan's lines before any work and one line per finished analysis.
+
+    Returns
+    -------
+    dict
+        ``plan`` (one dict per step), ``seconds`` (total), ``report`` (path of the page).
+
+    Raises
+    ------
+    ConfigError
+        ``budget`` not positive.
+    OutputExistsError
+        ``out`` holds results and not ``overwrite``.
+    ModelError, DataError
+        As the analyses raise them.
+    """
+    from ..htmlreport import write_report
+    from ..store import Store
+    from .ablation import cumulative_ablation
+    from .capture import capture
+    from .frivolous import frivolous
+    from .importance import Quantizer, importance
+    from .modules import modules
+    from .synergy import synergy
+
+    if not budget > 0:
+        raise ConfigError("--budget is a positive number of minutes")
+    t0 = time.perf_counter()
+    out = Path(out)
+    check_outputs([out / "report.html", out / "importance.json"], overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
+    if not lm.hidden_layers:
+        raise DataError(f"{lm.path.name} has no hidden unit site to analyse")
+    fit = fit_data if fit_data is not None else data
+    if len(fit.x) > MAX_FIT_SAMPLES:
+        fit = replace(fit, x=fit.x[:MAX_FIT_SAMPLES], y=None if fit.y is None else fit.y[:MAX_FIT_SAMPLES],
+                      index=fit.index[:MAX_FIT_SAMPLES])
+    per_sample = _per_sample_seconds(lm, data, scale)
+    steps = plan_analyses(lm, len(fit.x), len(data.x), per_sample, budget * 60, data.y is not None)
+    echo(f"infoprobe analyze {lm.path.name}: {len(data.x):,} samples, {len(lm.hidden_layers)} hidden sites, "
+         f"{per_sample * 1e3:.3f} ms per sample per pass; budget {budget:g} min:")
+    for s in steps:
+        echo(s.line())
+    store_path = out / "acts.h5"
+    carry = 0.0
+    for s in steps:
+        if s.skipped:
+            continue
+        spent = time.perf_counter() - t0
+        if spent > 1.5 * budget * 60:
+            s.skipped = f"out of budget ({spent:.0f} s spent)"
+            echo(f"  {s.name}: skipped, {s.skipped}")
+            continue
+        t = time.perf_counter()
+        try:
+            if s.name == "importance":
+                capture(lm, fit, store_path, overwrite=True, progress=progress, scale=scale)
+                q = Quantizer() if s.settings["quantizer"] == "threshold" else Quantizer("quantile", bins=2)
+                with Store(store_path) as st:
+                    imp = importance(st, quantizer=q, progress=progress)
+                imp.save(out, overwrite=True)
+                imp.plot(out)
+            elif s.name == "ablation":
+                with Store(store_path) as st:
+                    abl = cumulative_ablation(lm, st, data, importance=imp, measures=("mutual_information", "kl_selectivity"),
+                                              orders=("low",), scopes=("layer",), scale=scale, progress=progress,
+                                              **s.settings)
+                abl.save(out, overwrite=True)
+                abl.plot(out)
+            elif s.name == "synergy":
+                syn = synergy(store_path, max_size=8, budget=s.settings["budget_s"] + carry, progress=progress)
+                syn.save(out, overwrite=True)
+                syn.plot(out)
+            elif s.name == "modules":
+                mod = modules(lm, data, progress=progress, scale=scale, **s.settings)
+                mod.save(out / "modules", overwrite=True)
+                mod.plot(out / "modules")
+            elif s.name == "frivolous":
+                fr = frivolous(lm, data, progress=progress, scale=scale, **s.settings)
+                fr.save(out / "frivolous", overwrite=True)
+                fr.plot(out / "frivolous")
+        except InfoprobeError as exc:     # an analysis that does not apply to this model: say why, go on
+            s.skipped = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            echo(f"  {s.name}: not run, {s.skipped}")
+            if s.name == "importance":                # the others read its store and ranking
+                for later in steps:
+                    if later.name in ("ablation", "synergy") and not later.skipped:
+                        later.skipped = "needs importance"
+            continue
+        s.took = time.perf_counter() - t
+        carry = max(0.0, s.seconds - s.took)
+        echo(f"  {s.name}: {s.took:.1f} s")
+    report = write_report([out], out / "report.html", title=f"infoprobe analyze {lm.path.name}", overwrite=True)
+    total = time.perf_counter() - t0
+    return {"plan": [{"analysis": s.name, "share_s": s.seconds, "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                                               for k, v in s.settings.items()},
+                      "estimate_s": s.estimate, "cut": s.cut, "skipped": s.skipped, "seconds": s.took}
+                     for s in steps],
+            "seconds": total, "report": str(report)}

@@ -11,7 +11,7 @@ import warnings
 
 import click
 
-from infoprobe.errors import InfoprobeError, one_line
+from infoprobe.errors import InfoprobeError, OutputExistsError, one_line
 
 from .options import size
 
@@ -68,6 +68,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except OutputExistsError as exc:             # the library's overwrite=True is --overwrite here
+            click.echo(f"infoprobe: error: {one_line(exc.cli_message(), 10_000)}", err=True)
+            sys.exit(2)
         except InfoprobeError as exc:
             click.echo(f"infoprobe: error: {one_line(exc, 10_000)}", err=True)
             sys.exit(2)

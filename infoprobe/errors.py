@@ -47,7 +47,16 @@ class DeviceError(InfoprobeError):
 
 
 class OutputExistsError(InfoprobeError):
-    """An output file exists and would be overwritten; pass ``overwrite=True`` (``--overwrite``)."""
+    """An output file exists and would be overwritten; pass ``overwrite=True`` (``--overwrite``).
+
+    The message speaks the library's terms (``overwrite=True``, another ``out``);
+    :meth:`cli_message` gives the command line's (``--overwrite``, another ``--out``).
+    """
+
+    def cli_message(self) -> str:
+        import re
+
+        return re.sub(r"\bchoose another out\b", "choose another --out", str(self).replace("overwrite=True", "--overwrite"))
 
 
 class PlanError(InfoprobeError):

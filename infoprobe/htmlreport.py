@@ -167,6 +167,8 @@ def _fmt(v, kind: str = "g") -> str:
 
 
 def _hl(source: str, pointer: str, value, kind: str = "g") -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):     # nothing to point at
+        return "n/a" if value is None else html.escape(str(value))
     return (f'<span class="hl" data-source="{html.escape(source)}" data-pointer="{html.escape(pointer)}">'
             f"{html.escape(_fmt(value, kind))}</span>")
 
@@ -314,7 +316,8 @@ def _headline_check(sec):
             if st.get("mcnemar_p") is not None:
                 s += f" (McNemar p = {_hl(rel, '/statistics/mcnemar_p', st['mcnemar_p'])})"
             s += "."
-        s += f" {_hl(rel, '/metrics/label_change', m.get('label_change', 0.0), '%')} of predicted labels changed."
+        if m.get("label_change") is not None:
+            s += f" {_hl(rel, '/metrics/label_change', m['label_change'], '%')} of predicted labels changed."
         first = (doc.get("divergence") or {}).get("first_diverging")
         if first:
             s += f" The models part first at site <b>{html.escape(first)}</b>."

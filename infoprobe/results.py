@@ -283,8 +283,7 @@ def check_outputs(paths, overwrite: bool) -> None:
     """
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
-        raise OutputExistsError(f"{existing[0]} already exists; choose another output (--out) or pass "
-                                "overwrite=True (--overwrite)")
+        raise OutputExistsError(f"{existing[0]} already exists; choose another out or pass overwrite=True")
 
 
 def write_table(outdir, name: str, rows: list, meta: dict) -> list:
@@ -360,3 +359,43 @@ def kept_on_interrupt() -> str:
         return describe()
     except Exception:   # never let the description hide the interruption
         return "a partial result may be kept; run the same command again to resume"
+
+
+class Tables:
+    """What every analysis result offers beside ``summary()``, ``save()`` and ``plot()``: a short
+    ``repr`` (its tables and their sizes) and :meth:`to_frame`. A result names its tables in
+    :meth:`tables` (the same tables ``save`` writes)."""
+
+    def tables(self) -> dict:
+        """{table name: list of row dicts}, the first being the result's main table."""
+        raise NotImplementedError
+
+    def to_frame(self, table: str | None = None):
+        """One table as a ``pandas.DataFrame`` (pandas is an optional dependency:
+        ``pip install 'infoprobe[pandas]'``).
+
+        Parameters
+        ----------
+        table : str, optional
+            A name of :meth:`tables` (default: the first).
+
+        Raises
+        ------
+        ConfigError
+            pandas is missing, or no table has that name.
+        """
+        from .errors import ConfigError
+
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ConfigError("to_frame needs pandas: pip install 'infoprobe[pandas]' (or pandas)") from None
+        tabs = self.tables()
+        name = table or next(iter(tabs))
+        if name not in tabs:
+            raise ConfigError(f"no table {name!r}; this result has: {', '.join(tabs)}")
+        return pd.DataFrame([plain(r) for r in tabs[name]])
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{name}: {len(rows):,} rows" for name, rows in self.tables().items())
+        return f"<{type(self).__name__} {sizes}>"

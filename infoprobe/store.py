@@ -244,7 +244,7 @@ class StoreWriter:
         self.resumed, self.restarted, self.rows_written = False, None, 0
         attrs = dict(attrs or {})
         if self.path.exists() and not overwrite:
-            raise OutputExistsError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace it "
+            raise OutputExistsError(f"{self.path} already exists; pass overwrite=True to replace it "
                                     "(the old file is kept until the new one is complete)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _acquire_lock(self.path)
@@ -808,3 +808,53 @@ class Store:
         for start, block in self.iter_rows(layer, which):
             out[start:start + len(block)] = block
         return out
+
+
+class StorePath(type(Path())):
+    """The path of a finished activation store that is also the store, opened when first used.
+
+    What :func:`infoprobe.analyses.capture.capture` returns: a :class:`pathlib.Path` wherever a
+    path is wanted (``str``, ``open``, ``shutil``, h5py, the CLI), and the :class:`Store` for
+    everything else: ``with capture(...) as store:`` opens it and closes it on leaving;
+    ``.store`` is the opened store, and the Store's attributes (``layer_names``, ``n_rows``,
+    ``labels``, ``iter_rows``, ...) open it on first use; ``close()`` releases it. ``read``
+    is the one left out (``.store.read(...)``), so that code which takes anything with a
+    ``read`` method for an open file does not mistake the path for one.
+
+    Raises
+    ------
+    StoreError
+        As :class:`Store`, when it is first opened.
+    """
+
+    @property
+    def store(self) -> "Store":
+        """The store, opened on first use and kept open until :meth:`close`."""
+        store = self.__dict__.get("_store")
+        if store is None:
+            store = self.__dict__["_store"] = Store(self)
+        return store
+
+    def __getattr__(self, name):
+        if name not in _DELEGATED:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.store, name)
+
+    def __enter__(self) -> "Store":
+        return self.store
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Close the store if it was opened (the path stays usable; using it opens it again)."""
+        store = self.__dict__.pop("_store", None)
+        if store is not None:
+            store.close()
+
+    def __repr__(self) -> str:
+        return f"StorePath({str(self)!r})"
+
+
+#: Store attributes a StorePath hands on (file-object names such as ``read`` excepted).
+_DELEGATED = ({n for n in dir(Store) if not n.startswith("_")} | {"n_rows"}) - {"read", "close", "file", "path"}

@@ -197,13 +197,15 @@ def test_commands_are_thin_modules():
         assert cmd.callback.__module__.startswith("infoprobe.cli."), name
 
 
-def test_library_errors_name_parameters_and_flags(tmp_path):
+def test_errors_speak_the_terms_of_the_caller(tmp_path):
+    """The library names its parameters (overwrite=True, out); the CLI says --overwrite, --out."""
     from infoprobe.errors import OutputExistsError
     from infoprobe.results import check_outputs
 
     (tmp_path / "a.csv").write_text("")
-    with pytest.raises(OutputExistsError, match=r"overwrite=True \(--overwrite\)"):
+    with pytest.raises(OutputExistsError, match=r"choose another out or pass overwrite=True$") as info:
         check_outputs([tmp_path / "a.csv"], overwrite=False)
+    assert info.value.cli_message().endswith("choose another --out or pass --overwrite")
 
 
 def test_families_run_without_the_cli(tmp_path, sigmoid_store):

@@ -165,3 +165,32 @@ def test_analyze_prints_its_plan_first_and_the_report_last(tmp_path):
     r = CliRunner().invoke(cli, ["analyze", str(FIX / "mlp_sigmoid.onnx"), "--data", str(FIX / "mnist_demo.npz"),
                                  "--out", str(out), "--no-progress"])
     assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_results_have_a_short_repr_and_frames(sigmoid_store, tmp_path):
+    """A result prints as its tables and sizes (not thousands of rows); to_frame gives each table
+    as pandas; capture's return is a path and the open store at once."""
+    from infoprobe.analyses.capture import capture
+    from infoprobe.analyses.importance import importance
+    from infoprobe.data import load_data
+    from infoprobe.errors import ConfigError
+    from infoprobe.store import Store
+
+    imp = importance(sigmoid_store, progress=False)
+    assert repr(imp) == (f"<ImportanceResult importance: {len(imp.units):,} rows, "
+                         f"specific_information: {len(imp.specific):,} rows>")
+    frame = imp.to_frame()
+    assert list(frame.columns) == list(imp.units[0]) and len(frame) == len(imp.units)
+    np.testing.assert_array_equal(frame["mutual_information"].to_numpy(),
+                                  [r["mutual_information"] for r in imp.units])
+    assert len(imp.to_frame("specific_information")) == len(imp.specific)
+    with pytest.raises(ConfigError, match="no table 'nope'; this result has: importance, specific_information"):
+        imp.to_frame("nope")
+    data = load_data(FIX / "mnist_demo.npz", split="test", limit=30)
+    p = capture(FIX / "mlp_sigmoid.onnx", data, tmp_path / "a.h5", progress=False)
+    assert str(p) == str(tmp_path / "a.h5") and p.exists() and not hasattr(p, "read")
+    assert p.layer_names == ["fc1", "fc2", "fc3"] and p.n_rows == 30      # opened on first use
+    with p as store:
+        assert isinstance(store, Store) and store.read("fc1").shape == (30, 100)
+    with Store(p) as again:                                               # and still a path
+        assert again.n_rows == 30

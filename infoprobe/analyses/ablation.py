@@ -20,7 +20,7 @@ from ..config import Config, param
 from ..errors import ConfigError, DataError
 from ..interventions import Evaluator, Intervention, replacement
 from ..model import LoadedModel, load_model
-from ..results import check_outputs, provenance, write_table
+from ..results import Tables, check_outputs, provenance, write_table
 from ..runner import default_threads
 from ..store import Store
 from .importance import MEASURES, ImportanceResult, importance as compute_importance
@@ -59,13 +59,16 @@ def parse_hybrid(spec: str) -> dict:
     return out
 
 
-@dataclass
-class AblationResult:
+@dataclass(repr=False)
+class AblationResult(Tables):
     """Accuracy curves: one row per (scope, layer, ranking, order, value, n_ablated)."""
 
     rows: list
     params: dict
     inputs: dict = field(default_factory=dict)
+
+    def tables(self) -> dict:
+        return {"ablation": self.rows}
 
     def curve(self, *, scope="layer", layer=None, ranking="mutual_information", order="low",
               value="mean") -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from ..positions import per_unit
 from ..results import keep_on_interrupt
 from ..rewrite import io_name
 from ..runner import Runner, default_threads
-from ..store import StoreWriter
+from ..store import StorePath, StoreWriter
 
 
 #: How capture stores a site with positions: ``mean`` (one value per unit and sample, the mean
@@ -86,7 +86,9 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
 
     Returns
     -------
-    Path of the complete store.
+    StorePath
+        The path of the complete store, which is also the store, opened when first used
+        (``with capture(...) as store:``; see :class:`infoprobe.store.StorePath`).
 
     Raises
     ------
@@ -162,7 +164,7 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
                 start = stop
         path = writer.finish()
         keep_on_interrupt(None)
-        return path
+        return StorePath(path)
     finally:
         writer.close()
 

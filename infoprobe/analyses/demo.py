@@ -76,8 +76,7 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise OutputExistsError(f"{out} exists and was not written by `infoprobe demo`; choose another output "
-                                "folder (--out)")
+        raise OutputExistsError(f"{out} exists and was not written by the demo; choose another out")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
     lm = load_model(fixture_path("mlp_sigmoid.onnx"))

@@ -44,8 +44,8 @@ from ..errors import ConfigError
 from ..limits import rows_within
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model, sha256_file
-from ..results import (after_commit, atomic_write_bytes, check_outputs, keep_on_interrupt, plain, provenance,
-                       write_table)
+from ..results import (Tables, after_commit, atomic_write_bytes, check_outputs, keep_on_interrupt, plain,
+                       provenance, write_table)
 from ..rewrite import io_name
 from ..runner import Runner, default_threads
 
@@ -247,8 +247,8 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
 
 # --------------------------------------------------------------------------- checkpoints
 
-@dataclass
-class FlowSeries:
+@dataclass(repr=False)
+class FlowSeries(Tables):
     """:func:`information_flow` over checkpoints of one architecture.
 
     ``trajectory``: one row per (checkpoint, layer) with ``epoch`` and the layer columns;
@@ -263,6 +263,9 @@ class FlowSeries:
     unit_trends: list
     trend_summary: list
     meta: dict = field(default_factory=dict)
+
+    def tables(self) -> dict:
+        return {"flow": self.trajectory, "unit_trends": self.unit_trends, "trend_summary": self.trend_summary}
 
     def save(self, outdir, *, overwrite: bool = False) -> list:
         """``flow.{csv,json}`` (trajectories), ``unit_trends``, ``trend_summary``,

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .. import estimators as est
 from ..arrays import namespace, to_numpy
 from ..errors import ConfigError
-from ..results import check_outputs, provenance, write_table
+from ..results import Tables, check_outputs, provenance, write_table
 from ..positions import REDUCTIONS, per_unit
 from ..store import Store
 
@@ -50,8 +50,8 @@ class Quantizer:
         return 2 if self.method == "threshold" else self.bins
 
 
-@dataclass
-class ImportanceResult:
+@dataclass(repr=False)
+class ImportanceResult(Tables):
     """Per-unit measures (``units``: one row per unit) and the specific-information table
     (``specific``: one row per unit and class), both in bits."""
 
@@ -59,6 +59,9 @@ class ImportanceResult:
     specific: list
     params: dict
     inputs: dict = field(default_factory=dict)
+
+    def tables(self) -> dict:
+        return {"importance": self.units, "specific_information": self.specific}
 
     def layers(self) -> list:
         """Layer names in row order."""

@@ -30,7 +30,7 @@ from ..estimators.oinfo import Throughput, copula_model, plan_search, search_mul
 from ..interventions import Evaluator, Intervention
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model
 from ..plan import LayerPlan, PruningPlan
-from ..results import check_outputs, provenance, write_table
+from ..results import Tables, check_outputs, provenance, write_table
 from ..runner import default_threads
 from ..store import Store
 from .ablation import rank_units
@@ -71,8 +71,8 @@ def layer_activations(store: Store, layer: str, which: str = "pre", *, max_sampl
     return x.astype(np.float64), y
 
 
-@dataclass
-class SynergyResult:
+@dataclass(repr=False)
+class SynergyResult(Tables):
     """Best multiplets per network, layer, size and direction, and their profiles.
 
     ``rows``: one per network (store), layer, size and direction with ``network``, ``store``,
@@ -87,6 +87,9 @@ class SynergyResult:
     profiles: list
     constant: dict
     meta: dict = field(default_factory=dict)
+
+    def tables(self) -> dict:
+        return {"synergy": self.rows, "synergy_profile": self.profiles}
 
     def layers(self) -> list:
         return list(dict.fromkeys(r["layer"] for r in self.rows))

@@ -11,14 +11,14 @@ from ...config import Config, param
 from ...data import Dataset, resolve_scale
 from ...errors import ConfigError
 from ...model import LoadedModel
-from ...results import check_outputs, provenance, write_table
+from ...results import Tables, check_outputs, provenance, write_table
 from ...store import Store
 from .prunability import CONV_UNITS, MODES, Prunability, checked_fractions, prunability
 from .redundancy import open_source, redundancy
 
 
-@dataclass
-class FrivolousResult:
+@dataclass(repr=False)
+class FrivolousResult(Tables):
     """Prunability and redundancy of one model (or redundancy of one store).
 
     ``layers``: the per-layer table (one row per hidden layer, plus ``all`` for the network
@@ -31,6 +31,9 @@ class FrivolousResult:
     redundancy: list
     correlations: dict
     meta: dict = field(default_factory=dict)
+
+    def tables(self) -> dict:
+        return {"frivolous": self.layers, "prunability": self.prunability.curves if self.prunability else []}
 
     def summary(self) -> str:
         """The terminal text: units, prunable units (of the ablation units) and redundant units

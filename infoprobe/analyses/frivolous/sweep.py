@@ -10,11 +10,11 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...estimators.frivolous import gain
-from ...results import check_outputs, provenance, write_table
+from ...results import Tables, check_outputs, provenance, write_table
 
 
-@dataclass
-class SweepResult:
+@dataclass(repr=False)
+class SweepResult(Tables):
     """Frivolous units over a family of models of one architecture at several widths.
 
     ``rows``: one per (model, layer) including ``all`` (the network): ``width``, ``units``,
@@ -29,6 +29,9 @@ class SweepResult:
     g_range: dict
     results: list
     meta: dict = field(default_factory=dict)
+
+    def tables(self) -> dict:
+        return {"sweep": self.rows, "gains": self.gains}
 
     def summary(self) -> str:
         """The terminal text: the network rows (counts over the widest model's units) and the

@@ -13,7 +13,7 @@ from ...errors import ConfigError
 from ...interventions import replacement
 from ...model import LoadedModel
 from ...plan import LayerPlan, PruningPlan
-from ...results import check_outputs, provenance, write_table
+from ...results import Tables, check_outputs, provenance, write_table
 from ...stats import adjust
 from .double import double_lesions
 from .lesions import CATEGORIES, LESIONS, Lesioner, combine, lesion_tests
@@ -21,8 +21,8 @@ from .partition import VARIANTS, Partition, clusterability, load_graph, partitio
 from .visualise import correlation_visualisations
 
 
-@dataclass
-class ModulesResult:
+@dataclass(repr=False)
+class ModulesResult(Tables):
     """Everything :func:`modules` found for one network.
 
     ``partition``: :class:`Partition`; ``clusterability``: list of dicts (one per shuffle
@@ -41,6 +41,11 @@ class ModulesResult:
     visualisation: dict | None = None
     base_class_accuracy: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+    def tables(self) -> dict:
+        return {"subclusters": self.subclusters, "partition": self.partition.rows(),
+                "random_lesions": self.random_lesions, "double_lesions": self.pairs, "dependencies": self.edges,
+                "clusterability": self.clusterability}
 
     TABLES = ("partition", "subclusters", "random_lesions", "double_lesions", "dependencies")
 

@@ -4,7 +4,8 @@ to a work budget, written to one folder with their report.
 The budget is split into shares (:data:`SHARES`). One onnxruntime pass over a few hundred
 samples measures the model's cost per sample; each analysis then takes the largest setting of
 its ladder (:data:`LADDERS`) whose estimated time fits its share, and the plan, with what was
-cut to fit, is printed before any work. Time left over by one analysis goes to the next.
+cut to fit, is printed before any work. Synergy's search, which can use any time it is given,
+gets what the budget has left once the analyses after it have their estimates.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Dataset, prepare_inputs, resolve_scale
+from ..data import Dataset, resolve_scale
 from ..errors import ConfigError, DataError, InfoprobeError
 from ..model import LoadedModel, load_model
 from ..results import check_outputs
@@ -37,8 +38,8 @@ LADDERS = {
 }
 #: Samples the measures are estimated on at most.
 MAX_FIT_SAMPLES = 5000
-#: Overhead of an instrumented evaluation over a plain forward pass (masks, stacking).
-INSTRUMENTED = 1.5
+#: Overhead of an evaluation over the timed instrumented pass (its per-call costs, stacking).
+INSTRUMENTED = 1.2
 
 
 @dataclass
@@ -62,18 +63,20 @@ class Step:
 
 
 def _per_sample_seconds(lm: LoadedModel, data: Dataset, scale) -> float:
-    """Seconds of one plain onnxruntime forward pass per sample (median of 3 runs on up to
-    256 samples, after a warm-up)."""
-    from ..runner import default_threads, make_session
+    """Seconds per sample of one pass of the instrumented model (the masks and offsets every
+    intervention goes through; quantized sites are dequantized and quantized again there), the
+    median of 3 runs on up to 256 samples after a warm-up."""
+    from ..data import model_inputs
+    from ..runner import Runner
 
-    sess = make_session(lm.fresh_ir(), threads=default_threads(), spin=False)
+    runner = Runner(lm, spin=False)
     k = min(256, len(data.x))
-    x = prepare_inputs(data.x[:k], lm.input_shape, resolve_scale(data.x, scale), input_name=lm.input_name)
-    sess.run(None, {lm.input_name: x})
+    x = model_inputs(lm, data.x[:k], resolve_scale(data.x, scale))
+    runner.run(x, outputs=[lm.output_name])
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        sess.run(None, {lm.input_name: x})
+        runner.run(x, outputs=[lm.output_name])
         times.append(time.perf_counter() - t)
     return float(np.median(times)) / k
 
@@ -201,7 +204,6 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
     for s in steps:
         echo(s.line())
     store_path = out / "acts.h5"
-    carry = 0.0
     for s in steps:
         if s.skipped:
             continue
@@ -227,7 +229,9 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
                 abl.save(out, overwrite=True)
                 abl.plot(out)
             elif s.name == "synergy":
-                syn = synergy(store_path, max_size=8, budget=s.settings["budget_s"] + carry, progress=progress)
+                later = sum(o.estimate for o in steps[steps.index(s) + 1:] if not o.skipped)
+                spare = budget * 60 - (time.perf_counter() - t0) - later      # what the others leave
+                syn = synergy(store_path, max_size=8, budget=max(s.settings["budget_s"], spare), progress=progress)
                 syn.save(out, overwrite=True)
                 syn.plot(out)
             elif s.name == "modules":
@@ -247,7 +251,6 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
                         later.skipped = "needs importance"
             continue
         s.took = time.perf_counter() - t
-        carry = max(0.0, s.seconds - s.took)
         echo(f"  {s.name}: {s.took:.1f} s")
     report = write_report([out], out / "report.html", title=f"infoprobe analyze {lm.path.name}", overwrite=True)
     total = time.perf_counter() - t0

@@ -40,6 +40,7 @@ UNITS = {"entropy": "bits", "mutual_information": "bits", "kl_selectivity": "bit
 #: analysis id -> (title, table names, figure name prefixes, folder names). A table or figure
 #: belongs to the first analysis that claims its name or a folder on its path.
 ANALYSES = {
+    "analyze": ("What ran: infoprobe analyze's plan within its budget", ("analyze",), (), ()),
     "importance": ("Neuron importance (Liu, Amjad & Geiger 2018)", ("importance", "specific_information"),
                    ("importance",), ()),
     "ablation": ("Cumulative ablation", ("ablation",), ("ablation",), ()),
@@ -325,7 +326,22 @@ def _headline_check(sec):
     return out
 
 
-HEADLINES = {"importance": _headline_importance, "ablation": _headline_ablation, "synergy": _headline_synergy,
+def _headline_analyze(sec):
+    rel, doc = _table(sec, "analyze")
+    if rel is None:
+        return []
+    rows = _rows(doc)
+    ran = [(i, r) for i, r in enumerate(rows) if not r.get("skipped")]
+    out = ["Ran " + ", ".join(f"{html.escape(r['analysis'])} ({_hl(rel, f'/rows/{i}/seconds', r.get('seconds'))} s)"
+                              for i, r in ran) + f" within a budget of "
+           f"{_hl(rel, '/meta/parameters/budget_min', (doc.get('meta') or {}).get('parameters', {}).get('budget_min'))}"
+           " minutes."]
+    out += [f"{html.escape(r['analysis'])} was cut to fit: {html.escape(r['cut'])}." for _, r in ran if r.get("cut")]
+    out += [f"{html.escape(r['analysis'])} did not run: {html.escape(r['skipped'])}." for r in rows if r.get("skipped")]
+    return out
+
+
+HEADLINES = {"analyze": _headline_analyze, "importance": _headline_importance, "ablation": _headline_ablation, "synergy": _headline_synergy,
              "modules": _headline_modules, "frivolous": _headline_frivolous, "flow": _headline_flow,
              "check": _headline_check}
 

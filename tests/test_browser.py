@@ -22,7 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 #: The reports tested, and the sections each must have: the demo's, and ``infoprobe analyze`` of
 #: a residual CNN on 300 samples in half a minute (too little for modules, which it says it cut).
 SECTIONS = {"demo": ("importance", "ablation", "synergy", "modules", "frivolous", "flow", "check"),
-            "analyze": ("importance", "ablation", "synergy", "frivolous")}
+            "analyze": ("analyze", "importance", "ablation", "synergy", "frivolous")}
 WIDTHS = (1280, 400)
 CHROME_FLAGS = (
     "--headless=new",

@@ -160,8 +160,11 @@ def test_analyze_prints_its_plan_first_and_the_report_last(tmp_path):
     assert [ln.split()[0] for ln in lines[1:6]] == ["importance", "ablation", "synergy", "modules", "frivolous"]
     assert lines[-1].endswith(f"report: {out / 'report.html'} (open it in a browser)")
     html = (out / "report.html").read_text()
-    for sid in ("importance", "ablation", "synergy", "modules", "frivolous"):
+    for sid in ("analyze", "importance", "ablation", "synergy", "modules", "frivolous"):
         assert f'id="{sid}"' in html
+    plan = json.loads((out / "analyze.json").read_text())["rows"]
+    assert [r["analysis"] for r in plan] == ["importance", "ablation", "synergy", "modules", "frivolous"]
+    assert all(r["seconds"] is not None or r["skipped"] for r in plan)
     r = CliRunner().invoke(cli, ["analyze", str(FIX / "mlp_sigmoid.onnx"), "--data", str(FIX / "mnist_demo.npz"),
                                  "--out", str(out), "--no-progress"])
     assert r.exit_code == 2 and "already exists" in r.output

@@ -18,7 +18,7 @@ import numpy as np
 from ..data import Dataset, resolve_scale
 from ..errors import ConfigError, DataError, InfoprobeError
 from ..model import LoadedModel, load_model
-from ..results import check_outputs
+from ..results import check_outputs, provenance, write_table
 
 #: Default budget in minutes (about this on two cores for the bundled MLPs).
 DEFAULT_BUDGET = 4.0
@@ -164,7 +164,9 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
     Returns
     -------
     dict
-        ``plan`` (one dict per step), ``seconds`` (total), ``report`` (path of the page).
+        ``plan`` (one dict per step, also written as ``analyze.{csv,json}``: share, settings,
+        estimate and measured seconds, what was cut, why it was skipped), ``seconds``
+        (total), ``report`` (path of the page).
 
     Raises
     ------
@@ -252,10 +254,11 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
             continue
         s.took = time.perf_counter() - t
         echo(f"  {s.name}: {s.took:.1f} s")
+    plan = [{"analysis": s.name, "share_s": s.seconds,
+             "settings": ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in s.settings.items()),
+             "estimate_s": s.estimate, "seconds": s.took, "cut": s.cut, "skipped": s.skipped} for s in steps]
+    write_table(out, "analyze", plan, provenance({"model": (lm.path, lm.sha256), "data": (data.path, data.sha256)},
+                                                 {"budget_min": budget, "n_samples": len(data.x), "n_fit": len(fit.x),
+                                                  "split": data.split, "per_sample_s": per_sample}))
     report = write_report([out], out / "report.html", title=f"infoprobe analyze {lm.path.name}", overwrite=True)
-    total = time.perf_counter() - t0
-    return {"plan": [{"analysis": s.name, "share_s": s.seconds, "settings": {k: list(v) if isinstance(v, tuple) else v
-                                                                               for k, v in s.settings.items()},
-                      "estimate_s": s.estimate, "cut": s.cut, "skipped": s.skipped, "seconds": s.took}
-                     for s in steps],
-            "seconds": total, "report": str(report)}
+    return {"plan": plan, "seconds": time.perf_counter() - t0, "report": str(report)}

@@ -185,15 +185,22 @@ def _rows(doc) -> list:
     return doc.get("rows") or []
 
 
+def _groups(rows: list, key: str = "layer", **where):
+    """(value of ``key``, [(row index, row), ...]) of the rows matching ``where``, in order."""
+    groups = {}
+    for i, r in enumerate(rows):
+        if all(r.get(k) == v for k, v in where.items()):
+            groups.setdefault(r.get(key), []).append((i, r))
+    return groups.items()
+
+
 def _headline_importance(sec):
     rel, doc = _table(sec, "importance")
     out = []
     if rel is None:
         return out
-    rows = _rows(doc)
-    for layer in dict.fromkeys(r.get("layer") for r in rows):
-        cand = [(i, r) for i, r in enumerate(rows) if r.get("layer") == layer
-                and isinstance(r.get("mutual_information"), (int, float))]
+    for layer, cand in _groups(_rows(doc)):
+        cand = [(i, r) for i, r in cand if isinstance(r.get("mutual_information"), (int, float))]
         if not cand:
             continue
         i, best = max(cand, key=lambda ir: ir[1]["mutual_information"])
@@ -208,12 +215,7 @@ def _headline_ablation(sec):
     out = []
     if rel is None:
         return out
-    rows = _rows(doc)
-    for layer in dict.fromkeys(r.get("layer") for r in rows if r.get("scope") == "layer"):
-        mine = [(i, r) for i, r in enumerate(rows) if r.get("scope") == "layer" and r.get("layer") == layer
-                and r.get("ranking") == "mutual_information" and r.get("order") == "low"]
-        if not mine:
-            continue
+    for layer, mine in _groups(_rows(doc), scope="layer", ranking="mutual_information", order="low"):
         value = "mean" if any(r.get("value") == "mean" for _, r in mine) else mine[0][1].get("value")
         mine = [(i, r) for i, r in mine if r.get("value") == value]
         i0, r0 = min(mine, key=lambda ir: ir[1]["fraction"])
@@ -230,12 +232,8 @@ def _headline_synergy(sec):
     out = []
     if rel is None:
         return out
-    rows = _rows(doc)
-    for layer in dict.fromkeys(r.get("layer") for r in rows):
-        for direction in ("synergy", "redundancy"):
-            mine = [(i, r) for i, r in enumerate(rows) if r.get("layer") == layer and r.get("direction") == direction]
-            if not mine:
-                continue
+    for direction in ("synergy", "redundancy"):
+        for layer, mine in _groups(_rows(doc), direction=direction):
             i, r = max(mine, key=lambda ir: ir[1]["size"])
             out.append(f"<b>{html.escape(str(layer))}</b>: the most {'synergistic' if direction == 'synergy' else 'redundant'} "
                        f"group of {_hl(rel, f'/rows/{i}/size', r['size'])} units has O-information "
@@ -288,10 +286,9 @@ def _headline_flow(sec):
     out = []
     if rel is None:
         return out
-    rows = _rows(doc)
-    for layer in dict.fromkeys(r.get("layer") for r in rows):
-        mine = [(i, r) for i, r in enumerate(rows) if r.get("layer") == layer and r.get("mi") is not None]
-        if len(mine) < 1:
+    for layer, mine in _groups(_rows(doc)):
+        mine = [(i, r) for i, r in mine if r.get("mi") is not None]
+        if not mine:
             continue
         (i0, a), (i1, b) = mine[0], mine[-1]
         unit = html.escape(str(b.get("unit", "")))

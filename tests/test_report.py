@@ -197,3 +197,23 @@ def test_results_have_a_short_repr_and_frames(sigmoid_store, tmp_path):
         assert isinstance(store, Store) and store.read("fc1").shape == (30, 100)
     with Store(p) as again:                                               # and still a path
         assert again.n_rows == 30
+
+
+def test_importance_warns_when_the_threshold_code_is_constant(tmp_path):
+    """On a ReLU CNN the one-bit threshold code of a channel's mean over positions is constant
+    for most channels: importance says so (analyze uses a median split there)."""
+    import warnings
+
+    from infoprobe.analyses.capture import capture
+    from infoprobe.analyses.importance import Quantizer, importance
+    from infoprobe.data import load_data
+
+    data = load_data(FIX / "mnist_demo.npz", split="test", limit=60)
+    store = capture(FIX / "zoo_resnet.onnx", data, tmp_path / "r.h5", layers=["block2_conv1"], progress=False)
+    with pytest.warns(UserWarning, match=r"of 32 units of block2_conv1 have a constant threshold code"):
+        res = importance(store, progress=False)
+    assert sum(r["entropy"] == 0 for r in res.units) > 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = importance(store, quantizer=Quantizer("quantile", bins=2), progress=False)
+    assert sum(r["entropy"] == 0 for r in res.units) < 16

@@ -1,6 +1,7 @@
 """Single-unit information measures of every unit of a store's layers."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +215,13 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                 counts = c if counts is None else counts + c
                 bar.update(len(block))
             h = to_numpy(est.entropy(counts))
+            constant = int((h <= 1e-12).sum())
+            if constant > n_units // 2:      # a code that never changes carries no information at all
+                why = (" (a mean over positions after a ReLU is almost never at the threshold 0)"
+                       if quantizer.method == "threshold" and info["kind"] != "dense" else "")
+                warnings.warn(f"{constant} of {n_units} units of {name} have a constant {quantizer.method} code, every "
+                              f"sample in one bin{why}; their measures are 0 bits: a quantile quantizer "
+                              "(--quantizer quantile) splits each unit at its own quantiles", stacklevel=2)
             mi = to_numpy(est.mutual_information(counts))
             spec = to_numpy(est.specific_information(counts))
             kl, kl_arg = (to_numpy(a) for a in est.kl_selectivity(counts))

@@ -35,13 +35,17 @@ def _both(value, pair):
               help="Hybrid scheme, e.g. 'fc1=mutual_information:1,fc2=kl_selectivity:2'.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @config_option(AblationConfig, "batch_size", "--batch-size")
+@click.option("--replicate", "replicates", multiple=True, metavar="MODEL STORE",
+              type=(click.Path(dir_okay=False, path_type=Path), click.Path(dir_okay=False, path_type=Path)),
+              help="Another network of the same architecture and its store (repeat the option): the curves are "
+                   "averaged over all networks, with sd, median and a 95% interval; the plots draw the spread.")
 @click.option("--plot/--no-plot", default=True, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing result files in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the accuracies with 50 percent of the units ablated as JSON.")
 @max_size_option
 @progress_option
 def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, measures, order, value, scope,
-           layers, random_repeats, n_steps, hybrid, seed, batch_size, plot, overwrite, as_json,
+           layers, random_repeats, n_steps, hybrid, seed, batch_size, replicates, plot, overwrite, as_json,
            max_model_size, progress):
     """Cumulatively ablate units of MODEL ranked by the measures from STORE; record accuracy.
 
@@ -49,20 +53,30 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
     accuracy is measured on --data (e.g. the test split). One onnxruntime session serves
     the whole sweep. Writes ablation.csv/json and ablation_<scope>.png to --out.
 
+    With --replicate, every network is ablated alike (one seed) and ablation.csv/json hold
+    the mean, standard deviation, median and 95% interval across networks per curve point;
+    ablation_replicates.csv/json each network's own rows.
+
     \b
-    Example:
+    Examples:
       infoprobe ablate model.onnx acts.h5 --data mnist.npz --split test --scope both \\
           --hybrid 'fc1=mutual_information:1,fc2=kl_selectivity:2' --out results/
+      infoprobe ablate net1.onnx acts1.h5 --replicate net2.onnx acts2.h5 \\
+          --replicate net3.onnx acts3.h5 --data mnist.npz --split test --out replicates/
     """
-    from infoprobe.analyses.ablation import cumulative_ablation, parse_hybrid
+    from infoprobe.analyses.ablation import cumulative_ablation, parse_hybrid, replicate_ablation
 
     data = read_data(data_path, split, x_key, y_key, limit)
     lm = load(model, max_model_size)
-    res = cumulative_ablation(
-        lm, store, data, measures=csv_list(measures) or [], orders=_both(order, ("low", "high")),
-        values=_both(value, ("zero", "mean")), scopes=_both(scope, ("layer", "network")), layers=csv_list(layers),
-        n_steps=n_steps, random_repeats=random_repeats, seed=seed,
-        hybrid=parse_hybrid(hybrid) if hybrid else None, scale=scale, batch_size=batch_size, progress=progress)
+    kw = dict(measures=csv_list(measures) or [], orders=_both(order, ("low", "high")),
+              values=_both(value, ("zero", "mean")), scopes=_both(scope, ("layer", "network")), layers=csv_list(layers),
+              n_steps=n_steps, random_repeats=random_repeats, seed=seed,
+              hybrid=parse_hybrid(hybrid) if hybrid else None, scale=scale, batch_size=batch_size, progress=progress)
+    if replicates:
+        pairs = [(lm, store)] + [(load(m, max_model_size), st) for m, st in replicates]
+        res = replicate_ablation(pairs, data, **kw)
+    else:
+        res = cumulative_ablation(lm, store, data, **kw)
     files = res.save(out, overwrite=overwrite)
     if plot:
         files += res.plot(out)

@@ -43,7 +43,7 @@ ANALYSES = {
     "analyze": ("What ran: infoprobe analyze's plan within its budget", ("analyze",), (), ()),
     "importance": ("Neuron importance (Liu, Amjad & Geiger 2018)", ("importance", "specific_information"),
                    ("importance",), ()),
-    "ablation": ("Cumulative ablation", ("ablation",), ("ablation",), ()),
+    "ablation": ("Cumulative ablation", ("ablation", "ablation_replicates"), ("ablation",), ()),
     "synergy": ("Synergy and redundancy: O-information (Varley et al.)", ("synergy", "synergy_profile"),
                 ("synergy",), ()),
     "modules": ("Modules: sub-clusters, lesions, clusterability (Hod et al.)",
@@ -223,7 +223,9 @@ def _headline_ablation(sec):
         out.append(f"Replacing the {_hl(rel, f'/rows/{i5}/fraction', r5['fraction'], '%')} lowest-MI units of "
                    f"<b>{html.escape(str(layer))}</b> by their {html.escape(str(value))} leaves accuracy at "
                    f"{_hl(rel, f'/rows/{i5}/accuracy', r5['accuracy'])} (intact "
-                   f"{_hl(rel, f'/rows/{i0}/accuracy', r0['accuracy'])}).")
+                   f"{_hl(rel, f'/rows/{i0}/accuracy', r0['accuracy'])})"
+                   + (f"; mean over {_hl(rel, f'/rows/{i5}/replicates', r5['replicates'])} networks, sd "
+                      f"{_hl(rel, f'/rows/{i5}/accuracy_std', r5['accuracy_std'])}." if "replicates" in r5 else "."))
     return out
 
 

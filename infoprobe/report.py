@@ -56,12 +56,13 @@ def plot_importance(units: list, path) -> Path:
     return _save(fig, path)
 
 
-def plot_ablation(rows: list, path, *, scope: str = "layer") -> Path | None:
+def plot_ablation(rows: list, path, *, scope: str = "layer", spread: str | None = None) -> Path | None:
     """Accuracy against units ablated, one panel per layer (Figs. 1, 3, 4); writes a PNG.
 
     Solid lines are bias balancing (``value="mean"``), dashed lines ablation to zero; the
-    random baseline is drawn with a +/- one standard deviation band. Returns None when the
-    table has no rows of ``scope``.
+    random baseline is drawn with a +/- one standard deviation band. With ``spread`` (the
+    band's meaning, e.g. "+- 1 sd over 3 networks": rows of replicate networks' means) every
+    curve gets its ``accuracy_std`` band. Returns None when the table has no rows of ``scope``.
     """
     plt = _pyplot()
     rows = [r for r in rows if r["scope"] == scope]
@@ -84,12 +85,13 @@ def plot_ablation(rows: list, path, *, scope: str = "layer") -> Path | None:
                 name = ranking if order == "-" else f"{ranking} ({order} first)"
                 ax.plot(k, acc, style, color=colors[(ranking, order)], linewidth=1.4,
                         label=f"{name}, {'bias balancing' if value == 'mean' else 'zero'}")
-                if ranking == "random":
+                if ranking == "random" or spread:
                     sd = np.array([r["accuracy_std"] for r in sel])
                     ax.fill_between(k, acc - sd, acc + sd, color=colors[(ranking, order)], alpha=0.15)
-        ax.set_title(panel if scope == "layer" else f"{scope}: {panel}", fontsize=9)
+        ax.set_title((panel if scope == "layer" else f"{scope}: {panel}") + (f" (mean, band {spread})" if spread else ""),
+                     fontsize=9)
         ax.set_xlabel("units ablated")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy" + (" (mean over networks)" if spread else ""))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=6, loc="lower left")

@@ -126,3 +126,77 @@ def test_provenance_hashes_the_store_once(sigmoid_store, test_data, imp, monkeyp
     assert a.inputs["store"][1] == b.inputs["store"][1] == sha256_file(sigmoid_store)
     assert calls.count(st.path) == 1
     assert b.layer_table(0.5)[0]["ranking"] == "random"
+
+
+# --- replicate networks ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def replicate_pairs(tmp_path_factory):
+    """Three sigmoid MLPs of one architecture (seeds 0, 2, 3), each with its validation store."""
+    from infoprobe.analyses.capture import capture
+
+    val = load_data(FIX / "mnist_demo.npz", split="validation", limit=400)
+    d = tmp_path_factory.mktemp("replicates")
+    return [(FIX / f"{name}.onnx", capture(FIX / f"{name}.onnx", val, d / f"{name}.h5", progress=False))
+            for name in ("mlp_sigmoid", "mlp_sigmoid_s2", "mlp_sigmoid_s3")]
+
+
+def test_replicate_curves_are_each_networks_own_and_their_statistics(replicate_pairs):
+    """Every network's rows equal its own single ablation; the mean, sd, median and Student t
+    interval equal NumPy and SciPy on those rows."""
+    from scipy import stats
+
+    from infoprobe.analyses.ablation import replicate_ablation
+
+    data = load_data(FIX / "mnist_demo.npz", split="test", limit=400)
+    kw = dict(n_steps=4, random_repeats=2, values=("mean",), progress=False)
+    res = replicate_ablation(replicate_pairs, data, **kw)
+    singles = [cumulative_ablation(m, st, data, **kw) for m, st in replicate_pairs]
+    for i, single in enumerate(singles):
+        mine = [{k: v for k, v in r.items() if k not in ("replicate", "model")}
+                for r in res.replicate_rows if r["replicate"] == i]
+        assert mine == single.rows
+    acc = np.array([[r["accuracy"] for r in s.rows] for s in singles])
+    assert not np.allclose(acc[0], acc[1])                        # the networks differ
+    half = stats.t.ppf(0.975, 2) * acc.std(0, ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose([r["accuracy"] for r in res.rows], acc.mean(0), rtol=1e-12)
+    np.testing.assert_allclose([r["accuracy_std"] for r in res.rows], acc.std(0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose([r["accuracy_median"] for r in res.rows], np.median(acc, 0), rtol=1e-12)
+    np.testing.assert_allclose([r["ci_high"] - r["accuracy"] for r in res.rows], half, rtol=1e-9, atol=1e-15)
+    assert {r["replicates"] for r in res.rows} == {3}
+    assert res.accuracy_at(0.5, layer="fc2", ranking="mutual_information", order="low", value="mean") == \
+        pytest.approx(np.mean([s.accuracy_at(0.5, layer="fc2", ranking="mutual_information", order="low",
+                                             value="mean") for s in singles]))
+    assert repr(res) == f"<ReplicateAblation ablation: {len(res.rows)} rows, ablation_replicates: {3 * len(res.rows)} rows>"
+
+
+def test_replicates_must_share_an_architecture(replicate_pairs, tmp_path):
+    from infoprobe.analyses.ablation import replicate_ablation
+    from infoprobe.analyses.capture import capture
+
+    data = load_data(FIX / "mnist_demo.npz", split="test", limit=100)
+    relu = capture(FIX / "mlp_relu.onnx", data, tmp_path / "relu.h5", progress=False)
+    with pytest.raises(ConfigError, match="replicate 2 .*mlp_relu.onnx.* does not have the first network's curves"):
+        replicate_ablation([replicate_pairs[0], (FIX / "mlp_relu.onnx", relu)], data, n_steps=3, random_repeats=0,
+                           progress=False)
+    with pytest.raises(ConfigError, match="at least two"):
+        replicate_ablation(replicate_pairs[:1], data, progress=False)
+
+
+def test_ablate_cli_with_replicates_writes_statistics_and_bands(replicate_pairs, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from infoprobe.cli.main import cli
+
+    (m0, s0), (m1, s1), (m2, s2) = replicate_pairs
+    r = CliRunner().invoke(cli, ["ablate", str(m0), str(s0), "--replicate", str(m1), str(s1), "--replicate", str(m2),
+                                 str(s2), "--data", str(FIX / "mnist_demo.npz"), "--split", "test", "--limit", "200",
+                                 "--steps", "3", "--random-repeats", "1", "--out", str(tmp_path), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("mean over 3 networks")
+    rows = json.loads((tmp_path / "ablation.json").read_text())["rows"]
+    per = json.loads((tmp_path / "ablation_replicates.json").read_text())["rows"]
+    assert {row["replicates"] for row in rows} == {3} and len(per) == 3 * len(rows)
+    assert (tmp_path / "ablation_layer.png").stat().st_size > 1000

@@ -128,6 +128,117 @@ class AblationResult(Tables):
         return write_table(outdir, "ablation", self.rows, provenance(self.inputs, self.params))
 
 
+#: Columns that identify one point of one curve, across replicate networks.
+_POINT = ("scope", "layer", "ranking", "order", "value", "n_units", "n_ablated", "fraction")
+
+
+@dataclass(repr=False)
+class ReplicateAblation(AblationResult):
+    """Cumulative ablation of several replicate networks of one configuration (Liu, Amjad &
+    Geiger 2018 average their curves over networks).
+
+    ``rows`` holds one row per curve point with the statistics across replicates:
+    ``accuracy`` (mean), ``accuracy_std`` (sample standard deviation), ``accuracy_median``,
+    ``ci_low``/``ci_high`` (Student t 95% interval of the mean, mean +- t_0.975,n-1 sd/sqrt(n)
+    by ``scipy.stats.t``) and ``replicates``, so every :class:`AblationResult` method reads the
+    mean curves; ``replicate_rows`` holds each network's own rows (columns ``replicate`` and
+    ``model`` first).
+    """
+
+    replicate_rows: list = field(default_factory=list)
+
+    def tables(self) -> dict:
+        return {"ablation": self.rows, "ablation_replicates": self.replicate_rows}
+
+    def summary(self, fraction: float = 0.5) -> str:
+        n = self.params["replicates"]
+        return (f"mean over {n} networks (per-network baselines "
+                + ", ".join(f"{b:.4f}" for b in self.params["baseline_accuracies"]) + ")\n"
+                + super().summary(fraction))
+
+    def plot(self, outdir) -> list:
+        """``ablation_<scope>.png``: mean curves with a +- one standard deviation band across
+        the replicate networks."""
+        from ..report import plot_ablation
+
+        files = []
+        for s in SCOPES + ("hybrid",):
+            p = plot_ablation(self.rows, Path(outdir) / f"ablation_{s}.png", scope=s,
+                              spread=f"+- 1 sd over {self.params['replicates']} networks")
+            if p:
+                files.append(p)
+        return files
+
+    def save(self, outdir, *, overwrite: bool = False) -> list:
+        """Write ``ablation.{csv,json}`` (statistics across replicates) and
+        ``ablation_replicates.{csv,json}`` (every network's rows) to ``outdir``."""
+        outdir = Path(outdir)
+        check_outputs([outdir / f"{t}.{e}" for t in ("ablation", "ablation_replicates") for e in ("csv", "json")],
+                      overwrite)
+        meta = provenance(self.inputs, self.params)
+        return write_table(outdir, "ablation", self.rows, meta) + write_table(outdir, "ablation_replicates",
+                                                                             self.replicate_rows, meta)
+
+
+def replicate_ablation(replicates, data: Dataset, *, config: AblationConfig | None = None, progress: bool = True,
+                       providers=None, **params) -> ReplicateAblation:
+    """:func:`cumulative_ablation` of each replicate network with the same parameters and seed,
+    and the statistics of their curves (see :class:`ReplicateAblation`).
+
+    Parameters
+    ----------
+    replicates : sequence of (model, store)
+        Networks of one architecture trained alike (different seeds), each with the store
+        its measures and bias-balancing means come from. At least two.
+    data : Dataset
+        Labelled samples accuracy is measured on, the same for every network.
+    config, **params :
+        As :func:`cumulative_ablation`; one seed for every network, so each network's random
+        baseline draws the same orders.
+
+    Returns
+    -------
+    ReplicateAblation
+
+    Raises
+    ------
+    ConfigError
+        Fewer than two replicates, or networks whose curves do not line up (other layers or
+        unit counts: not replicates of one configuration).
+    ModelError, StoreError, DataError
+        As :func:`cumulative_ablation`.
+    """
+    from scipy import stats
+
+    replicates = list(replicates)
+    if len(replicates) < 2:
+        raise ConfigError("replicate ablation needs at least two (model, store) pairs")
+    results = [cumulative_ablation(m, st, data, config=config, progress=progress, providers=providers, **params)
+               for m, st in replicates]
+    keys = [[tuple(r[k] for k in _POINT) for r in res.rows] for res in results]
+    for k, (res, kk) in enumerate(zip(results[1:], keys[1:]), start=2):
+        if kk != keys[0]:
+            raise ConfigError(f"replicate {k} ({res.inputs['model'][0]}) does not have the first network's curves "
+                              "(other layers or unit counts): replicates share one architecture")
+    acc = np.array([[r["accuracy"] for r in res.rows] for res in results])        # [replicates, points]
+    n = len(results)
+    mean, sd = acc.mean(0), acc.std(0, ddof=1)
+    half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+    rows = [dict({k: r[k] for k in _POINT}, accuracy=float(m), accuracy_std=float(s), accuracy_median=float(md),
+                 ci_low=float(m - h), ci_high=float(m + h), replicates=n)
+            for r, m, s, md, h in zip(results[0].rows, mean, sd, np.median(acc, 0), half)]
+    per = [dict({"replicate": i, "model": str(res.inputs["model"][0])}, **r)
+           for i, res in enumerate(results) for r in res.rows]
+    params_out = dict(results[0].params, replicates=n,
+                      baseline_accuracies=[res.params["baseline_accuracy"] for res in results],
+                      baseline_accuracy=float(np.mean([res.params["baseline_accuracy"] for res in results])))
+    inputs = {}
+    for i, res in enumerate(results):
+        inputs.update({f"{k}_{i}": v for k, v in res.inputs.items() if k != "data"})
+        inputs.setdefault("data", res.inputs.get("data"))
+    return ReplicateAblation(rows, params_out, {k: v for k, v in inputs.items() if v is not None}, per)
+
+
 def layer_table_lines(table: list, fraction: float = 0.5) -> list:
     """Lines of :meth:`AblationResult.layer_table`: per layer and ranking, the accuracy with
     ``fraction`` of the units ablated, to zero and with bias balancing."""

@@ -320,3 +320,63 @@ def samples_needed(drop: float, discordance: float, alpha: float = 0.05, power: 
     za, zb = _st.norm.ppf(1 - alpha / 2), _st.norm.ppf(power)
     pd = max(discordance, drop)
     return int(np.ceil((za * np.sqrt(pd) + zb * np.sqrt(max(pd - drop * drop, 0.0))) ** 2 / drop ** 2))
+
+
+def across_replicates(rows, by=(), values=None, confidence: float = 0.95) -> list:
+    """Statistics of numeric columns across replicate networks (the papers average their
+    figures over networks: Liu et al. over networks, Hod et al. over 5 replicates).
+
+    Parameters
+    ----------
+    rows : list of dict
+        One row per replicate and group.
+    by : sequence of str
+        Columns that identify a group (e.g. layer, fraction); groups keep first-seen order.
+    values : sequence of str, optional
+        Columns to summarise (default: every column that is numeric in all rows and not in
+        ``by``). Missing or non-finite values are left out of their group's count.
+    confidence : float
+        Level of the interval of the mean.
+
+    Returns
+    -------
+    list of dict
+        One row per group and value column: the ``by`` columns, ``measure`` (the column),
+        ``n``, ``mean``, ``std`` (sample standard deviation, ddof 1), ``median``, ``min``,
+        ``max``, and ``ci_low``/``ci_high``: mean -+ t_((1+confidence)/2, n-1) std / sqrt(n)
+        (Student t, ``scipy.stats.t``); std and the interval are None for n < 2.
+
+    Raises
+    ------
+    ConfigError
+        ``confidence`` outside (0, 1).
+    """
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must lie in (0, 1), got {confidence}")
+    by = tuple(by)
+
+    def numeric(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+    if values is None:
+        values = [k for k in (rows[0] if rows else {}) if k not in by and all(numeric(r.get(k)) for r in rows)]
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    out = []
+    for key, members in groups.items():
+        for col in values:
+            v = np.array([float(r[col]) for r in members if numeric(r.get(col))])
+            v = v[np.isfinite(v)]
+            row = dict(zip(by, key), measure=col, n=len(v))
+            if len(v) == 0:
+                row.update(mean=None, std=None, median=None, min=None, max=None, ci_low=None, ci_high=None)
+            else:
+                m = float(v.mean())
+                sd = float(v.std(ddof=1)) if len(v) > 1 else None
+                half = float(_st.t.ppf((1 + confidence) / 2, len(v) - 1) * sd / np.sqrt(len(v))) if sd is not None \
+                    else None
+                row.update(mean=m, std=sd, median=float(np.median(v)), min=float(v.min()), max=float(v.max()),
+                           ci_low=None if half is None else m - half, ci_high=None if half is None else m + half)
+            out.append(row)
+    return out

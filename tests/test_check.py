@@ -414,3 +414,24 @@ def test_a_slower_candidate_is_called_out():
     assert len(slow) == 2 and "4.30x slower" in slow[0] and "integer kernels" in slow[0]
     assert not _notes(st, {}, {"reference": model(1.0, 0.8, 1.3), "candidate": model(1.2, 1.05, 1.4)}, 64)
     assert not _notes(st, {}, {"reference": model(1.0, 0.9, 1.1), "candidate": model(1.05, 1.0, 1.1)}, 64)
+
+
+def test_across_replicates_against_numpy_and_scipy():
+    """Groups in first-seen order, non-numeric and missing values left out of the count, the
+    Student t interval from scipy, no spread from a single value."""
+    from scipy import stats
+
+    from infoprobe.stats import across_replicates
+
+    rows = [{"layer": "b", "acc": 0.9, "name": "x"}, {"layer": "a", "acc": 0.5, "name": "y"},
+            {"layer": "b", "acc": 0.7, "name": "z"}, {"layer": "b", "acc": None, "name": "w"},
+            {"layer": "b", "acc": 0.8, "name": "v"}]
+    out = across_replicates(rows, by=("layer",), values=("acc",), confidence=0.9)
+    assert [(r["layer"], r["n"]) for r in out] == [("b", 3), ("a", 1)]
+    b = np.array([0.9, 0.7, 0.8])
+    lo, hi = stats.t.interval(0.9, 2, loc=b.mean(), scale=stats.sem(b))
+    assert out[0]["mean"] == pytest.approx(b.mean()) and out[0]["std"] == pytest.approx(b.std(ddof=1))
+    assert (out[0]["ci_low"], out[0]["ci_high"]) == pytest.approx((lo, hi), rel=1e-12)
+    assert out[1]["std"] is None and out[1]["ci_low"] is None and out[1]["median"] == 0.5
+    # default columns: the numeric ones
+    assert {r["measure"] for r in across_replicates([{"a": 1, "b": "s"}, {"a": 2, "b": "t"}])} == {"a"}

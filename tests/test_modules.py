@@ -422,6 +422,14 @@ def test_cli_several_networks_table(tmp_path):
     _, adj = adjust(p, "bh")
     assert table[1]["clusterability_p_all_bh"] == pytest.approx(adj[1])
     assert (out / "fashion_mlp_pruned" / "partition.csv").exists()
+    # the statistics over networks, against NumPy on the table
+    across = {r["measure"]: r for r in json.loads((out / "networks_summary.json").read_text())["rows"]}
+    ncut = np.array([t["ncut"] for t in table])
+    assert across["ncut"]["n"] == 2 and across["ncut"]["median"] == pytest.approx(np.median(ncut))
+    assert across["ncut"]["std"] == pytest.approx(ncut.std(ddof=1))
+    half = 12.706204736 * ncut.std(ddof=1) / np.sqrt(2)                  # t_0.975 with 1 degree of freedom
+    assert across["ncut"]["ci_high"] == pytest.approx(ncut.mean() + half, rel=1e-8)
+    assert "over 2 networks (median [min, max]): ncut" in r.output
 
 
 

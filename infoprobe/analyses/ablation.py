@@ -139,8 +139,8 @@ class ReplicateAblation(AblationResult):
 
     ``rows`` holds one row per curve point with the statistics across replicates:
     ``accuracy`` (mean), ``accuracy_std`` (sample standard deviation), ``accuracy_median``,
-    ``ci_low``/``ci_high`` (Student t 95% interval of the mean, mean +- t_0.975,n-1 sd/sqrt(n)
-    by ``scipy.stats.t``) and ``replicates``, so every :class:`AblationResult` method reads the
+    ``ci_low``/``ci_high`` (Student t 95% interval of the mean,
+    :func:`infoprobe.stats.across_replicates`) and ``replicates``, so every :class:`AblationResult` method reads the
     mean curves; ``replicate_rows`` holds each network's own rows (columns ``replicate`` and
     ``model`` first).
     """
@@ -208,7 +208,7 @@ def replicate_ablation(replicates, data: Dataset, *, config: AblationConfig | No
     ModelError, StoreError, DataError
         As :func:`cumulative_ablation`.
     """
-    from scipy import stats
+    from ..stats import across_replicates
 
     replicates = list(replicates)
     if len(replicates) < 2:
@@ -220,15 +220,12 @@ def replicate_ablation(replicates, data: Dataset, *, config: AblationConfig | No
         if kk != keys[0]:
             raise ConfigError(f"replicate {k} ({res.inputs['model'][0]}) does not have the first network's curves "
                               "(other layers or unit counts): replicates share one architecture")
-    acc = np.array([[r["accuracy"] for r in res.rows] for res in results])        # [replicates, points]
     n = len(results)
-    mean, sd = acc.mean(0), acc.std(0, ddof=1)
-    half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
-    rows = [dict({k: r[k] for k in _POINT}, accuracy=float(m), accuracy_std=float(s), accuracy_median=float(md),
-                 ci_low=float(m - h), ci_high=float(m + h), replicates=n)
-            for r, m, s, md, h in zip(results[0].rows, mean, sd, np.median(acc, 0), half)]
     per = [dict({"replicate": i, "model": str(res.inputs["model"][0])}, **r)
            for i, res in enumerate(results) for r in res.rows]
+    stat = across_replicates(per, by=_POINT, values=("accuracy",))             # in the first network's order
+    rows = [dict({k: g[k] for k in _POINT}, accuracy=g["mean"], accuracy_std=g["std"], accuracy_median=g["median"],
+                 ci_low=g["ci_low"], ci_high=g["ci_high"], replicates=g["n"]) for g in stat]
     params_out = dict(results[0].params, replicates=n,
                       baseline_accuracies=[res.params["baseline_accuracy"] for res in results],
                       baseline_accuracy=float(np.mean([res.params["baseline_accuracy"] for res in results])))

@@ -10,13 +10,14 @@ the prunable sub-clusters of one model (:func:`~infoprobe.analyses.modules.pruna
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...data import Dataset
 from ...errors import ConfigError
 from ...model import DEFAULT_MAX_BYTES, LoadedModel, load_model
 from ...results import check_outputs, provenance, write_table
+from ...stats import across_replicates
 from ...store import is_store_path
 from .analysis import modules, network_table, prunable_plan
 
@@ -28,22 +29,34 @@ class ModulesFamily:
     ``sources``: the sources as given; ``results``: one
     :class:`~infoprobe.analyses.modules.ModulesResult` per source; ``table``: one row per
     network (the network-level results; with several networks, adjusted p values added);
-    ``files``: every file written, in order.
+    ``across``: with several networks, the mean, sd, median, range and Student t interval of
+    every numeric column over them (:func:`infoprobe.stats.across_replicates`, written as
+    ``networks_summary``); ``files``: every file written, in order.
     """
 
     sources: list
     results: list
     table: list
     files: list
+    across: list = field(default_factory=list)
 
     def to_json(self) -> str:
-        """The table of networks and the files written, as JSON text."""
-        return json.dumps({"networks": self.table, "files": [str(f) for f in self.files]}, indent=1, default=str)
+        """The table of networks, its statistics over them and the files written, as JSON text."""
+        return json.dumps({"networks": self.table, "across_networks": self.across,
+                           "files": [str(f) for f in self.files]}, indent=1, default=str)
 
     def summary(self) -> str:
-        """Every network's results (:meth:`ModulesResult.summary`), as text."""
-        return "\n".join(line for src, res in zip(self.sources, self.results)
-                         for line in res.summary(getattr(src, "path", src)).splitlines())
+        """Every network's results (:meth:`ModulesResult.summary`), then the medians over
+        networks, as text."""
+        lines = [line for src, res in zip(self.sources, self.results)
+                 for line in res.summary(getattr(src, "path", src)).splitlines()]
+        shown = {r["measure"]: r for r in self.across if r["measure"] in
+                 ("ncut", "clusterability_p_all", "fisher_importance", "chi2_importance")}
+        if shown:
+            lines.append(f"over {len(self.results)} networks (median [min, max]): " + "; ".join(
+                f"{k} {r['median']:.4g} [{r['min']:.4g}, {r['max']:.4g}]" for k, r in shown.items()
+                if r["median"] is not None))
+        return "\n".join(lines)
 
 
 def modules_family(sources, data: Dataset | None = None, *, out, plan=None, n_clusters: int = 12,
@@ -95,7 +108,8 @@ def modules_family(sources, data: Dataset | None = None, *, out, plan=None, n_cl
         check_outputs([plan], overwrite)
     out = Path(out)
     if len(sources) > 1:
-        check_outputs([out / "networks.csv", out / "networks.json"], overwrite)
+        check_outputs([out / f"{t}.{e}" for t in ("networks", "networks_summary") for e in ("csv", "json")],
+                      overwrite)
     fam = ModulesFamily(sources, [], [], [])
     source = None
     for src, is_store in zip(sources, stores):
@@ -111,6 +125,8 @@ def modules_family(sources, data: Dataset | None = None, *, out, plan=None, n_cl
     if len(sources) > 1:
         fam.table = network_table(fam.table, alpha=alpha)
         fam.files += write_table(out, "networks", fam.table, provenance(params={"alpha": alpha}))
+        fam.across = across_replicates(fam.table)
+        fam.files += write_table(out, "networks_summary", fam.across, provenance(params={"alpha": alpha}))
     if plan is not None:
         prunable_plan(source, fam.results[0]).save(plan, overwrite=overwrite)
         fam.files.append(plan)

@@ -97,13 +97,19 @@ class Group(click.Group):
                 signal.signal(sig, handler)
 
 
-def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True) -> click.Command:
+#: ``--provider`` choices (kept here so that building the CLI imports no onnxruntime).
+PROVIDER_NAMES = ("cpu", "cuda")
+
+
+def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtime: bool = True) -> click.Command:
     """Give a command the budget options and run it inside a result set.
 
     Adds ``--max-memory`` (every command), ``--site``, ``--sites`` and ``--output`` (commands that read a model,
     ``sites``: every model the command loads discovers its sites under them,
     :func:`infoprobe.model.discovery`) and, where the command captures, ``--max-store-size``;
-    resolves ``--progress`` left unset to "stderr is a terminal"; runs the command with its
+    ``--provider`` (commands that run models, ``runtime``: every onnxruntime session runs on it,
+    :func:`infoprobe.runner.execution`); resolves ``--progress`` left unset to "stderr is a
+    terminal"; runs the command with its
     budgets (:func:`infoprobe.limits.budgets`) and every file it writes staged
     (:func:`infoprobe.results.result_set`): the files appear when it succeeds (exit 0, or 1
     for a gate that fails), never after an error or an interruption.
@@ -125,13 +131,21 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True) -> cli
                               "(e.g. 'block*_add,fc'); `infoprobe inspect` lists the sites."),
             click.Option(["--output", "class_output"], default=None, metavar="NAME",
                          help="The model output that holds the class logits (default: the first output).")]
+    if runtime:
+        cmd.params.append(click.Option(
+            ["--provider"], type=click.Choice(sorted(PROVIDER_NAMES)), default="cpu", show_default=True,
+            envvar="INFOPROBE_PROVIDER",
+            help="Where onnxruntime runs the models: cpu, or cuda (onnxruntime-gpu's CUDA execution provider; "
+                 "env INFOPROBE_PROVIDER)."))
     callback = cmd.callback
 
     @functools.wraps(callback)
-    def run(*args, max_memory=None, extra_sites=(), select_sites=None, class_output=None, **kwargs):
+    def run(*args, max_memory=None, extra_sites=(), select_sites=None, class_output=None, provider="cpu",
+            **kwargs):
         from infoprobe.limits import budgets
         from infoprobe.model import discovery
         from infoprobe.results import result_set
+        from infoprobe.runner import execution
 
         from .options import csv_list
 
@@ -140,7 +154,7 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True) -> cli
         status = None
         store = kwargs.pop("max_store_size", None)
         with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None), \
-                discovery(extra_sites, csv_list(select_sites), output=class_output):
+                discovery(extra_sites, csv_list(select_sites), output=class_output), execution(provider):
             with result_set() if stage else contextlib.nullcontext():
                 try:
                     return callback(*args, **kwargs)

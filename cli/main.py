@@ -58,9 +58,12 @@ def cli():
 _UNSTAGED = {"demo", "analyze"}
 #: Commands that discover no sites (no ``--site``, ``--sites``, ``--output``): check compares whole models.
 _NO_MODEL = {"importance", "synthetic", "demo", "check", "report"}
+#: Commands that run no model in onnxruntime (no ``--provider``).
+_NO_RUNTIME = {"importance", "synthetic", "report", "plan", "inspect"}
 for _command in (inspect, capture, importance, ablate, synergy, modules, frivolous, synthetic, flow, plan, prune,
                  check, analyze, report, demo):
-    cli.add_command(harden(_command, stage=_command.name not in _UNSTAGED, sites=_command.name not in _NO_MODEL))
+    cli.add_command(harden(_command, stage=_command.name not in _UNSTAGED, sites=_command.name not in _NO_MODEL,
+                           runtime=_command.name not in _NO_RUNTIME))
 
 
 def main():

@@ -1,6 +1,7 @@
 """onnxruntime sessions over rewritten models: batching, default masks, interventions."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -10,11 +11,55 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from .data import feeds as feeds_of
-from .errors import DataError, ModelError, PlanError, one_line
+from .errors import ConfigError, DataError, DeviceError, ModelError, PlanError, one_line
 from .model import LoadedModel, UnitLayer, runtime_rows
 from .rewrite import instrument, io_name, mask_shape, mix_feed, mix_shape, suffix
 
 _PROTO_LIMIT = 1_800_000_000  # bytes; above this a model is saved with external data
+
+#: ``--provider`` names -> onnxruntime execution providers, in order of preference.
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+_default_providers: list | None = None
+
+
+def providers_for(provider: str) -> list:
+    """The onnxruntime execution providers of a ``--provider`` name.
+
+    Raises
+    ------
+    ConfigError
+        An unknown name.
+    DeviceError
+        The provider is not in this onnxruntime (``cuda`` needs the ``onnxruntime-gpu`` wheel
+        in place of ``onnxruntime``, and a CUDA device).
+    """
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider {provider!r}; use {' or '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise DeviceError(f"--provider {provider}: this onnxruntime has no {wanted[0]} (it has "
+                          f"{', '.join(available)}); install onnxruntime-gpu in place of onnxruntime "
+                          "(pip uninstall onnxruntime && pip install onnxruntime-gpu) on a machine with CUDA")
+    return list(wanted)
+
+
+@contextlib.contextmanager
+def execution(provider: str = "cpu"):
+    """Every session :func:`make_session` builds inside runs on ``provider`` (``cpu`` or
+    ``cuda``) unless it is given its own providers; the CLI's ``--provider``.
+
+    Raises
+    ------
+    ConfigError, DeviceError
+        As :func:`providers_for`.
+    """
+    global _default_providers
+    previous, _default_providers = _default_providers, providers_for(provider)
+    try:
+        yield _default_providers
+    finally:
+        _default_providers = previous
 
 
 #: onnxruntime's FATAL severity: its own log lines never reach the user's terminal; every
@@ -81,7 +126,8 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
     Parameters
     ----------
     providers : list of str, optional
-        onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
+        onnxruntime execution providers (default: those of the enclosing :func:`execution`,
+        else ``["CPUExecutionProvider"]``).
     threads : int, optional
         Intra-op threads (default: onnxruntime's choice).
     spin : bool
@@ -95,7 +141,7 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
         keep the peak of its last run.
     """
     opts = session_options(threads, spin=spin, arena=arena)
-    providers = providers or ["CPUExecutionProvider"]
+    providers = providers or _default_providers or ["CPUExecutionProvider"]
     proto = ir.to_proto(model)
     try:
         if proto.ByteSize() < _PROTO_LIMIT:

@@ -224,3 +224,41 @@ def test_families_run_without_the_cli(tmp_path, sigmoid_store):
     assert mod.summary().startswith(f"{sigmoid_store}: mlp graph") and (tmp_path / "m" / "network.json").exists()
     with pytest.raises(ConfigError, match="single ONNX model"):
         modules_family([sigmoid_store], out=tmp_path / "m2", plan=tmp_path / "p.json", progress=False)
+
+
+def test_every_verb_that_runs_a_model_takes_provider(tmp_path):
+    """--provider on every command that runs onnxruntime; cuda without onnxruntime-gpu is one
+    line and exit 2; the sessions built inside run on the provider asked for."""
+    import onnxruntime as ort
+
+    import infoprobe.cli.main as main
+    from infoprobe.model import load_model
+    from infoprobe.runner import execution, make_session
+
+    no_runtime = {"importance", "synthetic", "report", "plan", "inspect"}
+    for name, cmd in main.cli.commands.items():
+        has = any(p.name == "provider" for p in cmd.params)
+        assert has == (name not in no_runtime), name
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        res = run("capture", FIX / "mlp_sigmoid.onnx", "--data", FIX / "mnist_demo.npz", "--limit", "10",
+                  "--out", tmp_path / "a.h5", "--provider", "cuda", "--no-progress")
+        assert_one_line_error(res, "onnxruntime-gpu")
+        assert not (tmp_path / "a.h5").exists()
+    with execution("cpu") as providers:
+        sess = make_session(load_model(FIX / "mlp_sigmoid.onnx").fresh_ir())
+        assert providers == ["CPUExecutionProvider"] and sess.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_cuda_provider_gives_the_cpu_results(tmp_path):
+    import onnxruntime as ort
+
+    from infoprobe.store import Store
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA execution provider (onnxruntime-gpu)")
+    for provider in ("cpu", "cuda"):
+        res = run("capture", FIX / "mlp_sigmoid.onnx", "--data", FIX / "mnist_demo.npz", "--limit", "200",
+                  "--out", tmp_path / f"{provider}.h5", "--provider", provider, "--no-progress")
+        assert res.exit_code == 0, res.output
+    with Store(tmp_path / "cpu.h5") as a, Store(tmp_path / "cuda.h5") as b:
+        np.testing.assert_allclose(a.read("fc2"), b.read("fc2"), atol=1e-5)

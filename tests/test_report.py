@@ -168,6 +168,14 @@ def test_analyze_prints_its_plan_first_and_the_report_last(tmp_path):
     r = CliRunner().invoke(cli, ["analyze", str(FIX / "mlp_sigmoid.onnx"), "--data", str(FIX / "mnist_demo.npz"),
                                  "--out", str(out), "--no-progress"])
     assert r.exit_code == 2 and "already exists" in r.output
+    # a folder holding any file analyze would write is refused before any work, not overwritten
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "ablation.json").write_text("my own results")
+    r = CliRunner().invoke(cli, ["analyze", str(FIX / "mlp_sigmoid.onnx"), "--data", str(FIX / "mnist_demo.npz"),
+                                 "--out", str(mine), "--no-progress"])
+    assert r.exit_code == 2 and "ablation.json already exists" in r.output and "--overwrite" in r.output
+    assert (mine / "ablation.json").read_text() == "my own results" and not (mine / "acts.h5").exists()
 
 
 def test_results_have_a_short_repr_and_frames(sigmoid_store, tmp_path):

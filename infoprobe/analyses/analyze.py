@@ -36,6 +36,11 @@ LADDERS = {
                 {"n_random": 20, "n_shuffles": 20, "n_double": 0}],
     "frivolous": [{"n_permutations": 3}, {"n_permutations": 2}, {"n_permutations": 1}],
 }
+#: What analyze writes in its folder (files, and the folders of modules and frivolous).
+WRITES = ("report.html", "acts.h5", "modules", "frivolous",
+          *(f"{t}.{e}" for t in ("analyze", "importance", "specific_information", "ablation", "synergy",
+                                 "synergy_profile") for e in ("csv", "json")),
+          "importance.png", "synergy.png", *(f"ablation_{s}.png" for s in ("layer", "network", "hybrid")))
 #: Samples the measures are estimated on at most.
 MAX_FIT_SAMPLES = 5000
 #: Overhead of an evaluation over the timed instrumented pass (its per-call costs, stacking).
@@ -190,7 +195,7 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
         raise ConfigError("--budget is a positive number of minutes")
     t0 = time.perf_counter()
     out = Path(out)
-    check_outputs([out / "report.html", out / "importance.json"], overwrite)
+    check_outputs([out / name for name in WRITES], overwrite)      # nothing of the user's is replaced unasked
     out.mkdir(parents=True, exist_ok=True)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     if not lm.hidden_layers:

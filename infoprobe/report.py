@@ -408,10 +408,12 @@ def plot_correlations(correlations: dict, path) -> Path:
     return _save(fig, path)
 
 
-def plot_sweep(rows: list, g_range: dict, path) -> Path:
+def plot_sweep(rows: list, g_range: dict, path, *, across=None) -> Path:
     """Prunable and redundant units (normalised by the widest model) against width on
     log-log axes, one line per layer and a bold one for the network, with g_min/g_max
-    (Casper et al., Figs. 3-4); the dotted line has g = 2 (growth with the width); writes a PNG."""
+    (Casper et al., Figs. 3-4); the dotted line has g = 2 (growth with the width); writes a PNG.
+    With ``across`` (several networks per width), the lines join the means and the error
+    bars are +- one standard deviation over the networks of each width."""
     plt = _pyplot()
     measures = [m for m in ("prunable", "redundant") if any(f"{m}_norm" in r for r in rows)]
     fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.6), squeeze=False,
@@ -425,8 +427,14 @@ def plot_sweep(rows: list, g_range: dict, path) -> Path:
             if not sel:
                 continue
             net = layer == "all"
-            ax.plot([r["width"] for r in sel], [r[f"{m}_norm"] for r in sel], "o-", lw=2.4 if net else 1,
-                    color="black" if net else plt.cm.tab10(i % 10), label="network" if net else layer)
+            style = dict(lw=2.4 if net else 1, color="black" if net else plt.cm.tab10(i % 10),
+                         label="network" if net else layer)
+            if across:
+                stat = [a for a in across if a["layer"] == layer and a["measure"] == f"{m}_norm" and a["mean"]]
+                ax.errorbar([a["width"] for a in stat], [a["mean"] for a in stat],
+                            yerr=[a["std"] or 0.0 for a in stat], fmt="o-", capsize=3, **style)
+            else:
+                ax.plot([r["width"] for r in sel], [r[f"{m}_norm"] for r in sel], "o-", **style)
         ws = sorted({r["width"] for r in rows})
         ref = [r[f"{m}_norm"] for r in rows if r["layer"] == "all" and r["width"] == ws[-1] and r.get(f"{m}_norm")]
         if ref:
@@ -434,7 +442,9 @@ def plot_sweep(rows: list, g_range: dict, path) -> Path:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         lo, hi = g_range.get(m, (float("nan"), float("nan")))
-        ax.set_title(f"{m} units: g_min {lo:.2f}, g_max {hi:.2f}", fontsize=9)
+        n = max((a["n"] for a in across or []), default=1)
+        ax.set_title(f"{m} units: g_min {lo:.2f}, g_max {hi:.2f}"
+                     + (f"\n(mean +- sd over {n} networks per width)" if across else ""), fontsize=9)
         ax.set_xlabel("width factor")
         ax.set_ylabel(f"{m} units / units of the widest model")
         ax.grid(alpha=0.3, which="both")

@@ -453,6 +453,30 @@ def test_width_sweep_normalises_by_the_widest_model_and_computes_gains():
         width_sweep(res, widths=[1, 2])
 
 
+def test_width_sweep_with_several_networks_per_width(tmp_path):
+    """Replicate networks share a width: their spread is reported per width, the gains are taken
+    on the per-width means (here (48/4)^(1/2) = sqrt 12 for the network's prunable units), and
+    the sweep plots error bars."""
+    res = [_fake("a1", [10, 20], [1, 2], [2, 4], 3), _fake("a2", [10, 20], [2, 2], [2, 4], 5),
+           _fake("b1", [20, 40], [4, 8], [4, 8], 12), _fake("b2", [20, 40], [6, 8], [4, 8], 14),
+           _fake("c", [40, 80], [16, 32], [8, 16], 48)]
+    sw = width_sweep(res)
+    assert [r["width"] for r in sw.rows if r["layer"] == "all"] == [0.5, 0.5, 1.0, 1.0, 2.0]
+    across = {(a["width"], a["layer"], a["measure"]): a for a in sw.across}
+    a = across[(0.5, "all", "prunable_norm")]
+    assert a["n"] == 2 and a["mean"] == pytest.approx(4 / 120) and a["std"] == pytest.approx(np.std([3, 5], ddof=1) / 120)
+    assert across[(2.0, "all", "prunable_norm")]["n"] == 1 and across[(2.0, "all", "prunable_norm")]["std"] is None
+    g = {(x["measure"], x["layer"]): x for x in sw.gains}
+    assert g[("prunable", "all")]["widths"] == [0.5, 1.0, 2.0]
+    assert g[("prunable", "all")]["normalised"] == pytest.approx([4 / 120, 13 / 120, 48 / 120])
+    assert g[("prunable", "all")]["g"] == pytest.approx(np.sqrt(12))
+    assert "mean +- sd over the networks of each width" in sw.summary()
+    files = [f.name for f in sw.save(tmp_path)] + [f.name for f in sw.plot(tmp_path)]
+    assert "sweep_summary.json" in files and (tmp_path / "sweep.png").stat().st_size > 1000
+    with pytest.raises(ConfigError, match="at least two widths"):
+        width_sweep(res[:2])
+
+
 def test_teacher_data_is_balanced_reproducible_and_labelled_by_its_teacher():
     d = teacher_data(10, seed=3)
     x, y = d["x"].astype(np.float64), d["y"]

@@ -11,6 +11,7 @@ import numpy as np
 from ...errors import ConfigError
 from ...estimators.frivolous import gain
 from ...results import Tables, check_outputs, provenance, write_table
+from ...stats import across_replicates
 
 
 @dataclass(repr=False)
@@ -21,6 +22,9 @@ class SweepResult(Tables):
     ``prunable_units``, ``redundant_units``, their complements, and each normalised by the
     unit count of the widest model's layer (``*_norm``). ``gains``: one row per (measure,
     layer) with g. ``g_range``: {measure: (g_min, g_max)} over the layers and the network.
+    ``across``: with several models at a width (replicate networks), per width and layer the
+    mean, sd, median and Student t interval of every normalised count over them
+    (:func:`infoprobe.stats.across_replicates`); empty otherwise.
     """
 
     models: list
@@ -29,27 +33,38 @@ class SweepResult(Tables):
     g_range: dict
     results: list
     meta: dict = field(default_factory=dict)
+    across: list = field(default_factory=list)
 
     def tables(self) -> dict:
-        return {"sweep": self.rows, "gains": self.gains}
+        return {"sweep": self.rows, "gains": self.gains, **({"sweep_summary": self.across} if self.across else {})}
 
     def summary(self) -> str:
         """The terminal text: the network rows (counts over the widest model's units) and the
         range of the gain g of each measure."""
         lines = ["width sweep (network; counts / widest model's units):"]
-        for r in (r for r in self.rows if r["layer"] == "all"):
-            pn = f"{r['prunable_norm']:.4f}" if "prunable_norm" in r else "-"
-            lines.append(f"  {r['width']:>6g}x  prunable {pn:>7}  redundant {r['redundant_norm']:.4f}")
+        if self.across:
+            lines[0] = lines[0][:-2] + "; mean +- sd over the networks of each width):"
+            net = {(r["width"], r["measure"]): r for r in self.across if r["layer"] == "all"}
+            for w in dict.fromkeys(r["width"] for r in self.across):
+                cells = [f"{m} {net[(w, m + '_norm')]['mean']:.4f} +- {net[(w, m + '_norm')]['std'] or 0:.4f}"
+                         for m in ("prunable", "redundant") if (w, m + "_norm") in net]
+                lines.append(f"  {w:>6g}x  n={net[(w, 'redundant_norm')]['n']}  " + "  ".join(cells))
+        else:
+            for r in (r for r in self.rows if r["layer"] == "all"):
+                pn = f"{r['prunable_norm']:.4f}" if "prunable_norm" in r else "-"
+                lines.append(f"  {r['width']:>6g}x  prunable {pn:>7}  redundant {r['redundant_norm']:.4f}")
         for meas, (lo, hi) in self.g_range.items():
             lines.append(f"  g {meas}: min {lo:.3f}, max {hi:.3f}")
         return "\n".join(lines)
 
     def save(self, outdir, *, overwrite: bool = False) -> list:
-        """``sweep.{csv,json}`` and ``gains.{csv,json}``."""
+        """``sweep.{csv,json}``, ``gains.{csv,json}`` and, with replicate networks,
+        ``sweep_summary.{csv,json}``."""
         outdir = Path(outdir)
-        check_outputs([outdir / f"{t}.{e}" for t in ("sweep", "gains") for e in ("csv", "json")], overwrite)
+        names = list(self.tables())
+        check_outputs([outdir / f"{t}.{e}" for t in names for e in ("csv", "json")], overwrite)
         outdir.mkdir(parents=True, exist_ok=True)
-        return write_table(outdir, "sweep", self.rows, self.meta) + write_table(outdir, "gains", self.gains, self.meta)
+        return [f for t, rows in self.tables().items() for f in write_table(outdir, t, rows, self.meta)]
 
     def plot(self, outdir) -> list:
         """``sweep.png`` (log-log normalised counts against width with g, Figs. 3-4),
@@ -58,8 +73,10 @@ class SweepResult(Tables):
         from ... import report
 
         outdir = Path(outdir)
-        files = [report.plot_sweep(self.rows, self.g_range, outdir / "sweep.png")]
-        labels = [f"{r['width']:g}x" for r in self.rows if r["layer"] == "all"]
+        files = [report.plot_sweep(self.rows, self.g_range, outdir / "sweep.png", across=self.across)]
+        widths = [r["width"] for r in self.rows if r["layer"] == "all"]
+        labels = [f"{w:g}x" + (f" #{widths[:i].count(w) + 1}" if widths.count(w) > 1 else "")
+                  for i, w in enumerate(widths)]
         curves = {lab: res.prunability.curves for lab, res in zip(labels, self.results) if res.prunability}
         if curves:
             files.append(report.plot_prunability(curves, outdir / "sweep_prunability.png",
@@ -86,6 +103,9 @@ def width_sweep(results: list, widths=None) -> SweepResult:
     widths : float [M], optional
         Width factors (e.g. 0.25, 0.5, 1, 2, 4). Default: each model's total hidden units
         divided by the median over the family (exactly 1/4 ... 4 for the paper's family).
+        Several models may share a width (replicate networks, as the paper's 3 trials per
+        width): the gains are then taken on the mean normalised count of each width, and
+        ``across`` holds the spread.
 
     Returns
     -------
@@ -98,7 +118,7 @@ def width_sweep(results: list, widths=None) -> SweepResult:
     Raises
     ------
     ConfigError
-        Fewer than two models, layer names that differ, or widths that do not match.
+        Fewer than two widths, layer names that differ, or widths that do not match.
     """
     if len(results) < 2:
         raise ConfigError("a width sweep needs at least two models")
@@ -113,9 +133,9 @@ def width_sweep(results: list, widths=None) -> SweepResult:
         w = np.asarray(widths, np.float64)
         if w.shape != totals.shape:
             raise ConfigError(f"{len(w)} widths for {len(results)} models")
-    if len(np.unique(w)) != len(w):
-        raise ConfigError("two models of the sweep have the same width")
-    widest = int(np.argmax(w))
+    if len(np.unique(w)) < 2:
+        raise ConfigError("a width sweep needs models of at least two widths")
+    widest = int(np.argmax(w))            # the first of the widest: replicates share its unit counts
     ref = {r["layer"]: r for r in results[widest].layers}
     rows = []
     for res, wi in zip(results, w):
@@ -145,15 +165,20 @@ def width_sweep(results: list, widths=None) -> SweepResult:
         vals = []
         for n in dict.fromkeys(r["layer"] for r in rows):
             sel = [r for r in rows if r["layer"] == n and f"{meas}_norm" in r]
-            if len(sel) < 2:
+            ws = sorted({r["width"] for r in sel})
+            if len(ws) < 2:
                 continue
-            g = gain([r["width"] for r in sel], [r[f"{meas}_norm"] for r in sel])
-            gains.append({"measure": meas, "layer": n, "g": g, "widths": [r["width"] for r in sel],
-                          "normalised": [r[f"{meas}_norm"] for r in sel]})
+            means = [float(np.mean([r[f"{meas}_norm"] for r in sel if r["width"] == x])) for x in ws]
+            g = gain(ws, means)
+            gains.append({"measure": meas, "layer": n, "g": g, "widths": ws, "normalised": means})
             if np.isfinite(g):
                 vals.append(g)
         if vals:
             g_range[meas] = (min(vals), max(vals))
     meta = provenance({f"model_{i}": (res.meta["inputs"]["source"]["path"], res.meta["inputs"]["source"]["sha256"])
                        for i, res in enumerate(results)}, {"widths": list(w)})
-    return SweepResult([res.source for res in results], rows, gains, g_range, results, meta)
+    across = []
+    if len(np.unique(w)) < len(w):
+        across = across_replicates(rows, by=("width", "layer"),
+                                   values=[f"{m}_norm" for m in MEASURES if any(f"{m}_norm" in r for r in rows)])
+    return SweepResult([res.source for res in results], rows, gains, g_range, results, meta, across)

@@ -568,3 +568,24 @@ def test_redundancy_on_cuda_matches_cpu(cupy):
     b, cb = redundancy(FIX / "synth_mlp_w2.onnx", d, device="cuda", progress=False)
     assert a[0]["non_redundant"] == b[0]["non_redundant"]
     np.testing.assert_allclose(ca["fc1"], cb["fc1"], atol=1e-9)
+
+
+def test_sweep_over_three_bundled_networks_per_width(tmp_path):
+    """The paper's three trials per width as one command on the bundled replicates: three
+    networks at every width, their means grow faster than the width (g > 2) and the prunable
+    counts spread over the networks."""
+    from infoprobe.cli.main import cli
+
+    models = sorted(FIX.glob("synth_mlp_w*.onnx")) + sorted(FIX.glob("synth_rep_w*_s*.onnx"))
+    assert len(models) == 15
+    r = CliRunner().invoke(cli, ["frivolous", "--sweep", *map(str, models), "--data", str(FIX / "synthetic_10d.npz"),
+                                 "--split", "test", "--permutations", "1", "--mode", "network", "--no-plot",
+                                 "--out", str(tmp_path), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    across = json.loads((tmp_path / "sweep_summary.json").read_text())["rows"]
+    net = {(a["width"], a["measure"]): a for a in across if a["layer"] == "all"}
+    assert sorted({w for w, _ in net}) == [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert all(a["n"] == 3 for a in net.values())
+    assert net[(1.0, "prunable_norm")]["std"] > 0 and net[(4.0, "redundant_norm")]["std"] >= 0
+    gains = {(g["measure"], g["layer"]): g["g"] for g in json.loads((tmp_path / "gains.json").read_text())["rows"]}
+    assert gains[("prunable", "all")] > 2 and gains[("redundant", "all")] > 2

@@ -147,3 +147,24 @@ def test_the_gate_reports_the_first_diverging_site(tmp_path):
     text = md.read_text()
     assert "First diverging site: **block2_conv1**" in text and "| **block2_conv1** | block2_conv1 | name |" in text
     assert res.to_dict()["divergence"]["sites"][0]["reference"] == "stem"
+
+
+def test_memory_stays_within_the_budget_whatever_the_number_of_sites():
+    """The CKA sums of all sites share a quarter of the budget: under 1 MiB the MLP's fc1
+    (3 x 100 x 100 float64) fits and fc2 is compared without CKA, said in a note; the other
+    statistics do not change, and batches shrink to fit."""
+    from infoprobe.limits import budgets
+
+    mlp = load_model(FIX / "mlp_sigmoid.onnx")
+    d = load_data(FIX / "mnist_demo.npz", split="test", limit=200)
+    x = prepare_inputs(d.x, mlp.input_shape, 1 / 255, input_name=mlp.input_name)
+    cand = load_model(FIX / "mlp_sigmoid_s2.onnx")
+    free = site_divergence(mlp, cand, x)
+    with budgets(memory=1 << 20):
+        tight = site_divergence(mlp, cand, x)
+    rows = {r["reference"]: r for r in tight["sites"]}
+    assert rows["fc1"]["cka"] is not None and rows["fc2"]["cka"] is None and rows["fc3"]["cka"] is not None
+    assert any(n.startswith("fc2: linear CKA left out") for n in tight["notes"])
+    for a, b in zip(free["sites"], tight["sites"]):
+        assert a["relative_error"] == pytest.approx(b["relative_error"], rel=1e-9)
+        assert a["correlation_mean"] == pytest.approx(b["correlation_mean"], rel=1e-9)

@@ -22,14 +22,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..limits import human
+from ..limits import human, max_memory, rows_within
 from ..model import LoadedModel
 from ..rewrite import io_name
 
 #: A site whose relative error exceeds this is where the models part (``tolerance``).
 DEFAULT_TOLERANCE = 0.05
-#: Largest cross-covariance a site's CKA may hold, in bytes.
-CKA_BYTES = 1 << 28
+#: Share of the memory budget (:func:`infoprobe.limits.max_memory`) the CKA sums of all sites
+#: may hold together, and the share one batch of both models' site activations may take.
+CKA_SHARE, BATCH_SHARE = 1 / 4, 1 / 8
 
 
 def match_sites(reference: LoadedModel, candidate: LoadedModel) -> tuple[list, list]:
@@ -93,12 +94,12 @@ def _rows(a: np.ndarray, unit_axis: int) -> np.ndarray:
 class _Site:
     """Running sums of one matched pair of sites."""
 
-    def __init__(self, units_ref: int, units_cand: int, same_units: bool):
+    def __init__(self, units_ref: int, units_cand: int, same_units: bool, cka: bool):
         self.same = same_units
         self.n = 0
         self.sr, self.sc = np.zeros(units_ref), np.zeros(units_cand)
         self.rr, self.cc = np.zeros(units_ref), np.zeros(units_cand)
-        self.cka = units_ref * units_cand * 8 * 3 <= CKA_BYTES
+        self.cka = cka
         if self.cka:
             self.RR, self.CC = np.zeros((units_ref, units_ref)), np.zeros((units_cand, units_cand))
             self.CR = np.zeros((units_cand, units_ref))
@@ -170,7 +171,12 @@ def site_divergence(reference: LoadedModel, candidate: LoadedModel, x, *, tolera
     top_units : int
         Units listed per site (the ones that moved most).
     batch_size : int
-        Rows per onnxruntime run of each model.
+        Rows per onnxruntime run of each model, lowered so that one batch of both models'
+        site activations stays within 1/8 of the memory budget.
+
+    Memory: the batch, plus per site the running sums (a few vectors of its units) and, for
+    linear CKA, three units x units matrices; the CKA sums of all sites together stay within
+    a quarter of the budget, and a site beyond it is compared without CKA (and said so).
 
     Returns
     -------
@@ -201,6 +207,7 @@ def site_divergence(reference: LoadedModel, candidate: LoadedModel, x, *, tolera
                      f"{origin[:12]}...), not of this reference: sites of different width are compared on CKA only")
         kept = {}
     accum, plan = [], []
+    cka_room = int(max_memory() * CKA_SHARE)       # the CKA sums of every site share one part of the budget
     for p in pairs:
         r, c = reference.layer(p["reference"]), candidate.layer(p["candidate"])
         idx = None
@@ -210,10 +217,14 @@ def site_divergence(reference: LoadedModel, candidate: LoadedModel, x, *, tolera
             idx, how = np.asarray(kept[p["reference"]]), "kept units"
         else:
             how = "CKA only"
-        site = _Site(r.units if idx is None else len(idx), c.units, how != "CKA only")
-        if not site.cka:
-            notes.append(f"{p['reference']}: linear CKA left out (its cross-covariance would take "
-                         f"{human(r.units * c.units * 24)})")
+        ur = r.units if idx is None else len(idx)
+        need = 8 * (ur * ur + c.units * c.units + ur * c.units)
+        site = _Site(ur, c.units, how != "CKA only", cka=need <= cka_room)
+        if site.cka:
+            cka_room -= need
+        else:
+            notes.append(f"{p['reference']}: linear CKA left out (its sums would take {human(need)}, more than "
+                         "what is left of a quarter of the memory budget)")
         accum.append(site)
         plan.append((r, c, idx, how))
     runners = {"reference": Runner(reference, expose=True, spin=False),
@@ -221,6 +232,9 @@ def site_divergence(reference: LoadedModel, candidate: LoadedModel, x, *, tolera
     outs = {"reference": [io_name(r.name, "post") for r, _, _, _ in plan],
             "candidate": [io_name(c.name, "post") for _, c, _, _ in plan]}
     n = len(x)
+    per_sample = 4 * sum(int(np.prod(r.shape)) + int(np.prod(c.shape)) for r, c, _, _ in plan)
+    batch_size = rows_within(3 * per_sample, batch_size, share=BATCH_SHARE,       # float32 + float64 copies
+                             what="one sample's activations at every matched site")
     for start in tqdm(range(0, n, batch_size), desc="site divergence", unit="batch", disable=not progress):
         xb = x[start:start + batch_size]
         got = {k: run.run(xb, outputs=outs[k], batch_size=batch_size) for k, run in runners.items()}

@@ -194,11 +194,20 @@ def _groups(rows: list, key: str = "layer", **where):
     return groups.items()
 
 
-def _headline_importance(sec):
-    rel, doc = _table(sec, "importance")
+def _on_table(stem: str):
+    """A headline function of one table: called with (its path, its document) when the section
+    holds the table ``stem``; the headline is empty otherwise."""
+    def wrap(fn):
+        def headline(sec):
+            rel, doc = _table(sec, stem)
+            return [] if rel is None else fn(rel, doc)
+        return headline
+    return wrap
+
+
+@_on_table("importance")
+def _headline_importance(rel, doc):
     out = []
-    if rel is None:
-        return out
     for layer, cand in _groups(_rows(doc)):
         cand = [(i, r) for i, r in cand if isinstance(r.get("mutual_information"), (int, float))]
         if not cand:
@@ -210,11 +219,9 @@ def _headline_importance(sec):
     return out
 
 
-def _headline_ablation(sec):
-    rel, doc = _table(sec, "ablation")
+@_on_table("ablation")
+def _headline_ablation(rel, doc):
     out = []
-    if rel is None:
-        return out
     for layer, mine in _groups(_rows(doc), scope="layer", ranking="mutual_information", order="low"):
         value = "mean" if any(r.get("value") == "mean" for _, r in mine) else mine[0][1].get("value")
         mine = [(i, r) for i, r in mine if r.get("value") == value]
@@ -229,11 +236,9 @@ def _headline_ablation(sec):
     return out
 
 
-def _headline_synergy(sec):
-    rel, doc = _table(sec, "synergy_profile")
+@_on_table("synergy_profile")
+def _headline_synergy(rel, doc):
     out = []
-    if rel is None:
-        return out
     for direction in ("synergy", "redundancy"):
         for layer, mine in _groups(_rows(doc), direction=direction):
             i, r = max(mine, key=lambda ir: ir[1]["size"])
@@ -245,10 +250,10 @@ def _headline_synergy(sec):
     return out
 
 
-def _headline_modules(sec):
-    rel, doc = _table(sec, "network")
+@_on_table("network")
+def _headline_modules(rel, doc):
     out = []
-    if rel is None or not isinstance(doc.get("network"), dict):
+    if not isinstance(doc.get("network"), dict):
         return out
     net = doc["network"]
     if "ncut" in net:
@@ -283,11 +288,9 @@ def _headline_frivolous(sec):
     return out[:12]
 
 
-def _headline_flow(sec):
-    rel, doc = _table(sec, "flow")
+@_on_table("flow")
+def _headline_flow(rel, doc):
     out = []
-    if rel is None:
-        return out
     for layer, mine in _groups(_rows(doc)):
         mine = [(i, r) for i, r in mine if r.get("mi") is not None]
         if not mine:
@@ -325,10 +328,8 @@ def _headline_check(sec):
     return out
 
 
-def _headline_analyze(sec):
-    rel, doc = _table(sec, "analyze")
-    if rel is None:
-        return []
+@_on_table("analyze")
+def _headline_analyze(rel, doc):
     rows = _rows(doc)
     ran = [(i, r) for i, r in enumerate(rows) if not r.get("skipped")]
     out = ["Ran " + ", ".join(f"{html.escape(r['analysis'])} ({_hl(rel, f'/rows/{i}/seconds', r.get('seconds'))} s)"

@@ -702,9 +702,8 @@ def _notes(st: dict, th: dict, models: dict, batch_size: int, confidence: float 
                      + ", ".join(f"{r['class']} (accuracy {-r['drop']:+.3f}, p {_p(r['p_adjusted'])})" for r in sig[:8])
                      + (f" and {len(sig) - 8} more" if len(sig) > 8 else ""))
     r, c = models["reference"], models["candidate"]
-    for key, batch in (("latency", batch_size), ("latency_batch1", 1)):
-        ref = r["latency"][-1] if key == "latency" else r["latency"][0]
-        cand = c["latency"][-1] if key == "latency" else c["latency"][0]
+    for at, batch in ((-1, batch_size), (0, 1)):          # the throughput batch, then batch 1
+        ref, cand = r["latency"][at], c["latency"][at]
         ratio = cand["median_ms"] / ref["median_ms"]
         if ratio > SLOWER and cand["p10_ms"] > ref["p90_ms"]:
             notes.append(f"the candidate is {ratio:.2f}x slower than the reference at batch {batch} "

@@ -101,6 +101,11 @@ class Group(click.Group):
 PROVIDER_NAMES = ("cpu", "cuda")
 
 
+#: Commands whose independent parts (models, checkpoints, replicate networks) run on Dask with
+#: ``--workers`` / ``--scheduler`` (:mod:`infoprobe.parallel`).
+PARALLEL = {"frivolous", "flow", "ablate", "modules", "synergy"}
+
+
 def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtime: bool = True) -> click.Command:
     """Give a command the budget options and run it inside a result set.
 
@@ -137,13 +142,22 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
             envvar="INFOPROBE_PROVIDER",
             help="Where onnxruntime runs the models: cpu, or cuda (onnxruntime-gpu's CUDA execution provider; "
                  "env INFOPROBE_PROVIDER)."))
+    if cmd.name in PARALLEL:
+        cmd.params += [
+            click.Option(["--workers"], type=click.IntRange(min=1), default=1, show_default=True,
+                         help="Run the independent models, checkpoints or replicate networks on a Dask LocalCluster "
+                              "of this many worker processes (1: in this process). Results equal the serial run's."),
+            click.Option(["--scheduler"], default=None, metavar="ADDRESS",
+                         help="Send them to a running Dask scheduler (tcp://host:8786) instead; its workers must "
+                              "see the same files at the same paths.")]
     callback = cmd.callback
 
     @functools.wraps(callback)
     def run(*args, max_memory=None, extra_sites=(), select_sites=None, class_output=None, provider="cpu",
-            **kwargs):
+            workers=1, scheduler=None, **kwargs):
         from infoprobe.limits import budgets
         from infoprobe.model import discovery
+        from infoprobe.parallel import engine
         from infoprobe.results import result_set
         from infoprobe.runner import execution
 
@@ -154,7 +168,8 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
         status = None
         store = kwargs.pop("max_store_size", None)
         with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None), \
-                discovery(extra_sites, csv_list(select_sites), output=class_output), execution(provider):
+                discovery(extra_sites, csv_list(select_sites), output=class_output), execution(provider), \
+                engine(scheduler or ("local" if workers > 1 else None), workers=workers):
             with result_set() if stage else contextlib.nullcontext():
                 try:
                     return callback(*args, **kwargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -135,9 +135,34 @@ class Dataset:
     split: str
     path: Path
     sha256: str
+    recipe: dict | None = field(default=None, repr=False, compare=False)
 
     def __len__(self):
         return len(self.x)
+
+    def __reduce__(self):
+        """Pickled (for a Dask worker: :mod:`infoprobe.parallel`) as the :func:`load_data` call
+        that read it, so that the worker reads the file from shared storage instead of
+        receiving the samples; a Dataset built by hand travels whole."""
+        if self.recipe is not None and len(self.index) == self.recipe.get("n"):
+            return (_reload, (self.recipe, self.sha256))
+        return (Dataset, (self.x, self.y, self.index, self.split, self.path, self.sha256))
+
+
+def _reload(recipe: dict, sha256: str) -> "Dataset":
+    """:func:`load_data` again from a recipe, checking the file is the one first read.
+
+    Raises
+    ------
+    DataError
+        The file changed (another SHA-256) or is unreadable where the task runs.
+    """
+    kw = {k: v for k, v in recipe.items() if k != "n"}
+    data = load_data(**kw)
+    if data.sha256 != sha256:
+        raise DataError(f"{kw['path']} changed since it was read (SHA-256 {sha256[:12]}… is now "
+                        f"{data.sha256[:12]}…); every worker must read the same data file")
+    return data
 
 
 #: Largest class index accepted in labels (a label is an index into per-class tables).
@@ -365,8 +390,10 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         a = arrays[k]
         picked[k] = np.asarray(np.ascontiguousarray(a[index]) if len(index) < n or isinstance(a, np.memmap) else a)
     xs = picked[x_keys[0]] if len(x_keys) == 1 else Inputs(picked)
+    recipe = {"path": str(path.resolve()), "split": split, "x_key": x_key, "y_key": y_key, "split_key": split_key,
+              "limit": limit, "n": len(index)}
     return Dataset(x=xs, y=None if y is None else y[index], index=index,
-                   split=str(split), path=path, sha256=sha256_file(path))
+                   split=str(split), path=path, sha256=sha256_file(path), recipe=recipe)
 
 
 def resolve_scale(x, scale) -> float:

@@ -20,6 +20,7 @@ from ..config import Config, param
 from ..errors import ConfigError, DataError
 from ..interventions import Evaluator, Intervention, replacement
 from ..model import LoadedModel, load_model
+from ..parallel import map_tasks, portable
 from ..results import Tables, check_outputs, provenance, write_table
 from ..runner import default_threads
 from ..store import Store
@@ -213,8 +214,9 @@ def replicate_ablation(replicates, data: Dataset, *, config: AblationConfig | No
     replicates = list(replicates)
     if len(replicates) < 2:
         raise ConfigError("replicate ablation needs at least two (model, store) pairs")
-    results = [cumulative_ablation(m, st, data, config=config, progress=progress, providers=providers, **params)
-               for m, st in replicates]
+    several = dict(config=config, progress=False, providers=providers, **params)   # one bar: the networks'
+    results = map_tasks(cumulative_ablation, [((portable(m), portable(st), data), several) for m, st in replicates],
+                        desc="networks", progress=progress)
     keys = [[tuple(r[k] for k in _POINT) for r in res.rows] for res in results]
     for k, (res, kk) in enumerate(zip(results[1:], keys[1:]), start=2):
         if kk != keys[0]:

@@ -44,6 +44,7 @@ from ..errors import ConfigError
 from ..limits import rows_within
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model, sha256_file
+from ..parallel import map_tasks, portable
 from ..results import (Tables, after_commit, atomic_write_bytes, check_outputs, keep_on_interrupt, plain,
                        provenance, write_table)
 from ..rewrite import io_name
@@ -443,8 +444,9 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
     todo = [i for i, r in enumerate(results) if r is None]
     bar = tqdm(total=len(models), initial=len(models) - len(todo), desc="checkpoints", unit="model",
                disable=not progress or len(models) < 2, leave=False)
-    for i in todo:
-        res = information_flow(models[i], data, progress=progress and len(models) < 2, **kw)
+
+    def done(j, res):
+        i = todo[j]
         results[i] = res
         if fingerprint_of is not None:
             sha = res.meta["inputs"]["model"]["sha256"]
@@ -452,6 +454,10 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
             # at once, not staged with the command's result set: it must outlive an interruption
             atomic_write_bytes(resume_dir / _partial_name(i, sha), json.dumps(doc).encode(), staged=False)
         bar.update(1)
+
+    # every checkpoint draws from the same seed, so the tasks are independent (and may run on Dask)
+    map_tasks(information_flow, [((portable(models[i]), data), dict(kw, progress=progress and len(models) < 2))
+                                 for i in todo], desc="checkpoints", on_result=done)
     bar.close()
     shape = [[(r["layer"], r["units"]) for r in res.layers] for res in results]
     if any(s != shape[0] for s in shape):

@@ -32,6 +32,7 @@ from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model
 from ..plan import LayerPlan, PruningPlan
 from ..results import Tables, check_outputs, provenance, write_table
 from ..runner import default_threads
+from ..parallel import current, map_tasks, portable
 from ..store import Store
 from .ablation import rank_units
 from ..positions import per_unit
@@ -401,27 +402,33 @@ def _run(stores, layers, which, labels, max_size, exhaustive_up_to, budget, keep
     total = sum(r["exhaustive"] + r["greedy"] for r in est.rows)
     bar = tqdm(total=total, disable=not progress, unit="multiplet", unit_scale=True, desc="O-information")
     rows, constant, took = [], {}, dict.fromkeys(names, 0.0)
+    serial = current() is None          # a live bar in this process; on Dask, one step per finished search
+    common = dict(which=which, labels=labels, ties=ties, biascorrect=biascorrect, max_samples=max_samples, seed=seed,
+                  device=device, max_size=max_size, keep=keep, threads=threads)
+    tasks = [((portable(st), n, sizes[n]), dict(common, progress=bar.update if serial else None))
+             for st in stores for n in names]
+
+    def done(i, out):
+        if not serial:
+            bar.update(sum(r["evaluated"] for r in out[1]))
+
     try:
-        for net, st in enumerate(stores):
-            for n in names:
-                bar.set_postfix_str(f"{Path(st.path).name}:{n}")
-                t0 = time.perf_counter()
-                model = _model(st, n, which, labels, ties, biascorrect, max_samples, seed, device)
-                if len(model.constant):
-                    constant[(net, n)] = [int(u) for u in model.constant]
-                found = search_multiplets(model, max_size=max_size, exhaustive_up_to=sizes[n],
-                                          keep=keep, threads=threads, progress=bar.update)
-                took[n] += time.perf_counter() - t0
-                exhaustive = min(sizes[n], max_size, model.n_units)
-                for r in found:
-                    row = {"network": net, "store": str(st.path), "layer": n}
-                    for key, val in r.items():
-                        row[key] = val
-                        if key == "method":
-                            row["exhaustive_up_to"] = exhaustive
-                    rows.append(row)
+        found_all = map_tasks(_search_task, tasks, desc="searches", on_result=done)
     finally:
         bar.close()
+    for k, (const, found, seconds, n_units) in enumerate(found_all):
+        net, n = k // len(names), names[k % len(names)]
+        if const:
+            constant[(net, n)] = const
+        took[n] += seconds
+        exhaustive = min(sizes[n], max_size, n_units)
+        for r in found:
+            row = {"network": net, "store": str(stores[net].path), "layer": n}
+            for key, val in r.items():
+                row[key] = val
+                if key == "method":
+                    row["exhaustive_up_to"] = exhaustive
+            rows.append(row)
     for r in est.rows:
         r["actual"] = round(took[r["layer"]], 3)
     meta = provenance({f"store{i}": (s.path, s.sha256) for i, s in enumerate(stores)},
@@ -435,19 +442,40 @@ def _run(stores, layers, which, labels, max_size, exhaustive_up_to, budget, keep
     return SynergyResult(rows, profiles(rows), constant, meta)
 
 
-def profiles(rows: list) -> list:
-    """Mean, sd, min and max over networks of the best Omega per layer, size and direction."""
-    out = []
-    keys = list(dict.fromkeys((r["layer"], r["size"], r["direction"]) for r in rows))
-    for layer, size, direction in keys:
-        vals = np.array([r["omega"] for r in rows if (r["layer"], r["size"], r["direction"])
-                         == (layer, size, direction)], float)
-        methods = {r["method"] for r in rows if (r["layer"], r["size"]) == (layer, size)}
-        out.append({"layer": layer, "size": size, "direction": direction,
-                    "method": "/".join(sorted(methods)), "mean": float(np.nanmean(vals)),
-                    "std": float(np.nanstd(vals)), "min": float(np.nanmin(vals)),
-                    "max": float(np.nanmax(vals)), "networks": int(np.isfinite(vals).sum())})
-    return out
+def _search_task(store, layer: str, exhaustive_up_to: int, *, which, labels, ties, biascorrect, max_samples, seed,
+                 device, max_size, keep, threads, progress=None):
+    """The multiplet search of one layer of one network (a task of :func:`synergy`:
+    :func:`infoprobe.parallel.map_tasks`): its constant units, the rows of
+    :func:`~infoprobe.estimators.oinfo.search_multiplets`, the seconds it took and the number
+    of candidate units."""
+    st = store if isinstance(store, Store) else Store(store)
+    try:
+        t0 = time.perf_counter()
+        model = _model(st, layer, which, labels, ties, biascorrect, max_samples, seed, device)
+        found = search_multiplets(model, max_size=max_size, exhaustive_up_to=exhaustive_up_to, keep=keep,
+                                  threads=threads, progress=progress)
+        return [int(u) for u in model.constant], found, time.perf_counter() - t0, model.n_units
+    finally:
+        if st is not store:
+            st.close()
+
+
+def profiles(rows: list, confidence: float = 0.95) -> list:
+    """The best Omega per layer, size and direction over networks (the O-information paper's
+    Fig. 1 averages 20): ``mean``, ``std`` (sample standard deviation), ``median``, ``min``,
+    ``max``, and the Student t interval of the mean ``ci_low``/``ci_high``
+    (:func:`infoprobe.stats.across_replicates`; None for one network), in bits, with
+    ``networks`` and the search ``method`` of the size."""
+    from ..stats import across_replicates
+
+    methods = {}
+    for r in rows:
+        methods.setdefault((r["layer"], r["size"]), set()).add(r["method"])
+    stat = across_replicates(rows, by=("layer", "size", "direction"), values=("omega",), confidence=confidence)
+    return [{"layer": g["layer"], "size": g["size"], "direction": g["direction"],
+             "method": "/".join(sorted(methods[(g["layer"], g["size"])])),
+             **{k: g[k] for k in ("mean", "std", "median", "min", "max", "ci_low", "ci_high")}, "networks": g["n"]}
+            for g in stat]
 
 
 def _network_of(result: SynergyResult, lm: LoadedModel) -> int:

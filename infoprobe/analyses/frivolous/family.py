@@ -19,6 +19,7 @@ from pathlib import Path
 from ...data import Dataset
 from ...errors import ConfigError
 from ...model import DEFAULT_MAX_BYTES, LoadedModel, load_model
+from ...parallel import map_tasks, portable
 from ...results import check_outputs, plain
 from ...store import Store, is_store_path
 from ..compress import PruneReport, prune_model
@@ -153,31 +154,28 @@ def frivolous_family(sources, data: Dataset | None = None, *, out, sweep: bool =
     check_outputs(planned, overwrite)
     out = Path(out)
     fam = FrivolousFamily([], [], redundancy_tolerance=redundancy_tolerance)
-    source = None
-    for src, is_store in zip(sources, stores):
-        folder = out if len(sources) == 1 else out / Path(getattr(src, "path", src)).stem
-        if isinstance(src, (Store, LoadedModel)):
-            source = src
-        else:
-            source = Store(src) if is_store else load_model(src, max_bytes=max_model_bytes)
-        try:
-            if plan_prunable and conv_units == "position" and any(lay.kind == "conv"
-                                                                  for lay in source.hidden_layers):
-                raise ConfigError("a plan of the prunable units (--plan-prunable) of a model with conv layers "
-                                  "needs conv_units='channel' (--conv-units channel): a channel x position cannot "
-                                  "be removed from a model")
-            res = frivolous(source, None if is_store else data, layers=layers, prune_tolerance=prune_tolerance,
-                            agreement=agreement,
-                            redundancy_tolerance=redundancy_tolerance, fractions=fractions,
-                            n_permutations=n_permutations, conv_units=conv_units, modes=modes, max_rows=max_rows,
-                            seed=seed, device=device, scale=scale, progress=progress)
-        finally:
-            if is_store and source is not src:
-                source.close()
+    if plan_prunable and conv_units == "position":
+        first = sources[0] if isinstance(sources[0], LoadedModel) else load_model(sources[0], max_bytes=max_model_bytes)
+        if any(lay.kind == "conv" for lay in first.hidden_layers):
+            raise ConfigError("a plan of the prunable units (--plan-prunable) of a model with conv layers "
+                              "needs conv_units='channel' (--conv-units channel): a channel x position cannot "
+                              "be removed from a model")
+    params = dict(layers=layers, prune_tolerance=prune_tolerance, agreement=agreement,
+                  redundancy_tolerance=redundancy_tolerance, fractions=fractions, n_permutations=n_permutations,
+                  conv_units=conv_units, modes=modes, max_rows=max_rows, seed=seed, device=device, scale=scale)
+    several = len(sources) > 1
+    tasks = [((portable(src), None if is_store else data, is_store, max_model_bytes),
+              dict(params, progress=progress and not several)) for src, is_store in zip(sources, stores)]
+    results = map_tasks(_frivolous_task, tasks, desc="models", progress=progress)
+    for src, res in zip(sources, results):
+        folder = out if not several else out / Path(getattr(src, "path", src)).stem
         fam.files += res.save(folder, overwrite=overwrite)
         if plot:
             fam.files += res.plot(folder)
         fam.results.append(res)
+    source = None
+    if planned:
+        source = sources[0] if isinstance(sources[0], LoadedModel) else load_model(sources[0], max_bytes=max_model_bytes)
     if sweep:
         fam.sweep = width_sweep(fam.results, widths)
         fam.files += fam.sweep.save(out, overwrite=overwrite)
@@ -198,3 +196,16 @@ def frivolous_family(sources, data: Dataset | None = None, *, out, sweep: bool =
                                                   overwrite=overwrite), thin
             fam.files.append(thin)
     return fam
+
+
+def _frivolous_task(src, data, is_store: bool, max_model_bytes: int, **params):
+    """:func:`frivolous` of one source (a path, or an open Store or LoadedModel), opened and
+    closed here: one task of :func:`frivolous_family` (:func:`infoprobe.parallel.map_tasks`)."""
+    if isinstance(src, (Store, LoadedModel)):
+        return frivolous(src, data, **params)
+    source = Store(src) if is_store else load_model(src, max_bytes=max_model_bytes)
+    try:
+        return frivolous(source, data, **params)
+    finally:
+        if is_store:
+            source.close()

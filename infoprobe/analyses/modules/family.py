@@ -16,6 +16,7 @@ from pathlib import Path
 from ...data import Dataset
 from ...errors import ConfigError
 from ...model import DEFAULT_MAX_BYTES, LoadedModel, load_model
+from ...parallel import map_tasks, portable
 from ...results import check_outputs, provenance, write_table
 from ...stats import across_replicates
 from ...store import is_store_path
@@ -111,11 +112,15 @@ def modules_family(sources, data: Dataset | None = None, *, out, plan=None, n_cl
         check_outputs([out / f"{t}.{e}" for t in ("networks", "networks_summary") for e in ("csv", "json")],
                       overwrite)
     fam = ModulesFamily(sources, [], [], [])
-    source = None
-    for src, is_store in zip(sources, stores):
-        folder = out if len(sources) == 1 else out / Path(getattr(src, "path", src)).stem
-        source = src if is_store or isinstance(src, LoadedModel) else load_model(src, max_bytes=max_model_bytes)
-        res = modules(source, data, n_clusters=n_clusters, alpha=alpha, **kw)
+    several = len(sources) > 1
+    params = dict(kw, n_clusters=n_clusters, alpha=alpha)
+    if several:
+        params["progress"] = False
+    results = map_tasks(_modules_task, [((portable(src), data, is_store, max_model_bytes), params)
+                                        for src, is_store in zip(sources, stores)],
+                        desc="networks", progress=kw.get("progress", True))
+    for src, res in zip(sources, results):
+        folder = out if not several else out / Path(getattr(src, "path", src)).stem
         fam.files += res.save(folder, overwrite=overwrite)
         if plot:
             fam.files += res.plot(folder)
@@ -128,6 +133,14 @@ def modules_family(sources, data: Dataset | None = None, *, out, plan=None, n_cl
         fam.across = across_replicates(fam.table)
         fam.files += write_table(out, "networks_summary", fam.across, provenance(params={"alpha": alpha}))
     if plan is not None:
+        source = sources[0] if isinstance(sources[0], LoadedModel) else load_model(sources[0], max_bytes=max_model_bytes)
         prunable_plan(source, fam.results[0]).save(plan, overwrite=overwrite)
         fam.files.append(plan)
     return fam
+
+
+def _modules_task(src, data, is_store: bool, max_model_bytes: int, **params):
+    """:func:`~infoprobe.analyses.modules.modules` of one source (a path or a LoadedModel): one
+    task of :func:`modules_family` (:func:`infoprobe.parallel.map_tasks`)."""
+    source = src if is_store or isinstance(src, LoadedModel) else load_model(src, max_bytes=max_model_bytes)
+    return modules(source, data, **params)

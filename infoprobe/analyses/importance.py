@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .. import estimators as est
 from ..arrays import namespace, to_numpy
 from ..errors import ConfigError
+from ..limits import require_memory
 from ..results import Tables, check_outputs, provenance, write_table
 from ..positions import REDUCTIONS, per_unit
 from ..store import Store
@@ -203,10 +204,14 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                 edges = est.uniform_edges(xp.asarray(lo), xp.asarray(hi), quantizer.bins)
             else:
                 rows = np.sort(rng.choice(st.n_rows, min(st.n_rows, max_quantile_rows), replace=False))
-                sample = reduced(st.read_rows(name, which, rows), rows=rows)
-                if not np.isfinite(sample).all():
-                    list(st.iter_rows(name, which))  # raises the descriptive NaN error
-                edges = est.quantile_edges(xp.asarray(sample), quantizer.bins)
+                require_memory(len(rows) * n_units * 8, f"{len(rows):,} samples of {n_units:,} units for the "
+                               "quantile edges (lower max_quantile_rows)")
+                parts = []                   # a first pass, a block of samples at a time
+                for start, block in st.iter_rows(name, which):
+                    lo, hi = np.searchsorted(rows, [start, start + len(block)])
+                    if hi > lo:
+                        parts.append(reduced(block[rows[lo:hi] - start], rows=rows[lo:hi]))
+                edges = est.quantile_edges(xp.asarray(np.concatenate(parts)), quantizer.bins)
             counts = None
             for start, block in st.iter_rows(name, which):
                 b = xp.asarray(reduced(block, start))

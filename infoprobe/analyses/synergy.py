@@ -15,6 +15,7 @@ budget, estimated from the search's throughput measured on the data before the s
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from ..config import seed_streams
 from ..data import Dataset, model_inputs, resolve_scale
 from ..errors import ConfigError, DataError
+from ..limits import max_memory, require_memory
 from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
 from ..estimators.oinfo import Throughput, copula_model, plan_search, search_multiplets
 from ..interventions import Evaluator, Intervention
@@ -54,22 +56,75 @@ def layer_activations(store: Store, layer: str, which: str = "pre", *, max_sampl
     Sites with positions are reduced to one value per unit (the mean over positions, padding
     tokens left out: :func:`infoprobe.positions.per_unit`), the paper's "naive solution" for feature maps
     (Section 5). ``max_samples`` draws a
-    seeded random subset of rows (sorted, so the result does not depend on chunking).
+    seeded random subset of rows (sorted, so the result does not depend on chunking). The
+    store is read a block of samples at a time, so only the reduced values need fit in memory.
 
     Raises
     ------
     StoreError, DataError
         Unknown layer, NaN activations.
+    BudgetError
+        The reduced values [N, U] do not fit in the memory budget (:func:`reduced_values`
+        spills them to a scratch file instead).
+    """
+    with reduced_values(store, layer, which, max_samples=max_samples, seed=seed, spill=False) as (x, y):
+        return x, y
+
+
+@contextlib.contextmanager
+def reduced_values(store: Store, layer: str, which: str = "pre", *, max_samples: int | None = None, seed: int = 0,
+                   spill: bool = True):
+    """:func:`layer_activations`, yielded as ``(x, y)`` within a ``with`` block: ``x`` is a
+    float64 array [N, U] when it fits in a quarter of the memory budget, otherwise (``spill``)
+    an h5py dataset in a scratch file of the temporary folder (``TMPDIR``), deleted at the
+    end of the block, that :func:`~infoprobe.estimators.oinfo.copula_model` reads a block of
+    units at a time.
+
+    Raises
+    ------
+    ConfigError
+        ``which`` is not "pre" or "post".
+    StoreError, DataError, BudgetError
+        As :func:`layer_activations`.
     """
     if which not in ("pre", "post"):
         raise ConfigError(f"which must be 'pre' or 'post', not {which!r}")
-    x = store.read(layer, which)
-    x = per_unit(x, store.layer_info(layer)["unit_axis"], "mean", store.position_mask(layer))
+    info, mask, n = store.layer_info(layer), store.position_mask(layer), store.n_rows
+    rows = None
+    if max_samples is not None and n > max_samples:
+        rows = np.sort(np.random.default_rng(seed).choice(n, int(max_samples), replace=False))
     y = store.labels
-    if max_samples is not None and len(x) > max_samples:
-        rows = np.sort(np.random.default_rng(seed).choice(len(x), int(max_samples), replace=False))
-        x, y = x[rows], (y[rows] if y is not None else None)
-    return x.astype(np.float64), y
+    if rows is not None and y is not None:
+        y = y[rows]
+    n_out, units = (n if rows is None else len(rows)), int(info["units"])
+    need = n_out * units * 8
+    scratch = None
+    if need <= max_memory() // 4 or not spill:
+        require_memory(need, f"the {n_out:,} x {units:,} values of layer {layer!r}")
+        out = np.empty((n_out, units))
+    else:
+        import tempfile
+
+        import h5py
+
+        scratch = tempfile.TemporaryDirectory(prefix="infoprobe-values-")
+        f = h5py.File(f"{scratch.name}/x.h5", "w")
+        out = f.create_dataset("x", shape=(n_out, units), dtype="f8", chunks=(min(n_out, 4096), min(units, 64)))
+    try:
+        at = 0
+        for start, block in store.iter_rows(layer, which):
+            m = None if mask is None else mask[start:start + len(block)]
+            v = per_unit(block, info["unit_axis"], "mean", m)
+            if rows is not None:
+                lo, hi = np.searchsorted(rows, [start, start + len(block)])
+                v = v[rows[lo:hi] - start]
+            out[at:at + len(v)] = v
+            at += len(v)
+        yield out, y
+    finally:
+        if scratch is not None:
+            f.close()
+            scratch.cleanup()
 
 
 @dataclass(repr=False)
@@ -256,10 +311,10 @@ def _layer_names(stores, layers) -> list:
 
 
 def _model(st: Store, layer, which, labels, ties, biascorrect, max_samples, seed, device):
-    x, y = layer_activations(st, layer, which, max_samples=max_samples, seed=seed)
-    if labels != "none" and y is None:
-        st.require_labels()
-    return copula_model(x, y, labels=labels, ties=ties, biascorrect=biascorrect, device=device)
+    with reduced_values(st, layer, which, max_samples=max_samples, seed=seed) as (x, y):
+        if labels != "none" and y is None:
+            st.require_labels()
+        return copula_model(x, y, labels=labels, ties=ties, biascorrect=biascorrect, device=device)
 
 
 def _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, ties, biascorrect,

@@ -64,10 +64,12 @@ from dataclasses import dataclass, field
 from math import comb
 from typing import Any
 
+import h5py
 import numpy as np
 
 from ..arrays import namespace, to_numpy
 from ..errors import ConfigError, DataError
+from ..limits import max_memory, require_memory, rows_within
 from .gaussian import (
     LN2, as_2d, class_index, constant_within_classes, label_codes, untie, constant_units, copnorm, entropy_bias,
 )
@@ -176,10 +178,18 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
                  biascorrect: bool = True, device: str = "cpu") -> CopulaModel:
     """Copula-normalise a layer's activations and compute the covariances O-information needs.
 
+    Memory stays within the budget (:mod:`infoprobe.limits`) whatever N: the copula values
+    are computed a block of units at a time (a unit's ranks need all its samples, so one unit's
+    N samples must fit in a quarter of the budget), and the covariances are summed a block of
+    samples at a time; copula values larger than a quarter of the budget are kept in a
+    scratch HDF5 file in the temporary folder (``TMPDIR``; N x U x 8 bytes), deleted at the
+    end. The result equals the one-block computation to rounding (about 1e-15 relative).
+
     Parameters
     ----------
-    x : array [N, U]
-        Activations (pre-activations recommended: post-ReLU values tie at 0).
+    x : array [N, U] or h5py.Dataset [N, U]
+        Activations (pre-activations recommended: post-ReLU values tie at 0); a dataset is
+        read a block of units at a time.
     y : int array [N], optional
         Class labels; required unless ``labels="none"``.
     labels : {"exact", "ordinal", "none"}
@@ -208,54 +218,144 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         fewer than 2 samples.
     DeviceError
         ``device="cuda"`` without CuPy or a GPU.
+    BudgetError
+        One unit's samples, or the covariance matrices, do not fit in the memory budget.
     """
     if labels not in LABELS:
         raise ConfigError(f"unknown label encoding {labels!r}; use one of {', '.join(LABELS)}")
     xp = namespace(device)
-    a = as_2d(x)
-    n = a.shape[0]
-    const = constant_units(a)
-    keep = np.flatnonzero(~const)
-    if len(keep) < 3 - (labels != "none"):
-        raise DataError(f"O-information needs at least {3 - (labels != 'none')} non-constant units; "
-                        f"{len(keep)} of {a.shape[1]} vary")
-    z = np.asarray(copnorm(a[:, keep], ties=ties))
-    z -= z.mean(axis=0)
-    weights, counts = np.ones(1), np.array([n])
-    class_constant = np.empty(0, np.int64)
-    if labels == "none":
-        covs = [z.T @ z / (n - 1)]
+    if not isinstance(x, h5py.Dataset):   # a dataset (a scratch file) is read a block of units at a time
+        x = as_2d(x)
+    n, n_in = (int(d) for d in x.shape)
+    if labels != "none" and y is None:
+        raise ConfigError(f"labels={labels!r} needs class labels; use labels='none' for unlabelled data")
+    if labels == "exact":
+        classes, inv, cnt = class_index(label_codes(y, n), 2)
+        n_g = len(classes)
     else:
-        if y is None:
-            raise ConfigError(f"labels={labels!r} needs class labels; use labels='none' for unlabelled data")
-        y = label_codes(y, n)
+        inv, n_g = np.zeros(n, np.int64), 0
+        if y is not None:
+            label_codes(y, n)
+    # pass 1, over blocks of columns: each unit's copula values (ranks need every sample of a unit)
+    cols = rows_within(n * 8 * COPULA_COPIES, n_in, share=0.25, what=f"one unit's {n:,} samples (copula)")
+    const = np.zeros(n_in, bool)
+    flat_parts, extra_all, extra = [], [], []
+    with _Sink(n, n_in) as sink:
+        for j0 in range(0, n_in, cols):
+            a = as_2d(x[:, j0:j0 + cols])
+            c = constant_units(a)
+            const[j0:j0 + a.shape[1]] = c
+            a = a[:, ~c]
+            if not a.shape[1]:
+                continue
+            z = np.asarray(copnorm(a, ties=ties))
+            z -= z.mean(axis=0)
+            flat = np.zeros((n_g, a.shape[1]), dtype=bool)
+            e_all, e = np.zeros(a.shape[1]), np.zeros((n_g, a.shape[1]))
+            if labels == "exact" and ties == "average":
+                flat = constant_within_classes(a, inv, n_g)
+                fix = flat.any(axis=0)
+                if fix.any():
+                    zf, e_all[fix], e[:, fix] = untie(a[:, fix], inv, n_g)
+                    z[:, fix] = zf - zf.mean(axis=0)
+            flat_parts.append(flat)
+            extra_all.append(e_all)
+            extra.append(e)
+            sink.append(z)
+        keep = np.flatnonzero(~const)
+        if len(keep) < 3 - (labels != "none"):
+            raise DataError(f"O-information needs at least {3 - (labels != 'none')} non-constant units; "
+                            f"{len(keep)} of {n_in} vary")
+        flat = np.concatenate(flat_parts, axis=1)
+        extra_all = np.concatenate(extra_all)
+        extra = np.concatenate(extra, axis=1)
+        class_constant = keep[flat.any(axis=0)] if labels == "exact" else np.empty(0, np.int64)
+        zy = None
         if labels == "ordinal":
-            zy = np.asarray(copnorm(y.astype(np.float64), ties="ordinal"))
-            zz = np.column_stack([z, zy - zy.mean()])
-            covs = [zz.T @ zz / (n - 1)]
-        else:
-            classes, inv, cnt = class_index(y, 2)
-            n_g = len(classes)
-            flat = np.zeros((n_g, len(keep)), dtype=bool)
-            if ties == "average":
-                flat = constant_within_classes(a[:, keep], inv, n_g)
-            fix = flat.any(axis=0)
-            extra_all, extra = np.zeros(len(keep)), np.zeros((n_g, len(keep)))
-            if fix.any():
-                zf, extra_all[fix], extra[:, fix] = untie(a[:, keep[fix]], inv, n_g)
-                z[:, fix] = zf - zf.mean(axis=0)
-                class_constant = keep[fix]
-            covs = [z.T @ z / (n - 1) + np.diag(extra_all / (n - 1))]
+            zy = np.asarray(copnorm(label_codes(y, n).astype(np.float64), ties="ordinal"))
+            zy = zy - zy.mean()
+        # pass 2, over blocks of rows: the covariances (class-conditional ones about each class's mean)
+        k = len(keep) + (zy is not None)
+        require_memory((n_g + 1) * k * k * 8 * 2, f"the {n_g + 1} covariance matrices of {k:,} units")
+        s = np.zeros((k, k))
+        s_g = np.zeros((n_g, k, k))
+        mean_g = np.zeros((n_g, k))
+        if n_g:
+            for r0, zb in sink.rows():
+                ib = inv[r0:r0 + len(zb)]
+                for g in range(n_g):
+                    mean_g[g] += zb[ib == g].sum(axis=0)
+            mean_g /= cnt[:, None]
+        for r0, zb in sink.rows():
+            if zy is not None:
+                zb = np.column_stack([zb, zy[r0:r0 + len(zb)]])
+            s += zb.T @ zb
+            ib = inv[r0:r0 + len(zb)]
             for g in range(n_g):
-                zg = z[inv == g]
-                zg = zg - zg.mean(axis=0)
+                zg = zb[ib == g] - mean_g[g]
                 zg[:, flat[g]] = 0.0                      # constant on the class: no covariance
-                covs.append((zg.T @ zg + np.diag(extra[g])) / (len(zg) - 1))
-            weights = np.concatenate([[1.0], cnt / n])
-            counts = np.concatenate([[n], cnt])
+                s_g[g] += zg.T @ zg
+    weights, counts = np.ones(1), np.array([n])
+    covs = [s / (n - 1)]
+    if labels == "exact":
+        covs[0] = covs[0] + np.diag(extra_all / (n - 1))
+        covs += [(s_g[g] + np.diag(extra[g])) / (cnt[g] - 1) for g in range(n_g)]
+        weights = np.concatenate([[1.0], cnt / n])
+        counts = np.concatenate([[n], cnt])
     return CopulaModel(cov=xp.asarray(np.stack(covs)), weights=weights, counts=counts, labels=labels,
-                       units=keep, constant=np.flatnonzero(const), n_inputs=a.shape[1],
+                       units=keep, constant=np.flatnonzero(const), n_inputs=n_in,
                        biascorrect=biascorrect, device=device, class_constant=class_constant)
+
+
+#: Float64 copies of a block of units that copula normalisation holds at once (the values,
+#: ranks, quantiles, tie handling).
+COPULA_COPIES = 6
+
+
+class _Sink:
+    """The copula values [N, K] of :func:`copula_model`, filled block of columns by block of
+    columns and read back by blocks of rows: in memory when they fit in a quarter of the
+    memory budget, otherwise in a scratch HDF5 file in the temporary folder (``TMPDIR``),
+    deleted on exit."""
+
+    def __init__(self, n: int, n_cols: int):
+        self.n, self.parts, self.k = n, [], 0
+        self.on_disk = n * n_cols * 8 > max_memory() // 4
+        self._dir = self._file = self._ds = None
+
+    def __enter__(self):
+        if self.on_disk:
+            import tempfile
+
+            import h5py
+
+            self._dir = tempfile.TemporaryDirectory(prefix="infoprobe-copula-")
+            self._file = h5py.File(f"{self._dir.name}/z.h5", "w")
+            self._ds = self._file.create_dataset("z", shape=(self.n, 0), maxshape=(self.n, None), dtype="f8",
+                                                 chunks=(min(self.n, 4096), 64))
+        return self
+
+    def __exit__(self, *exc):
+        if self._file is not None:
+            self._file.close()
+            self._dir.cleanup()
+
+    def append(self, z: np.ndarray) -> None:
+        if self._ds is None:
+            self.parts.append(z)
+        else:
+            self._ds.resize(self.k + z.shape[1], axis=1)
+            self._ds[:, self.k:] = z
+        self.k += z.shape[1]
+
+    def rows(self):
+        """Yield ``(start, float64 [r, K])`` over the samples (all of them when in memory)."""
+        if self._ds is None:
+            yield 0, np.concatenate(self.parts, axis=1) if len(self.parts) > 1 else self.parts[0]
+            return
+        step = rows_within(self.k * 8 * 3, self.n, share=0.25, what=f"one sample's {self.k:,} copula values")
+        for r0 in range(0, self.n, step):
+            yield r0, self._ds[r0:r0 + step]
 
 
 # --------------------------------------------------------------------------------------------

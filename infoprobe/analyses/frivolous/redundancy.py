@@ -61,17 +61,43 @@ def activation_matrices(source, names, axes: dict, n_samples: int, *, max_rows: 
     (``axes``: {layer: unit axis}; :func:`infoprobe.positions.per_unit` with ``samples``),
     randomly subsampled (without replacement, seeded) to at most ``max_rows`` rows (lowered, with
     a warning, so that every layer's rows fit in an eighth of the memory budget). Padding
-    tokens (a store's ``/samples/mask``, the data's ``attention_mask``) are left out."""
+    tokens (a store's ``/samples/mask``, the data's ``attention_mask``) are left out.
+    :func:`activation_moments` gives their moments without holding them."""
     units = {n: (source.layer_info(n)["units"] if isinstance(source, Store) else source.layer(n).units) for n in names}
     fit = (max_memory() // 8) // max(1, 4 * sum(units.values()))   # every layer's rows kept at once
     if fit < max_rows:
         warnings.warn(f"redundancy keeps at most {fit:,} rows per layer (max_rows {max_rows:,} lowered so that "
                       f"{len(names)} layers of {sum(units.values()):,} units fit in 1/8 of --max-memory)")
         max_rows = max(1, fit)
+    out = {n: [] for n in names}
+    for blocks in _picked_rows(source, names, axes, n_samples, max_rows=max_rows, seed=seed, **kw):
+        for n, rows in blocks.items():
+            out[n].append(rows)
+    return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def activation_moments(source, names, axes: dict, n_samples: int, *, max_rows: int = 50_000, seed: int = 0,
+                       xp=np, **kw) -> dict:
+    """The rows of :func:`activation_matrices` (the same ``max_rows`` seeded rows, never
+    lowered) as streaming moments per layer ({layer: :class:`~infoprobe.estimators.frivolous.Moments`}
+    on ``xp``'s device): memory is one block of samples and a U x U matrix per layer, whatever
+    ``max_rows`` and the number of samples."""
+    out = {n: Moments() for n in names}
+    for blocks in _picked_rows(source, names, axes, n_samples, max_rows=max_rows, seed=seed, **kw):
+        for n, rows in blocks.items():
+            if len(rows):
+                out[n].update(xp.asarray(rows))
+    return out
+
+
+def _picked_rows(source, names, axes, n_samples, *, max_rows, seed, **kw):
+    """Yield {layer: float32 rows [r, U]} of each block of samples: the (sample, position) rows
+    drawn once for all (``max_rows`` of them, seeded) that fall in the block."""
     rng = np.random.default_rng(seed)
     masks = _position_masks(source, names, kw.get("data"))
-    picks, out, start, offset = {}, {n: [] for n in names}, 0, dict.fromkeys(names, 0)
+    picks, start, offset = {}, 0, dict.fromkeys(names, 0)
     for blocks in activation_batches(source, names, **kw):
+        out = {}
         for n, b in blocks.items():
             m = None if masks[n] is None else masks[n][start:start + len(b)]
             rows = per_unit(np.asarray(b, np.float32), axes[n], "samples", m)
@@ -81,10 +107,10 @@ def activation_matrices(source, names, axes: dict, n_samples: int, *, max_rows: 
                             else np.arange(total))
             sel = picks[n]
             lo, hi = np.searchsorted(sel, [offset[n], offset[n] + len(rows)])
-            out[n].append(rows[sel[lo:hi] - offset[n]])
+            out[n] = rows[sel[lo:hi] - offset[n]]
             offset[n] += len(rows)
         start += len(next(iter(blocks.values())))
-    return {n: np.concatenate(v) for n, v in out.items()}
+        yield out
 
 
 def _position_masks(source, names, data) -> dict:
@@ -177,20 +203,18 @@ def _redundancy(src, data, layers, tolerance, max_rows, seed, xp, scale, batch_s
         if unknown:
             raise ConfigError(f"the store has no layer {unknown[0]!r}; it has: " + ", ".join(src.layer_names))
         n_samples = int(src.dataset(names[0], "post").shape[0]) if names else 0
-        mats = activation_matrices(src, names, unit_axes(src, names), n_samples, max_rows=max_rows, seed=seed)
+        moments = activation_moments(src, names, unit_axes(src, names), n_samples, max_rows=max_rows, seed=seed,
+                                     xp=xp)
     else:
         if data is None:
             raise ConfigError("redundancy of a model needs data (--data), or give an activation store")
         names = hidden_layers(src, layers)
-        mats = activation_matrices(src, names, unit_axes(src, names), len(data), max_rows=max_rows, seed=seed,
-                                   data=data, scale=scale, batch_size=batch_size)
+        moments = activation_moments(src, names, unit_axes(src, names), len(data), max_rows=max_rows, seed=seed,
+                                     xp=xp, data=data, scale=scale, batch_size=batch_size)
     kinds = layer_kinds(src, names)
     rows, corrs = [], {}
     for n in tqdm(names, desc="redundancy", unit="layer", disable=not progress, leave=False):
-        m = mats[n]
-        mom = Moments()
-        for s in range(0, len(m), 8192):
-            mom.update(xp.asarray(m[s:s + 8192]))
+        mom = moments[n]
         cov = mom.covariance()
         spec = pca_spectrum(cov)
         k = components_needed(spec, tolerance)
@@ -198,8 +222,8 @@ def _redundancy(src, data, layers, tolerance, max_rows, seed, xp, scale, batch_s
         r = abs_correlations(cov)
         corrs[n] = r
         d = np.diag(to_numpy(cov))
-        u = m.shape[1]
-        row = {"layer": n, "kind": kinds[n], "units": u, "rows": len(m), "non_redundant": k, "redundant": u - k,
+        u = int(cov.shape[0])
+        row = {"layer": n, "kind": kinds[n], "units": u, "rows": mom.n, "non_redundant": k, "redundant": u - k,
                "redundant_fraction": (u - k) / u,
                "unexplained": float(spec[k:].sum() / total) if total > 0 else 0.0,
                "constant_units": int((d <= 1e-12 * max(1.0, float(d.max()))).sum()),

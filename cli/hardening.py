@@ -142,6 +142,17 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
             envvar="INFOPROBE_PROVIDER",
             help="Where onnxruntime runs the models: cpu, or cuda (onnxruntime-gpu's CUDA execution provider; "
                  "env INFOPROBE_PROVIDER)."))
+    if any(p.name == "data_path" for p in cmd.params):
+        cmd.params += [
+            click.Option(["--image-size"], type=click.IntRange(min=1), default=None, metavar="PIXELS",
+                         help="A folder of images (--data DIR): resize every image to PIXELS x PIXELS (bilinear). "
+                              "Default: the images' own size, the same for all."),
+            click.Option(["--mean"], default=None, metavar="M[,M,M]",
+                         help="A folder of images: per-channel mean of values in [0, 1] to subtract "
+                              "(e.g. 0.485,0.456,0.406); with --std. Default: uint8 values, scaled by --scale."),
+            click.Option(["--std"], default=None, metavar="S[,S,S]",
+                         help="A folder of images: per-channel standard deviation to divide by "
+                              "(e.g. 0.229,0.224,0.225).")]
     if cmd.name in PARALLEL:
         cmd.params += [
             click.Option(["--workers"], type=click.IntRange(min=1), default=1, show_default=True,
@@ -154,7 +165,8 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
 
     @functools.wraps(callback)
     def run(*args, max_memory=None, extra_sites=(), select_sites=None, class_output=None, provider="cpu",
-            workers=1, scheduler=None, **kwargs):
+            workers=1, scheduler=None, image_size=None, mean=None, std=None, **kwargs):
+        from infoprobe.data import image_options
         from infoprobe.limits import budgets
         from infoprobe.model import discovery
         from infoprobe.parallel import engine
@@ -169,7 +181,8 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
         store = kwargs.pop("max_store_size", None)
         with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None), \
                 discovery(extra_sites, csv_list(select_sites), output=class_output), execution(provider), \
-                engine(scheduler or ("local" if workers > 1 else None), workers=workers):
+                engine(scheduler or ("local" if workers > 1 else None), workers=workers), \
+                image_options(image_size, mean, std):
             with result_set() if stage else contextlib.nullcontext():
                 try:
                     return callback(*args, **kwargs)

@@ -71,11 +71,11 @@ data_details = [
 ]
 
 
-def data_options(required=True, help=".npz (x, y, optional split), .npy or .h5 file of samples."):
+def data_options(required=True, help=".npz (x, y, optional split), .npy or .h5 file of samples, or a folder of "
+                                    "images (folder/<class>/<image>)."):
     """``--data`` and the options that select and scale its samples."""
     return [
-        click.option("--data", "data_path", required=required, type=click.Path(dir_okay=False, path_type=Path),
-                     help=help),
+        click.option("--data", "data_path", required=required, type=click.Path(path_type=Path), help=help),
         *data_details,
     ]
 

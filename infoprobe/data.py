@@ -6,7 +6,11 @@ array per input, named after it (``x_key="input_ids,attention_mask"``): the samp
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +21,7 @@ import numpy as np
 from . import hdf5
 from .errors import BudgetError, DataError, one_line
 from .hdf5 import BOMB_FLOOR, MAX_RATIO
-from .limits import human, require_memory
+from .limits import human, max_memory, require_memory
 from .model import sha256_file
 
 SPLITS = {"train": 0, "validation": 1, "test": 2}
@@ -63,6 +67,70 @@ class Inputs:
 
     def __repr__(self) -> str:
         return "Inputs(" + ", ".join(f"{k}={v.dtype}{list(v.shape)}" for k, v in self.arrays.items()) + ")"
+
+
+class Rows:
+    """Samples of a file read on demand, a selection of rows at a time: what :func:`load_data`
+    returns for samples larger than a quarter of the memory budget (an HDF5 dataset, an
+    ``.npy`` file mapped in memory, a folder of images), so that commands which take the data
+    a batch at a time (``capture``) never hold it whole.
+
+    Indexing by a slice or an array of rows reads those rows (an ``ndarray``); converting the
+    whole (``np.asarray``) reads everything, within the memory budget.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(rows)`` with ``rows`` sorted, unique int64 indices into the selection returns
+        the samples [len(rows), ...].
+    n : int
+    sample_shape : tuple
+    dtype : numpy dtype
+    what : str
+        Named in errors.
+    """
+
+    def __init__(self, read, n: int, sample_shape: tuple, dtype, what: str):
+        self._read, self.shape, self.dtype, self.what = read, (int(n), *map(int, sample_shape)), np.dtype(dtype), what
+
+    ndim = property(lambda self: len(self.shape))
+    nbytes = property(lambda self: int(math.prod(self.shape)) * self.dtype.itemsize)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            if len(index) != 1:
+                raise TypeError("samples read from a file are selected by rows only")
+            index = index[0]
+        if isinstance(index, slice):
+            r = range(self.shape[0])[index]
+            if r.step == 1:
+                return self._read(np.arange(r.start, r.stop, dtype=np.int64))
+            index = np.arange(r.start, r.stop, r.step, dtype=np.int64)
+        if np.ndim(index) == 0:
+            return self[np.array([int(index)])][0]
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + self.shape[0], index).astype(np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} samples")
+        uniq, inverse = np.unique(index, return_inverse=True)
+        require_memory(len(index) * int(math.prod(self.shape[1:])) * self.dtype.itemsize,
+                       f"{len(index):,} samples of {self.what}")
+        block = self._read(uniq)
+        return block if len(uniq) == len(index) and np.array_equal(uniq, index) else block[inverse]
+
+    def __array__(self, dtype=None, copy=None):
+        require_memory(self.nbytes, f"all {len(self):,} samples of {self.what} at once (commands that read their "
+                       "data a batch at a time, such as capture, take any number)")
+        a = self[:]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"Rows({self.what}: {self.dtype}{list(self.shape)}, read on demand)"
 
 
 #: Model inputs that say which token positions are real (1) and which are padding (0).
@@ -126,7 +194,12 @@ class Dataset:
     split : str
     path : Path
     sha256 : str
-        Of the source file.
+        Of the source file (of a folder of images: of its listing, every file's name, size and
+        modification time).
+    recipe : dict or None
+        The :func:`load_data` call that read it (how it travels to a Dask worker).
+    classes : list of str or None
+        A folder of images' class names, in label order.
     """
 
     x: np.ndarray
@@ -136,6 +209,7 @@ class Dataset:
     path: Path
     sha256: str
     recipe: dict | None = field(default=None, repr=False, compare=False)
+    classes: list | None = field(default=None, compare=False)
 
     def __len__(self):
         return len(self.x)
@@ -255,7 +329,11 @@ def _read_npz(path: Path, keys: tuple) -> dict:
                     if info.file_size < need:
                         raise DataError(f"{what} declares {need:,} bytes of data but its archive entry holds "
                                         f"{info.file_size:,}; the file is damaged")
-                    require_memory(need, f"reading {what}")
+                    if need > max_memory():
+                        raise BudgetError(f"{what} holds {human(need)}, over the memory budget of {human(max_memory())}, "
+                                          "and a member of an .npz archive can only be read whole: save the array as "
+                                          ".npy (numpy.save) or as an HDF5 dataset (h5py), which infoprobe reads a "
+                                          "batch at a time, or raise --max-memory")
                 with z.open(info) as fp:
                     out[key] = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=_MAX_HEADER)
             except (DataError, BudgetError):
@@ -280,24 +358,191 @@ def _read_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def _read_h5(path: Path, keys: tuple) -> dict:
-
+def _read_h5(path: Path, keys: tuple, lazy: tuple = ()) -> dict:
+    """Datasets ``keys`` (those present) of an HDF5 file: read whole, within the memory
+    budget, except those in ``lazy``, returned as open ``h5py.Dataset`` objects (the file
+    stays open while they are referenced)."""
     out = {}
-    with hdf5.open_file(path, DataError) as f:
-        if not isinstance(f.get(keys[0]), h5py.Dataset):
-            raise DataError(f"{path} has no dataset {keys[0]!r}")
-        for key in keys:
-            ds = f.get(key)
-            if ds is None:
-                continue
-            if not isinstance(ds, h5py.Dataset):
-                raise DataError(f"{path}: {key!r} is not a dataset")
-            out[key] = hdf5.read(ds, f"{path}: {key!r}", DataError)
+    f = hdf5.open_file(path, DataError)
+    if not isinstance(f.get(keys[0]), h5py.Dataset):
+        f.close()
+        raise DataError(f"{path} has no dataset {keys[0]!r}")
+    for key in keys:
+        ds = f.get(key)
+        if ds is None:
+            continue
+        if not isinstance(ds, h5py.Dataset):
+            f.close()
+            raise DataError(f"{path}: {key!r} is not a dataset")
+        out[key] = ds if key in lazy else hdf5.read(ds, f"{path}: {key!r}", DataError)
+    if not lazy:
+        f.close()
     return out
 
 
+def _rows_of(a, index: np.ndarray, what: str) -> Rows:
+    """A :class:`Rows` over rows ``index`` of an h5py dataset or a memory-mapped array."""
+    def read(rows):
+        picked = index[rows]
+        lo, hi = (int(picked[0]), int(picked[-1]) + 1) if len(picked) else (0, 0)
+        try:
+            block = a[lo:hi] if hi - lo == len(picked) else a[picked]
+            return np.asarray(block)
+        except Exception as exc:
+            raise DataError(f"cannot read {what}: {one_line(exc, 160)}") from None
+
+    return Rows(read, len(index), a.shape[1:], a.dtype, what)
+
+
+#: Image files :func:`load_data` reads from a folder, and the formats Pillow may decode.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+#: Largest image decoded (pixels), against decompression bombs.
+MAX_IMAGE_PIXELS = 64 * 1024**2
+_IMAGES: contextvars.ContextVar = contextvars.ContextVar("infoprobe_images", default=None)
+
+
+@contextlib.contextmanager
+def image_options(size=None, mean=None, std=None):
+    """Within the block, :func:`load_data` reads folders of images with these options (the
+    CLI's ``--image-size``, ``--mean``, ``--std``); the arguments of a call win."""
+    token = _IMAGES.set({"image_size": size, "mean": mean, "std": std})
+    try:
+        yield
+    finally:
+        _IMAGES.reset(token)
+
+
+def _image_files(folder: Path) -> tuple[list, np.ndarray | None, list]:
+    """Image files of ``folder`` (sorted), their class indices (one subfolder per class, sorted
+    by name) or None (images directly in the folder), and the class names.
+
+    Raises
+    ------
+    DataError
+        Links, images both in the folder and in subfolders, nested subfolders, no images.
+    """
+    def listing(d: Path):
+        files, dirs = [], []
+        for e in sorted(os.scandir(d), key=lambda e: e.name):
+            if e.name.startswith("."):
+                continue
+            if e.is_symlink():
+                raise DataError(f"{Path(e.path)} is a link; an image folder is read only through its own files")
+            if e.is_dir(follow_symlinks=False):
+                dirs.append(Path(e.path))
+            elif e.is_file(follow_symlinks=False) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+                files.append(Path(e.path))
+        return files, dirs
+
+    files, dirs = listing(folder)
+    if files and dirs:
+        raise DataError(f"{folder} holds images and subfolders; put every image in its class's subfolder "
+                        "(folder/<class>/<image>), or all of them directly in the folder (no labels)")
+    if files:
+        return files, None, []
+    out, labels = [], []
+    for c, d in enumerate(dirs):
+        sub, nested = listing(d)
+        if nested:
+            raise DataError(f"{nested[0]} is a folder inside a class folder; use folder/<class>/<image>")
+        out += sub
+        labels += [c] * len(sub)
+    if not out:
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return out, np.asarray(labels, np.int64), [d.name for d in dirs]
+
+
+def _channel_values(value, channels: int, what: str):
+    if value is None:
+        return None
+    v = np.asarray([float(t) for t in (value.split(",") if isinstance(value, str) else np.ravel(value))], np.float32)
+    if len(v) == 1:
+        v = np.repeat(v, channels)
+    if len(v) != channels or not np.isfinite(v).all() or (what == "std" and (v <= 0).any()):
+        count = "one value" if channels == 1 else f"one value or {channels} (one per channel)"
+        raise DataError(f"--{what} of these {'greyscale' if channels == 1 else 'RGB'} images needs {count}, finite"
+                        f"{' and above 0' if what == 'std' else ''}; got {value!r}")
+    return v
+
+
+def _read_image_folder(folder: Path, *, image_size=None, mean=None, std=None):
+    """Samples [N, C, H, W] (channels first; uint8, or float32 normalised with ``mean``/``std``)
+    of a folder of images, read with Pillow when rows are asked for, and the labels."""
+    from PIL import Image
+
+    files, labels, classes = _image_files(folder)
+    size = None if image_size is None else (int(image_size), int(image_size))
+    if size is not None and min(size) < 1:
+        raise DataError(f"--image-size must be at least 1, got {image_size}")
+
+    def decode(path: Path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with open(path, "rb") as fp, Image.open(fp, formats=IMAGE_FORMATS) as im:
+                    if im.width * im.height > MAX_IMAGE_PIXELS:
+                        raise DataError(f"{path} is {im.width}x{im.height} pixels, over {MAX_IMAGE_PIXELS:,}: "
+                                        "refusing a decompression bomb")
+                    if size is not None:
+                        im.draft(None, size)       # JPEG: decode at a reduced scale when it suffices
+                    return im.convert("RGB" if im.mode not in ("L", "I;16", "I", "F", "1") else "L")
+        except DataError:
+            raise
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: {one_line(exc, 160)}") from None
+        except Exception as exc:
+            raise DataError(f"{path} is not a readable image: {type(exc).__name__}: {one_line(exc, 160)}") from None
+
+    first = decode(files[0])
+    mode = first.mode
+    channels = 1 if mode == "L" else 3
+    shape = size or (first.height, first.width)
+    m, sd = _channel_values(mean, channels, "mean"), _channel_values(std, channels, "std")
+    if (m is None) != (sd is None):
+        raise DataError("--mean and --std go together (per-channel normalisation of values in [0, 1])")
+
+    def read(rows):
+        out = np.empty((len(rows), channels, *shape), np.float32 if m is not None else np.uint8)
+        for i, r in enumerate(rows):
+            im = decode(files[r]).convert(mode)
+            if size is not None:
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            elif (im.height, im.width) != tuple(shape):
+                raise DataError(f"{files[r]} is {im.width}x{im.height} but {files[0].name} is {shape[1]}x{shape[0]}; "
+                                "pass --image-size to resize every image")
+            a = np.asarray(im, np.uint8)
+            a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+            out[i] = a if m is None else (a / np.float32(255) - m[:, None, None]) / sd[:, None, None]
+        return out
+
+    digest = hashlib.sha256()
+    for f in files:            # the folder's listing: names, sizes, modification times
+        st = f.stat()
+        digest.update(f"{f.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    x = Rows(read, len(files), (channels, *shape), np.float32 if m is not None else np.uint8, str(folder))
+    return x, labels, classes, digest.hexdigest()
+
+
+def _load_image_folder(path: Path, *, split, limit, image_size, mean, std) -> Dataset:
+    opts = dict(_IMAGES.get() or {})
+    opts.update({k: v for k, v in (("image_size", image_size), ("mean", mean), ("std", std)) if v is not None})
+    if split not in ("all", None):
+        raise DataError(f"{path} is a folder of images: one split; give the folder of split {split!r} itself "
+                        "(--split all)")
+    x, y, classes, digest = _read_image_folder(path, **opts)
+    n = len(x) if limit is None else min(len(x), int(limit))
+    index = np.arange(n, dtype=np.int64)
+    if n < len(x):
+        x = Rows(lambda rows, x=x: x[rows], n, x.shape[1:], x.dtype, x.what)
+    recipe = {"path": str(path.resolve()), "split": "all", "limit": limit, "n": n, **opts}
+    return Dataset(x=x, y=None if y is None else y[:n], index=index, split="all", path=path, sha256=digest,
+                   recipe=recipe, classes=classes)
+
+
 def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
-              split_key: str = "split", limit: int | None = None) -> Dataset:
+              split_key: str = "split", limit: int | None = None, image_size: int | None = None,
+              mean=None, std=None) -> Dataset:
     """Read samples and labels from an untrusted file, never unpickling anything.
 
     Every array's declared size (``.npy`` header, zip entry, HDF5 dataspace) is checked
@@ -308,6 +553,9 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     Parameters
     ----------
     path : path-like
+        A folder of images (``folder/<class>/<image>``, labels by the sorted class names, or
+        images directly in the folder, without labels; PNG, JPEG, BMP, GIF, TIFF, WebP, PPM;
+        read with Pillow as [N, C, H, W], C = 1 for greyscale, else RGB; links refused);
         ``.npz`` with arrays ``x`` [N, ...], optional ``y`` [N] and ``split`` [N]
         (0 train, 1 validation, 2 test); ``.npy`` with ``x`` only; or HDF5 (``.h5``, ``.hdf5``,
         or any other name with the HDF5 signature: :func:`infoprobe.store.is_store_path`) with
@@ -319,6 +567,14 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         :class:`Inputs`.
     limit : int, optional
         Keep only the first ``limit`` samples of the split.
+    image_size, mean, std :
+        For a folder of images: the side every image is resized to (bilinear; default: the
+        images' own size, which must then be the same for all), and the per-channel mean and
+        standard deviation (values in [0, 1]) that normalise them (default: uint8 values,
+        which the commands scale by 1/255). Default: those of :func:`image_options`.
+
+    Samples larger than a quarter of the memory budget (HDF5 datasets, ``.npy`` files, image
+    folders) are returned as :class:`Rows`, read a selection of rows at a time.
 
     Raises
     ------
@@ -332,6 +588,8 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     from .store import is_store_path   # store.py reads labels through this module
 
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        return _load_image_folder(path, split=split, limit=limit, image_size=image_size, mean=mean, std=std)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
@@ -345,7 +603,7 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
                 raise DataError(f"{path}: an .npy file holds one array; give several inputs in an .npz or .h5 file")
             arrays = {x_keys[0]: _read_npy(path)}
         elif is_store_path(path):
-            arrays = _read_h5(path, keys)
+            arrays = _read_h5(path, keys, lazy=tuple(x_keys))
         else:
             raise DataError(f"{path}: unknown data format {suffix!r}; use .npz, .npy or .h5")
     except (DataError, BudgetError):
@@ -383,12 +641,18 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         index = index[:limit]
     if len(index) == 0:
         raise DataError(f"{path}: split {split!r} selects no samples")
-    require_memory(int(len(index) * sum(_nbytes(tuple(arrays[k].shape[1:]), arrays[k].dtype) for k in x_keys)),
-                   f"the selected samples of {path}")
+    # samples over a quarter of the budget stay in the file, read a selection of rows at a time
+    lazy = len(index) * sum(_nbytes(tuple(arrays[k].shape[1:]), arrays[k].dtype) for k in x_keys) > max_memory() // 4
     picked = {}
     for k in x_keys:
-        a = arrays[k]
-        picked[k] = np.asarray(np.ascontiguousarray(a[index]) if len(index) < n or isinstance(a, np.memmap) else a)
+        a, what = arrays[k], f"{path}: {k!r}"
+        if lazy:
+            picked[k] = _rows_of(a, index, what)
+        elif isinstance(a, h5py.Dataset):
+            whole = len(index) == n
+            picked[k] = np.asarray(hdf5.read(a, what, DataError, None if whole else index))
+        else:
+            picked[k] = np.asarray(np.ascontiguousarray(a[index]) if len(index) < n or isinstance(a, np.memmap) else a)
     xs = picked[x_keys[0]] if len(x_keys) == 1 else Inputs(picked)
     recipe = {"path": str(path.resolve()), "split": split, "x_key": x_key, "y_key": y_key, "split_key": split_key,
               "limit": limit, "n": len(index)}
@@ -485,7 +749,8 @@ def prepare_inputs(x: np.ndarray, input_shape: tuple, scale: float, *, input_nam
     """
     want = tuple(input_shape[1:])
     have = tuple(x.shape[1:])
-    require_memory(4 * int(np.prod(x.shape, dtype=np.float64)), f"{len(x):,} input samples as float32")
+    require_memory(4 * int(np.prod(x.shape, dtype=np.float64)), f"{len(x):,} input samples as float32 (fewer "
+                   "with --limit; capture reads any number a batch at a time)")
     out = np.multiply(x, np.float32(scale), dtype=np.float32)   # one pass, no float64 temporary
     if have != want:
         if any(d is None for d in want):

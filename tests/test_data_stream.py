@@ -1,0 +1,162 @@
+"""Data larger than memory: HDF5 and .npy samples read a selection of rows at a time, .npz
+members refused with the way out, folders of images read with Pillow."""
+from __future__ import annotations
+
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import FIX
+from infoprobe.data import Rows, load_data
+from infoprobe.errors import BudgetError, DataError
+from infoprobe.limits import budgets
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return np.load(FIX / "mnist_demo.npz")
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npy"])
+def test_samples_over_a_quarter_of_the_budget_are_read_on_demand(fmt, mnist, tmp_path):
+    x = mnist["x"]
+    if fmt == "h5":
+        path = tmp_path / "d.h5"
+        with h5py.File(path, "w") as f:
+            for k in ("x", "y", "split"):
+                f[k] = mnist[k]
+        split, want = "test", x[mnist["split"] == 2]
+    else:
+        path = tmp_path / "d.npy"
+        np.save(path, x)
+        split, want = "all", x
+    assert isinstance(load_data(path, split=split).x, np.ndarray)        # small enough: in memory
+    with budgets(memory=f"{want.nbytes // 3}"):
+        d = load_data(path, split=split)
+        assert isinstance(d.x, Rows) and d.x.shape == want.shape and d.x.dtype == np.uint8
+        assert np.array_equal(d.x[:7], want[:7]) and np.array_equal(d.x[5:400:13], want[5:400:13])
+        assert np.array_equal(d.x[[9, 2, 2, -1]], want[[9, 2, 2, -1]]) and np.array_equal(d.x[3], want[3])
+        with pytest.raises(BudgetError, match="capture, take any number"):
+            np.asarray(d.x)
+    assert np.array_equal(np.asarray(d.x), want)                     # within the budget: whole
+
+
+def test_capture_streams_an_hdf5_file_larger_than_the_budget(mnist, tmp_path):
+    from infoprobe.analyses.capture import capture
+    from infoprobe.store import Store
+
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        for k in ("x", "y", "split"):
+            f[k] = mnist[k]
+    ref = capture(FIX / "mlp_relu.onnx", load_data(FIX / "mnist_demo.npz", split="test"), tmp_path / "a.h5",
+                  progress=False)
+    with budgets(memory="1M"):           # the split's 1.5 MiB of samples stay in the file
+        data = load_data(path, split="test")
+        assert isinstance(data.x, Rows)
+        got = capture(FIX / "mlp_relu.onnx", data, tmp_path / "b.h5", progress=False)
+    with Store(ref) as a, Store(got) as b:
+        for layer in a.layer_names:
+            assert np.array_equal(a.read(layer), b.read(layer))
+        assert np.array_equal(a.labels, b.labels)
+
+
+def test_an_npz_member_over_the_budget_is_refused_with_the_way_out():
+    with budgets(memory="1M"), pytest.raises(BudgetError, match=r"can only be read whole: save the array as \.npy"):
+        load_data(FIX / "mnist_demo.npz")
+
+
+# --- folders of images ---------------------------------------------------------------------------
+
+def _folder(root, mnist, n=30, rgb=False):
+    x, y = mnist["x"][:n], mnist["y"][:n]
+    for i in range(n):
+        d = root / f"class_{y[i]}"
+        d.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(x[i])
+        (img.convert("RGB") if rgb else img).save(d / f"{i:03d}.png")
+    return x, y
+
+
+def test_an_image_folder_gives_pixels_and_labels_by_class_folder(mnist, tmp_path):
+    x, y = _folder(tmp_path / "imgs", mnist)
+    (tmp_path / "imgs" / "class_0" / "notes.txt").write_text("not an image")      # ignored
+    d = load_data(tmp_path / "imgs")
+    classes = sorted({f"class_{c}" for c in y})
+    assert d.classes == classes
+    order = sorted(range(len(y)), key=lambda i: (f"class_{y[i]}", f"{i:03d}"))       # folder, then file name
+    assert np.array_equal(d.y, [classes.index(f"class_{y[i]}") for i in order])
+    assert d.x.shape == (len(y), 1, 28, 28) and d.x.dtype == np.uint8
+    assert np.array_equal(np.asarray(d.x)[:, 0], x[order])
+    back = pickle.loads(pickle.dumps(d))                                             # to a Dask worker
+    assert len(pickle.dumps(d)) < 1000 and np.array_equal(np.asarray(back.x), np.asarray(d.x))
+
+
+def test_an_image_folder_resized_and_normalised_per_channel(mnist, tmp_path):
+    x, _ = _folder(tmp_path / "rgb", mnist, n=6, rgb=True)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    d = load_data(tmp_path / "rgb", image_size=20, mean=",".join(map(str, mean)), std=std)
+    files = sorted((tmp_path / "rgb").glob("*/*.png"))
+    want = np.stack([np.asarray(Image.open(f).convert("RGB").resize((20, 20), Image.Resampling.BILINEAR))
+                     for f in files]).transpose(0, 3, 1, 2) / 255.0
+    want = (want - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    assert d.x.shape == (6, 3, 20, 20) and d.x.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(d.x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_hostile_image_folders_are_refused_in_one_line(mnist, tmp_path):
+    root = tmp_path / "sizes"
+    _folder(root, mnist, n=4)
+    first = sorted(root.glob("*/*.png"))[-1]
+    Image.new("L", (30, 28)).save(first)
+    with pytest.raises(DataError, match="pass --image-size"):
+        np.asarray(load_data(root).x)
+    assert load_data(root, image_size=28).x[:].shape == (4, 1, 28, 28)
+
+    link = tmp_path / "link"
+    _folder(link, mnist, n=2)
+    (tmp_path / "outside.png").write_bytes(first.read_bytes())
+    (next(link.iterdir()) / "x.png").symlink_to(tmp_path / "outside.png")
+    with pytest.raises(DataError, match="is a link"):
+        load_data(link)
+
+    broken = tmp_path / "broken"
+    _folder(broken, mnist, n=2)
+    sorted(broken.glob("*/*.png"))[0].write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match="is not a readable image"):
+        load_data(broken)
+
+    mixed = tmp_path / "mixed"
+    _folder(mixed, mnist, n=2)
+    Image.new("L", (28, 28)).save(mixed / "loose.png")
+    with pytest.raises(DataError, match="holds images and subfolders"):
+        load_data(mixed)
+
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    Image.new("1", (9000, 9000)).save(bomb / "big.png")          # 81 M pixels in a few kB
+    assert (bomb / "big.png").stat().st_size < 200_000
+    with pytest.raises(DataError, match="decompression bomb"):
+        load_data(bomb)
+    with pytest.raises(DataError, match="--std of these greyscale images needs one value, finite and above 0"):
+        load_data(link.parent / "sizes", mean="0.5", std="0")
+    with pytest.raises(DataError, match="one split"):
+        load_data(root, split="test")
+
+
+def test_cli_reads_an_image_folder_and_refuses_a_broken_image_in_one_line(mnist, tmp_path):
+    from infoprobe.cli.main import cli
+
+    _folder(tmp_path / "imgs", mnist, n=40)
+    r = CliRunner().invoke(cli, ["capture", str(FIX / "mlp_relu.onnx"), "--data", str(tmp_path / "imgs"),
+                                 "--out", str(tmp_path / "a.h5"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    sorted((tmp_path / "imgs").glob("*/*.png"))[-1].write_bytes(b"GIF89a broken")
+    r = CliRunner().invoke(cli, ["capture", str(FIX / "mlp_relu.onnx"), "--data", str(tmp_path / "imgs"),
+                                 "--out", str(tmp_path / "b.h5"), "--no-progress"])
+    assert r.exit_code == 2 and "is not a readable image" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b.h5").exists()

@@ -16,7 +16,11 @@ from .options import (announcer, csv_list, data_options, echo_json, max_size_opt
 @click.option("--beta", required=True, type=float,
               help="Standard deviation of the Gaussian noise added to every hidden layer's output (0: none).")
 @click.option("--checkpoints", is_flag=True, help="MODELS are checkpoints of one architecture, in training order.")
-@click.option("--epochs", default=None, help="Epoch of each checkpoint, e.g. 0,10,50 (default 0, 1, 2, ...).")
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="MODELS are this many training runs (other seeds) with the same checkpoints, given run after run: "
+                   "each run's tables in OUT/run<i>, the mean, sd and 95% interval over runs in flow_summary, "
+                   "bands in flow.png.")
+@click.option("--epochs", default=None, help="Epoch of each checkpoint of a run, e.g. 0,10,50 (default 0, 1, 2, ...).")
 @click.option("--samples", "n_samples", default=200, show_default=True, type=int,
               help="Noisy draws per input for the conditional entropies (n_x).")
 @click.option("--mc", "n_mc", default=100_000, show_default=True, type=int,
@@ -34,7 +38,7 @@ from .options import (announcer, csv_list, data_options, echo_json, max_size_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the trajectory table as JSON.")
 @max_size_option
 @progress_option
-def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkpoints, epochs, n_samples, n_mc,
+def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkpoints, runs, epochs, n_samples, n_mc,
          mc_conditional, bin_size, layers, max_points, nats, device, seed, plot, overwrite, as_json, max_model_size,
          progress):
     """Information flow: I(X;T) of each hidden layer in the noisy network, and clustering.
@@ -57,13 +61,19 @@ def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkp
       infoprobe flow model.onnx --data szt.npz --beta 0.005 --out flow/
       infoprobe flow --checkpoints epoch_*.onnx --epochs 0,10,50,150 --data szt.npz --beta 0.005 --out flow/
       infoprobe flow model.onnx --data mnist.npz --split test --beta 0 --bin-size 0.01 --out flow/
+      infoprobe flow --checkpoints --runs 3 seed1_e*.onnx seed2_e*.onnx seed3_e*.onnx --data szt.npz \\
+          --beta 0.005 --out flow3/ --workers 2
     """
     from infoprobe.analyses.flow import flow_study
 
-    if len(models) > 1 and not checkpoints:
-        raise click.UsageError("several MODELS are read as training checkpoints: pass --checkpoints")
+    if len(models) > runs and not checkpoints:
+        raise click.UsageError("several MODELS are read as training checkpoints: pass --checkpoints"
+                               + (" (or --runs N for the final networks of N runs)" if runs == 1 else ""))
+    if len(models) % runs:
+        raise click.UsageError(f"{len(models)} MODELS cannot be split into --runs {runs} runs of equal length")
     epoch_list = numbers(epochs, "--epochs")
     study = flow_study(models, read_data(data_path, split, x_key, y_key, limit), out, beta=beta, epochs=epoch_list,
+                       runs=runs,
                        overwrite=overwrite, plot=plot, progress=progress, notify=announcer(progress), note=to_stderr,
                        max_model_bytes=size(max_model_size), n_samples=n_samples, n_mc=n_mc,
                        n_mc_conditional=mc_conditional, layers=csv_list(layers), bin_size=bin_size,

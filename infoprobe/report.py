@@ -452,10 +452,12 @@ def plot_sweep(rows: list, g_range: dict, path, *, across=None) -> Path:
     return _save(fig, path)
 
 
-def plot_flow(trajectory: list, path) -> Path:
+def plot_flow(trajectory: list, path, across: list | None = None) -> Path:
     """I(X;T_l) (with its Monte Carlo standard error) and H(Bin(T_l)) against the epoch, one
     line per layer (Goldfeld et al., Figs. 1, 5); writes a PNG. Without MI values (beta = 0)
-    only the binned entropy is drawn."""
+    only the binned entropy is drawn. With ``across`` (rows of
+    :func:`infoprobe.stats.across_replicates` by epoch and layer over training runs), each
+    line is the mean over the runs, in a band of +- one standard deviation."""
     plt = _pyplot()
     has_mi = any(r.get("mi") is not None for r in trajectory)
     fig, axes = plt.subplots(2 if has_mi else 1, 1, figsize=(6, 6 if has_mi else 3.2), squeeze=False,
@@ -468,6 +470,16 @@ def plot_flow(trajectory: list, path) -> Path:
         sel = sorted((r for r in trajectory if r["layer"] == layer), key=lambda r: r["epoch"])
         e = np.array([r["epoch"] for r in sel], float)
         color = plt.cm.viridis(i / max(1, len(layers) - 1))
+        if across:
+            for ax, measure in ([(axes[0][0], "mi")] if has_mi else []) + [(axes[-1][0], "binned_entropy")]:
+                g = sorted((r for r in across if r["layer"] == layer and r["measure"] == measure),
+                           key=lambda r: r["epoch"])
+                ge = np.array([r["epoch"] for r in g], float)
+                m = np.array([r["mean"] for r in g], float)
+                sd = np.array([r["std"] if r["std"] is not None else 0.0 for r in g], float)
+                ax.plot(ge, m, "o-", ms=3, lw=1.2, color=color, label=f"{layer} (mean of {g[0]['n']} runs)")
+                ax.fill_between(ge, m - sd, m + sd, color=color, alpha=0.2, lw=0)
+            continue
         if has_mi:
             mi = np.array([r["mi"] for r in sel], float)
             se = np.array([r["mi_se"] for r in sel], float)
@@ -476,7 +488,8 @@ def plot_flow(trajectory: list, path) -> Path:
     if has_mi:
         unit = trajectory[0].get("unit", "bits")
         axes[0][0].set_ylabel(f"I(X;T) [{unit}]")
-        axes[0][0].set_title(f"noisy network, beta = {trajectory[0]['beta']:g}", fontsize=9)
+        axes[0][0].set_title(f"noisy network, beta = {trajectory[0]['beta']:g}"
+                             + ("; bands: +- 1 sd over runs" if across else ""), fontsize=9)
         axes[0][0].legend(fontsize=6)
         axes[0][0].grid(alpha=0.3)
     ax = axes[-1][0]

@@ -322,3 +322,33 @@ def test_mixture_entropy_on_cuda_matches_cpu(cupy):
     a = mixture_entropy(c, 0.2, n_mc=5000, seed=7)
     b = mixture_entropy(cupy.asarray(c), 0.2, n_mc=5000, seed=7)
     assert a[0] == pytest.approx(b[0], abs=1e-4) and a[1] == pytest.approx(b[1], rel=1e-3)
+
+
+def test_runs_of_one_configuration_give_each_runs_tables_and_their_spread(tmp_path):
+    """Each run's folder holds its own series; flow_summary's mean, sd and interval equal
+    NumPy and SciPy over the runs; runs of unequal length are refused."""
+    from scipy import stats as st
+
+    from infoprobe.analyses.flow import flow_study
+
+    d = load_data(FIX / "toy_tanh.npz")
+    runs = [[_toy(k) for k in (0, 27, 2157)], [_toy(k) for k in (1, 46, 3733)], [_toy(k) for k in (2, 80, 6459)]]
+    study = flow_study(sum(runs, []), d, tmp_path, runs=3, progress=False, plot=False, **RESUME_KW)
+    singles = [flow_series(r, d, progress=False, **RESUME_KW) for r in runs]
+    assert [s.trajectory for s in study.runs] == [s.trajectory for s in singles]
+    per = json.loads((tmp_path / "flow_runs.json").read_text())["rows"]
+    assert [r["run"] for r in per] == [i for i in range(3) for _ in singles[i].trajectory]
+    summary = json.loads((tmp_path / "flow_summary.json").read_text())["rows"]
+    for g in summary:
+        v = np.array([[r[g["measure"]] for r in s.trajectory if (r["epoch"], r["layer"]) == (g["epoch"], g["layer"])]
+                      for s in singles]).ravel()
+        assert g["n"] == 3 and g["mean"] == pytest.approx(v.mean(), rel=1e-12)
+        assert g["std"] == pytest.approx(v.std(ddof=1), rel=1e-12)
+        half = st.t.ppf(0.975, 2) * v.std(ddof=1) / np.sqrt(3)
+        assert g["ci_high"] - g["mean"] == pytest.approx(half, rel=1e-9, abs=1e-15)
+    assert {g["measure"] for g in summary} == {"mi", "binned_entropy"}
+    for i in range(3):
+        assert json.loads((tmp_path / f"run{i}" / "flow.json").read_text())["rows"] == \
+            json.loads(json.dumps(singles[i].trajectory))
+    with pytest.raises(ConfigError, match="cannot be split into 2 runs"):
+        flow_study(sum(runs, []), d, tmp_path / "bad", runs=2, progress=False, plot=False, **RESUME_KW)

@@ -483,24 +483,40 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
 
 @dataclass
 class FlowStudy:
-    """What :func:`flow_study` computed (``series``) and wrote (``files``)."""
+    """What :func:`flow_study` computed (``series``: the first run's; ``runs``: every run's)
+    and wrote (``files``); with several runs, ``across``: per epoch, layer and measure (``mi``,
+    ``binned_entropy``) the mean, sd, median, range and Student t interval over the runs
+    (:func:`infoprobe.stats.across_replicates`)."""
 
     series: FlowSeries
     files: list
+    runs: list = field(default_factory=list)
+    across: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The trajectories, the trend summary and the files, as JSON values."""
-        return plain({"trajectory": self.series.trajectory, "trend_summary": self.series.trend_summary,
-                      "files": self.files})
+        doc = {"trajectory": self.series.trajectory, "trend_summary": self.series.trend_summary, "files": self.files}
+        if len(self.runs) > 1:
+            doc = {"runs": [{"trajectory": r.trajectory, "trend_summary": r.trend_summary} for r in self.runs],
+                   "across_runs": self.across, "files": self.files}
+        return plain(doc)
 
     def summary(self) -> str:
-        """:meth:`FlowSeries.summary`."""
-        return self.series.summary()
+        """:meth:`FlowSeries.summary`, or with several runs the mean and sd over them."""
+        if len(self.runs) < 2:
+            return self.series.summary()
+        lines = [f"mean +/- sd over {len(self.runs)} runs"]
+        for g in self.across:
+            if g["mean"] is None:
+                continue
+            sd = f" +/- {g['std']:.4f}" if g["std"] is not None else ""
+            lines.append(f"  {g['epoch']:>8g} {g['layer']:<12} {g['measure']:<15} {g['mean']:.4f}{sd}")
+        return "\n".join(lines)
 
 
-def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, overwrite: bool = False, plot: bool = True,
-               progress: bool = True, notify=None, note=None, max_model_bytes: int = DEFAULT_MAX_BYTES,
-               **kw) -> FlowStudy:
+def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, runs: int = 1, overwrite: bool = False,
+               plot: bool = True, progress: bool = True, notify=None, note=None,
+               max_model_bytes: int = DEFAULT_MAX_BYTES, **kw) -> FlowStudy:
     """The information-flow workflow: :func:`flow_series` of ``models``, resumable, with its
     tables (and plots) written to ``out``.
 
@@ -520,6 +536,14 @@ def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, overwrit
     beta : float
         Noise standard deviation (:func:`information_flow`).
     epochs : list of float, optional
+        Epoch of each checkpoint of a run.
+    runs : int
+        ``models`` are this many training runs of one configuration (other seeds), each with
+        the same checkpoints, given run after run. Each run's tables go to ``out/run<i>``;
+        ``out`` gets ``flow_runs.{csv,json}`` (every run's trajectory, with its ``run``),
+        ``flow_summary.{csv,json}`` (mean, sd, median, range and Student t interval over the
+        runs of I(X;T) and H(Bin(T)) per epoch and layer) and ``flow.png`` with the runs'
+        spread as bands.
     plot : bool
         Write ``flow.png`` and ``distances.png``.
     notify : callable, optional
@@ -539,13 +563,22 @@ def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, overwrit
     OutputExistsError, ModelError, DataError, ConfigError
     """
     out = Path(out)
-    check_outputs([out / f"{t}.{e}" for t in TABLES for e in ("csv", "json")], overwrite)   # before the work
+    models = list(models)
+    runs = int(runs)
+    if runs < 1 or len(models) % runs:
+        raise ConfigError(f"{len(models)} checkpoints cannot be split into {runs} runs of equal length")
+    per_run = len(models) // runs
+    folders = [out] if runs == 1 else [out / f"run{i}" for i in range(runs)]
+    tables = [f / f"{t}.{e}" for f in folders for t in TABLES for e in ("csv", "json")]
+    if runs > 1:
+        tables += [out / f"{t}.{e}" for t in ("flow_runs", "flow_summary") for e in ("csv", "json")]
+    check_outputs(tables, overwrite)   # before the work
     if beta == 0 and note is not None:
         note(DETERMINISTIC_NOTE)
     partial = out / PARTIAL_DIR
 
     def kept():
-        done = len(list(partial.glob("[0-9]*.json"))) if partial.is_dir() else 0
+        done = len(list(partial.rglob("[0-9]*.json"))) if partial.is_dir() else 0
         if not done:
             return "nothing was written (results appear only when complete)"
         return (f"{done} finished checkpoint{'s' if done > 1 else ''} kept in {partial}; run the same command "
@@ -553,10 +586,35 @@ def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, overwrit
 
     keep_on_interrupt(kept)
     loaded = [m if isinstance(m, LoadedModel) else load_model(m, max_bytes=max_model_bytes) for m in models]
-    series = flow_series(loaded, data, epochs=epochs, beta=beta, progress=progress, resume_dir=partial,
-                         notify=notify, **kw)
-    files = series.save(out, overwrite=overwrite)
-    if plot:
-        files += series.plot(out)
+    series, files = [], []
+    for i, folder in enumerate(folders):
+        s = flow_series(loaded[i * per_run:(i + 1) * per_run], data, epochs=epochs, beta=beta, progress=progress,
+                        resume_dir=partial if runs == 1 else partial / f"run{i}", notify=notify, **kw)
+        files += s.save(folder, overwrite=overwrite)
+        if plot:
+            files += s.plot(folder)
+        series.append(s)
+    across = []
+    if runs > 1:
+        shape = [(r["epoch"], r["layer"]) for r in series[0].trajectory]
+        for i, s in enumerate(series[1:], start=1):
+            if [(r["epoch"], r["layer"]) for r in s.trajectory] != shape:
+                raise ConfigError(f"run {i} does not have run 0's checkpoints and layers: runs share one "
+                                  "architecture and one list of epochs")
+        from ..stats import across_replicates
+
+        per = [dict({"run": i}, **r) for i, s in enumerate(series) for r in s.trajectory]
+        values = ("mi", "binned_entropy") if beta > 0 else ("binned_entropy",)
+        across = across_replicates(per, by=("epoch", "layer"), values=values)
+        meta = dict(series[0].meta)
+        meta["inputs"] = {f"run{i}_{k}": v for i, s in enumerate(series) for k, v in s.meta["inputs"].items()
+                          if k != "data"} | {"data": series[0].meta["inputs"]["data"]}
+        meta["parameters"] = dict(meta["parameters"], runs=runs)
+        files += write_table(out, "flow_runs", per, meta)
+        files += write_table(out, "flow_summary", across, meta)
+        if plot:
+            from .. import report
+
+            files.append(report.plot_flow(series[0].trajectory, out / "flow.png", across=across))
     after_commit(lambda: shutil.rmtree(partial, ignore_errors=True))   # once the tables are in place
-    return FlowStudy(series, files)
+    return FlowStudy(series[0], files, series, across)

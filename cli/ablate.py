@@ -35,6 +35,8 @@ def _both(value, pair):
               help="Hybrid scheme, e.g. 'fc1=mutual_information:1,fc2=kl_selectivity:2'.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @config_option(AblationConfig, "batch_size", "--batch-size")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the information measures that rank the units are computed (NumPy or CuPy).")
 @click.option("--replicate", "replicates", multiple=True, metavar="MODEL STORE",
               type=(click.Path(dir_okay=False, path_type=Path), click.Path(dir_okay=False, path_type=Path)),
               help="Another network of the same architecture and its store (repeat the option): the curves are "
@@ -45,7 +47,7 @@ def _both(value, pair):
 @max_size_option
 @progress_option
 def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, measures, order, value, scope,
-           layers, random_repeats, n_steps, hybrid, seed, batch_size, replicates, plot, overwrite, as_json,
+           layers, random_repeats, n_steps, hybrid, seed, batch_size, device, replicates, plot, overwrite, as_json,
            max_model_size, progress):
     """Cumulatively ablate units of MODEL ranked by the measures from STORE; record accuracy.
 
@@ -71,7 +73,8 @@ def ablate(model, store, data_path, split, scale, x_key, y_key, limit, out, meas
     kw = dict(measures=csv_list(measures) or [], orders=_both(order, ("low", "high")),
               values=_both(value, ("zero", "mean")), scopes=_both(scope, ("layer", "network")), layers=csv_list(layers),
               n_steps=n_steps, random_repeats=random_repeats, seed=seed,
-              hybrid=parse_hybrid(hybrid) if hybrid else None, scale=scale, batch_size=batch_size, progress=progress)
+              hybrid=parse_hybrid(hybrid) if hybrid else None, scale=scale, batch_size=batch_size, device=device,
+              progress=progress)
     if replicates:
         pairs = [(lm, store)] + [(load(m, max_model_size), st) for m, st in replicates]
         res = replicate_ablation(pairs, data, **kw)

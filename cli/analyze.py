@@ -19,11 +19,13 @@ from .options import data_options, echo_json, max_size_option, progress_option, 
               help="Result folder: the analyses' tables and figures, and report.html.")
 @click.option("--budget", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
               help="Minutes of work; each analysis gets a share and the largest setting that fits it.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the estimators of importance, synergy and frivolous units compute (NumPy or CuPy).")
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and timings as JSON at the end.")
 @max_size_option
 @progress_option
-def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out, budget, overwrite, as_json,
+def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out, budget, device, overwrite, as_json,
             max_model_size, progress):
     """Run every analysis that applies to MODEL on --data within --budget minutes, then write
     the report.
@@ -45,8 +47,8 @@ def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out,
     data = read_data(data_path, split, x_key, y_key, limit)
     fit = read_data(data_path, fit_split, x_key, y_key, limit) if fit_split else None
     lm = load_model(model, max_bytes=size(max_model_size))
-    res = run(lm, data, out, fit_data=fit, budget=budget, scale=scale, overwrite=overwrite, progress=progress,
-              echo=click.echo)
+    res = run(lm, data, out, fit_data=fit, budget=budget, scale=scale, device=device, overwrite=overwrite,
+              progress=progress, echo=click.echo)
     if as_json:
         echo_json(res)
     click.echo(f"analysed in {res['seconds']:.0f} s; report: {res['report']} (open it in a browser)")

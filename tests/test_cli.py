@@ -249,6 +249,28 @@ def test_every_verb_that_runs_a_model_takes_provider(tmp_path):
         assert providers == ["CPUExecutionProvider"] and sess.get_providers() == ["CPUExecutionProvider"]
 
 
+def test_device_workers_and_image_options_are_where_they_apply(tmp_path, sigmoid_store):
+    """--device on every verb with CuPy estimators; --workers/--scheduler on every verb with
+    independent models or networks; --image-size/--mean/--std wherever --data is; --device cuda
+    without CuPy is one line and exit 2."""
+    import importlib.util
+
+    import infoprobe.cli.main as main
+
+    with_device = {"importance", "ablate", "synergy", "frivolous", "flow", "analyze"}
+    parallel = {"ablate", "flow", "frivolous", "modules", "synergy"}
+    for name, cmd in main.cli.commands.items():
+        params = {p.name for p in cmd.params}
+        assert ("device" in params) == (name in with_device), name
+        assert ({"workers", "scheduler"} <= params) == (name in parallel), name
+        assert ({"image_size", "mean", "std"} <= params) == ("data_path" in params), name
+    if importlib.util.find_spec("cupy") is None:
+        res = run("ablate", FIX / "mlp_sigmoid.onnx", sigmoid_store, "--data", FIX / "mnist_demo.npz",
+                  "--limit", "10", "--out", tmp_path / "a", "--device", "cuda", "--no-progress")
+        assert_one_line_error(res, "device='cuda'")
+        assert not (tmp_path / "a").exists()
+
+
 def test_cuda_provider_gives_the_cpu_results(tmp_path):
     import onnxruntime as ort
 

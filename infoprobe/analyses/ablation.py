@@ -274,6 +274,8 @@ class AblationConfig(Config):
     hybrid: dict | None = param(None, help="{layer: (measure, ratio)}: the hybrid scheme of Section 6.")
     scale: str | float = param("auto", help="Input multiplier for the data ('auto': 1/255 for 8-bit images).")
     batch_size: int = param(4096, help="Largest chunk of samples per onnxruntime call (lowered to fit --max-memory).")
+    device: str = param("cpu", choices=("cpu", "cuda"), what="device",
+                        help="Where the information measures that rank the units are computed (NumPy or CuPy).")
 
     def check(self):
         if self.random_repeats < 0:
@@ -378,7 +380,7 @@ def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
         imp_layers = sorted(set(names) | set(hybrid or {}), key=st.layer_names.index)
         imp = compute_importance(st, layers=imp_layers, js="js_subset_separation" in measures
                                  or any(m == "js_subset_separation" for m, _ in (hybrid or {}).values()),
-                                 progress=progress)
+                                 device=cfg.device, progress=progress)
     st_labels = st.labels
     n_classes = int(max(data.y.max(), st_labels.max() if st_labels is not None else 0)) + 1
     factor = resolve_scale(data.x, cfg.scale)

@@ -146,7 +146,7 @@ def plan_analyses(lm: LoadedModel, n_fit: int, n_eval: int, per_sample: float, b
 
 
 def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budget: float = DEFAULT_BUDGET,
-            scale="auto", overwrite: bool = False, progress: bool = True, echo=print) -> dict:
+            scale="auto", device: str = "cpu", overwrite: bool = False, progress: bool = True, echo=print) -> dict:
     """Run the analyses that apply to ``model`` on ``data`` within ``budget`` minutes and write
     their results and ``report.html`` to ``out``.
 
@@ -163,6 +163,9 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
         (at most :data:`MAX_FIT_SAMPLES`).
     budget : float
         Minutes of work (default :data:`DEFAULT_BUDGET`); see :func:`plan_analyses`.
+    device : {"cpu", "cuda"}
+        Where the estimators of importance, synergy and frivolous units compute (NumPy or
+        CuPy).
     echo : callable
         Receives the plan's lines before any work and one line per finished analysis.
 
@@ -225,7 +228,7 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
                 capture(lm, fit, store_path, overwrite=True, progress=progress, scale=scale)
                 q = Quantizer() if s.settings["quantizer"] == "threshold" else Quantizer("quantile", bins=2)
                 with Store(store_path) as st:
-                    imp = importance(st, quantizer=q, progress=progress)
+                    imp = importance(st, quantizer=q, device=device, progress=progress)
                 imp.save(out, overwrite=True)
                 imp.plot(out)
             elif s.name == "ablation":
@@ -238,7 +241,8 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
             elif s.name == "synergy":
                 later = sum(o.estimate for o in steps[steps.index(s) + 1:] if not o.skipped)
                 spare = budget * 60 - (time.perf_counter() - t0) - later      # what the others leave
-                syn = synergy(store_path, max_size=8, budget=max(s.settings["budget_s"], spare), progress=progress)
+                syn = synergy(store_path, max_size=8, budget=max(s.settings["budget_s"], spare), device=device,
+                              progress=progress)
                 syn.save(out, overwrite=True)
                 syn.plot(out)
             elif s.name == "modules":
@@ -246,7 +250,7 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
                 mod.save(out / "modules", overwrite=True)
                 mod.plot(out / "modules")
             elif s.name == "frivolous":
-                fr = frivolous(lm, data, progress=progress, scale=scale, **s.settings)
+                fr = frivolous(lm, data, progress=progress, scale=scale, device=device, **s.settings)
                 fr.save(out / "frivolous", overwrite=True)
                 fr.plot(out / "frivolous")
         except InfoprobeError as exc:     # an analysis that does not apply to this model: say why, go on

@@ -121,7 +121,7 @@ def plot_synergy(profiles: list, path) -> Path:
     axes[0][0].set_ylabel("O-information [bits]")
     axes[0][0].legend(fontsize=7)
     nets = max((r["networks"] for r in profiles), default=1)
-    fig.suptitle(f"Best redundancy and synergy per layer (mean over {nets} network"
+    fig.suptitle(f"Best redundancy and synergy per layer (mean{' +- sd' if nets > 1 else ''} over {nets} network"
                  f"{'s' if nets > 1 else ''}; hatched: greedy)", fontsize=10)
     return _save(fig, path)
 

@@ -180,14 +180,23 @@ class SynergyResult(Tables):
         networks) and the excluded constant units: the terminal's summary."""
         p = self.meta.get("parameters", {})
         nets = max(r["networks"] for r in self.profiles)
-        lines = [f"best O-information [bits], mean over {nets} network{'s' if nets > 1 else ''} "
-                 f"(labels={p.get('labels')}, {p.get('which')}-activations)",
-                 f"{'layer':<16} {'k':>3} {'synergy':>9} {'redundancy':>11}  method"]
+        spread = nets > 1
+        lines = [f"best O-information [bits], mean{' +- sd' if spread else ''} over {nets} network"
+                 f"{'s' if nets > 1 else ''} (labels={p.get('labels')}, {p.get('which')}-activations)",
+                 f"{'layer':<16} {'k':>3} {'synergy':>{15 if spread else 9}} "
+                 f"{'redundancy':>{15 if spread else 11}}  method"]
         best = {(r["layer"], r["size"], r["direction"]): r for r in reversed(self.profiles)}
+
+        def cell(r, width):
+            if not spread or r.get("std") is None:
+                return f"{r['mean']:{width}.3f}"
+            return f"{r['mean']:.3f} +- {r['std']:.3f}".rjust(width)
+
         for lay in self.layers():
             for k in sorted({r["size"] for r in self.profiles if r["layer"] == lay}):
                 s, d = best[(lay, k, "synergy")], best[(lay, k, "redundancy")]
-                lines.append(f"{lay:<16} {k:>3} {s['mean']:9.3f} {d['mean']:11.3f}  {s['method']}")
+                lines.append(f"{lay:<16} {k:>3} {cell(s, 15 if spread else 9)} {cell(d, 15 if spread else 11)}  "
+                             f"{s['method']}")
         for key, u in self.constant_units().items():
             lines.append(f"excluded constant units of {key}: {u}")
         return "\n".join(lines)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .. import estimators as est
 from ..arrays import namespace, to_numpy
 from ..errors import ConfigError
-from ..limits import require_memory
+from ..limits import max_memory, rows_within
 from ..results import Tables, check_outputs, provenance, write_table
 from ..positions import REDUCTIONS, per_unit
 from ..store import Store
@@ -203,15 +203,22 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                     lo, hi = np.minimum(lo, b.min(0)), np.maximum(hi, b.max(0))
                 edges = est.uniform_edges(xp.asarray(lo), xp.asarray(hi), quantizer.bins)
             else:
-                rows = np.sort(rng.choice(st.n_rows, min(st.n_rows, max_quantile_rows), replace=False))
-                require_memory(len(rows) * n_units * 8, f"{len(rows):,} samples of {n_units:,} units for the "
-                               "quantile edges (lower max_quantile_rows)")
-                parts = []                   # a first pass, a block of samples at a time
-                for start, block in st.iter_rows(name, which):
+                keep = min(st.n_rows, max_quantile_rows)
+                fit = max_memory() // 4 // (4 * n_units)        # the sample, float32, in a quarter of the budget
+                if fit < keep:
+                    warnings.warn(f"the quantile edges of {name} come from {fit:,} samples (max_quantile_rows "
+                                  f"{keep:,} lowered so that {n_units:,} units fit in 1/4 of --max-memory)", stacklevel=2)
+                    keep = max(1, fit)
+                rows = np.sort(rng.choice(st.n_rows, keep, replace=False))
+                sample, at = np.empty((len(rows), n_units), np.float32), 0
+                for start, block in st.iter_rows(name, which):   # a first pass, a block of samples at a time
                     lo, hi = np.searchsorted(rows, [start, start + len(block)])
                     if hi > lo:
-                        parts.append(reduced(block[rows[lo:hi] - start], rows=rows[lo:hi]))
-                edges = est.quantile_edges(xp.asarray(np.concatenate(parts)), quantizer.bins)
+                        sample[at:at + hi - lo] = reduced(block[rows[lo:hi] - start], rows=rows[lo:hi])
+                        at += hi - lo
+                cols = rows_within(len(rows) * 8 * 3, n_units, share=0.25, what=f"one unit's {len(rows):,} samples")
+                edges = xp.concat([est.quantile_edges(xp.asarray(sample[:, j:j + cols]), quantizer.bins)
+                                        for j in range(0, n_units, cols)], axis=0)
             counts = None
             for start, block in st.iter_rows(name, which):
                 b = xp.asarray(reduced(block, start))

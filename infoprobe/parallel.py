@@ -1,5 +1,6 @@
 """Independent work on Dask: the models of a width sweep, the checkpoints of a flow run, the
-replicate networks of an averaged experiment.
+replicate networks of an averaged experiment, the subtrees of a large exhaustive O-information
+search.
 
 Outside an :func:`engine` block (the default) every task runs in this process, one after the
 other. Inside one, :func:`map_tasks` sends the tasks to a ``dask.distributed`` cluster:
@@ -90,6 +91,14 @@ class Engine:
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler {self.scheduler!r}: {exc}") from None
         return self._client
+
+    def capacity(self) -> int:
+        """Tasks the cluster runs at once: the LocalCluster's workers, or a running
+        cluster's worker threads (at least 1)."""
+        if self.scheduler == "local":
+            return self.workers
+        info = self.client().scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in info.values()))
 
     def close(self) -> None:
         """Close the client and the LocalCluster this engine started."""

@@ -191,3 +191,23 @@ def test_engine_refuses_what_it_cannot_use():
     with parallel.engine("tcp://127.0.0.1:9", workers=1) as eng:
         with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
             eng.client()
+
+
+def test_an_exhaustive_search_split_into_tasks_finds_the_serial_multiplets(cluster, monkeypatch):
+    from infoprobe.estimators import oinfo
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 600)
+    x = rng.standard_normal((600, 24)) + np.sin(np.arange(24)[None, :] * y[:, None])
+    model = oinfo.copula_model(x, y)
+    back = pickle.loads(pickle.dumps(model))                      # travels without its namespace
+    assert np.array_equal(back.cov, model.cov) and back.xp is model.xp
+    serial = oinfo.search_multiplets(model, max_size=6, exhaustive_up_to=4, keep=3, threads=1)
+    monkeypatch.setattr(oinfo, "DASK_WORK", 0)                    # split even this small search
+    seen = []
+    with _On(cluster):
+        dist = oinfo.search_multiplets(model, max_size=6, exhaustive_up_to=4, keep=3, progress=seen.append)
+    assert dist == serial
+    exhaustive = sum(r["evaluated"] for r in serial if r["direction"] == "synergy" and r["method"] == "exhaustive")
+    greedy = sum(r["evaluated"] for r in serial if r["method"] == "greedy")
+    assert sum(seen) == 24 + exhaustive + greedy                  # progress reported as the tasks finish

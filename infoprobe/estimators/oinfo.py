@@ -115,6 +115,14 @@ class CopulaModel:
         object.__setattr__(self, "xp", xp)
         object.__setattr__(self, "flat_cov", xp.reshape(self.cov, (self.cov.shape[0], -1)))
 
+    def __getstate__(self) -> dict:
+        """Pickled (for a Dask worker) without its array namespace, rebuilt on arrival."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("xp", "flat_cov")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
     @property
     def n_units(self) -> int:
         """Candidate units (constant units excluded)."""
@@ -937,47 +945,34 @@ def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_t
                           "best exhaustive multiplet")
     total = _check_total(n, exhaustive_up_to, max_multiplets)
     xp = model.xp
-    nf = len(model.fixed)
 
-    def descend(b: _Batch, k: int, best: dict):
-        """``b``: multiplets of k units in colexicographic order; enumerate their children."""
-        start = _starts(model, b, k, n)
-        leaf = k + 1 == exhaustive_up_to
-        step = _chunk(model, k + 1, chunk)
-        for lo in range(0, int(start[-1]), step):
-            hi = min(lo + step, int(start[-1]))
-            child, vars_, om = _grow(model, b, start, lo, hi, leaf, k + 1 >= min_size)
-            if om is not None:
-                best[k + 1].add(om, to_numpy(vars_[nf:]).T)
-            if progress:
-                progress(hi - lo)
-            if not leaf:
-                descend(child, k + 1, best)
-
-    # single units, then one subtree per group of smallest units, balanced over threads
-    singles = _extend(model, _root(model), xp.zeros(n, dtype=xp.int64), xp.arange(n, dtype=xp.int64))
+    # single units, then one subtree per group of smallest units, balanced over threads (or
+    # over the tasks of a Dask cluster: infoprobe.parallel)
     if progress:
         progress(n)
+    from ..parallel import current, map_tasks
+
     threads = _threads(model, threads)
     if exhaustive_up_to == 1 or total * model.cov.shape[0] < THREAD_WORK:
         threads = 1
+    eng = current() if model.device == "cpu" and exhaustive_up_to > 1 else None
+    parts = 4 * eng.capacity() if eng is not None and total * model.cov.shape[0] >= DASK_WORK else threads
     work = [sum(comb(n - 1 - a, k - 1) for k in range(2, exhaustive_up_to + 1)) for a in range(n)]
-    groups, load = [[] for _ in range(threads)], [0] * threads
+    groups, load = [[] for _ in range(parts)], [0] * parts
     for a in sorted(range(n), key=lambda a: -work[a]):
         i = load.index(min(load))
         groups[i].append(a)
         load[i] += work[a]
-    bests = [{k: _Best(keep) for k in range(min_size, exhaustive_up_to + 1)} for _ in groups]
-
-    def run(i):
-        if groups[i] and exhaustive_up_to > 1:
-            descend(_take(singles, xp.asarray(sorted(groups[i]))), 1, bests[i])
-
-    if threads == 1:
-        run(0)
+    groups = [sorted(g) for g in groups if g] or [[]]
+    args = (exhaustive_up_to, min_size, keep, chunk)
+    if parts > threads:
+        bests = map_tasks(_search_group, [((model, g, *args), {}) for g in groups], desc="partitions",
+                          on_result=(lambda i, b: progress(sum(x.count for x in b.values()))) if progress else None)
+    elif threads == 1:
+        bests = [_search_group(model, g, *args, progress=progress) for g in groups]
     else:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, range(threads)))
+            bests = list(pool.map(lambda g: _search_group(model, g, *args, progress=progress), groups))
     best = bests[0]
     for other in bests[1:]:
         for k in best:
@@ -1009,6 +1004,40 @@ def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_t
                              int(np.isnan(om).sum())))
     rows.sort(key=lambda r: (r["size"], r["direction"] != "synergy"))
     return rows
+
+
+#: Exhaustive searches of at least this many multiplet-covariances are split into Dask tasks
+#: inside an :func:`infoprobe.parallel.engine` block (smaller ones stay in the process's threads).
+DASK_WORK = 50_000_000
+
+
+def _search_group(model: CopulaModel, group: list, exhaustive_up_to: int, min_size: int, keep: int, chunk,
+                  progress=None) -> dict:
+    """The exhaustive search of the subtrees whose smallest unit is in ``group`` (sorted
+    candidate indices): {size: _Best}. One thread's or one Dask task's share of
+    :func:`search_multiplets`."""
+    xp, n, nf = model.xp, model.n_units, len(model.fixed)
+    best = {k: _Best(keep) for k in range(min_size, exhaustive_up_to + 1)}
+
+    def descend(b: _Batch, k: int):
+        """``b``: multiplets of k units in colexicographic order; enumerate their children."""
+        start = _starts(model, b, k, n)
+        leaf = k + 1 == exhaustive_up_to
+        step = _chunk(model, k + 1, chunk)
+        for lo in range(0, int(start[-1]), step):
+            hi = min(lo + step, int(start[-1]))
+            child, vars_, om = _grow(model, b, start, lo, hi, leaf, k + 1 >= min_size)
+            if om is not None:
+                best[k + 1].add(om, to_numpy(vars_[nf:]).T)
+            if progress:
+                progress(hi - lo)
+            if not leaf:
+                descend(child, k + 1)
+
+    if group and exhaustive_up_to > 1:
+        g = xp.asarray(group, dtype=xp.int64)
+        descend(_extend(model, _root(model), xp.zeros(len(group), dtype=xp.int64), g), 1)
+    return best
 
 
 def _row(model, k, direction, method, vals, sets, count, degenerate) -> dict:

@@ -266,6 +266,9 @@ class Evaluator:
         else:
             self.n_classes, self.class_totals = 0, None
         self.stack_rows = stack_rows
+        self._kw = {"labels": labels is not None, "n_classes": n_classes, "batch_size": batch_size,
+                    "stack_rows": stack_rows, "agreement": agreement}
+        self._source = None
         self.providers = providers
         self.threads = threads if threads is not None else default_threads()
         # the whole model: intact labels, prefixes and interventions that have no suffix
@@ -400,8 +403,23 @@ class Evaluator:
 
     # ------------------------------------------------------------------ evaluation
 
+    def shareable(self, data, scale: float) -> "Evaluator":
+        """Let :meth:`evaluate` send blocks of sets to Dask workers (inside an
+        :func:`infoprobe.parallel.engine` block): each worker rebuilds this evaluator from the
+        model's file, ``data`` (read by the worker) and ``scale`` (the factor its inputs were
+        prepared with). Counts are integers, so the outcome is the serial one. A model not read
+        from a file stays in this process. Returns ``self``."""
+        from pathlib import Path
+
+        if getattr(self.lm, "path", None) is not None and Path(self.lm.path).is_file():
+            self._source = (str(self.lm.path), self.lm.sha256, data, float(scale))
+        return self
+
     def evaluate(self, sets, *, advance=None) -> Outcome:
         """Counts of the model under each set of interventions.
+
+        Inside an :func:`infoprobe.parallel.engine` block, an evaluator made :meth:`shareable`
+        sends blocks of at least :data:`DASK_SETS` sets to the workers.
 
         Parameters
         ----------
@@ -424,6 +442,20 @@ class Evaluator:
             As for :meth:`infoprobe.runner.Runner.run`.
         """
         sets = [tuple(s) for s in sets]
+        from .parallel import current, map_tasks, portable
+
+        eng = current() if self._source is not None else None
+        if eng is not None and len(sets) >= 2 * DASK_SETS:
+            parts = max(2, min(4 * eng.capacity(), len(sets) // DASK_SETS))
+            bounds = np.linspace(0, len(sets), parts + 1).astype(int)
+            path, sha, data, scale = self._source
+            outs = map_tasks(_evaluate_block, [((portable(path), sha, data, scale, self._kw, sets[a:b]), {})
+                                               for a, b in zip(bounds[:-1], bounds[1:]) if b > a],
+                             desc="interventions",
+                             on_result=(lambda i, o: advance(len(o.unchanged))) if advance else None)
+            self.runs += len(sets)
+            return Outcome(len(self.x), np.concatenate([o.unchanged for o in outs]),
+                           None if self.y is None else np.concatenate([o.correct for o in outs]), self.class_totals)
         k, y = len(sets), self.y
         unchanged = np.zeros(k, np.int64)
         correct = np.zeros((k, self.n_classes), np.int64) if y is not None else None
@@ -461,3 +493,30 @@ class Evaluator:
                         advance(len(part))
         self.runs += k
         return Outcome(len(self.x), unchanged, correct, self.class_totals)
+
+
+#: Sets per Dask task, at least, when :meth:`Evaluator.evaluate` sends blocks to workers.
+DASK_SETS = 16
+#: The evaluator a worker rebuilt last (rebuilding costs a pass of the intact model).
+_WORKER_EVALUATOR: dict = {}
+
+
+def _evaluate_block(path: str, sha256: str, data, scale: float, kw: dict, sets: list) -> Outcome:
+    """:meth:`Evaluator.evaluate` of ``sets`` on a Dask worker, with the evaluator rebuilt
+    from the model's file and the data (kept for the worker's next block of the same run)."""
+    from .data import model_inputs
+    from .errors import ModelError
+    from .model import load_model
+
+    key = (path, sha256, data.sha256, len(data), scale, tuple(sorted(kw.items())))
+    ev = _WORKER_EVALUATOR.get(key)
+    if ev is None:
+        lm = load_model(path)
+        if lm.sha256 != sha256:
+            raise ModelError(f"{path} changed since it was read (SHA-256 {sha256[:12]}… is now {lm.sha256[:12]}…); "
+                             "every worker must read the same model")
+        kw = dict(kw)
+        labels = data.y if kw.pop("labels") else None
+        _WORKER_EVALUATOR.clear()
+        ev = _WORKER_EVALUATOR[key] = Evaluator(lm, model_inputs(lm, data.x, scale), labels=labels, **kw)
+    return ev.evaluate(sets)

@@ -1,6 +1,6 @@
 """Independent work on Dask: the models of a width sweep, the checkpoints of a flow run, the
 replicate networks of an averaged experiment, the subtrees of a large exhaustive O-information
-search.
+search, blocks of the intervention sets of one network's ablations and lesions.
 
 Outside an :func:`engine` block (the default) every task runs in this process, one after the
 other. Inside one, :func:`map_tasks` sends the tasks to a ``dask.distributed`` cluster:

@@ -211,3 +211,48 @@ def test_an_exhaustive_search_split_into_tasks_finds_the_serial_multiplets(clust
     exhaustive = sum(r["evaluated"] for r in serial if r["direction"] == "synergy" and r["method"] == "exhaustive")
     greedy = sum(r["evaluated"] for r in serial if r["method"] == "greedy")
     assert sum(seen) == 24 + exhaustive + greedy                  # progress reported as the tasks finish
+
+
+def test_blocks_of_ablations_and_lesions_on_workers_give_the_serial_counts(cluster, monkeypatch):
+    """One network's ablation curves, prunability and lesion tests, their intervention sets
+    sent to the workers in blocks, count exactly what the serial run counts."""
+    from infoprobe import interventions
+    from infoprobe.analyses.ablation import cumulative_ablation
+
+    monkeypatch.setattr(interventions, "DASK_SETS", 2)            # blocks of these small runs too
+    sent = []
+    real = parallel.map_tasks
+
+    def counting(fn, tasks, **kw):
+        if fn is interventions._evaluate_block:
+            sent.append(sum(len(a[-1]) for a, _ in tasks))
+        return real(fn, tasks, **kw)
+
+    monkeypatch.setattr(parallel, "map_tasks", counting)
+    from infoprobe.analyses.capture import capture
+    from infoprobe.analyses.frivolous import prunability
+    from infoprobe.analyses.modules import modules
+    import tempfile
+    from pathlib import Path
+
+    val = load_data(FIX / "mnist_demo.npz", split="validation", limit=200)
+    test = load_data(FIX / "mnist_demo.npz", split="test", limit=300)
+    with tempfile.TemporaryDirectory() as d:
+        store = capture(FIX / "mlp_sigmoid.onnx", val, Path(d) / "s.h5", progress=False)
+        kw = dict(n_steps=6, random_repeats=3, scopes=("layer", "network"), progress=False)
+        serial = cumulative_ablation(FIX / "mlp_sigmoid.onnx", store, test, **kw)
+        with _On(cluster):
+            dist = cumulative_ablation(FIX / "mlp_sigmoid.onnx", store, test, **kw)
+    assert serial.rows == dist.rows and len(serial.rows) > 2 * 32
+
+    a = prunability(FIX / "mlp_sigmoid.onnx", test, n_permutations=3, progress=False)
+    with _On(cluster):
+        b = prunability(FIX / "mlp_sigmoid.onnx", test, n_permutations=3, progress=False)
+    assert a.curves == b.curves and a.summary == b.summary
+
+    mkw = dict(n_clusters=4, n_random=8, n_shuffles=2, n_double=0, progress=False, seed=2)
+    a = modules(FIX / "mlp_relu.onnx", test, **mkw)
+    with _On(cluster):
+        b = modules(FIX / "mlp_relu.onnx", test, **mkw)
+    assert _same(a.subclusters, b.subclusters) and _same(a.random_lesions, b.random_lesions)
+    assert len(sent) >= 3 and sum(sent) > 100                     # the workers did count them

@@ -390,7 +390,7 @@ def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
     rng = cfg.streams()["random_orders"]
     rows = []
     engine = Evaluator(lm, x, labels=y, n_classes=n_classes, batch_size=cfg.batch_size, providers=providers,
-                       threads=default_threads())
+                       threads=default_threads()).shareable(data, factor)
     base_acc = float(engine.base.accuracy[0])
 
     def emit(scope, layer, ranking, order, value, n_units, k, accs, cls):

@@ -169,9 +169,10 @@ def prunability(model, data: Dataset, *, layers=None, fractions=None, n_permutat
     names = hidden_layers(lm, layers)
     if not names:
         raise ConfigError(f"{lm.path.name} has no hidden unit layer to ablate")
-    x = model_inputs(lm, data.x, resolve_scale(data.x, scale))
+    factor = resolve_scale(data.x, scale)
+    x = model_inputs(lm, data.x, factor)
     engine = Evaluator(lm, x, batch_size=batch_size, stack_rows=rows_per_run, providers=providers,
-                       agreement="auto" if agreement is None else agreement)
+                       agreement="auto" if agreement is None else agreement).shareable(data, factor)
     if agreement is None and engine.agreement is not None:
         warnings.warn(f"the output {lm.output_name!r} of {lm.path.name} is not class logits: a prediction counts as "
                       f"unchanged while the output moves by at most {engine.agreement:g} of its norm (relative L2; "

@@ -66,7 +66,8 @@ class Lesioner:
         self.lm, self.layers = lm, list(layers)
         self.factor = resolve_scale(data.x, scale)
         x = model_inputs(lm, data.x, self.factor)
-        self.engine = Evaluator(lm, x, labels=data.y, batch_size=batch_size, providers=providers, threads=threads)
+        self.engine = Evaluator(lm, x, labels=data.y, batch_size=batch_size, providers=providers,
+                                threads=threads).shareable(data, self.factor)
         self.constants = {n: replacement(lm, n, lesion) for n in self.layers}
         self.base = self.engine.base.class_accuracy[0]
 

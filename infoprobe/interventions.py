@@ -406,13 +406,11 @@ class Evaluator:
     def shareable(self, data, scale: float) -> "Evaluator":
         """Let :meth:`evaluate` send blocks of sets to Dask workers (inside an
         :func:`infoprobe.parallel.engine` block): each worker rebuilds this evaluator from the
-        model's file, ``data`` (read by the worker) and ``scale`` (the factor its inputs were
-        prepared with). Counts are integers, so the outcome is the serial one. A model not read
-        from a file stays in this process. Returns ``self``."""
-        from pathlib import Path
-
-        if getattr(self.lm, "path", None) is not None and Path(self.lm.path).is_file():
-            self._source = (str(self.lm.path), self.lm.sha256, data, float(scale))
+        model (read again from its file), ``data`` (read by the worker) and ``scale`` (the
+        factor its inputs were prepared with). Counts are integers, so the outcome is the
+        serial one. A model not read from a file stays in this process. Returns ``self``."""
+        if self.lm.recipe is not None:
+            self._source = (self.lm, data, float(scale))
         return self
 
     def evaluate(self, sets, *, advance=None) -> Outcome:
@@ -442,14 +440,13 @@ class Evaluator:
             As for :meth:`infoprobe.runner.Runner.run`.
         """
         sets = [tuple(s) for s in sets]
-        from .parallel import current, map_tasks, portable
+        from .parallel import current, map_tasks
 
         eng = current() if self._source is not None else None
         if eng is not None and len(sets) >= 2 * DASK_SETS:
             parts = max(2, min(4 * eng.capacity(), len(sets) // DASK_SETS))
             bounds = np.linspace(0, len(sets), parts + 1).astype(int)
-            path, sha, data, scale = self._source
-            outs = map_tasks(_evaluate_block, [((portable(path), sha, data, scale, self._kw, sets[a:b]), {})
+            outs = map_tasks(_evaluate_block, [((*self._source, self._kw, sets[a:b]), {})
                                                for a, b in zip(bounds[:-1], bounds[1:]) if b > a],
                              desc="interventions",
                              on_result=(lambda i, o: advance(len(o.unchanged))) if advance else None)
@@ -501,20 +498,14 @@ DASK_SETS = 16
 _WORKER_EVALUATOR: dict = {}
 
 
-def _evaluate_block(path: str, sha256: str, data, scale: float, kw: dict, sets: list) -> Outcome:
+def _evaluate_block(lm: LoadedModel, data, scale: float, kw: dict, sets: list) -> Outcome:
     """:meth:`Evaluator.evaluate` of ``sets`` on a Dask worker, with the evaluator rebuilt
-    from the model's file and the data (kept for the worker's next block of the same run)."""
+    from the model and the data (kept for the worker's next block of the same run)."""
     from .data import model_inputs
-    from .errors import ModelError
-    from .model import load_model
 
-    key = (path, sha256, data.sha256, len(data), scale, tuple(sorted(kw.items())))
+    key = (lm.sha256, data.sha256, len(data), scale, tuple(sorted(kw.items())))
     ev = _WORKER_EVALUATOR.get(key)
     if ev is None:
-        lm = load_model(path)
-        if lm.sha256 != sha256:
-            raise ModelError(f"{path} changed since it was read (SHA-256 {sha256[:12]}… is now {lm.sha256[:12]}…); "
-                             "every worker must read the same model")
         kw = dict(kw)
         labels = data.y if kw.pop("labels") else None
         _WORKER_EVALUATOR.clear()

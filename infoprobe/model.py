@@ -176,6 +176,15 @@ class LoadedModel:
     skipped: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     inputs: tuple = ()
+    recipe: dict | None = field(default=None, repr=False, compare=False)
+
+    def __reduce_ex__(self, protocol):
+        """Pickled (for a Dask worker: :mod:`infoprobe.parallel`) as the :func:`load_model` call
+        that read it: the worker reads the file again, under the same size limit and site
+        discovery, and checks its SHA-256. A model built otherwise pickles whole."""
+        if self.recipe is not None:
+            return (_reload_model, (self.recipe, self.sha256))
+        return super().__reduce_ex__(protocol)
 
     @property
     def input_names(self) -> list:
@@ -932,7 +941,10 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
     except Exception as exc:
         raise ModelError(f"cannot read {path}: {type(exc).__name__}: {one_line(exc)}") from None
     try:
-        return _discover(model, f, max_bytes, sites=sites, select=select, output=output)
+        lm = _discover(model, f, max_bytes, sites=sites, select=select, output=output)
+        lm.recipe = {"path": str(Path(path).resolve()), "max_bytes": max_bytes, "check": check, "sites": tuple(sites),
+                     "select": select, "input_shapes": dict(input_shapes), "output": output}
+        return lm
     except ModelError:
         raise
     except Exception as exc:  # a graph the checker accepts but discovery cannot follow: one line
@@ -1547,6 +1559,21 @@ def hint_input_shapes(shapes: dict) -> None:
     ctx = _DISCOVERY.get()
     if ctx is not None:
         ctx["input_shapes"].update(shapes)
+
+
+def _reload_model(recipe: dict, sha256: str) -> LoadedModel:
+    """:func:`load_model` again from a recipe, checking the file is the one first read.
+
+    Raises
+    ------
+    ModelError
+        The file changed (another SHA-256); as :func:`load_model`.
+    """
+    lm = load_model(**recipe)
+    if lm.sha256 != sha256:
+        raise ModelError(f"{recipe['path']} changed since it was read (SHA-256 {sha256[:12]}… is now "
+                         f"{lm.sha256[:12]}…); every worker must read the same model")
+    return lm
 
 
 def _fix_input_dims(proto: onnx.ModelProto, shapes: dict) -> list:

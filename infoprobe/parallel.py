@@ -12,10 +12,11 @@ What makes a distributed run give the serial run's numbers:
 
 * every task carries its own seed (the analysis's seed, or one derived from it and the task's
   index), never a worker's state, so which worker runs a task changes nothing;
-* tasks take paths, not arrays: a :class:`~infoprobe.data.Dataset` loaded from a file travels
-  as the recipe that loaded it and is read again by the worker from shared storage (its
-  SHA-256 checked), stores and models are opened by the worker from their paths. A cluster's
-  workers must see the same files at the same absolute paths;
+* tasks take paths, not arrays: a :class:`~infoprobe.data.Dataset` or
+  :class:`~infoprobe.model.LoadedModel` read from a file travels as the call that read it and
+  is read again by the worker from shared storage (its SHA-256 checked), a
+  :class:`~infoprobe.store.Store` as its path. A cluster's workers must see the same files at
+  the same absolute paths;
 * the caller's settings travel with each task: the memory and store budgets
   (:mod:`infoprobe.limits`; each worker holds up to one budget at a time), the site discovery
   (``--site``, ``--sites``, ``--output``) and the onnxruntime provider.
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, InfoprobeError
+from .errors import ConfigError
 
 _ENGINE: contextvars.ContextVar = contextvars.ContextVar("infoprobe_engine", default=None)
 
@@ -158,22 +159,15 @@ def current() -> Engine | None:
 
 
 def portable(obj):
-    """What a task is given for ``obj``: inside an :func:`engine` block an open
-    :class:`~infoprobe.store.Store` or :class:`~infoprobe.model.LoadedModel` becomes its file's
-    path (the worker opens it there; made absolute for a remote scheduler, whose workers do
-    not share this working directory); anything else, and everything in a serial run, is
-    ``obj`` itself."""
+    """What a task is given for ``obj``: inside an :func:`engine` block with a remote
+    scheduler, a path made absolute (its workers do not share this working directory);
+    anything else as it is. Open stores, loaded models and data read from files pickle as the
+    calls that opened them (:class:`~infoprobe.store.Store`,
+    :class:`~infoprobe.model.LoadedModel`, :class:`~infoprobe.data.Dataset`)."""
     from pathlib import Path
 
-    from .model import LoadedModel
-    from .store import Store
-
     eng = current()
-    if eng is None:
-        return obj
-    if isinstance(obj, (Store, LoadedModel)):
-        obj = obj.path
-    if isinstance(obj, (str, os.PathLike)) and eng.scheduler != "local":
+    if eng is not None and eng.scheduler != "local" and isinstance(obj, (str, os.PathLike)):
         return str(Path(obj).resolve())
     return obj
 
@@ -268,9 +262,7 @@ def map_tasks(fn, tasks: list, *, desc: str = "tasks", progress: bool = False, o
                 i = index[fut.key]
                 try:
                     results[i], caught = fut.result()
-                except InfoprobeError:
-                    raise
-                except Exception as exc:
+                except Exception as exc:   # a task's own error is raised as it is
                     if type(exc).__module__.startswith(("distributed", "dask")):
                         raise ConfigError(f"the Dask cluster failed while running {desc}: {exc}") from None
                     raise

@@ -494,6 +494,10 @@ class Store:
         Labels that are not class indices.
     """
 
+    def __reduce_ex__(self, protocol):
+        """Pickled (for a Dask worker) as its absolute path: the worker opens and validates it."""
+        return (Store, (str(self.path.resolve()),))
+
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():

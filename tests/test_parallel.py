@@ -168,6 +168,21 @@ def test_data_travel_as_their_recipe_and_budgets_reach_the_workers(cluster, tmp_
     with pytest.raises(DataError, match="changed since it was read"):
         pickle.loads(blob)
 
+    from infoprobe.errors import ModelError
+    from infoprobe.model import load_model
+
+    shutil.copy(FIX / "mlp_relu.onnx", tmp_path / "m.onnx")       # a model travels as its load_model call
+    lm = load_model(tmp_path / "m.onnx", max_bytes=10**6, select=["fc2*"])
+    blob = pickle.dumps(lm)
+    assert len(blob) < 1000
+    back = pickle.loads(blob)
+    assert len(lm.layers) < len(load_model(FIX / "mlp_relu.onnx").layers)        # --sites kept a subset
+    assert back.max_bytes == 10**6 and [x.name for x in back.layers] == [x.name for x in lm.layers]
+    assert back.sha256 == lm.sha256
+    shutil.copy(FIX / "mlp_relu_s2.onnx", tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="changed since it was read"):
+        pickle.loads(blob)
+
     with _On(cluster), budgets(memory="123M"):
         assert parallel.map_tasks(_task_budget, [((), {}), ((), {})]) == [123 * 1024**2] * 2
 

@@ -247,7 +247,7 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     # pass 1, over blocks of columns: each unit's copula values (ranks need every sample of a unit)
     cols = rows_within(n * 8 * COPULA_COPIES, n_in, share=0.25, what=f"one unit's {n:,} samples (copula)")
     const = np.zeros(n_in, bool)
-    flat_parts, extra_all, extra = [], [], []
+    flat_parts, extra_all, extra, sums = [], [], [], []   # sums: per class, of each unit's copula values
     with _Sink(n, n_in) as sink:
         for j0 in range(0, n_in, cols):
             a = as_2d(x[:, j0:j0 + cols])
@@ -269,6 +269,7 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
             flat_parts.append(flat)
             extra_all.append(e_all)
             extra.append(e)
+            sums.append(np.stack([z[inv == g].sum(axis=0) for g in range(n_g)]) if n_g else None)
             sink.append(z)
         keep = np.flatnonzero(~const)
         if len(keep) < 3 - (labels != "none"):
@@ -287,13 +288,7 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         require_memory((n_g + 1) * k * k * 8 * 2, f"the {n_g + 1} covariance matrices of {k:,} units")
         s = np.zeros((k, k))
         s_g = np.zeros((n_g, k, k))
-        mean_g = np.zeros((n_g, k))
-        if n_g:
-            for r0, zb in sink.rows():
-                ib = inv[r0:r0 + len(zb)]
-                for g in range(n_g):
-                    mean_g[g] += zb[ib == g].sum(axis=0)
-            mean_g /= cnt[:, None]
+        mean_g = np.concatenate(sums, axis=1) / cnt[:, None] if n_g else None
         for r0, zb in sink.rows():
             if zy is not None:
                 zb = np.column_stack([zb, zy[r0:r0 + len(zb)]])
@@ -334,8 +329,6 @@ class _Sink:
     def __enter__(self):
         if self.on_disk:
             import tempfile
-
-            import h5py
 
             self._dir = tempfile.TemporaryDirectory(prefix="infoprobe-copula-")
             self._file = h5py.File(f"{self._dir.name}/z.h5", "w")

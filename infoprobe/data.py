@@ -535,6 +535,8 @@ def _load_image_folder(path: Path, *, split, limit, image_size, mean, std) -> Da
     index = np.arange(n, dtype=np.int64)
     if n < len(x):
         x = Rows(lambda rows, x=x: x[rows], n, x.shape[1:], x.dtype, x.what)
+    if x.nbytes <= max_memory() // 4:       # decoded once, as other data files that fit are read once
+        x = x[:]
     recipe = {"path": str(path.resolve()), "split": "all", "limit": limit, "n": n, **opts}
     return Dataset(x=x, y=None if y is None else y[:n], index=index, split="all", path=path, sha256=digest,
                    recipe=recipe, classes=classes)
@@ -574,7 +576,8 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
         which the commands scale by 1/255). Default: those of :func:`image_options`.
 
     Samples larger than a quarter of the memory budget (HDF5 datasets, ``.npy`` files, image
-    folders) are returned as :class:`Rows`, read a selection of rows at a time.
+    folders) are returned as :class:`Rows`, read a selection of rows at a time; smaller ones
+    are read (decoded) once, into memory.
 
     Raises
     ------
@@ -588,7 +591,7 @@ def load_data(path, *, split: str = "all", x_key: str = "x", y_key: str = "y",
     from .store import is_store_path   # store.py reads labels through this module
 
     path = Path(path)
-    if path.is_dir() and not path.is_symlink():
+    if path.is_dir():
         return _load_image_folder(path, split=split, limit=limit, image_size=image_size, mean=mean, std=std)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")

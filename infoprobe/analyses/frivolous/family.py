@@ -154,9 +154,11 @@ def frivolous_family(sources, data: Dataset | None = None, *, out, sweep: bool =
     check_outputs(planned, overwrite)
     out = Path(out)
     fam = FrivolousFamily([], [], redundancy_tolerance=redundancy_tolerance)
-    if plan_prunable and conv_units == "position":
-        first = sources[0] if isinstance(sources[0], LoadedModel) else load_model(sources[0], max_bytes=max_model_bytes)
-        if any(lay.kind == "conv" for lay in first.hidden_layers):
+    source = None
+    if planned:            # one ONNX model, read once for the analysis and the plans
+        source = sources[0] if isinstance(sources[0], LoadedModel) else load_model(sources[0], max_bytes=max_model_bytes)
+        sources = [source]
+        if plan_prunable and conv_units == "position" and any(lay.kind == "conv" for lay in source.hidden_layers):
             raise ConfigError("a plan of the prunable units (--plan-prunable) of a model with conv layers "
                               "needs conv_units='channel' (--conv-units channel): a channel x position cannot "
                               "be removed from a model")
@@ -173,9 +175,6 @@ def frivolous_family(sources, data: Dataset | None = None, *, out, sweep: bool =
         if plot:
             fam.files += res.plot(folder)
         fam.results.append(res)
-    source = None
-    if planned:
-        source = sources[0] if isinstance(sources[0], LoadedModel) else load_model(sources[0], max_bytes=max_model_bytes)
     if sweep:
         fam.sweep = width_sweep(fam.results, widths)
         fam.files += fam.sweep.save(out, overwrite=overwrite)

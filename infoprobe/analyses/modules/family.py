@@ -105,8 +105,10 @@ def modules_family(sources, data: Dataset | None = None, *, out, plan=None, n_cl
     stores = [not isinstance(s, LoadedModel) and is_store_path(s) for s in sources]
     if plan is not None and (len(sources) > 1 or data is None or stores[0]):
         raise ConfigError("a plan (--plan) needs data (--data) and a single ONNX model")
-    if plan is not None:
+    if plan is not None:   # one ONNX model, read once for the analysis and the plan
         check_outputs([plan], overwrite)
+        if not isinstance(sources[0], LoadedModel):
+            sources = [load_model(sources[0], max_bytes=max_model_bytes)]
     out = Path(out)
     if len(sources) > 1:
         check_outputs([out / f"{t}.{e}" for t in ("networks", "networks_summary") for e in ("csv", "json")],
@@ -133,8 +135,7 @@ def modules_family(sources, data: Dataset | None = None, *, out, plan=None, n_cl
         fam.across = across_replicates(fam.table)
         fam.files += write_table(out, "networks_summary", fam.across, provenance(params={"alpha": alpha}))
     if plan is not None:
-        source = sources[0] if isinstance(sources[0], LoadedModel) else load_model(sources[0], max_bytes=max_model_bytes)
-        prunable_plan(source, fam.results[0]).save(plan, overwrite=overwrite)
+        prunable_plan(sources[0], fam.results[0]).save(plan, overwrite=overwrite)
         fam.files.append(plan)
     return fam
 

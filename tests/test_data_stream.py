@@ -160,3 +160,28 @@ def test_cli_reads_an_image_folder_and_refuses_a_broken_image_in_one_line(mnist,
                                  "--out", str(tmp_path / "b.h5"), "--no-progress"])
     assert r.exit_code == 2 and "is not a readable image" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "b.h5").exists()
+
+
+def test_a_transformer_with_two_inputs_captures_from_streamed_token_arrays(tmp_path):
+    """The BERT-style encoder of the zoo (input_ids and attention_mask) captured from an HDF5
+    file read a batch at a time stores what the in-memory capture stores, its mask included."""
+    from infoprobe.analyses.capture import capture
+    from infoprobe.data import Inputs
+    from infoprobe.store import Store
+
+    d = np.load(FIX / "tokens_demo.npz")
+    with h5py.File(tmp_path / "tok.h5", "w") as f:
+        for k in d.files:
+            f[k] = d[k]
+    keys = "input_ids,attention_mask"
+    ref = capture(FIX / "zoo_encoder.onnx", load_data(FIX / "tokens_demo.npz", x_key=keys, split="test"),
+                  tmp_path / "a.h5", progress=False)
+    with budgets(memory="1500K"):
+        data = load_data(tmp_path / "tok.h5", x_key=keys, split="test")
+        assert isinstance(data.x, Inputs) and all(isinstance(v, Rows) for v in data.x.arrays.values())
+        got = capture(FIX / "zoo_encoder.onnx", data, tmp_path / "b.h5", progress=False)
+    with Store(ref) as a, Store(got) as b:
+        assert a.layer_names == b.layer_names and len(a.layer_names) > 10
+        for layer in a.layer_names:
+            assert np.array_equal(a.read(layer), b.read(layer)), layer
+        assert np.array_equal(a.position_mask(a.layer_names[0]), b.position_mask(b.layer_names[0]))

@@ -271,3 +271,22 @@ def test_blocks_of_ablations_and_lesions_on_workers_give_the_serial_counts(clust
         b = modules(FIX / "mlp_relu.onnx", test, **mkw)
     assert _same(a.subclusters, b.subclusters) and _same(a.random_lesions, b.random_lesions)
     assert len(sent) >= 3 and sum(sent) > 100                     # the workers did count them
+
+
+def test_a_residual_networks_ablation_blocks_on_workers(cluster, monkeypatch, tmp_path):
+    """The zoo ResNet (skip connections, conv sites): its ablation curves with the intervention
+    sets on the workers equal the serial curves."""
+    from infoprobe import interventions
+    from infoprobe.analyses.ablation import cumulative_ablation
+    from infoprobe.analyses.capture import capture
+
+    monkeypatch.setattr(interventions, "DASK_SETS", 2)
+    val = load_data(FIX / "mnist_demo.npz", split="validation", limit=150)
+    test = load_data(FIX / "mnist_demo.npz", split="test", limit=150)
+    store = capture(FIX / "zoo_resnet.onnx", val, tmp_path / "r.h5", progress=False)
+    kw = dict(layers=["stem", "block2_conv1"], n_steps=4, random_repeats=2, values=("zero",), progress=False)
+    serial = cumulative_ablation(FIX / "zoo_resnet.onnx", store, test, **kw)
+    with _On(cluster):
+        dist = cumulative_ablation(FIX / "zoo_resnet.onnx", store, test, **kw)
+    assert serial.rows == dist.rows
+    assert min(r["accuracy"] for r in serial.rows) < serial.params["baseline_accuracy"] - 0.05   # curves move

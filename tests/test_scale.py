@@ -14,6 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import FIX
+from infoprobe.data import load_data
 from infoprobe.estimators.oinfo import copula_model, search_multiplets
 from infoprobe.limits import budgets
 
@@ -159,3 +161,16 @@ def test_verbs_on_a_store_three_times_the_address_space(tmp_path):
     spec = np.sort(np.linalg.eigvalsh(np.cov(post, rowvar=False, bias=True)))[::-1]
     k = fc["non_redundant"]
     assert fc["rows"] == N and spec[k:].sum() / spec.sum() == pytest.approx(fc["unexplained"], rel=1e-9)
+
+
+def test_redundancy_refuses_covariance_sums_over_the_budget(tmp_path):
+    """The moments of every layer are held at once: layers whose U x U sums exceed the budget
+    are refused in one line before any sample is read, and fit once the budget allows."""
+    from infoprobe.analyses.frivolous import redundancy
+    from infoprobe.errors import BudgetError
+
+    data = load_data(FIX / "mnist_demo.npz", split="test", limit=50)
+    with budgets(memory="300K"), pytest.raises(BudgetError, match="covariance sums of 2 layers"):
+        redundancy(FIX / "mlp_sigmoid.onnx", data, progress=False)
+    rows, _ = redundancy(FIX / "mlp_sigmoid.onnx", data, progress=False)
+    assert [r["units"] for r in rows] == [100, 100]

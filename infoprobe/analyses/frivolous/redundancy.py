@@ -18,7 +18,7 @@ from ...arrays import namespace, to_numpy
 from ...data import Dataset, model_inputs, position_mask, resolve_scale
 from ...errors import ConfigError
 from ...interventions import chunk_rows
-from ...limits import max_memory, rows_within
+from ...limits import max_memory, require_memory, rows_within
 from ...estimators.frivolous import Moments, abs_correlations, components_needed, pca_spectrum
 from ...model import LoadedModel, load_model
 from ...positions import per_unit
@@ -81,7 +81,16 @@ def activation_moments(source, names, axes: dict, n_samples: int, *, max_rows: i
     """The rows of :func:`activation_matrices` (the same ``max_rows`` seeded rows, never
     lowered) as streaming moments per layer ({layer: :class:`~infoprobe.estimators.frivolous.Moments`}
     on ``xp``'s device): memory is one block of samples and a U x U matrix per layer, whatever
-    ``max_rows`` and the number of samples."""
+    ``max_rows`` and the number of samples.
+
+    Raises
+    ------
+    BudgetError
+        The layers' U x U sums together exceed the memory budget.
+    """
+    units = {n: (source.layer_info(n)["units"] if isinstance(source, Store) else source.layer(n).units) for n in names}
+    require_memory(16 * sum(u * u for u in units.values()),          # every layer's sums and its covariance
+                   f"the covariance sums of {len(names)} layers ({sum(units.values()):,} units; fewer with --layers)")
     out = {n: Moments() for n in names}
     for blocks in _picked_rows(source, names, axes, n_samples, max_rows=max_rows, seed=seed, **kw):
         for n, rows in blocks.items():

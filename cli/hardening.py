@@ -101,7 +101,8 @@ class Group(click.Group):
 PROVIDER_NAMES = ("cpu", "cuda")
 
 
-#: Commands whose independent parts (models, checkpoints, replicate networks) run on Dask with
+#: Commands whose independent parts (models, checkpoints, replicate networks, blocks of
+#: interventions, multiplet searches) run on Dask with
 #: ``--workers`` / ``--scheduler`` (:mod:`infoprobe.parallel`).
 PARALLEL = {"frivolous", "flow", "ablate", "modules", "synergy"}
 
@@ -156,8 +157,9 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
     if cmd.name in PARALLEL:
         cmd.params += [
             click.Option(["--workers"], type=click.IntRange(min=1), default=1, show_default=True,
-                         help="Run the independent models, checkpoints or replicate networks on a Dask LocalCluster "
-                              "of this many worker processes (1: in this process). Results equal the serial run's."),
+                         help="Run the independent work (models of a sweep, checkpoints, replicate networks, blocks "
+                              "of ablations and lesions, synergy searches) on a Dask LocalCluster of this many worker "
+                              "processes (1: in this process). Results equal the serial run's."),
             click.Option(["--scheduler"], default=None, metavar="ADDRESS",
                          help="Send them to a running Dask scheduler (tcp://host:8786) instead; its workers must "
                               "see the same files at the same paths.")]

@@ -6,12 +6,15 @@ import contextlib
 import contextvars
 import csv
 import fcntl
+import hashlib
+import hmac
 import io
 import json
 import os
 import platform
 import secrets
 import shutil
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -105,15 +108,17 @@ class ResultSet:
 
     Each destination folder gets a staging folder ``.infoprobe-staging-<pid>-<random>``
     inside it (same file system, so renames are atomic), locked with ``flock`` while its
-    command runs. :meth:`commit` flushes, writes a ``COMMIT`` list, renames every file to
-    its final name and removes the staging folders; :meth:`abort` removes them. A command
-    killed before its ``COMMIT`` leaves only a staging folder, which the next command
-    writing to that folder deletes; one killed during the renames (after ``COMMIT``) has its
-    renames finished by the next command, so a result set appears complete or not at all.
+    command runs and marked as this user's (:func:`_seal`). :meth:`commit` flushes, writes a
+    sealed ``COMMIT`` list, renames every file to its final name and removes the staging
+    folders; :meth:`abort` removes them. A command killed before its ``COMMIT`` leaves only a
+    staging folder, which the next command writing to that folder deletes; one killed during
+    the renames (after ``COMMIT``) has its renames finished by the next command, so a result
+    set appears complete or not at all. :func:`recover` acts only on staging folders that
+    this user's infoprobe made in that very folder: anything else is left alone.
     """
 
     def __init__(self):
-        self.folders: dict = {}   # destination folder -> (staging folder, lock fd)
+        self.folders: dict = {}   # destination folder -> (staging folder, lock fd, stat of it and of the folder)
         self.files: dict = {}     # final path -> staged path
         self.after: list = []     # callables run once the files are in place
 
@@ -125,76 +130,270 @@ class ResultSet:
             folder.mkdir(parents=True, exist_ok=True)
             recover(folder)
             staging = folder / f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
-            staging.mkdir()
-            lock = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            staging.mkdir(mode=0o700)
+            lock = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.folders[folder] = (staging, lock)
-        staged = self.folders[folder][0] / final.name
+            st = (os.lstat(staging), os.stat(folder))
+            _write_durable(staging / _MARK, json.dumps({"mac": _seal("mark", *st)}).encode())
+            (staging / _FILES).mkdir(mode=0o700)
+            self.folders[folder] = (staging, lock, st)
+        staged = self.folders[folder][0] / _FILES / final.name
         if staged.exists():
             staged.unlink()
         self.files[final] = staged
         return staged
 
-    def commit(self) -> None:
-        """Rename every staged file to its final name (see the class docstring)."""
-        for folder, (staging, _) in self.folders.items():
+    def seal(self) -> None:
+        """Write every staging folder's sealed ``COMMIT`` list (the point after which a killed
+        command's result set is finished by the next one, not discarded)."""
+        for folder, (staging, _, st) in self.folders.items():
             names = [f.name for f, s in self.files.items() if f.parent == folder]
-            _write_durable(staging / (_COMMIT + ".tmp"), json.dumps(names).encode())
+            _write_durable(staging / (_COMMIT + ".tmp"),
+                           json.dumps({"names": names, "mac": _seal("commit", *st, names)}).encode())
             os.replace(staging / (_COMMIT + ".tmp"), staging / _COMMIT)
             fsync_dir(staging)
-        for folder, (staging, lock) in self.folders.items():
-            _finish(staging)
+
+    def commit(self) -> None:
+        """Rename every staged file to its final name (see the class docstring)."""
+        self.seal()
+        for folder, (staging, lock, _) in self.folders.items():
+            outcome = _settle(folder, staging.name, finish=True)
             os.close(lock)
+            if outcome != "finished":
+                raise OSError(f"the staging folder {staging} could not be finished: {outcome}")
         self.folders.clear()
         for fn in self.after:
             fn()
 
     def abort(self) -> None:
         """Delete the staged files; nothing reaches a final name."""
-        for staging, lock in self.folders.values():
+        for staging, lock, _ in self.folders.values():
             shutil.rmtree(staging, ignore_errors=True)
             os.close(lock)
         self.folders.clear()
 
 
-def _finish(staging: Path) -> None:
-    """Rename a committed staging folder's files into its parent, then remove it."""
-    names = json.loads((staging / _COMMIT).read_text())
-    for name in names:
-        if (staging / name).exists():
-            os.replace(staging / name, staging.parent / name)
-    fsync_dir(staging.parent)
-    shutil.rmtree(staging, ignore_errors=True)
+_MARK = "MARK"
+_FILES = "files"   # the staged files, apart from the staging folder's own MARK, COMMIT and lock
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_KEY: list = []
+
+
+def _state_dir() -> Path:
+    """Where this user's infoprobe keeps its staging key: ``INFOPROBE_STATE_DIR``, else
+    ``$XDG_STATE_HOME/infoprobe``, else ``~/.local/state/infoprobe``."""
+    if os.environ.get("INFOPROBE_STATE_DIR"):
+        return Path(os.environ["INFOPROBE_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "infoprobe"
+
+
+def _key() -> bytes:
+    """This user's secret key for sealing staging folders (32 random bytes in a file of mode
+    0600 under :func:`_state_dir`, made on first use). Where it cannot be kept (no writable home,
+    a key file someone else could read or write), a key of this process alone: staging folders
+    of killed commands are then left alone rather than trusted."""
+    if _KEY:
+        return _KEY[0]
+    key = secrets.token_bytes(32)
+    try:
+        folder = _state_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = folder / "staging.key"
+        tmp = folder / f".staging.key.{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)            # the first writer's key wins; others read it
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                stored = os.read(fd, 64)
+                if len(stored) == 32:
+                    key = stored
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    _KEY.append(key)
+    return key
+
+
+def _seal(kind: str, st: os.stat_result, parent: os.stat_result, names: list | None = None) -> str:
+    """HMAC-SHA256 under this user's key of what a staging folder vouches for: its kind of
+    mark, its own and its parent folder's device and inode, its owner and (for ``COMMIT``) the
+    names to rename."""
+    msg = json.dumps([kind, st.st_dev, st.st_ino, parent.st_dev, parent.st_ino, os.getuid(), names]).encode()
+    return hmac.new(_key(), msg, hashlib.sha256).hexdigest()
+
+
+def _read_small(name: str, dir_fd: int, limit: int = 1 << 20) -> bytes | None:
+    """A regular file of at most ``limit`` bytes, opened relative to ``dir_fd`` without following
+    links (None if it is anything else)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
+def _sealed(name: str, dir_fd: int, kind: str, st: os.stat_result, parent: os.stat_result):
+    """The JSON a sealed file of a staging folder holds, or None if its seal does not match."""
+    raw = _read_small(name, dir_fd)
+    try:
+        doc = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("mac"), str):
+        return None
+    names = doc.get("names") if kind == "commit" else None
+    if kind == "commit" and not (isinstance(names, list) and all(isinstance(n, str) and _plain_name(n) for n in names)):
+        return None
+    return doc if hmac.compare_digest(doc["mac"], _seal(kind, st, parent, names)) else None
+
+
+def _plain_name(name: str) -> bool:
+    """A name of a file directly inside a folder: no separator, no ``.``/``..``, no NUL."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name \
+        and (os.altsep is None or os.altsep not in name)
+
+
+def _settle(folder, name: str, *, finish: bool | None = None) -> str:
+    """Finish (``COMMIT`` present) or discard (absent) the staging folder ``name`` of ``folder``,
+    touching nothing but the files it lists, through descriptors: no link is followed and no
+    name leaves the folder. ``finish=True``: the caller holds its lock and has sealed it.
+
+    Returns what was done: "finished", "discarded", "running" (its lock is held), or why it was
+    left alone.
+    """
+    ffd = os.open(folder, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    try:
+        fst = os.fstat(ffd)
+        try:
+            st = os.lstat(name, dir_fd=ffd)
+        except FileNotFoundError:
+            return "gone"
+        if stat.S_ISLNK(st.st_mode):
+            return "a symbolic link"
+        if not stat.S_ISDIR(st.st_mode):
+            return "not a folder"
+        if st.st_uid != os.getuid():
+            return "owned by another user"
+        if st.st_dev != fst.st_dev:
+            return "on another file system"
+        sfd = os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=ffd)
+        lock = None
+        try:
+            sst = os.fstat(sfd)
+            if (sst.st_dev, sst.st_ino) != (st.st_dev, st.st_ino):
+                return "replaced while being read"
+            if _sealed(_MARK, sfd, "mark", sst, fst) is None:
+                entries = os.listdir(sfd)   # killed before its mark, nothing staged yet: nothing to lose
+                if entries == [] or (entries == [_LOCK] and stat.S_ISREG(os.lstat(_LOCK, dir_fd=sfd).st_mode)):
+                    lock = _try_lock(sfd) if entries else None
+                    if entries and lock is None:
+                        return "running"
+                    shutil.rmtree(name, dir_fd=ffd, ignore_errors=True)
+                    return "discarded"
+                return "not marked as this user's staging folder here"
+            if not finish:
+                lock = _try_lock(sfd)
+                if lock is None:
+                    return "running"
+            commit = _sealed(_COMMIT, sfd, "commit", sst, fst)
+            if commit is None:
+                if _exists(_COMMIT, sfd):
+                    return "its COMMIT list does not match its seal"
+                shutil.rmtree(name, dir_fd=ffd, ignore_errors=True)
+                return "discarded"
+            try:
+                files = os.open(_FILES, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=sfd)
+            except OSError:
+                return "its files folder is missing or a link"
+            try:
+                for n in commit["names"]:
+                    try:
+                        est = os.lstat(n, dir_fd=files)
+                    except FileNotFoundError:
+                        continue                       # renamed before the command was killed
+                    if stat.S_ISREG(est.st_mode) and est.st_nlink == 1:
+                        os.replace(n, n, src_dir_fd=files, dst_dir_fd=ffd)
+            finally:
+                os.close(files)
+            os.fsync(ffd)
+            shutil.rmtree(name, dir_fd=ffd, ignore_errors=True)
+            return "finished"
+        finally:
+            if lock is not None:
+                os.close(lock)
+            os.close(sfd)
+    finally:
+        os.close(ffd)
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False
+
+
+def _try_lock(sfd: int) -> int | None:
+    """The staging folder's lock, taken without waiting (None: a running command holds it)."""
+    try:
+        lock = os.open(_LOCK, os.O_RDWR | _NOFOLLOW | _CLOEXEC, dir_fd=sfd)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock)
+        return None
+    return lock
 
 
 def recover(folder) -> None:
     """Finish or discard the staging folders that killed commands left in ``folder``.
 
-    A staging folder whose lock can be taken belongs to no running command: with a
-    ``COMMIT`` list its renames are finished, without one it is deleted.
+    A staging folder is acted on only when it is a real folder (not a link) of this user, on
+    the folder's file system, whose ``MARK`` is sealed with this user's key for its own device
+    and inode (so a folder copied, moved or forged by someone else does not pass), and whose
+    lock no running command holds: with a sealed ``COMMIT`` list its files (plain names,
+    regular files with one link) are renamed into ``folder``, without one it is deleted.
+    Anything else named like a staging folder is left alone, with a one-line warning.
     """
+    import warnings
+
     try:
-        entries = [p for p in Path(folder).iterdir() if p.name.startswith(_STAGING) and p.is_dir()]
+        names = [n for n in os.listdir(folder) if n.startswith(_STAGING)]
     except OSError:
         return
-    for staging in entries:
+    for name in names:
         try:
-            lock = os.open(staging / _LOCK, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)   # killed before its lock existed
-            continue
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(lock)
-            continue                                     # a running command's
-        try:
-            if (staging / _COMMIT).exists():
-                _finish(staging)
-            else:
-                shutil.rmtree(staging, ignore_errors=True)
-        finally:
-            os.close(lock)
+            outcome = _settle(folder, name)
+        except OSError as exc:
+            outcome = f"unreadable ({exc.strerror or type(exc).__name__})"
+        if outcome not in ("finished", "discarded", "running", "gone"):
+            warnings.warn(f"{Path(folder) / name} was left alone: {outcome}; infoprobe recovers only the staging "
+                          f"folders it made itself in that folder", stacklevel=2)
 
 
 def after_commit(fn) -> None:

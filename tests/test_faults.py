@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import FIX
-from infoprobe.results import atomic_write_bytes, recover, result_set
+from infoprobe.results import ResultSet, atomic_write_bytes, recover, result_set
 from infoprobe.store import Store
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals and limits")
@@ -203,24 +203,34 @@ def test_sigkill_of_prune_and_of_an_analysis_leaves_complete_files_or_none(tmp_p
     assert hidden_leftovers(tmp_path / "out") == [] and hidden_leftovers(tmp_path / "res") == []
 
 
+def _killed(files: dict, *, sealed: bool, renamed=()) -> None:
+    """A result set staging ``files`` ({final path: bytes}) whose command was killed: after its
+    COMMIT lists (``sealed``) with the ``renamed`` files already in place, or before them."""
+    rs = ResultSet()
+    for final, data in files.items():
+        Path(rs.stage(final)).write_bytes(data)
+    if sealed:
+        rs.seal()
+    for final in renamed:
+        os.replace(rs.files[final], final)
+    for _, lock, _ in rs.folders.values():
+        os.close(lock)                   # the lock dies with the process
+
+
 def test_a_commit_cut_short_is_finished_by_the_next_writer(tmp_path):
     """A result set killed after its COMMIT list, half renamed, is completed (roll forward);
     one killed before it is discarded (roll back)."""
     with result_set():
         atomic_write_bytes(tmp_path / "a.json", b"old a")
-    staging = tmp_path / ".infoprobe-staging-1-aaaa"
-    staging.mkdir()
-    (staging / ".lock").touch()
-    (staging / "b.json").write_bytes(b"new b")
-    (staging / "COMMIT").write_text(json.dumps(["a.json", "b.json"]))   # a.json already renamed
-    undone = tmp_path / ".infoprobe-staging-2-bbbb"
-    undone.mkdir()
-    (undone / ".lock").touch()
-    (undone / "c.json").write_bytes(b"never committed")
+    _killed({tmp_path / "a.json": b"new a", tmp_path / "b.json": b"new b"}, sealed=True, renamed=[tmp_path / "a.json"])
+    _killed({tmp_path / "sub" / "c.json": b"never committed"}, sealed=False)
+    assert len(hidden_leftovers(tmp_path)) == 1 and len(hidden_leftovers(tmp_path / "sub")) == 1
+    assert not (tmp_path / "b.json").exists()
     recover(tmp_path)
-    assert (tmp_path / "b.json").read_bytes() == b"new b" and (tmp_path / "a.json").read_bytes() == b"old a"
-    assert not (tmp_path / "c.json").exists()
-    assert hidden_leftovers(tmp_path) == []
+    recover(tmp_path / "sub")
+    assert (tmp_path / "b.json").read_bytes() == b"new b" and (tmp_path / "a.json").read_bytes() == b"new a"
+    assert not (tmp_path / "sub" / "c.json").exists()
+    assert hidden_leftovers(tmp_path) == [] and hidden_leftovers(tmp_path / "sub") == []
 
 
 def test_a_running_result_set_is_left_alone(tmp_path):

@@ -10,17 +10,28 @@ the network: styles and the sorting script are inline.
 Every number of a headline is an element ``<span class="hl" data-source=FILE
 data-pointer=POINTER>`` that names the JSON file (relative to the ``data-root`` of ``<body>``)
 and the RFC 6901 pointer of the exact value it shows, rounded for reading.
+
+Result folders may come from anyone, so they are read as untrusted (:func:`collect`): only
+regular files with one link on the folder's file system, opened without following links and
+without blocking; JSON and PNG files within a share of the memory budget
+(:func:`infoprobe.limits.max_memory`); every document checked for the shape of a table, a gate
+result or a network once, and every value shown through one formatter that accepts any JSON
+value. A file that is refused or malformed is listed under "Files not shown" with the reason.
 """
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import json
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
+from .limits import human, max_memory
 from .results import atomic_write_bytes, check_outputs
 
 #: Largest JSON and PNG file read into the page.
@@ -28,6 +39,24 @@ MAX_JSON_BYTES = 64 << 20
 MAX_PNG_BYTES = 16 << 20
 #: Rows of a table shown on the page (the JSON file holds them all).
 MAX_ROWS = 300
+#: Columns of a table shown on the page.
+MAX_COLUMNS = 100
+#: Largest table read at all (rows); a larger one is listed as not shown.
+MAX_TABLE_ROWS = 1_000_000
+#: Shares of the memory budget: the JSON read (parsed JSON takes up to ~24 times its bytes)
+#: and the bytes inlined into the page (figures in base64, tables, provenance; the page is
+#: held about three times while it is assembled and written).
+JSON_SHARE = 1 / 64
+PAGE_SHARE = 1 / 8
+#: Folders deeper than this below a result folder are not read.
+MAX_DEPTH = 32
+#: Sentences of one section's headline; characters of one provenance block.
+MAX_HEADLINES = 24
+MAX_PROVENANCE_CHARS = 64 << 10
+#: Entries of "Files not shown" listed one by one (the rest are counted).
+MAX_LISTED = 1000
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: Units of known columns, shown in the headers.
 UNITS = {"entropy": "bits", "mutual_information": "bits", "kl_selectivity": "bits", "js_subset_separation": "bits",
@@ -58,22 +87,36 @@ ANALYSES = {
     "check": ("CI gate: candidate against reference", ("check",), ("check",), ()),
 }
 
+#: File stems that name a result table: such a file that is not one is malformed, not ignored.
+_TABLE_STEMS = frozenset(t for _, tables, _, _ in ANALYSES.values() for t in tables)
+
 
 @dataclass
 class _Section:
     id: str
     title: str
     tables: list = field(default_factory=list)     # (relpath, doc)
-    figures: list = field(default_factory=list)    # relpath
+    figures: list = field(default_factory=list)    # (relpath, PNG bytes)
     headline: list = field(default_factory=list)   # HTML sentences
 
 
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
+class _Budget:
+    """What the report may still read (JSON bytes) and inline (page bytes)."""
+
+    def __init__(self, memory: int | None = None):
+        self.memory = max_memory() if memory is None else memory
+        self.json_left = int(self.memory * JSON_SHARE)
+        self.page_left = int(self.memory * PAGE_SHARE)
+
+    def take_page(self, n: int) -> bool:
+        if n > self.page_left:
+            return False
+        self.page_left -= n
         return True
-    except (ValueError, OSError):
-        return False
+
+    def over(self, what: str, n: int, left: int) -> str:
+        return (f"{what} of {human(n)} would exceed the report's share of the memory budget "
+                f"({human(max(left, 0))} left of {human(self.memory)}); raise --max-memory to show it")
 
 
 def _analysis_of(rel: Path, stem: str, kind: str) -> str | None:
@@ -88,8 +131,246 @@ def _analysis_of(rel: Path, stem: str, kind: str) -> str | None:
     return None
 
 
-def collect(folders) -> tuple[Path, dict, list]:
+# --- reading untrusted folders ------------------------------------------------------------------
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link, not followed"), (stat.S_ISFIFO, "a FIFO, not a regular file"),
+          (stat.S_ISSOCK, "a socket, not a regular file"), (stat.S_ISCHR, "a character device, not a regular file"),
+          (stat.S_ISBLK, "a block device, not a regular file"), (stat.S_ISDIR, "a folder"))
+
+
+def _not_regular(st) -> str | None:
+    """Why a file of ``st`` is not read, or None for a regular file."""
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return next((why for test, why in _KINDS if test(st.st_mode)), "not a regular file")
+
+
+def _display(name: str) -> str:
+    """A file name as the page can hold it (undecodable bytes replaced)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _open_dir(folder_fd: int, parts) -> int:
+    """Open the folder ``parts`` below ``folder_fd``, component by component, following no link."""
+    fd = os.dup(folder_fd)
+    try:
+        for part in parts:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
+                          | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _walk(folder_fd: int, dev: int, note) -> list:
+    """(parts, lstat) of the ``.json`` and ``.png`` entries below ``folder_fd``, sorted by path.
+
+    Hidden entries (names starting with ``.``: staging folders of unfinished commands,
+    ``.git``) are not looked at. Folders are entered without following links, only on the
+    folder's own file system and at most :data:`MAX_DEPTH` deep; anything else that looks
+    like a result (a link, a FIFO, a folder on another file system) is reported to ``note``.
+    """
+    found, stack = [], [()]
+    while stack:
+        parts = stack.pop()
+        try:
+            fd = _open_dir(folder_fd, parts)
+        except OSError as exc:
+            note(parts, f"a folder that cannot be opened ({exc.strerror or type(exc).__name__})")
+            continue
+        try:
+            for name in sorted(os.listdir(fd)):
+                if name.startswith("."):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue                                     # vanished meanwhile
+                sub = parts + (name,)
+                result_like = os.path.splitext(name)[1] in (".json", ".png")
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        to_dir = stat.S_ISDIR(os.stat(name, dir_fd=fd).st_mode)
+                    except OSError:
+                        to_dir = False
+                    if result_like or to_dir:
+                        note(sub, "a symbolic link, not followed")
+                elif stat.S_ISDIR(st.st_mode):
+                    if st.st_dev != dev:
+                        note(sub, "a folder on another file system, not read")
+                    elif len(sub) > MAX_DEPTH:
+                        note(sub, f"a folder nested over {MAX_DEPTH} deep, not read")
+                    else:
+                        stack.append(sub)
+                elif result_like:
+                    found.append((sub, st))
+        except OSError as exc:
+            note(parts, f"a folder that cannot be read ({exc.strerror or type(exc).__name__})")
+        finally:
+            os.close(fd)
+    return sorted(found, key=lambda f: f[0])
+
+
+def _read_file(folder_fd: int, parts, lst, dev: int, limit: int, too_large) -> tuple[bytes | None, str | None]:
+    """The bytes of the regular file ``parts`` below ``folder_fd``, or (None, why not).
+
+    The entry (``lst``, from ``lstat``) must be a regular file with one link on the
+    folder's device (``dev``) and at most ``limit`` bytes (``too_large(size)`` says why
+    not); it is opened with ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO swapped in cannot block) and
+    checked again with ``fstat`` before a byte is read.
+    """
+    def why_not(st) -> str | None:
+        kind = _not_regular(st)
+        if kind:
+            return kind
+        if st.st_nlink != 1:
+            return f"a hard link ({st.st_nlink} links to the same file), not read"
+        if st.st_dev != dev:
+            return "on another file system than its result folder, not read"
+        if st.st_size > limit:
+            return too_large(st.st_size)
+        return None
+
+    reason = why_not(lst)
+    if reason:
+        return None, reason
+    try:
+        dfd = _open_dir(folder_fd, parts[:-1])
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                         | getattr(os, "O_CLOEXEC", 0), dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "a symbolic link, not followed"
+        return None, f"cannot be opened ({exc.strerror or type(exc).__name__})"
+    try:
+        st = os.fstat(fd)
+        reason = why_not(st)
+        if reason:
+            return None, reason
+        if (st.st_ino, st.st_dev) != (lst.st_ino, lst.st_dev):
+            return None, "replaced while the report read its folder, not read"
+        chunks, got = [], 0
+        while got <= st.st_size:
+            block = os.read(fd, min(st.st_size + 1 - got, 1 << 24))
+            if not block:
+                break
+            chunks.append(block)
+            got += len(block)
+        if got != st.st_size:
+            return None, "changed size while read, not read"
+        return b"".join(chunks), None
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or type(exc).__name__})"
+    finally:
+        os.close(fd)
+
+
+# --- the shapes of result documents ---------------------------------------------------------------
+
+def _list_of_dicts(v, what: str) -> str | None:
+    if not isinstance(v, list):
+        return f"{what} is {_type_name(v)}, not a list"
+    bad = next((i for i, r in enumerate(v) if not isinstance(r, dict)), None)
+    return None if bad is None else f"{what}[{bad}] is {_type_name(v[bad])}, not an object"
+
+
+def _type_name(v) -> str:
+    if v is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def _table_shape(doc: dict) -> str | None:
+    """Why ``doc`` is not a table of :func:`infoprobe.results.write_table`: {"meta": object,
+    "columns": [str, ...], "rows": [object, ...]} (meta may be absent), or None."""
+    if "rows" not in doc or "columns" not in doc:
+        return f"not a result table: no {'rows' if 'rows' not in doc else 'columns'}"
+    why = _list_of_dicts(doc["rows"], "rows")
+    if why:
+        return why
+    cols = doc["columns"]
+    if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+        return "columns is not a list of strings"
+    if doc.get("meta") is not None and not isinstance(doc["meta"], dict):
+        return f"meta is {_type_name(doc['meta'])}, not an object"
+    if len(doc["rows"]) > MAX_TABLE_ROWS:
+        return f"{len(doc['rows']):,} rows, over the report's limit of {MAX_TABLE_ROWS:,}"
+    return None
+
+
+def _gate_shape(doc: dict) -> str | None:
+    """Why ``doc`` is not a gate result (``infoprobe check --json``), or None."""
+    missing = [k for k in ("passed", "checks", "metrics") if k not in doc]
+    if missing:
+        return f"not a gate result: no {', '.join(missing)}"
+    if not isinstance(doc["passed"], bool):
+        return f"passed is {_type_name(doc['passed'])}, not a boolean"
+    for key in ("metrics", "statistics", "divergence", "models", "data", "parameters", "confusions"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            return f"{key} is {_type_name(doc[key])}, not an object"
+    why = _list_of_dicts(doc["checks"], "checks")
+    if why:
+        return why
+    for key, v in (("divergence.sites", (doc.get("divergence") or {}).get("sites")),
+                   ("metrics.class_accuracy", doc["metrics"].get("class_accuracy"))):
+        if v is not None and (why := _list_of_dicts(v, key)):
+            return why
+    return None
+
+
+def _network_shape(doc: dict) -> str | None:
+    """Why ``doc`` is not the ``network.json`` of ``infoprobe modules``, or None."""
+    for key in ("meta", "network", "clusterability"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            return f"{key} is {_type_name(doc[key])}, not an object"
+    cats = doc["network"].get("categories")
+    if cats is not None and not isinstance(cats, dict):
+        return f"network.categories is {_type_name(cats)}, not an object"
+    return None
+
+
+def _classify(stem: str, doc) -> tuple[str | None, str | None]:
+    """("table" | "gate" | "network" | None, why it is malformed or None). None and None: a
+    JSON file that is no result table (a plan, a summary), left out without a word."""
+    if not isinstance(doc, dict):
+        return None, (f"not a result table: the document is {_type_name(doc)}" if stem in _TABLE_STEMS else None)
+    if "rows" in doc or "columns" in doc:
+        return "table", _table_shape(doc)
+    if stem == "check":
+        return "gate", _gate_shape(doc)
+    if stem == "network" and "network" in doc:
+        return "network", _network_shape(doc)
+    if stem in _TABLE_STEMS:
+        return None, "not a result table: no rows and columns"
+    return None, None
+
+
+def collect(folders, *, budget: _Budget | None = None) -> tuple[Path, dict, list]:
     """The result files of ``folders``, sorted into analyses.
+
+    Only regular files with one link, on the file system of their result folder, are read;
+    symbolic links, hard links, FIFOs, devices and sockets are not (files are opened with
+    ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat`` before they are read). Hidden
+    entries (names starting with ``.``, such as the staging folders of commands still
+    writing there, or ``.git``) are not looked at. A JSON file is read when it fits in
+    :data:`MAX_JSON_BYTES` and what is left of the report's JSON share of the memory
+    budget; a PNG when its base64 fits in what is left of the page's share. Every JSON
+    document is checked once for the shape of a table, a gate result or a network.
+
+    Parameters
+    ----------
+    folders : list of path-like
+        Result folders; JSON sources are named relative to the first.
+    budget : optional
+        What may still be read and inlined (default: shares of
+        :func:`infoprobe.limits.max_memory`; :func:`render` passes its own).
 
     Returns
     -------
@@ -98,59 +379,147 @@ def collect(folders) -> tuple[Path, dict, list]:
     sections : dict of id -> _Section
         In :data:`ANALYSES` order, only those with a table or a figure.
     skipped : list of str
-        Files left out and why (unreadable, too large, outside the folder, not a result table).
+        Files left out and why ("name: reason"): links, special files, too large for the
+        budget, invalid JSON, malformed tables, tables of no known analysis.
 
     Raises
     ------
     DataError
-        A folder does not exist or holds no result file at all.
+        No folder given, a folder does not exist or cannot be opened, or nothing at all can
+        be shown (the message names the first files left out and why).
     """
     folders = [Path(f) for f in folders]
     if not folders:
         raise DataError("no result folder given")
+    budget = budget or _Budget()
     root = Path(os.path.abspath(folders[0]))
     sections = {aid: _Section(aid, ANALYSES[aid][0]) for aid in ANALYSES}
     skipped = []
     for folder in folders:
-        if not folder.is_dir():
-            raise DataError(f"{folder} is not a folder of results")
-        for path in sorted(folder.rglob("*")):
-            if path.is_dir() or path.name.startswith(".") or path.suffix not in (".json", ".png"):
+        try:
+            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise DataError(f"{folder} is not a folder of results"
+                            + ("" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else f" ({exc.strerror})")) from None
+        try:
+            _collect_folder(folder, folder_fd, root, sections, skipped, budget)
+        finally:
+            os.close(folder_fd)
+    found = {k: s for k, s in sections.items() if s.tables or s.figures}
+    if not found:
+        why = f"; not shown: {'; '.join(skipped[:3])}" + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else "")
+        raise DataError(f"no result of infoprobe in {', '.join(map(str, folders))}" + (why if skipped else ""))
+    return root, found, skipped
+
+
+def _collect_folder(folder: Path, folder_fd: int, root: Path, sections: dict, skipped: list, budget: _Budget):
+    base = os.path.abspath(folder)
+    dev = os.fstat(folder_fd).st_dev
+
+    def rel_of(parts) -> str:
+        return _display(os.path.relpath(os.path.join(base, *parts), root) if parts else os.path.relpath(base, root))
+
+    def note(parts, why):
+        skipped.append(f"{rel_of(parts)}: {why}")
+
+    for parts, lst in _walk(folder_fd, dev, note):
+        rel = rel_of(parts)
+        name = parts[-1]
+        if _display(name) != name:
+            note(parts, "a name that is not valid UTF-8, not read")
+            continue
+        stem, suffix = os.path.splitext(name)
+        inner = Path(*parts)
+        if suffix == ".png":
+            aid = _analysis_of(inner, stem, "figure")
+            if aid is None:
+                continue                         # a figure of no analysis: not part of the page
+            limit = min(MAX_PNG_BYTES, budget.page_left * 3 // 4)
+            data, why = _read_file(folder_fd, parts, lst, dev, limit, lambda n: (
+                f"{n:,} bytes, over the report's limit of {MAX_PNG_BYTES:,} for a figure" if n > MAX_PNG_BYTES
+                else budget.over("a figure", n, budget.page_left * 3 // 4)))
+            if data is not None and not data.startswith(_PNG_SIGNATURE):
+                data, why = None, "not a PNG image"
+            if data is None:
+                note(parts, why)
                 continue
-            rel = os.path.relpath(os.path.abspath(path), root)
-            if path.is_symlink() or not _inside(folder, path):
-                skipped.append(f"{rel}: a link or outside {folder}")
-                continue
-            size = path.stat().st_size
-            if size > (MAX_JSON_BYTES if path.suffix == ".json" else MAX_PNG_BYTES):
-                skipped.append(f"{rel}: {size:,} bytes, over the report's limit")
-                continue
-            if path.suffix == ".png":
-                aid = _analysis_of(path.relative_to(folder), path.stem, "figure")
-                if aid:
-                    sections[aid].figures.append((rel, path.read_bytes()))
-                continue
-            try:
-                doc = json.loads(path.read_bytes())
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                skipped.append(f"{rel}: not valid JSON ({type(exc).__name__})")
-                continue
-            if not isinstance(doc, dict):
-                continue
-            if path.stem == "check" and {"passed", "checks", "metrics"} <= set(doc):
-                sections["check"].tables.append((rel, doc))
-                continue
-            if not ({"rows", "columns"} <= set(doc) or path.stem == "network"):
-                continue                   # plans, summaries: not tables
-            aid = _analysis_of(path.relative_to(folder), path.stem, "table")
+            budget.take_page(4 * -(-len(data) // 3))
+            sections[aid].figures.append((rel, data))
+            continue
+        limit = min(MAX_JSON_BYTES, budget.json_left)
+        data, why = _read_file(folder_fd, parts, lst, dev, limit, lambda n: (
+            f"{n:,} bytes, over the report's limit of {MAX_JSON_BYTES:,} for a JSON file" if n > MAX_JSON_BYTES
+            else budget.over("a JSON file", n, budget.json_left)))
+        if data is None:
+            note(parts, why)
+            continue
+        budget.json_left -= len(data)
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            note(parts, f"not valid JSON ({type(exc).__name__})")
+            continue
+        del data
+        kind, why = _classify(stem, doc)
+        if why:
+            note(parts, why)
+        elif kind == "gate":
+            sections["check"].tables.append((rel, doc))
+        elif kind is not None:
+            aid = _analysis_of(inner, stem, "table")
             if aid:
                 sections[aid].tables.append((rel, doc))
             else:
-                skipped.append(f"{rel}: a table of no analysis the report knows")
-    found = {k: s for k, s in sections.items() if s.tables or s.figures}
-    if not found:
-        raise DataError(f"no result of infoprobe in {', '.join(map(str, folders))}")
-    return root, found, skipped
+                note(parts, "a table of no analysis the report knows")
+
+
+# --- values of any JSON type, as text -----------------------------------------------------------
+
+def _num(v):
+    """``v`` if it is a finite real number (not a boolean), else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return v if math.isfinite(float(v)) else None
+    except OverflowError:                       # an integer beyond any float
+        return None
+
+
+def _get(d, *keys):
+    """``d[k1][k2]...`` where each level is an object holding the key, else None."""
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _text(v, limit: int | None = 80) -> str:
+    """Any JSON value as text of at most ``limit`` characters (None: no limit), encodable."""
+    if isinstance(v, str):
+        s = v
+    elif v is None:
+        s = ""
+    elif isinstance(v, bool):
+        s = str(v)
+    elif _num(v) is not None:
+        s = _fmt(v)
+    elif isinstance(v, float):
+        s = str(v)                               # nan, inf
+    else:
+        try:
+            s = json.dumps(v, allow_nan=True, default=str) if isinstance(v, (list, dict)) else str(v)
+        except (ValueError, TypeError, RecursionError):
+            s = _type_name(v)
+        except OverflowError:
+            s = "(too large a number)"
+    if limit is not None and len(s) > limit:
+        s = s[: limit - 3] + "..."
+    return s.encode("utf-8", "replace").decode("utf-8")
+
+
+def _esc(v, limit: int | None = 80) -> str:
+    return html.escape(_text(v, limit))
 
 
 # --- headlines: sentences whose numbers point at the JSON values they show ------------------
@@ -158,20 +527,26 @@ def collect(folders) -> tuple[Path, dict, list]:
 def _fmt(v, kind: str = "g") -> str:
     if isinstance(v, bool) or v is None:
         return str(v)
+    if _num(v) is None:
+        return _text(v)
     if kind == "%":
         return f"{100 * v:.1f}%"
     if kind == "+":
         return f"{v:+.4f}"
-    if isinstance(v, int):
+    if isinstance(v, int) and abs(v) < 10**15:
         return f"{v:,}"
-    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return f"{v:.4g}" if abs(v) < 1e4 or abs(v) >= 1e15 else f"{v:,.0f}"
 
 
 def _hl(source: str, pointer: str, value, kind: str = "g") -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):     # nothing to point at
-        return "n/a" if value is None else html.escape(str(value))
-    return (f'<span class="hl" data-source="{html.escape(source)}" data-pointer="{html.escape(pointer)}">'
+    if _num(value) is None:                      # nothing to point at
+        return "n/a" if value is None else _esc(value)
+    return (f'<span class="hl" data-source="{html.escape(source)}" data-pointer="{html.escape(_text(pointer, None))}">'
             f"{html.escape(_fmt(value, kind))}</span>")
+
+
+def _pointer_key(k: str) -> str:
+    return k.replace("~", "~0").replace("/", "~1")
 
 
 def _table(sec: _Section, stem: str):
@@ -182,15 +557,17 @@ def _table(sec: _Section, stem: str):
 
 
 def _rows(doc) -> list:
-    return doc.get("rows") or []
+    """The rows of a document whose shape was checked (:func:`_table_shape`)."""
+    rows = doc.get("rows")
+    return rows if isinstance(rows, list) else []
 
 
 def _groups(rows: list, key: str = "layer", **where):
-    """(value of ``key``, [(row index, row), ...]) of the rows matching ``where``, in order."""
+    """(value of ``key`` as text, [(row index, row), ...]) of the rows matching ``where``, in order."""
     groups = {}
     for i, r in enumerate(rows):
         if all(r.get(k) == v for k, v in where.items()):
-            groups.setdefault(r.get(key), []).append((i, r))
+            groups.setdefault(_text(r.get(key)), []).append((i, r))
     return groups.items()
 
 
@@ -209,12 +586,12 @@ def _on_table(stem: str):
 def _headline_importance(rel, doc):
     out = []
     for layer, cand in _groups(_rows(doc)):
-        cand = [(i, r) for i, r in cand if isinstance(r.get("mutual_information"), (int, float))]
+        cand = [(i, r) for i, r in cand if _num(r.get("mutual_information")) is not None]
         if not cand:
             continue
         i, best = max(cand, key=lambda ir: ir[1]["mutual_information"])
-        out.append(f"In <b>{html.escape(str(layer))}</b> the most informative unit about the label is unit "
-                   f"{_hl(rel, f'/rows/{i}/unit', best['unit'])}, with I(T;Y) = "
+        out.append(f"In <b>{html.escape(layer)}</b> the most informative unit about the label is unit "
+                   f"{_hl(rel, f'/rows/{i}/unit', best.get('unit'))}, with I(T;Y) = "
                    f"{_hl(rel, f'/rows/{i}/mutual_information', best['mutual_information'])} bits.")
     return out
 
@@ -224,15 +601,17 @@ def _headline_ablation(rel, doc):
     out = []
     for layer, mine in _groups(_rows(doc), scope="layer", ranking="mutual_information", order="low"):
         value = "mean" if any(r.get("value") == "mean" for _, r in mine) else mine[0][1].get("value")
-        mine = [(i, r) for i, r in mine if r.get("value") == value]
+        mine = [(i, r) for i, r in mine if r.get("value") == value and _num(r.get("fraction")) is not None]
+        if not mine:
+            continue
         i0, r0 = min(mine, key=lambda ir: ir[1]["fraction"])
         i5, r5 = min(mine, key=lambda ir: abs(ir[1]["fraction"] - 0.5))
         out.append(f"Replacing the {_hl(rel, f'/rows/{i5}/fraction', r5['fraction'], '%')} lowest-MI units of "
-                   f"<b>{html.escape(str(layer))}</b> by their {html.escape(str(value))} leaves accuracy at "
-                   f"{_hl(rel, f'/rows/{i5}/accuracy', r5['accuracy'])} (intact "
-                   f"{_hl(rel, f'/rows/{i0}/accuracy', r0['accuracy'])})"
+                   f"<b>{html.escape(layer)}</b> by their {_esc(value)} leaves accuracy at "
+                   f"{_hl(rel, f'/rows/{i5}/accuracy', r5.get('accuracy'))} (intact "
+                   f"{_hl(rel, f'/rows/{i0}/accuracy', r0.get('accuracy'))})"
                    + (f"; mean over {_hl(rel, f'/rows/{i5}/replicates', r5['replicates'])} networks, sd "
-                      f"{_hl(rel, f'/rows/{i5}/accuracy_std', r5['accuracy_std'])}." if "replicates" in r5 else "."))
+                      f"{_hl(rel, f'/rows/{i5}/accuracy_std', r5.get('accuracy_std'))}." if "replicates" in r5 else "."))
     return out
 
 
@@ -241,21 +620,24 @@ def _headline_synergy(rel, doc):
     out = []
     for direction in ("synergy", "redundancy"):
         for layer, mine in _groups(_rows(doc), direction=direction):
+            mine = [(i, r) for i, r in mine if _num(r.get("size")) is not None]
+            if not mine:
+                continue
             i, r = max(mine, key=lambda ir: ir[1]["size"])
-            out.append(f"<b>{html.escape(str(layer))}</b>: the most {'synergistic' if direction == 'synergy' else 'redundant'} "
+            out.append(f"<b>{html.escape(layer)}</b>: the most {'synergistic' if direction == 'synergy' else 'redundant'} "
                        f"group of {_hl(rel, f'/rows/{i}/size', r['size'])} units has O-information "
-                       f"{_hl(rel, f'/rows/{i}/mean', r['mean'])} bits"
+                       f"{_hl(rel, f'/rows/{i}/mean', r.get('mean'))} bits"
                        + (f" (mean over {_hl(rel, f'/rows/{i}/networks', r['networks'])} networks)."
-                          if (r.get("networks") or 1) > 1 else "."))
+                          if (_num(r.get("networks")) or 1) > 1 else "."))
     return out
 
 
 @_on_table("network")
 def _headline_modules(rel, doc):
     out = []
-    if not isinstance(doc.get("network"), dict):
+    net = doc.get("network")
+    if not isinstance(net, dict):
         return out
-    net = doc["network"]
     if "ncut" in net:
         out.append(f"The partition into {_hl(rel, '/network/n_clusters', net.get('n_clusters'))} clusters has "
                    f"n-cut {_hl(rel, '/network/ncut', net['ncut'])}; against shuffled networks p = "
@@ -264,10 +646,10 @@ def _headline_modules(rel, doc):
     if "fisher_importance" in net:
         out.append(f"Sub-clusters matter more than random groups of the same size: Fisher's combined p = "
                    f"{_hl(rel, '/network/fisher_importance', net['fisher_importance'])}.")
-    cats = net.get("categories") or {}
-    if cats:
-        parts = [f"{_hl(rel, '/network/categories/' + k.replace('~', '~0').replace('/', '~1'), v)} {html.escape(k)}"
-                 for k, v in cats.items() if v]
+    cats = net.get("categories")
+    if isinstance(cats, dict) and cats:
+        parts = [f"{_hl(rel, '/network/categories/' + _pointer_key(k), v)} {_esc(k)}"
+                 for k, v in list(cats.items())[:MAX_HEADLINES] if v]
         out.append("Sub-clusters by category: " + ", ".join(parts) + ".")
     return out
 
@@ -276,15 +658,17 @@ def _headline_frivolous(sec):
     out = []
     rel, doc = _table(sec, "gains")
     if rel is not None:
-        for i, r in enumerate(_rows(doc)):
-            out.append(f"{html.escape(str(r.get('measure')))} units of <b>{html.escape(str(r.get('layer')))}</b> grow "
+        for i, r in enumerate(_rows(doc)[:12]):
+            out.append(f"{_esc(r.get('measure'))} units of <b>{_esc(r.get('layer'))}</b> grow "
                        f"with width as width<sup>g</sup>, g = {_hl(rel, f'/rows/{i}/g', r.get('g'))}.")
     for rel, doc in sec.tables:
         if Path(rel).stem == "frivolous":
-            for i, r in enumerate(_rows(doc)):
+            for i, r in enumerate(_rows(doc)[:12]):
                 out.append(f"{html.escape(rel)}: {_hl(rel, f'/rows/{i}/prunable_fraction', r.get('prunable_fraction'), '%')} "
-                           f"of <b>{html.escape(str(r.get('layer')))}</b>'s units are prunable and "
+                           f"of <b>{_esc(r.get('layer'))}</b>'s units are prunable and "
                            f"{_hl(rel, f'/rows/{i}/redundant_fraction', r.get('redundant_fraction'), '%')} redundant.")
+        if len(out) >= 12:
+            break
     return out[:12]
 
 
@@ -296,34 +680,34 @@ def _headline_flow(rel, doc):
         if not mine:
             continue
         (i0, a), (i1, b) = mine[0], mine[-1]
-        unit = html.escape(str(b.get("unit", "")))
-        out.append(f"I(X;T) of <b>{html.escape(str(layer))}</b> goes from {_hl(rel, f'/rows/{i0}/mi', a['mi'])} {unit} "
-                   f"at epoch {_hl(rel, f'/rows/{i0}/epoch', a['epoch'])} to {_hl(rel, f'/rows/{i1}/mi', b['mi'])} "
-                   f"{unit} at epoch {_hl(rel, f'/rows/{i1}/epoch', b['epoch'])}.")
+        unit = _esc(b.get("unit", ""))
+        out.append(f"I(X;T) of <b>{html.escape(layer)}</b> goes from {_hl(rel, f'/rows/{i0}/mi', a['mi'])} {unit} "
+                   f"at epoch {_hl(rel, f'/rows/{i0}/epoch', a.get('epoch'))} to {_hl(rel, f'/rows/{i1}/mi', b['mi'])} "
+                   f"{unit} at epoch {_hl(rel, f'/rows/{i1}/epoch', b.get('epoch'))}.")
     return out
 
 
 def _headline_check(sec):
     out = []
     for rel, doc in sec.tables:
-        m = doc.get("metrics", {})
-        verdict = "passes" if doc.get("passed") else "fails"
-        failed = [c["name"] for c in doc.get("checks", []) if not c.get("passed")]
+        m = doc.get("metrics") or {}
+        verdict = "passes" if doc.get("passed") is True else "fails"
+        failed = [_text(c.get("name")) for c in doc.get("checks") or [] if not c.get("passed")]
         s = (f"The candidate <b>{verdict}</b> the gate ({html.escape(rel)}"
-             + (f"; failed: {html.escape(', '.join(failed))}" if failed else "") + ").")
+             + (f"; failed: {html.escape(_text(', '.join(failed), 300))}" if failed else "") + ").")
         if m.get("accuracy_drop") is not None:
-            s += (f" Accuracy {_hl(rel, '/metrics/accuracy_reference', m['accuracy_reference'])} → "
-                  f"{_hl(rel, '/metrics/accuracy_candidate', m['accuracy_candidate'])}, drop "
+            s += (f" Accuracy {_hl(rel, '/metrics/accuracy_reference', m.get('accuracy_reference'))} → "
+                  f"{_hl(rel, '/metrics/accuracy_candidate', m.get('accuracy_candidate'))}, drop "
                   f"{_hl(rel, '/metrics/accuracy_drop', m['accuracy_drop'], '+')}")
-            st = doc.get("statistics", {})
-            if st.get("mcnemar_p") is not None:
-                s += f" (McNemar p = {_hl(rel, '/statistics/mcnemar_p', st['mcnemar_p'])})"
+            p = _get(doc, "statistics", "mcnemar_p")
+            if p is not None:
+                s += f" (McNemar p = {_hl(rel, '/statistics/mcnemar_p', p)})"
             s += "."
         if m.get("label_change") is not None:
             s += f" {_hl(rel, '/metrics/label_change', m['label_change'], '%')} of predicted labels changed."
-        first = (doc.get("divergence") or {}).get("first_diverging")
+        first = _get(doc, "divergence", "first_diverging")
         if first:
-            s += f" The models part first at site <b>{html.escape(first)}</b>."
+            s += f" The models part first at site <b>{_esc(first)}</b>."
         out.append(s)
     return out
 
@@ -332,12 +716,12 @@ def _headline_check(sec):
 def _headline_analyze(rel, doc):
     rows = _rows(doc)
     ran = [(i, r) for i, r in enumerate(rows) if not r.get("skipped")]
-    out = ["Ran " + ", ".join(f"{html.escape(r['analysis'])} ({_hl(rel, f'/rows/{i}/seconds', r.get('seconds'))} s)"
-                              for i, r in ran) + f" within a budget of "
-           f"{_hl(rel, '/meta/parameters/budget_min', (doc.get('meta') or {}).get('parameters', {}).get('budget_min'))}"
+    out = ["Ran " + ", ".join(f"{_esc(r.get('analysis'))} ({_hl(rel, f'/rows/{i}/seconds', r.get('seconds'))} s)"
+                              for i, r in ran[:MAX_HEADLINES]) + " within a budget of "
+           f"{_hl(rel, '/meta/parameters/budget_min', _get(doc, 'meta', 'parameters', 'budget_min'))}"
            " minutes."]
-    out += [f"{html.escape(r['analysis'])} was cut to fit: {html.escape(r['cut'])}." for _, r in ran if r.get("cut")]
-    out += [f"{html.escape(r['analysis'])} did not run: {html.escape(r['skipped'])}." for r in rows if r.get("skipped")]
+    out += [f"{_esc(r.get('analysis'))} was cut to fit: {_esc(r['cut'], 300)}." for _, r in ran if r.get("cut")]
+    out += [f"{_esc(r.get('analysis'))} did not run: {_esc(r['skipped'], 300)}." for r in rows if r.get("skipped")]
     return out
 
 
@@ -398,39 +782,43 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 
 
 def _cell(v) -> tuple[str, str, bool]:
-    """(shown text, data-value, numeric)."""
+    """(shown text, data-value, numeric) of any JSON value."""
     if isinstance(v, bool):
         return str(v), str(v), False
-    if isinstance(v, (int, float)):
+    if _num(v) is not None:
         return _fmt(v), repr(float(v)), True
-    if v is None:
-        return "", "", True
-    text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    short = text if len(text) <= 80 else text[:77] + "..."
-    return short, text[:200], False
+    if v is None or isinstance(v, float):      # null; NaN and infinities sort as blanks
+        return _text(v), "", True
+    return _text(v, 80), _text(v, 200), False
 
 
 def _html_table(rel: str, doc: dict) -> str:
-    columns = [str(c) for c in doc.get("columns") or []]
+    all_columns = [c for c in doc.get("columns") or [] if isinstance(c, str)]
+    columns = all_columns[:MAX_COLUMNS]
     rows = _rows(doc)
     if not columns:
         return ""
-    numeric = [all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool) or r.get(c) is None
-                   for r in rows[:MAX_ROWS]) and any(isinstance(r.get(c), (int, float)) for r in rows[:MAX_ROWS])
-               for c in columns]
-    head = "".join(f'<th class="{"num" if num else "text"}" scope="col">{html.escape(c)}'
+    shown = rows[:MAX_ROWS]
+    numeric = [all(_num(r.get(c)) is not None or r.get(c) is None or isinstance(r.get(c), float) for r in shown)
+               and any(_num(r.get(c)) is not None for r in shown) for c in columns]
+    head = "".join(f'<th class="{"num" if num else "text"}" scope="col">{_esc(c)}'
                    + (f" [{html.escape(UNITS[c])}]" if c in UNITS else "") + "</th>"
                    for c, num in zip(columns, numeric))
     body = []
-    for r in rows[:MAX_ROWS]:
+    for r in shown:
         cells = []
         for c, num in zip(columns, numeric):
             text, value, _ = _cell(r.get(c))
             cells.append(f'<td class="{"num" if num else "text"}" data-value="{html.escape(value)}">'
                          f"{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    note = (f"<p>First {MAX_ROWS:,} of {len(rows):,} rows; all are in <code>{html.escape(rel)}</code> and its CSV.</p>"
-            if len(rows) > MAX_ROWS else "")
+    notes = []
+    if len(rows) > MAX_ROWS:
+        notes.append(f"First {MAX_ROWS:,} of {len(rows):,} rows; all are in <code>{html.escape(rel)}</code> and its CSV.")
+    if len(all_columns) > MAX_COLUMNS:
+        notes.append(f"First {MAX_COLUMNS:,} of {len(all_columns):,} columns; all are in "
+                     f"<code>{html.escape(rel)}</code> and its CSV.")
+    note = "".join(f"<p>{n}</p>" for n in notes)
     return (f'<details{" open" if len(rows) <= 40 else ""}><summary><code>{html.escape(rel)}</code> '
             f"({len(rows):,} rows)</summary>{note}"
             f'<div class="table-wrap"><table class="sortable"><thead><tr>{head}</tr></thead>'
@@ -440,13 +828,13 @@ def _html_table(rel: str, doc: dict) -> str:
 def _check_tables(rel: str, doc: dict) -> str:
     """The gate's checks and per-site divergence as ordinary tables."""
     parts = [_html_table(rel + " (checks)", {"columns": ["name", "value", "threshold", "passed", "description"],
-                                             "rows": doc.get("checks", [])})]
-    sites = (doc.get("divergence") or {}).get("sites")
+                                             "rows": doc.get("checks") or []})]
+    sites = _get(doc, "divergence", "sites")
     if sites:
         cols = ["reference", "candidate", "matched_by", "compared_on", "relative_error", "correlation_mean",
                 "correlation_min", "cka", "diverged"]
         parts.append(_html_table(rel + " (per-site divergence)", {"columns": cols, "rows": sites}))
-    classes = (doc.get("metrics") or {}).get("class_accuracy")
+    classes = _get(doc, "metrics", "class_accuracy")
     if classes:
         cols = ["class", "n", "reference", "candidate", "drop", "drop_upper", "mcnemar_p", "p_adjusted", "significant"]
         parts.append(_html_table(rel + " (per class)", {"columns": cols, "rows": classes}))
@@ -455,75 +843,122 @@ def _check_tables(rel: str, doc: dict) -> str:
 
 def _caption(meta: dict) -> str:
     """Model, data and N of a figure, from its section's provenance."""
-    inputs = meta.get("inputs") or {}
-    params = meta.get("parameters") or {}
+    inputs = meta.get("inputs") if isinstance(meta.get("inputs"), dict) else {}
+    params = meta.get("parameters") if isinstance(meta.get("parameters"), dict) else {}
     names = []
-    for role, d in inputs.items():
+    for role, d in list(inputs.items())[:100]:
         if isinstance(d, dict) and d.get("path"):
-            names.append(f"{role} {Path(str(d['path'])).name}")
+            names.append(f"{_text(role, 40)} {Path(_text(d['path'], 1000)).name[:80]}")
     if len(names) > 4:
-        names = names[:3] + [f"... ({len(names)} inputs)"]
+        names = names[:3] + [f"... ({len(inputs)} inputs)"]
     n = params.get("n_samples")
-    split = params.get("split") or (params.get("store_attrs") or {}).get("data_split")
-    return "; ".join(names + ([f"split {split}"] if split else []) + ([f"N = {n:,}"] if isinstance(n, int) else []))
+    split = params.get("split") or _get(params, "store_attrs", "data_split")
+    return "; ".join(names + ([f"split {_text(split, 40)}"] if split else [])
+                     + ([f"N = {_fmt(n)}"] if isinstance(n, int) and _num(n) is not None else []))
 
 
 def _provenance(sec: _Section) -> str:
     seen, blocks = set(), []
     for rel, doc in sec.tables:
-        meta = doc.get("meta") or {"inputs": {k: v for k, v in (doc.get("models") or {}).items()},
-                                   "data": doc.get("data"), "parameters": doc.get("parameters")}
-        text = json.dumps(meta, indent=1, sort_keys=True, default=str)
+        meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else None
+        if meta is None:
+            models = doc.get("models")
+            meta = {"inputs": dict(models) if isinstance(models, dict) else {},
+                    "data": doc.get("data"), "parameters": doc.get("parameters")}
+        try:
+            text = json.dumps(meta, indent=1, sort_keys=True, default=str)
+        except (ValueError, TypeError, RecursionError):
+            text = "(provenance that cannot be shown)"
+        if len(text) > MAX_PROVENANCE_CHARS:
+            text = text[:MAX_PROVENANCE_CHARS] + f"\n... (first {MAX_PROVENANCE_CHARS:,} characters; all in {rel})"
         if text in seen:
             continue
         seen.add(text)
-        blocks.append(f"<p><code>{html.escape(rel)}</code></p><pre>{html.escape(text)}</pre>")
+        blocks.append(f"<p><code>{html.escape(rel)}</code></p><pre>{_esc(text, None)}</pre>")
     return ('<details class="provenance"><summary>Provenance: inputs (sha256), parameters, versions</summary>'
             + "".join(blocks) + "</details>")
 
 
+def _section_html(sid: str, sec: _Section, skipped: list, budget: _Budget) -> str:
+    """The HTML of one section; what does not fit the page's share of the budget is listed in
+    ``skipped`` instead."""
+    headline = HEADLINES[sid](sec)
+    sec.headline = headline[:MAX_HEADLINES] + (
+        [f"... and {len(headline) - MAX_HEADLINES:,} more; see the tables."] if len(headline) > MAX_HEADLINES else [])
+    meta = next((d.get("meta") for _, d in sec.tables if isinstance(d.get("meta"), dict)), {}) or {}
+    caption = _caption(meta)
+    figs = "".join(
+        f'<figure><img alt="{html.escape(rel)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        f"<figcaption><code>{html.escape(rel)}</code>{' — ' + html.escape(caption) if caption else ''}"
+        "</figcaption></figure>" for rel, data in sec.figures)
+    tables = []
+    for rel, doc in sec.tables:
+        t = _check_tables(rel, doc) if sid == "check" else _html_table(rel, doc)
+        if budget.take_page(len(t)):
+            tables.append(t)
+        else:
+            skipped.append(f"{rel}: {budget.over('its table', len(t), budget.page_left)}")
+    prov = _provenance(sec)
+    if not budget.take_page(len(prov)):
+        prov = ""
+    head = ('<div class="headline">' + "".join(f"<p>{s}</p>" for s in sec.headline) + "</div>"
+            if sec.headline else "")
+    return (f'<section class="analysis" id="{sid}"><h2>{html.escape(sec.title)}</h2>{head}{figs}'
+            f"{''.join(tables)}{prov}</section>")
+
+
 def render(folders, *, title: str | None = None) -> str:
     """The report page of ``folders`` as an HTML string (see :func:`write_report`).
+
+    The files are read as :func:`collect` reads them, within shares of the memory budget
+    (:func:`infoprobe.limits.max_memory`, ``--max-memory``): at most :data:`JSON_SHARE` of
+    it in JSON, at most :data:`PAGE_SHARE` inlined into the page (figures, tables,
+    provenance). A file refused, malformed or over the budget is listed under "Files not
+    shown" with the reason; so are the files of a section that fails to render for a reason
+    not foreseen (the rest of the page is still written).
 
     Raises
     ------
     DataError
         As :func:`collect`.
     """
-    root, sections, skipped = collect(folders)
+    budget = _Budget()
+    root, sections, skipped = collect(folders, budget=budget)
     parts = []
+    shown = {}
     for sid, sec in sections.items():
-        sec.headline = HEADLINES[sid](sec)
-        meta = next((d.get("meta") for _, d in sec.tables if isinstance(d.get("meta"), dict)), {}) or {}
-        caption = _caption(meta)
-        figs = "".join(
-            f'<figure><img alt="{html.escape(rel)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-            f"<figcaption><code>{html.escape(rel)}</code>{' — ' + html.escape(caption) if caption else ''}"
-            "</figcaption></figure>" for rel, data in sec.figures)
-        tables = "".join(_check_tables(rel, doc) if sid == "check" else _html_table(rel, doc)
-                         for rel, doc in sec.tables)
-        head = ('<div class="headline">' + "".join(f"<p>{s}</p>" for s in sec.headline) + "</div>"
-                if sec.headline else "")
-        parts.append(f'<section class="analysis" id="{sid}"><h2>{html.escape(sec.title)}</h2>{head}{figs}'
-                     f"{tables}{_provenance(sec)}</section>")
+        try:
+            parts.append(_section_html(sid, sec, skipped, budget))
+            shown[sid] = sec
+        except MemoryError:
+            raise
+        except Exception as exc:                 # last resort: one section, not the page
+            for rel in [rel for rel, _ in sec.tables] + [rel for rel, _ in sec.figures]:
+                skipped.append(f"{rel}: could not be shown ({type(exc).__name__} while rendering its section)")
     nav = "".join(f'<a href="#{sid}">{html.escape(sec.title.split(":")[0].split(" (")[0])}</a>'
-                  for sid, sec in sections.items())
+                  for sid, sec in shown.items())
+    listed = skipped[:MAX_LISTED] + ([f"... and {len(skipped) - MAX_LISTED:,} more files"]
+                                     if len(skipped) > MAX_LISTED else [])
     skipped_html = ("<section class=\"analysis\" id=\"skipped\"><h2>Files not shown</h2><ul class=\"skipped\">"
-                    + "".join(f"<li>{html.escape(s)}</li>" for s in skipped) + "</ul></section>") if skipped else ""
+                    + "".join(f"<li>{_esc(s, 1000)}</li>" for s in listed) + "</ul></section>") if skipped else ""
     title = title or f"infoprobe report: {', '.join(Path(f).name for f in folders)}"
     from . import __version__
 
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
-            f'<body data-root="{html.escape(str(root))}"><header><h1>{html.escape(title)}</h1>'
+            f"<title>{_esc(title, None)}</title><style>{_CSS}</style></head>"
+            f'<body data-root="{_esc(str(root), None)}"><header><h1>{_esc(title, None)}</h1>'
             f"<p>infoprobe {html.escape(__version__)}; results read from "
-            f"{html.escape(', '.join(str(Path(f).resolve()) for f in folders))}.</p><nav>{nav}</nav></header>"
+            f"{_esc(', '.join(str(Path(f).resolve()) for f in folders), None)}.</p><nav>{nav}</nav></header>"
             f"<main>{''.join(parts)}{skipped_html}</main><script>{_JS}</script></body></html>")
 
 
 def write_report(folders, out, *, title: str | None = None, overwrite: bool = False) -> Path:
     """Write one self-contained HTML report of the result folders ``folders`` to ``out``.
+
+    The folders are read as untrusted (:func:`collect`, :func:`render`): regular files
+    only, no links or special files, within the memory budget; every file left out is
+    listed on the page under "Files not shown" with the reason.
 
     Parameters
     ----------
@@ -546,9 +981,10 @@ def write_report(folders, out, *, title: str | None = None, overwrite: bool = Fa
     OutputExistsError
         ``out`` exists and not ``overwrite``.
     DataError
-        A folder is missing or holds no result.
+        A folder is missing, or nothing in the folders can be shown (the message names the
+        first files left out and why).
     """
     check_outputs([out], overwrite)
     page = render(folders, title=title)
-    atomic_write_bytes(out, page.encode())
+    atomic_write_bytes(out, page.encode("utf-8", "replace"))
     return Path(out)

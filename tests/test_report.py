@@ -109,7 +109,7 @@ def test_hostile_folders_are_kept_out_and_said(tmp_path):
     outside.write_text(json.dumps({"columns": ["x"], "rows": [{"x": 42}]}))
     os.symlink(outside, folder / "synergy.json")
     html = render([folder])
-    assert "flow.json: not valid JSON" in html and "synergy.json: a link or outside" in html
+    assert "flow.json: not valid JSON" in html and "synergy.json: a symbolic link, not followed" in html
     assert 'id="synergy"' not in html and 'id="flow"' not in html
     with pytest.raises(DataError, match="no result of infoprobe"):
         render([_empty(tmp_path)])

@@ -50,6 +50,7 @@ correction (a [1, C_out, H_out, W_out] constant) into an ``Add`` after the conv.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -956,28 +957,87 @@ def apply_plan(lm: LoadedModel, plan: PruningPlan) -> ir.Model:
 KEPT_UNITS_KEY, KEPT_FROM_KEY = "infoprobe.kept_units", "infoprobe.kept_units_from_sha256"
 
 
-def kept_units(lm) -> tuple[str | None, dict]:
+#: Longest ``infoprobe.kept_units`` value read (characters); a longer one is ignored.
+MAX_KEPT_UNITS_CHARS = 16 << 20
+
+
+def _kept_units_problem(lm, raw, origin, original) -> tuple[str | None, dict]:
+    """(why the kept-units metadata of ``lm`` does not follow its schema, or None; the record)."""
+    if raw is None or origin is None:
+        present, absent = (KEPT_UNITS_KEY, KEPT_FROM_KEY) if origin is None else (KEPT_FROM_KEY, KEPT_UNITS_KEY)
+        return f"{present} is there without {absent}", {}
+    if not (len(origin) == 64 and all(ch in "0123456789abcdefABCDEF" for ch in origin)):
+        return f"{KEPT_FROM_KEY} is not a SHA-256 (64 hexadecimal digits)", {}
+    if len(raw) > MAX_KEPT_UNITS_CHARS:
+        return f"{KEPT_UNITS_KEY} has {len(raw):,} characters, over {MAX_KEPT_UNITS_CHARS:,}", {}
+    try:
+        kept = json.loads(raw)
+    except RecursionError:
+        return f"{KEPT_UNITS_KEY} is nested too deeply to be a record of units", {}
+    except ValueError:
+        return f"{KEPT_UNITS_KEY} is not valid JSON", {}
+    if not isinstance(kept, dict):
+        return f"{KEPT_UNITS_KEY} is not a JSON object of sites", {}
+    widths = {lay.name: lay.units for lay in lm.layers}
+    same = original is not None and origin.lower() == original.sha256
+    full = {lay.name: lay.units for lay in original.layers} if same else {}
+    for site, units in kept.items():
+        if not isinstance(units, list) or not all(type(u) is int for u in units):
+            return f"the units of site {site!r} are not a list of integers", {}
+        if any(u < 0 for u in units):
+            return f"site {site!r} lists a negative unit", {}
+        if any(b <= a for a, b in zip(units, units[1:])):
+            dup = len(set(units)) < len(units)
+            return f"the units of site {site!r} are {'listed twice' if dup else 'not in increasing order'}", {}
+        if site in widths and len(units) != widths[site]:
+            return f"site {site!r} lists {len(units):,} units but has {widths[site]:,}", {}
+        if site in full and units and units[-1] >= full[site]:
+            return f"site {site!r} lists unit {units[-1]:,}, beyond the {full[site]:,} units of the original", {}
+    return None, kept
+
+
+def kept_units(lm, *, original=None, notes: list | None = None) -> tuple[str | None, dict]:
     """The units a pruned model kept of its original, from the metadata :func:`apply_plan`
     writes: ``(sha256 of the original, {site: list of unit indices})``; ``(None, {})`` for a
     model infoprobe did not prune.
 
-    Raises
-    ------
-    ModelError
-        The metadata is there but malformed.
+    The metadata comes with the model, from anyone, so it is read against its schema:
+    ``infoprobe.kept_units`` a JSON object mapping each site name to the increasing list of
+    unique non-negative integer indices of the units kept (as many as the site of ``lm``
+    has, each below the width of the original's site when ``original`` is that original),
+    and ``infoprobe.kept_units_from_sha256`` the original's SHA-256 (64 hexadecimal digits);
+    both or neither. Metadata that does not follow it is ignored, as if ``lm`` had none: a
+    warning (:func:`warnings.warn`) says so and why, and the same sentence is appended to
+    ``notes``.
+
+    Parameters
+    ----------
+    lm : LoadedModel
+        The (pruned) model whose metadata is read.
+    original : LoadedModel, optional
+        The model ``lm`` may have been pruned from; when its SHA-256 is the recorded one, the
+        indices are checked against its sites' widths.
+    notes : list, optional
+        Receives the sentence saying why malformed metadata was ignored.
+
+    Returns
+    -------
+    (str or None, dict)
+        Nothing is raised for malformed metadata.
     """
     props = lm.ir_model.metadata_props
-    raw = props.get(KEPT_UNITS_KEY)
-    if raw is None:
+    raw, origin = props.get(KEPT_UNITS_KEY), props.get(KEPT_FROM_KEY)
+    if raw is None and origin is None:
         return None, {}
-    try:
-        kept = json.loads(raw)
-    except ValueError:
-        kept = None
-    if not isinstance(kept, dict) or not all(
-            isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v) for v in kept.values()):
-        raise ModelError(f"{lm.path}: metadata {KEPT_UNITS_KEY} is not a JSON object of unit index lists")
-    return props.get(KEPT_FROM_KEY), kept
+    why, kept = _kept_units_problem(lm, raw, origin, original)
+    if why is None:
+        return origin.lower(), kept
+    note = (f"{Path(str(lm.path)).name}: its metadata of the units it kept was ignored ({why}); "
+            "it is compared as a model infoprobe did not prune")
+    warnings.warn(note, stacklevel=2)
+    if notes is not None:
+        notes.append(note)
+    return None, {}
 
 
 def _check_groups(lm: LoadedModel, active: dict) -> None:

@@ -435,3 +435,77 @@ def test_across_replicates_against_numpy_and_scipy():
     assert out[1]["std"] is None and out[1]["ci_low"] is None and out[1]["median"] == 0.5
     # default columns: the numeric ones
     assert {r["measure"] for r in across_replicates([{"a": 1, "b": "s"}, {"a": 2, "b": "t"}])} == {"a"}
+
+
+@pytest.fixture(scope="module")
+def pruned_candidate(tmp_path_factory):
+    """The sigmoid MLP with 4 units of fc1 removed by infoprobe prune (its metadata records the
+    96 units kept and the reference's SHA-256)."""
+    from infoprobe.model import load_model
+    from infoprobe.plan import LayerPlan, PruningPlan
+    from infoprobe.prune import apply_plan, save_model
+
+    lm = load_model(REF)
+    plan = PruningPlan({"fc1": LayerPlan.build("fc1", lm.layer("fc1").units, [0, 3, 5, 9])}, model_sha256=lm.sha256)
+    return save_model(apply_plan(lm, plan), tmp_path_factory.mktemp("cand") / "pruned.onnx")
+
+
+_KEPT = [u for u in range(100) if u not in (0, 3, 5, 9)]
+#: (how the pruned model's metadata is changed: key -> new value, None removes it; why it is ignored)
+MALFORMED_KEPT = [
+    ({"infoprobe.kept_units": "[" * 100_000 + "]" * 100_000}, "nested too deeply"),
+    ({"infoprobe.kept_units": json.dumps({"fc1": [True] * 96})}, "are not a list of integers"),
+    ({"infoprobe.kept_units_from_sha256": None}, "infoprobe.kept_units is there without infoprobe.kept_units_from_sha256"),
+    ({"infoprobe.kept_units": None}, "infoprobe.kept_units_from_sha256 is there without infoprobe.kept_units"),
+    ({"infoprobe.kept_units": json.dumps({"fc1": [1] + _KEPT[:-1]})}, "listed twice"),
+    ({"infoprobe.kept_units": json.dumps({"fc1": _KEPT[1:] + [100]})}, "beyond the 100 units of the original"),
+    ({"infoprobe.kept_units": json.dumps({"fc1": _KEPT[::-1]})}, "not in increasing order"),
+    ({"infoprobe.kept_units": json.dumps({"fc1": _KEPT[:50]})}, "lists 50 units but has 96"),
+    ({"infoprobe.kept_units": json.dumps({"fc1": [-1] + _KEPT[1:]})}, "lists a negative unit"),
+    ({"infoprobe.kept_units": json.dumps([_KEPT])}, "not a JSON object of sites"),
+    ({"infoprobe.kept_units": "{not json"}, "is not valid JSON"),
+    ({"infoprobe.kept_units_from_sha256": "z" * 64}, "is not a SHA-256"),
+]
+
+
+def _with_metadata(src, path, changes):
+    m = onnx.load(str(src))
+    props = {p.key: p.value for p in m.metadata_props}
+    for k, v in changes.items():
+        if v is None:
+            props.pop(k, None)
+        else:
+            props[k] = v
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+    return path
+
+
+def _gate_json(cand):
+    return CliRunner().invoke(cli, ["check", str(REF), str(cand), "--data", str(DATA), "--split", "test",
+                                    "--limit", "300", "--divergence-samples", "100", "--json", "--no-progress"])
+
+
+@pytest.mark.parametrize("changes,why", MALFORMED_KEPT, ids=[w.split()[-1] for _, w in MALFORMED_KEPT])
+def test_malformed_kept_units_metadata_is_ignored_with_a_note(tmp_path, pruned_candidate, changes, why):
+    """A candidate's record of the units it kept is read against its schema: anything else is
+    ignored, said in a warning and a note, and the gate decides as for a model without it."""
+    cand = _with_metadata(pruned_candidate, tmp_path / "cand.onnx", changes)
+    r = _gate_json(cand)
+    assert r.exit_code in (0, 1), (r.output, r.exception)
+    assert "infoprobe: warning: cand.onnx: its metadata of the units it kept was ignored" in r.stderr
+    assert why in r.stderr
+    doc = json.loads(r.stdout)
+    assert any("was ignored" in n and why in n for n in doc["notes"]), doc["notes"]
+    fc1 = doc["divergence"]["sites"][0]
+    assert fc1["reference"] == "fc1" and fc1["compared_on"] == "CKA only" and fc1["units"] == [100, 96]
+
+
+def test_well_formed_kept_units_compare_the_kept_units(pruned_candidate):
+    r = _gate_json(pruned_candidate)
+    assert r.exit_code in (0, 1), (r.output, r.exception)
+    doc = json.loads(r.stdout)
+    assert doc["divergence"]["sites"][0]["compared_on"] == "kept units" and "ignored" not in r.output
+    assert not any("ignored" in n for n in doc["notes"])

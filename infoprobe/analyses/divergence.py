@@ -13,7 +13,9 @@ post-activations are compared with the reference's:
 - the units that moved most: per unit, the RMS of T_cand - T_ref over the site's RMS.
 
 For a pruned candidate (the ``infoprobe.kept_units`` metadata :func:`infoprobe.prune.apply_plan`
-writes), the reference's site is read on the kept units. Every statistic is accumulated batch
+writes), the reference's site is read on the kept units; metadata that does not follow its schema
+(:func:`infoprobe.prune.kept_units`) is ignored, with a warning and a note saying why, and the
+candidate is compared as one without it. Every statistic is accumulated batch
 by batch: memory is a few [units x units] matrices per site, whatever the number of samples.
 """
 from __future__ import annotations
@@ -185,7 +187,8 @@ def site_divergence(reference: LoadedModel, candidate: LoadedModel, x, *, tolera
         ``reference``, ``candidate``, ``matched_by``, ``units`` (reference, candidate),
         ``compared_on`` (``"all units"``, ``"kept units"`` or ``"CKA only"``) and the
         statistics of the module docstring; ``first_diverging`` (the first site over the
-        tolerance, or None), ``tolerance``, ``n_samples``, ``unmatched`` and ``notes``.
+        tolerance, or None), ``tolerance``, ``n_samples``, ``unmatched`` and ``notes`` (among them why
+        the candidate's record of its kept units was ignored, when it was malformed).
 
     Raises
     ------
@@ -201,7 +204,7 @@ def site_divergence(reference: LoadedModel, candidate: LoadedModel, x, *, tolera
         raise ConfigError("tolerance and top_units must be non-negative")
     pairs, unmatched = match_sites(reference, candidate)
     notes = []
-    origin, kept = kept_units(candidate)
+    origin, kept = kept_units(candidate, original=reference, notes=notes)   # malformed: ignored, noted
     if kept and origin != reference.sha256:
         notes.append("the candidate records the units it kept of another model (SHA-256 "
                      f"{origin[:12]}...), not of this reference: sites of different width are compared on CKA only")

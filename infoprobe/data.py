@@ -417,14 +417,26 @@ def _image_files(folder: Path) -> tuple[list, np.ndarray | None, list]:
     """Image files of ``folder`` (sorted), their class indices (one subfolder per class, sorted
     by name) or None (images directly in the folder), and the class names.
 
+    Every subfolder is a class, numbered in the order of the sorted names, so each must be
+    usable: a class folder that cannot be read, holds no image, or is a link is refused
+    rather than left out (leaving it out would renumber the classes after it, and the labels
+    would no longer be the model's). Hidden entries (names starting with ``.``: ``.git``,
+    ``.DS_Store``, ``.ipynb_checkpoints``) are not classes or images and are skipped; other
+    files beside the class folders, or beside the images, that are not images are ignored.
+
     Raises
     ------
     DataError
-        Links, images both in the folder and in subfolders, nested subfolders, no images.
+        Links, images both in the folder and in subfolders, nested subfolders, a class folder
+        that cannot be read or holds no image, no images at all.
     """
-    def listing(d: Path):
+    def listing(d: Path, what: str):
         files, dirs = [], []
-        for e in sorted(os.scandir(d), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"{what} {d} cannot be read: {exc.strerror or type(exc).__name__}") from None
+        for e in entries:
             if e.name.startswith("."):
                 continue
             if e.is_symlink():
@@ -435,7 +447,7 @@ def _image_files(folder: Path) -> tuple[list, np.ndarray | None, list]:
                 files.append(Path(e.path))
         return files, dirs
 
-    files, dirs = listing(folder)
+    files, dirs = listing(folder, "the image folder")
     if files and dirs:
         raise DataError(f"{folder} holds images and subfolders; put every image in its class's subfolder "
                         "(folder/<class>/<image>), or all of them directly in the folder (no labels)")
@@ -443,9 +455,12 @@ def _image_files(folder: Path) -> tuple[list, np.ndarray | None, list]:
         return files, None, []
     out, labels = [], []
     for c, d in enumerate(dirs):
-        sub, nested = listing(d)
+        sub, nested = listing(d, "the class folder")
         if nested:
             raise DataError(f"{nested[0]} is a folder inside a class folder; use folder/<class>/<image>")
+        if not sub:
+            raise DataError(f"the class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)}); every subfolder "
+                            f"of {folder} is a class (class {c} here): remove it or add its images")
         out += sub
         labels += [c] * len(sub)
     if not out:

@@ -162,6 +162,64 @@ def test_cli_reads_an_image_folder_and_refuses_a_broken_image_in_one_line(mnist,
     assert not (tmp_path / "b.h5").exists()
 
 
+def _classes(root, mnist, *names):
+    for k, name in enumerate(names):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(mnist["x"][2 * k + i]).save(d / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("fill", ["empty", "no image", "hidden files only", "a FIFO named like an image"])
+def test_a_class_folder_without_images_is_refused_not_renumbered(mnist, tmp_path, fill):
+    """Every subfolder is a class numbered by sorted name: one that cannot be used is refused
+    in one line naming it (leaving it out would shift the labels of the classes after it)."""
+    import os
+
+    from infoprobe.cli.main import cli
+
+    root = _classes(tmp_path / "imgs", mnist, "a_cat", "c_dog")
+    bad = root / "b_bird"
+    bad.mkdir()
+    if fill == "no image":
+        (bad / "notes.txt").write_text("not an image")
+    elif fill == "hidden files only":
+        (bad / ".DS_Store").write_bytes(b"\0")
+        Image.fromarray(mnist["x"][0]).save(bad / ".hidden.png")
+    elif fill == "a FIFO named like an image":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs here")
+        os.mkfifo(bad / "0.png")
+    with pytest.raises(DataError, match=r"the class folder .*b_bird holds no images .* \(class 1 here\)"):
+        load_data(root)
+    r = CliRunner().invoke(cli, ["capture", str(FIX / "mlp_relu.onnx"), "--data", str(root),
+                                 "--out", str(tmp_path / "a.h5"), "--no-progress"])
+    assert r.exit_code == 2 and "b_bird holds no images" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_hidden_folders_are_not_classes_and_links_are_refused(mnist, tmp_path):
+    """Hidden folders (.git, .ipynb_checkpoints) are skipped, as stated in the docstring; a
+    linked class folder is refused, not followed."""
+    import os
+
+    root = _classes(tmp_path / "imgs", mnist, "a_cat", "c_dog", ".ipynb_checkpoints")
+    d = load_data(root)
+    assert d.classes == ["a_cat", "c_dog"] and d.y.tolist() == [0, 0, 1, 1]
+    os.symlink(root / "a_cat", root / "b_bird")
+    with pytest.raises(DataError, match="b_bird is a link"):
+        load_data(root)
+    os.unlink(root / "b_bird")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:          # root reads any folder
+        os.mkdir(root / "b_bird")
+        os.chmod(root / "b_bird", 0)
+        try:
+            with pytest.raises(DataError, match="the class folder .*b_bird cannot be read"):
+                load_data(root)
+        finally:
+            os.chmod(root / "b_bird", 0o700)
+
+
 def test_a_transformer_with_two_inputs_captures_from_streamed_token_arrays(tmp_path):
     """The BERT-style encoder of the zoo (input_ids and attention_mask) captured from an HDF5
     file read a batch at a time stores what the in-memory capture stores, its mask included."""

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .errors import DataError
 from .limits import human, max_memory
-from .results import atomic_write_bytes, check_outputs
+from .results import atomic_write_bytes, check_outputs, shown_path
 
 #: Largest JSON and PNG file read into the page.
 MAX_JSON_BYTES = 64 << 20
@@ -327,7 +327,7 @@ def _gate_shape(doc: dict) -> str | None:
 
 def _network_shape(doc: dict) -> str | None:
     """Why ``doc`` is not the ``network.json`` of ``infoprobe modules``, or None."""
-    for key in ("meta", "network", "clusterability"):
+    for key in ("meta", "network"):
         if doc.get(key) is not None and not isinstance(doc[key], dict):
             return f"{key} is {_type_name(doc[key])}, not an object"
     cats = doc["network"].get("categories")
@@ -947,9 +947,9 @@ def render(folders, *, title: str | None = None) -> str:
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_esc(title, None)}</title><style>{_CSS}</style></head>"
-            f'<body data-root="{_esc(str(root), None)}"><header><h1>{_esc(title, None)}</h1>'
+            f'<body data-root="{_esc(shown_path(root), None)}"><header><h1>{_esc(title, None)}</h1>'
             f"<p>infoprobe {html.escape(__version__)}; results read from "
-            f"{_esc(', '.join(str(Path(f).resolve()) for f in folders), None)}.</p><nav>{nav}</nav></header>"
+            f"{_esc(', '.join(shown_path(Path(f).resolve()) for f in folders), None)}.</p><nav>{nav}</nav></header>"
             f"<main>{''.join(parts)}{skipped_html}</main><script>{_JS}</script></body></html>")
 
 

@@ -198,3 +198,31 @@ def test_json_is_read_within_the_memory_budget(tmp_path):
     assert size > 2**20 and "importance.json: a JSON file of" in _not_shown(out.read_text())
     r = _report(folder, out, "--overwrite")
     assert r.exit_code == 0 and 'id="importance"' in out.read_text()
+
+
+def test_the_files_analyses_write_are_all_shown(tmp_path):
+    """The shapes checked are those the analyses write: a modules result (its network.json with
+    lists beside the network) and a gate result enter the page, nothing is listed as not shown."""
+    from infoprobe.results import plain
+
+    folder = _folder(tmp_path / "res")
+    (folder / "modules").mkdir()
+    meta = provenance({"model": ("m.onnx", "cd" * 32)}, {"n_samples": 10})
+    (folder / "modules" / "network.json").write_text(json.dumps({
+        "meta": meta, "network": {"ncut": 0.4, "n_clusters": 4, "clusterability_p_all": 0.01, "fisher_importance": None,
+                                  "categories": {"important": 2, "coherent": 0}},
+        "clusterability": [{"shuffle": 0, "ncut": 0.5}], "base_class_accuracy": [0.9, 0.8]}))
+    write_table(folder / "modules", "partition", [{"layer": "fc1", "unit": 0, "cluster": 1}], meta)
+    gate = {"passed": True, "checks": [{"name": "max_label_change", "value": 0.0, "threshold": 0.01, "passed": True}],
+            "metrics": {"accuracy_reference": 0.9, "accuracy_candidate": 0.9, "accuracy_drop": 0.0, "label_change": 0.0,
+                        "class_accuracy": [{"class": 0, "n": 5, "reference": 1.0, "candidate": 1.0, "drop": 0.0}]},
+            "models": {"reference": {"path": "a.onnx", "sha256": "ab" * 32}}, "data": {"n_samples": 5},
+            "parameters": {"batch_size": 8}, "statistics": {"mcnemar_p": 1.0}, "confusions": {"moves": []},
+            "divergence": {"first_diverging": None, "sites": [{"reference": "fc1", "candidate": "fc1"}]}, "notes": []}
+    (folder / "check.json").write_text(json.dumps(plain(gate)))
+    out = tmp_path / "r.html"
+    r = _report(folder, out)
+    assert r.exit_code == 0, (r.output, r.exception)
+    page = out.read_text()
+    assert _not_shown(page) == "" and 'id="modules"' in page and 'id="check"' in page
+    assert 'data-pointer="/network/ncut"' in page and "The candidate <b>passes</b> the gate" in page

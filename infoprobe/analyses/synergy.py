@@ -76,9 +76,26 @@ def reduced_values(store: Store, layer: str, which: str = "pre", *, max_samples:
                    spill: bool = True):
     """:func:`layer_activations`, yielded as ``(x, y)`` within a ``with`` block: ``x`` is a
     float64 array [N, U] when it fits in a quarter of the memory budget, otherwise (``spill``)
-    an h5py dataset in a scratch file of the temporary folder (``TMPDIR``), deleted at the
-    end of the block, that :func:`~infoprobe.estimators.oinfo.copula_model` reads a block of
-    units at a time.
+    a :class:`~infoprobe.scratch.ScratchMatrix` in a scratch folder of the temporary folder
+    (``TMPDIR``; N x U x 8 bytes, reserved before the store is read), removed at the end of
+    the block however it ends, that :func:`~infoprobe.estimators.oinfo.copula_model` reads a
+    block of units at a time (:func:`infoprobe.scratch.scratch_matrix`).
+
+    Parameters
+    ----------
+    store : Store
+        The activation store.
+    layer : str
+        The layer.
+    which : {"pre", "post"}
+        Pre- or post-activations.
+    max_samples : int, optional
+        A seeded random subset of this many samples.
+    seed : int
+        The subset's seed.
+    spill : bool
+        Spill values larger than a quarter of the budget to the temporary folder (otherwise
+        they must fit in the whole budget).
 
     Raises
     ------
@@ -86,6 +103,9 @@ def reduced_values(store: Store, layer: str, which: str = "pre", *, max_samples:
         ``which`` is not "pre" or "post".
     StoreError, DataError, BudgetError
         As :func:`layer_activations`.
+    ScratchError
+        The temporary folder cannot hold the spilled values (full, a file-size limit or quota,
+        not writable): one line naming the folder and the size.
     """
     if which not in ("pre", "post"):
         raise ConfigError(f"which must be 'pre' or 'post', not {which!r}")
@@ -98,19 +118,14 @@ def reduced_values(store: Store, layer: str, which: str = "pre", *, max_samples:
         y = y[rows]
     n_out, units = (n if rows is None else len(rows)), int(info["units"])
     need = n_out * units * 8
-    scratch = None
     if need <= max_memory() // 4 or not spill:
         require_memory(need, f"the {n_out:,} x {units:,} values of layer {layer!r}")
-        out = np.empty((n_out, units))
+        holder = contextlib.nullcontext(np.empty((n_out, units)))
     else:
-        import tempfile
+        from ..scratch import scratch_matrix
 
-        import h5py
-
-        scratch = tempfile.TemporaryDirectory(prefix="infoprobe-values-")
-        f = h5py.File(f"{scratch.name}/x.h5", "w")
-        out = f.create_dataset("x", shape=(n_out, units), dtype="f8", chunks=(min(n_out, 4096), min(units, 64)))
-    try:
+        holder = scratch_matrix(n_out, units, what=f"the {n_out:,} x {units:,} values of layer {layer!r}")
+    with holder as out:
         at = 0
         for start, block in store.iter_rows(layer, which):
             m = None if mask is None else mask[start:start + len(block)]
@@ -121,10 +136,6 @@ def reduced_values(store: Store, layer: str, which: str = "pre", *, max_samples:
             out[at:at + len(v)] = v
             at += len(v)
         yield out, y
-    finally:
-        if scratch is not None:
-            f.close()
-            scratch.cleanup()
 
 
 @dataclass(repr=False)

@@ -190,14 +190,15 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     are computed a block of units at a time (a unit's ranks need all its samples, so one unit's
     N samples must fit in a quarter of the budget), and the covariances are summed a block of
     samples at a time; copula values larger than a quarter of the budget are kept in a
-    scratch HDF5 file in the temporary folder (``TMPDIR``; N x U x 8 bytes), deleted at the
-    end. The result equals the one-block computation to rounding (about 1e-15 relative).
+    scratch file in the temporary folder (``TMPDIR``; N x U x 8 bytes, reserved before the
+    first is computed; :func:`infoprobe.scratch.scratch_matrix`), removed at the end however
+    the call ends. The result equals the one-block computation to rounding (about 1e-15 relative).
 
     Parameters
     ----------
-    x : array [N, U] or h5py.Dataset [N, U]
-        Activations (pre-activations recommended: post-ReLU values tie at 0); a dataset is
-        read a block of units at a time.
+    x : array [N, U], h5py.Dataset [N, U] or :class:`~infoprobe.scratch.ScratchMatrix`
+        Activations (pre-activations recommended: post-ReLU values tie at 0); a dataset or
+        scratch matrix is read a block of units at a time.
     y : int array [N], optional
         Class labels; required unless ``labels="none"``.
     labels : {"exact", "ordinal", "none"}
@@ -228,11 +229,14 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         ``device="cuda"`` without CuPy or a GPU.
     BudgetError
         One unit's samples, or the covariance matrices, do not fit in the memory budget.
+    ScratchError
+        The temporary folder cannot hold the spilled copula values (full, a file-size limit or
+        quota, not writable), or ``x`` (a scratch matrix) cannot be read back.
     """
     if labels not in LABELS:
         raise ConfigError(f"unknown label encoding {labels!r}; use one of {', '.join(LABELS)}")
     xp = namespace(device)
-    if not isinstance(x, h5py.Dataset):   # a dataset (a scratch file) is read a block of units at a time
+    if not _blockwise(x):   # an HDF5 dataset or a scratch file is read a block of units at a time
         x = as_2d(x)
     n, n_in = (int(d) for d in x.shape)
     if labels != "none" and y is None:
@@ -310,6 +314,13 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
                        biascorrect=biascorrect, device=device, class_constant=class_constant)
 
 
+def _blockwise(x) -> bool:
+    """Whether ``x`` is read a block of units at a time (an h5py dataset, a scratch matrix)."""
+    from ..scratch import ScratchMatrix
+
+    return isinstance(x, (h5py.Dataset, ScratchMatrix))
+
+
 #: Float64 copies of a block of units that copula normalisation holds at once (the values,
 #: ranks, quantiles, tie handling).
 COPULA_COPIES = 6
@@ -318,45 +329,49 @@ COPULA_COPIES = 6
 class _Sink:
     """The copula values [N, K] of :func:`copula_model`, filled block of columns by block of
     columns and read back by blocks of rows: in memory when they fit in a quarter of the
-    memory budget, otherwise in a scratch HDF5 file in the temporary folder (``TMPDIR``),
-    deleted on exit."""
+    memory budget, otherwise in a scratch file of the temporary folder (``TMPDIR``,
+    :func:`infoprobe.scratch.scratch_matrix`), removed on exit however the block ends.
+
+    Raises
+    ------
+    ScratchError
+        (On entering, appending or reading) the temporary folder cannot hold the values.
+    """
 
     def __init__(self, n: int, n_cols: int):
-        self.n, self.parts, self.k = n, [], 0
+        self.n, self.n_cols, self.parts, self.k = n, n_cols, [], 0
         self.on_disk = n * n_cols * 8 > max_memory() // 4
-        self._dir = self._file = self._ds = None
+        self._scratch = self._m = None
 
     def __enter__(self):
         if self.on_disk:
-            import tempfile
+            from ..scratch import scratch_matrix
 
-            self._dir = tempfile.TemporaryDirectory(prefix="infoprobe-copula-")
-            self._file = h5py.File(f"{self._dir.name}/z.h5", "w")
-            self._ds = self._file.create_dataset("z", shape=(self.n, 0), maxshape=(self.n, None), dtype="f8",
-                                                 chunks=(min(self.n, 4096), 64))
+            self._scratch = scratch_matrix(self.n, self.n_cols, by="columns",
+                                           what=f"the {self.n:,} x {self.n_cols:,} copula values")
+            self._m = self._scratch.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self._file is not None:
-            self._file.close()
-            self._dir.cleanup()
+        if self._scratch is not None:
+            scratch, self._scratch, self._m = self._scratch, None, None
+            return scratch.__exit__(*exc)
+        return False
 
     def append(self, z: np.ndarray) -> None:
-        if self._ds is None:
+        if self._m is None:
             self.parts.append(z)
         else:
-            self._ds.resize(self.k + z.shape[1], axis=1)
-            self._ds[:, self.k:] = z
+            self._m.append_columns(z)
         self.k += z.shape[1]
 
     def rows(self):
         """Yield ``(start, float64 [r, K])`` over the samples (all of them when in memory)."""
-        if self._ds is None:
+        if self._m is None:
             yield 0, np.concatenate(self.parts, axis=1) if len(self.parts) > 1 else self.parts[0]
             return
         step = rows_within(self.k * 8 * 3, self.n, share=0.25, what=f"one sample's {self.k:,} copula values")
-        for r0 in range(0, self.n, step):
-            yield r0, self._ds[r0:r0 + step]
+        yield from self._m.rows(step)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,27 +19,38 @@ from .options import data_options, echo_json, max_size_option, progress_option, 
               help="Result folder: the analyses' tables and figures, and report.html.")
 @click.option("--budget", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
               help="Minutes of work; each analysis gets a share and the largest setting that fits it.")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run the plan of an earlier run (its analyze.json) instead of planning within --budget: the same "
+                   "analyses, settings and synergy search sizes, so the same inputs give the same numbers.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the estimators of importance, synergy and frivolous units compute (NumPy or CuPy).")
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and timings as JSON at the end.")
 @max_size_option
 @progress_option
-def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out, budget, device, overwrite, as_json,
-            max_model_size, progress):
+def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out, budget, plan_path, device, overwrite,
+            as_json, max_model_size, progress):
     """Run every analysis that applies to MODEL on --data within --budget minutes, then write
     the report.
 
     Importance of each unit (with its activation store), cumulative ablation, synergy and
     redundancy, modules, and frivolous units. The plan (each analysis' share of the budget,
     its settings and what was cut to fit) is printed before any work; the report's path is
-    printed last.
+    printed last. Everything appears in --out together when the run ends, or nothing does
+    (one analyze at a time writes a folder). Exit status 0: every planned analysis ran or was
+    cut by the budget (stated in the plan); 1: the results are written, but an analysis did
+    not run because of an error (named on stderr, in analyze.csv and on the page); 2: nothing
+    was written.
+
+    The plan is chosen from a timing of the model, so two runs may choose different settings;
+    --plan OUT/analyze.json runs an earlier run's plan again, for the same numbers.
 
     \b
     Examples:
       infoprobe analyze model.onnx --data mnist.npz --split test --out analysis/
       infoprobe analyze model.onnx --data mnist.npz --split test --fit-split validation \\
           --budget 15 --out analysis/
+      infoprobe analyze model.onnx --data mnist.npz --split test --plan analysis/analyze.json --out again/
     """
     from infoprobe.analyses.analyze import analyze as run
     from infoprobe.model import load_model
@@ -47,11 +58,15 @@ def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out,
     data = read_data(data_path, split, x_key, y_key, limit)
     fit = read_data(data_path, fit_split, x_key, y_key, limit) if fit_split else None
     lm = load_model(model, max_bytes=size(max_model_size))
-    res = run(lm, data, out, fit_data=fit, budget=budget, scale=scale, device=device, overwrite=overwrite,
-              progress=progress, echo=click.echo)
+    res = run(lm, data, out, fit_data=fit, budget=budget, plan=plan_path, scale=scale, device=device,
+              overwrite=overwrite, progress=progress, echo=click.echo)
     if as_json:
         echo_json(res)
     click.echo(f"analysed in {res['seconds']:.0f} s; report: {res['report']} (open it in a browser)")
+    if res["failed"]:
+        click.echo(f"infoprobe: error: {len(res['failed'])} planned analys{'is' if len(res['failed']) == 1 else 'es'} "
+                   f"did not run: " + "; ".join(f"{k}: {v}" for k, v in res["failed"].items()), err=True)
+        raise SystemExit(1)
 
 
 @click.command()

@@ -55,7 +55,7 @@ def cli():
 
 
 #: Commands whose files are not staged: the demo reads back the models it writes.
-_UNSTAGED = {"demo", "analyze"}
+_UNSTAGED = {"demo"}
 #: Commands that discover no sites (no ``--site``, ``--sites``, ``--output``): check compares whole models.
 _NO_MODEL = {"importance", "synthetic", "demo", "check", "report"}
 #: Commands that run no model in onnxruntime (no ``--provider``).

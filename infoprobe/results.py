@@ -121,22 +121,74 @@ class ResultSet:
         self.folders: dict = {}   # destination folder -> (staging folder, lock fd, stat of it and of the folder)
         self.files: dict = {}     # final path -> staged path
         self.after: list = []     # callables run once the files are in place
+        self.held: list = []      # descriptors (locks) held until the set is committed or aborted
+        self.created: list = []   # folders made for the set, removed again by abort if left empty
+
+    def hold(self, fd: int) -> None:
+        """Keep the descriptor ``fd`` (a lock) open until the result set is committed or aborted."""
+        self.held.append(fd)
+
+    def workspace(self, folder) -> Path:
+        """A private folder to build results in that must not appear until commit (files that
+        later steps of the command read back, such as an activation store): ``work`` inside the
+        staging folder of ``folder``, discarded with it by :meth:`abort` or by the
+        :func:`recover` of a killed command. Move its files into the set with :meth:`adopt`."""
+        folder = Path(folder)
+        if folder not in self.folders:
+            self._open(folder)
+        work = self.folders[folder][0] / "work"
+        work.mkdir(mode=0o700, exist_ok=True)
+        return work
+
+    def adopt(self, work, folder) -> list:
+        """Stage every regular file under ``work`` (not hidden, not a link) as the file of the
+        same relative path under ``folder``, moving it (no copy); then remove ``work``.
+
+        Returns
+        -------
+        list of Path
+            The final paths staged.
+        """
+        work, folder = Path(work), Path(folder)
+        finals = []
+        for dirpath, dirnames, filenames in os.walk(work):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                src = Path(dirpath) / name
+                if name.startswith(".") or not stat.S_ISREG(os.lstat(src).st_mode):
+                    continue
+                final = folder / src.relative_to(work)
+                os.replace(src, self.stage(final))
+                finals.append(final)
+        shutil.rmtree(work, ignore_errors=True)
+        return finals
+
+    def _open(self, folder: Path) -> None:
+        missing = [q for q in (folder, *folder.parents) if not q.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.created += [q for q in missing if q not in self.created]
+        recover(folder)
+        staging = folder / f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
+        staging.mkdir(mode=0o700)
+        lock = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        st = (os.lstat(staging), os.stat(folder))
+        _write_durable(staging / _MARK, json.dumps({"mac": _seal("mark", *st)}).encode())
+        (staging / _FILES).mkdir(mode=0o700)
+        self.folders[folder] = (staging, lock, st)
+
+    def _release(self) -> None:
+        for fd in self.held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.held.clear()
 
     def stage(self, final: Path) -> Path:
         """Where the file for ``final`` is written until commit."""
         final = Path(final)
         folder = final.parent
         if folder not in self.folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            recover(folder)
-            staging = folder / f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
-            staging.mkdir(mode=0o700)
-            lock = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            st = (os.lstat(staging), os.stat(folder))
-            _write_durable(staging / _MARK, json.dumps({"mac": _seal("mark", *st)}).encode())
-            (staging / _FILES).mkdir(mode=0o700)
-            self.folders[folder] = (staging, lock, st)
+            self._open(folder)
         staged = self.folders[folder][0] / _FILES / final.name
         if staged.exists():
             staged.unlink()
@@ -155,22 +207,30 @@ class ResultSet:
 
     def commit(self) -> None:
         """Rename every staged file to its final name (see the class docstring)."""
-        self.seal()
-        for folder, (staging, lock, _) in self.folders.items():
-            outcome = _settle(folder, staging.name, finish=True)
-            os.close(lock)
-            if outcome != "finished":
-                raise OSError(f"the staging folder {staging} could not be finished: {outcome}")
-        self.folders.clear()
+        try:
+            self.seal()
+            for folder, (staging, lock, _) in list(self.folders.items()):
+                outcome = _settle(folder, staging.name, finish=True)
+                os.close(lock)
+                del self.folders[folder]
+                if outcome != "finished":
+                    raise OSError(f"the staging folder {staging} could not be finished: {outcome}")
+        finally:
+            self._release()
         for fn in self.after:
             fn()
 
     def abort(self) -> None:
-        """Delete the staged files; nothing reaches a final name."""
+        """Delete the staged files; nothing reaches a final name, and the folders made for the
+        set are removed again where they are left empty."""
         for staging, lock, _ in self.folders.values():
             shutil.rmtree(staging, ignore_errors=True)
             os.close(lock)
         self.folders.clear()
+        for folder in sorted(self.created, key=lambda q: len(q.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._release()
 
 
 _MARK = "MARK"
@@ -370,6 +430,9 @@ def _try_lock(sfd: int) -> int | None:
     return lock
 
 
+_WARNED: set = set()
+
+
 def recover(folder) -> None:
     """Finish or discard the staging folders that killed commands left in ``folder``.
 
@@ -391,7 +454,9 @@ def recover(folder) -> None:
             outcome = _settle(folder, name)
         except OSError as exc:
             outcome = f"unreadable ({exc.strerror or type(exc).__name__})"
-        if outcome not in ("finished", "discarded", "running", "gone"):
+        said = (os.path.realpath(folder), name, outcome)
+        if outcome not in ("finished", "discarded", "running", "gone") and said not in _WARNED:
+            _WARNED.add(said)           # once per process: several writers of a command recover one folder
             warnings.warn(f"{Path(folder) / name} was left alone: {outcome}; infoprobe recovers only the staging "
                           f"folders it made itself in that folder", stacklevel=2)
 
@@ -405,6 +470,51 @@ def after_commit(fn) -> None:
         fn()
     else:
         rs.after.append(fn)
+
+
+@contextlib.contextmanager
+def unstaged():
+    """Write directly (temporary file and rename) inside the block, even within a result set:
+    for files built in a :meth:`ResultSet.workspace`."""
+    token = _result_set.set(None)
+    try:
+        yield
+    finally:
+        _result_set.reset(token)
+
+
+def current_result_set():
+    """The :class:`ResultSet` of the enclosing :func:`result_set` block, or None."""
+    return _result_set.get()
+
+
+_relocated: contextvars.ContextVar = contextvars.ContextVar("infoprobe_relocated", default=None)
+
+
+@contextlib.contextmanager
+def relocated(work, final):
+    """Inside the block, results record a path under ``work`` (a
+    :meth:`ResultSet.workspace`) as the same path under ``final``, where it will be
+    (:func:`shown_path`)."""
+    token = _relocated.set(({os.path.abspath(work), os.path.realpath(work)}, os.path.abspath(final)))
+    try:
+        yield
+    finally:
+        _relocated.reset(token)
+
+
+def shown_path(path) -> str:
+    """``path`` as results record it: where it will be once its result set is in place (see
+    :func:`relocated`), else as given."""
+    text = str(path)
+    moved = _relocated.get()
+    if moved is not None:
+        works, final = moved
+        for full in (os.path.abspath(text), os.path.realpath(text)):
+            for work in works:
+                if full == work or full.startswith(work + os.sep):
+                    return final + full[len(work):]
+    return text
 
 
 @contextlib.contextmanager
@@ -468,19 +578,24 @@ def provenance(inputs: dict | None = None, params: dict | None = None) -> dict:
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "h5py": h5py.__version__},
-        "inputs": {k: {"path": str(p), "sha256": s} for k, (p, s) in (inputs or {}).items()},
+        "inputs": {k: {"path": shown_path(p), "sha256": s} for k, (p, s) in (inputs or {}).items()},
         "parameters": plain(params or {}),
     }
 
 
 def check_outputs(paths, overwrite: bool) -> None:
-    """Refuse to replace existing result files unless ``overwrite``.
+    """Refuse to replace existing result files unless ``overwrite``, once the result sets that
+    killed commands left in their folders are finished or discarded (:func:`recover`).
 
     Raises
     ------
     OutputExistsError
     """
-    existing = [str(p) for p in paths if Path(p).exists()]
+    paths = [Path(p) for p in paths]
+    for folder in dict.fromkeys(p.parent for p in paths):   # a killed command's result set first
+        if folder.is_dir():
+            recover(folder)
+    existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]} already exists; choose another out or pass overwrite=True")
 

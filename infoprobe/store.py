@@ -364,7 +364,7 @@ class StoreWriter:
         self.partial.unlink(missing_ok=True)
         raise StoreError(f"cannot write {self.partial}: {failed.strerror or failed}; {self.rows_written:,} of "
                          f"{self.n_rows:,} samples were written, but HDF5 cannot vouch for a file after a failed "
-                         "write, so it was deleted: free some space and run the command again")
+                         "write, so it was deleted: free some space and run the command again") from failed
 
     def write(self, start: int, blocks: dict) -> None:
         """Write rows ``start : start + n`` of each dataset in ``blocks`` (path -> array).

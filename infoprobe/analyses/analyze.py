@@ -145,10 +145,165 @@ def plan_analyses(lm: LoadedModel, n_fit: int, n_eval: int, per_sample: float, b
     return steps
 
 
+#: Largest multiplet synergy searches for.
+SYNERGY_MAX_SIZE = 8
+#: Largest plan file :func:`read_plan` reads.
+MAX_PLAN_BYTES = 1 << 20
+#: Settings a pinned plan may give each analysis, with their types.
+PLAN_SETTINGS = {"importance": {"samples": int, "quantizer": str},
+                 "ablation": {"n_steps": int, "random_repeats": int, "values": tuple},
+                 "synergy": {"budget_s": float, "exhaustive_sizes": dict},
+                 "modules": {"n_random": int, "n_shuffles": int, "n_double": int},
+                 "frivolous": {"n_permutations": int}}
+
+
+def _plan_doc(steps: list, n_fit: int) -> dict:
+    """What ``--plan`` reads back: every step's settings and why it was skipped."""
+    return {"format": "infoprobe-analyze-plan", "version": 1, "n_fit": n_fit,
+            "steps": [{"analysis": s.name, "share_s": s.seconds, "estimate_s": s.estimate, "cut": s.cut,
+                       "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.settings.items()},
+                       "skipped": s.skipped} for s in steps]}
+
+
+def read_plan(path) -> dict:
+    """The plan that an earlier :func:`analyze` wrote in its ``analyze.json`` (``meta.plan``),
+    checked field by field, to run the same analyses with the same settings again.
+
+    Parameters
+    ----------
+    path : path-like
+        An ``analyze.json`` (a regular file of at most :data:`MAX_PLAN_BYTES`).
+
+    Returns
+    -------
+    dict
+        ``n_fit`` (samples the measures were estimated on) and ``steps``: a list of
+        :class:`Step`, in :data:`SHARES` order.
+
+    Raises
+    ------
+    ConfigError
+        Not a regular file, too large, not JSON, or any field missing, unknown, of the wrong
+        type or out of range (a count over the largest setting of its :data:`LADDERS`, an
+        exhaustive size over :data:`SYNERGY_MAX_SIZE`, samples over ``n_fit``).
+    """
+    import json
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the plan {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"the plan {path} is not a regular file")
+        if st.st_size > MAX_PLAN_BYTES:
+            raise ConfigError(f"the plan {path} is over {MAX_PLAN_BYTES >> 20} MiB; give the analyze.json "
+                              "of an earlier run")
+        raw = os.read(fd, MAX_PLAN_BYTES + 1)
+    finally:
+        os.close(fd)
+
+    def bad(what):
+        return ConfigError(f"{path} is not a plan of infoprobe analyze: {what} (give the analyze.json of an "
+                           "earlier run)")
+
+    try:
+        doc = json.loads(raw, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad("not JSON") from None
+    plan = doc.get("meta", {}).get("plan") if isinstance(doc, dict) and isinstance(doc.get("meta"), dict) else None
+    if not isinstance(plan, dict) or plan.get("format") != "infoprobe-analyze-plan":
+        raise bad("no meta.plan")
+    if plan.get("version") != 1:
+        raise bad(f"plan version {plan.get('version')!r} (this infoprobe reads version 1)")
+    n_fit = plan.get("n_fit")
+    if not isinstance(n_fit, int) or isinstance(n_fit, bool) or not 1 <= n_fit <= MAX_FIT_SAMPLES:
+        raise bad(f"n_fit is not an integer in [1, {MAX_FIT_SAMPLES}]")
+    rows = plan.get("steps")
+    if not isinstance(rows, list) or [r.get("analysis") if isinstance(r, dict) else None for r in rows] != list(SHARES):
+        raise bad(f"steps must be the analyses {', '.join(SHARES)}, in this order")
+    steps = []
+    for r in rows:
+        name, settings, skipped = r["analysis"], r.get("settings"), r.get("skipped", "")
+        if not isinstance(settings, dict) or not isinstance(skipped, str) or len(skipped) > 1000:
+            raise bad(f"the settings or skipped reason of {name}")
+        allowed = PLAN_SETTINGS[name]
+        if set(settings) - set(allowed):
+            raise bad(f"unknown settings of {name}: {', '.join(sorted(map(str, set(settings) - set(allowed))))}")
+        clean = {}
+        for key, value in settings.items():
+            kind = allowed[key]
+            top = n_fit if key == "samples" else max(rung[key] for rung in LADDERS[name]) if kind is int else None
+            if kind is int and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top):
+                raise bad(f"{name}.{key} is not an integer in [0, {top}]")
+            if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not 0 < value <= 10**7):
+                raise bad(f"{name}.{key} is not a number in (0, 10^7]")
+            if kind is str and value not in ("threshold", "median"):
+                raise bad(f"{name}.{key} is not threshold or median")
+            if kind is tuple:
+                if not isinstance(value, list) or not value or not set(value) <= {"zero", "mean"}:
+                    raise bad(f"{name}.{key} is not a list of zero and mean")
+                value = tuple(value)
+            if kind is dict and not (isinstance(value, dict) and len(value) <= 10**4 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= SYNERGY_MAX_SIZE
+                    for v in value.values())):
+                raise bad(f"{name}.{key} is not a map of layers to sizes in [1, {SYNERGY_MAX_SIZE}]")
+            clean[key] = float(value) if kind is float else value
+        if not skipped and set(clean) != set(allowed):
+            raise bad(f"the settings of {name} must be {', '.join(sorted(allowed))}")
+        numbers = [r.get(k, 0.0) for k in ("share_s", "estimate_s")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e9 for v in numbers) \
+                or not isinstance(r.get("cut", ""), str) or len(r.get("cut", "")) > 1000:
+            raise bad(f"the share, estimate or cut of {name}")
+        steps.append(Step(name, float(numbers[0]), clean, float(numbers[1]), r.get("cut", ""),
+                          skipped=skipped and f"skipped by the plan: {skipped}"))
+    return {"n_fit": n_fit, "steps": steps}
+
+
+def _environment(exc: BaseException) -> bool:
+    """Whether an error comes from the machine (a full disk, a file-size limit, an I/O error)
+    rather than from what the analysis was given: such an error stops the whole run."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _lock_folder(out: Path) -> int:
+    """Take ``out``'s advisory lock (``flock`` on the folder itself) for one analyze at a time.
+
+    Raises
+    ------
+    ConfigError
+        Another process holds it.
+    """
+    import fcntl
+    import os
+
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"another infoprobe analyze is writing to {out}; wait for it to finish or choose "
+                          "another --out") from None
+    return fd
+
+
 def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budget: float = DEFAULT_BUDGET,
-            scale="auto", device: str = "cpu", overwrite: bool = False, progress: bool = True, echo=print) -> dict:
+            plan=None, scale="auto", device: str = "cpu", overwrite: bool = False, progress: bool = True,
+            echo=print) -> dict:
     """Run the analyses that apply to ``model`` on ``data`` within ``budget`` minutes and write
-    their results and ``report.html`` to ``out``.
+    their results and ``report.html`` to ``out``, as one result set: every file appears
+    together when the run ends, or none does (:func:`infoprobe.results.result_set`).
 
     Parameters
     ----------
@@ -157,12 +312,18 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
     data : Dataset
         Labelled samples the model is evaluated on (ablations, lesions, prunability).
     out : path-like
-        Result folder (created).
+        Result folder (created). One analyze at a time writes it (an advisory lock on the
+        folder).
     fit_data : Dataset, optional
         Samples the measures are estimated on (the activation store); default ``data``
         (at most :data:`MAX_FIT_SAMPLES`).
     budget : float
-        Minutes of work (default :data:`DEFAULT_BUDGET`); see :func:`plan_analyses`.
+        Minutes of work (default :data:`DEFAULT_BUDGET`); see :func:`plan_analyses`. Ignored
+        with ``plan``.
+    plan : path-like, optional
+        The ``analyze.json`` of an earlier run (:func:`read_plan`): run its analyses with its
+        settings, synergy with the exhaustive sizes it reached, and no timing, so that the
+        same inputs give the same numbers as that run.
     device : {"cpu", "cuda"}
         Where the estimators of importance, synergy and frivolous units compute (NumPy or
         CuPy).
@@ -173,18 +334,42 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
     -------
     dict
         ``plan`` (one dict per step, also written as ``analyze.{csv,json}``: share, settings,
-        estimate and measured seconds, what was cut, why it was skipped), ``seconds``
-        (total), ``report`` (path of the page).
+        estimate and measured seconds, what was cut, why it was skipped; the JSON's
+        ``meta.plan`` is what ``plan`` reads back), ``seconds`` (total), ``report`` (path of
+        the page), ``failed`` (the analyses that did not run because of an error, with why).
 
     Raises
     ------
     ConfigError
-        ``budget`` not positive.
+        ``budget`` not positive, a malformed ``plan``, or another analyze writing ``out``.
     OutputExistsError
         ``out`` holds results and not ``overwrite``.
+    OSError
+        The machine failed the run (a full disk): nothing is written.
     ModelError, DataError
         As the analyses raise them.
     """
+    from ..results import ResultSet, relocated, result_set, unstaged
+
+    if not budget > 0:
+        raise ConfigError("--budget is a positive number of minutes")
+    pinned = read_plan(plan) if plan is not None else None
+    out = Path(out)
+    with result_set() as rs:
+        rs: ResultSet
+        work = rs.workspace(out)           # makes out (removed again if the run fails) and its staging folder
+        rs.hold(_lock_folder(out))
+        check_outputs([out / name for name in WRITES], overwrite)      # nothing of the user's is replaced unasked
+        with unstaged(), relocated(work, out):
+            res = _analyze(model, data, work, fit_data=fit_data, budget=budget, pinned=pinned, scale=scale,
+                           device=device, progress=progress, echo=echo)
+        rs.adopt(work, out)
+    res["report"] = str(out / "report.html")
+    return res
+
+
+def _analyze(model, data: Dataset, out: Path, *, fit_data, budget, pinned, scale, device, progress, echo) -> dict:
+    """:func:`analyze`'s work, written directly into ``out`` (a private folder)."""
     from ..htmlreport import write_report
     from ..store import Store
     from .ablation import cumulative_ablation
@@ -194,31 +379,34 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
     from .modules import modules
     from .synergy import synergy
 
-    if not budget > 0:
-        raise ConfigError("--budget is a positive number of minutes")
     t0 = time.perf_counter()
-    out = Path(out)
-    check_outputs([out / name for name in WRITES], overwrite)      # nothing of the user's is replaced unasked
-    out.mkdir(parents=True, exist_ok=True)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     if not lm.hidden_layers:
         raise DataError(f"{lm.path.name} has no hidden unit site to analyse")
     fit = fit_data if fit_data is not None else data
-    if len(fit.x) > MAX_FIT_SAMPLES:
-        fit = replace(fit, x=fit.x[:MAX_FIT_SAMPLES], y=None if fit.y is None else fit.y[:MAX_FIT_SAMPLES],
-                      index=fit.index[:MAX_FIT_SAMPLES])
-    per_sample = _per_sample_seconds(lm, data, scale)
-    steps = plan_analyses(lm, len(fit.x), len(data.x), per_sample, budget * 60, data.y is not None)
-    echo(f"infoprobe analyze {lm.path.name}: {len(data.x):,} samples, {len(lm.hidden_layers)} hidden sites, "
-         f"{per_sample * 1e3:.3f} ms per sample per pass; budget {budget:g} min:")
+    n_fit = min(len(fit.x), MAX_FIT_SAMPLES) if pinned is None else pinned["n_fit"]
+    if n_fit > len(fit.x):
+        raise ConfigError(f"the plan estimates the measures on {n_fit:,} samples; these data have {len(fit.x):,}")
+    if len(fit.x) > n_fit:
+        fit = replace(fit, x=fit.x[:n_fit], y=None if fit.y is None else fit.y[:n_fit], index=fit.index[:n_fit])
+    if pinned is None:
+        per_sample = _per_sample_seconds(lm, data, scale)
+        steps = plan_analyses(lm, len(fit.x), len(data.x), per_sample, budget * 60, data.y is not None)
+        echo(f"infoprobe analyze {lm.path.name}: {len(data.x):,} samples, {len(lm.hidden_layers)} hidden sites, "
+             f"{per_sample * 1e3:.3f} ms per sample per pass; budget {budget:g} min:")
+    else:
+        per_sample, steps = None, pinned["steps"]
+        echo(f"infoprobe analyze {lm.path.name}: {len(data.x):,} samples, {len(lm.hidden_layers)} hidden sites; "
+             "the plan given (no time budget):")
     for s in steps:
         echo(s.line())
     store_path = out / "acts.h5"
+    failed = {}
     for s in steps:
         if s.skipped:
             continue
         spent = time.perf_counter() - t0
-        if spent > 1.5 * budget * 60:
+        if pinned is None and spent > 1.5 * budget * 60:
             s.skipped = f"out of budget ({spent:.0f} s spent)"
             echo(f"  {s.name}: skipped, {s.skipped}")
             continue
@@ -239,10 +427,15 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
                 abl.save(out, overwrite=True)
                 abl.plot(out)
             elif s.name == "synergy":
-                later = sum(o.estimate for o in steps[steps.index(s) + 1:] if not o.skipped)
-                spare = budget * 60 - (time.perf_counter() - t0) - later      # what the others leave
-                syn = synergy(store_path, max_size=8, budget=max(s.settings["budget_s"], spare), device=device,
-                              progress=progress)
+                if "exhaustive_sizes" in s.settings:       # pinned: the sizes the planned run reached
+                    syn = synergy(store_path, max_size=SYNERGY_MAX_SIZE,
+                                  exhaustive_up_to=s.settings["exhaustive_sizes"], device=device, progress=progress)
+                else:
+                    later = sum(o.estimate for o in steps[steps.index(s) + 1:] if not o.skipped)
+                    spare = budget * 60 - (time.perf_counter() - t0) - later      # what the others leave
+                    syn = synergy(store_path, max_size=SYNERGY_MAX_SIZE, budget=max(s.settings["budget_s"], spare),
+                                  device=device, progress=progress)
+                    s.settings["exhaustive_sizes"] = dict(syn.meta["parameters"]["exhaustive_sizes"])
                 syn.save(out, overwrite=True)
                 syn.plot(out)
             elif s.name == "modules":
@@ -254,7 +447,10 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
                 fr.save(out / "frivolous", overwrite=True)
                 fr.plot(out / "frivolous")
         except InfoprobeError as exc:     # an analysis that does not apply to this model: say why, go on
+            if _environment(exc):
+                raise
             s.skipped = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            failed[s.name] = s.skipped
             echo(f"  {s.name}: not run, {s.skipped}")
             if s.name == "importance":                # the others read its store and ranking
                 for later in steps:
@@ -264,10 +460,14 @@ def analyze(model, data: Dataset, out, *, fit_data: Dataset | None = None, budge
         s.took = time.perf_counter() - t
         echo(f"  {s.name}: {s.took:.1f} s")
     plan = [{"analysis": s.name, "share_s": s.seconds,
-             "settings": ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in s.settings.items()),
+             "settings": ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in s.settings.items()
+                                   if k != "exhaustive_sizes"),
              "estimate_s": s.estimate, "seconds": s.took, "cut": s.cut, "skipped": s.skipped} for s in steps]
-    write_table(out, "analyze", plan, provenance({"model": (lm.path, lm.sha256), "data": (data.path, data.sha256)},
-                                                 {"budget_min": budget, "n_samples": len(data.x), "n_fit": len(fit.x),
-                                                  "split": data.split, "per_sample_s": per_sample}))
-    report = write_report([out], out / "report.html", title=f"infoprobe analyze {lm.path.name}", overwrite=True)
-    return {"plan": plan, "seconds": time.perf_counter() - t0, "report": str(report)}
+    meta = provenance({"model": (lm.path, lm.sha256), "data": (data.path, data.sha256)},
+                      {"budget_min": None if pinned is not None else budget, "n_samples": len(data.x),
+                       "n_fit": len(fit.x), "split": data.split, "per_sample_s": per_sample,
+                       "pinned_plan": pinned is not None})
+    meta["plan"] = _plan_doc(steps, len(fit.x))
+    write_table(out, "analyze", plan, meta)
+    write_report([out], out / "report.html", title=f"infoprobe analyze {lm.path.name}", overwrite=True)
+    return {"plan": plan, "seconds": time.perf_counter() - t0, "failed": failed}

@@ -32,7 +32,7 @@ from ..estimators.oinfo import Throughput, copula_model, plan_search, search_mul
 from ..interventions import Evaluator, Intervention
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model
 from ..plan import LayerPlan, PruningPlan
-from ..results import Tables, check_outputs, provenance, write_table
+from ..results import Tables, check_outputs, provenance, shown_path, write_table
 from ..runner import default_threads
 from ..parallel import current, map_tasks, portable
 from ..store import Store
@@ -347,12 +347,22 @@ def _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, 
     elif isinstance(throughput, (int, float)):
         throughput = Throughput(throughput)
     nets = len(stores)
-    costs = plan_search(units, throughput=throughput, budget=budget, max_size=max_size,
-                        exhaustive_up_to=exhaustive_up_to, min_size=3 - (labels != "none"), networks=nets)
+    common = dict(throughput=throughput, budget=budget, max_size=max_size, min_size=3 - (labels != "none"),
+                  networks=nets)
+    if isinstance(exhaustive_up_to, dict):     # a size per layer (those an earlier run reached)
+        missing = [n for n in names if n not in exhaustive_up_to]
+        if missing:
+            raise ConfigError(f"exhaustive_up_to gives no size for the layers {', '.join(missing)}")
+        costs = {}
+        for n in names:
+            costs.update(plan_search({n: units[n]}, exhaustive_up_to=exhaustive_up_to[n], **common))
+    else:
+        costs = plan_search(units, exhaustive_up_to=exhaustive_up_to, **common)
     rows = [{"layer": n, "units": units[n], "exhaustive_up_to": c.exhaustive_up_to, "max_size": c.max_size,
              "exhaustive": nets * c.exhaustive, "greedy": nets * c.greedy, "seconds": nets * c.seconds}
             for n, c in costs.items()]
-    requested = exhaustive_up_to if exhaustive_up_to == "auto" else int(exhaustive_up_to)
+    requested = exhaustive_up_to if exhaustive_up_to == "auto" or isinstance(exhaustive_up_to, dict) \
+        else int(exhaustive_up_to)
     return SynergyEstimate(rows, requested, float(budget), nets, throughput.summary())
 
 
@@ -419,10 +429,11 @@ def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", m
     max_size, keep
         See :func:`~infoprobe.estimators.oinfo.search_multiplets` (defaults: greedy up to 10
         units, the best multiplet only).
-    exhaustive_up_to : "auto" or int
+    exhaustive_up_to : "auto", int or dict of layer -> int
         Largest size searched exhaustively, greedy beyond. ``"auto"`` (default): per layer,
         the largest whose estimated time fits its share of ``budget`` (Section 4.1 of the
-        paper searches up to 6, which takes hours on 100 units); a number is searched as asked
+        paper searches up to 6, which takes hours on 100 units); a number (or a number per
+        layer, e.g. the ``exhaustive_sizes`` an earlier run recorded) is searched as asked
         (capped at ``max_size`` and the layer's width), even far over the budget.
     budget : float
         Seconds for the whole search (every layer and network), for ``"auto"``.
@@ -498,7 +509,7 @@ def _run(stores, layers, which, labels, max_size, exhaustive_up_to, budget, keep
         took[n] += seconds
         exhaustive = min(sizes[n], max_size, n_units)
         for r in found:
-            row = {"network": net, "store": str(stores[net].path), "layer": n}
+            row = {"network": net, "store": shown_path(stores[net].path), "layer": n}
             for key, val in r.items():
                 row[key] = val
                 if key == "method":

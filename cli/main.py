@@ -50,7 +50,7 @@ def cli():
       infoprobe analyze model.onnx --data mnist.npz --split test --out analysis/ --budget 4
 
     Errors caused by inputs print one line and exit with status 2 (`check` exits with 1
-    when a threshold fails).
+    when a threshold fails, `analyze` when an analysis did not run because of an error).
     """
 
 

@@ -155,19 +155,32 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
                          help="A folder of images: per-channel standard deviation to divide by "
                               "(e.g. 0.229,0.224,0.225).")]
     if cmd.name in PARALLEL:
+        from infoprobe.parallel import NO_WORKERS_TIMEOUT, SCHEDULER_TIMEOUT
+
         cmd.params += [
             click.Option(["--workers"], type=click.IntRange(min=1), default=1, show_default=True,
                          help="Run the independent work (models of a sweep, checkpoints, replicate networks, blocks "
                               "of ablations and lesions, synergy searches) on a Dask LocalCluster of this many worker "
-                              "processes (1: in this process). Results equal the serial run's."),
+                              "processes (1: in this process), e.g. --workers 4. Results equal the serial run's. The "
+                              "cluster listens on 127.0.0.1 with TLS and a certificate made for the run: no other "
+                              "process can join it."),
             click.Option(["--scheduler"], default=None, metavar="ADDRESS",
-                         help="Send them to a running Dask scheduler (tcp://host:8786) instead; its workers must "
-                              "see the same files at the same paths.")]
+                         help="Send them to a running Dask scheduler at tls://HOST:PORT instead, with "
+                              "--scheduler-security (e.g. --scheduler tls://10.0.0.5:8786 --scheduler-security "
+                              "tls.toml); its workers must see the same files at the same paths. Only TLS: task "
+                              "results are unpickled here, so the scheduler and its workers must authenticate "
+                              "themselves. Connecting and every call to it: at most "
+                              f"{SCHEDULER_TIMEOUT:g} s; no workers for {NO_WORKERS_TIMEOUT:g} s ends the run."),
+            click.Option(["--scheduler-security", "scheduler_security"], default=None, metavar="FILE",
+                         help="TOML file naming the certificates for --scheduler, paths relative to it: "
+                              "ca_file = \"ca.pem\" (the authority that signed the scheduler's and workers' "
+                              "certificates), cert = \"client.pem\" and key = \"client-key.pem\" (this client's; "
+                              "key may be left out if cert holds it). JSON if FILE ends in .json.")]
     callback = cmd.callback
 
     @functools.wraps(callback)
     def run(*args, max_memory=None, extra_sites=(), select_sites=None, class_output=None, provider="cpu",
-            workers=1, scheduler=None, image_size=None, mean=None, std=None, **kwargs):
+            workers=1, scheduler=None, scheduler_security=None, image_size=None, mean=None, std=None, **kwargs):
         from infoprobe.data import image_options
         from infoprobe.limits import budgets
         from infoprobe.model import discovery
@@ -183,7 +196,8 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
         store = kwargs.pop("max_store_size", None)
         with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None), \
                 discovery(extra_sites, csv_list(select_sites), output=class_output), execution(provider), \
-                engine(scheduler or ("local" if workers > 1 else None), workers=workers), \
+                engine(scheduler or ("local" if workers > 1 else None), workers=workers,
+                       security=scheduler_security), \
                 image_options(image_size, mean, std):
             with result_set() if stage else contextlib.nullcontext():
                 try:

@@ -1,10 +1,12 @@
 """Independent work on Dask (infoprobe.parallel): a two-worker LocalCluster started by the tests
 gives, bit for bit, the serial run's numbers made with the workers' thread count; data travel
 as the recipe that loaded them; the caller's budgets reach the workers; errors and warnings
-come back as the serial run raises them."""
+come back as the serial run raises them; the cluster speaks TLS on 127.0.0.1 only and survives
+a lost worker. Hostile and silent schedulers: tests/test_workers_security.py."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import warnings
 
@@ -198,14 +200,73 @@ def test_task_errors_and_warnings_come_back_as_in_a_serial_run(cluster):
 
 
 def test_engine_refuses_what_it_cannot_use():
+    """Before anything is started or contacted; an unreachable TLS scheduler is in
+    tests/test_workers_security.py."""
     from infoprobe.errors import ConfigError
 
     with pytest.raises(ConfigError, match="workers must be at least 1"):
         with parallel.engine("local", workers=0):
             pass
-    with parallel.engine("tcp://127.0.0.1:9", workers=1) as eng:
-        with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
-            eng.client()
+    with pytest.raises(ConfigError, match="tcp:// is refused; infoprobe unpickles"):
+        with parallel.engine("tcp://127.0.0.1:9", workers=1):
+            pass
+
+
+def _http_port(dask_worker):
+    """The port of a Dask server's HTTP server (run on the workers as ``client.run``)."""
+    return next(iter(dask_worker.http_server._sockets.values())).getsockname()[1]
+
+
+def test_the_local_cluster_speaks_tls_on_127_0_0_1_only(cluster):
+    """Its scheduler and workers listen on 127.0.0.1 with TLS and the run's own certificate:
+    a plain TCP client, or one with another certificate, cannot talk to it; its HTTP
+    servers serve nothing."""
+    import urllib.error
+    import urllib.request
+
+    import dask
+    from distributed import Client
+    from distributed.security import Security
+
+    address = cluster.client().scheduler.address
+    assert address.startswith("tls://127.0.0.1:")
+    assert len(cluster.nthreads()) == 2 and all(w.startswith("tls://127.0.0.1:") for w in cluster.nthreads())
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        for target, security in ((address.replace("tls://", "tcp://"), None), (address, Security.temporary())):
+            with pytest.raises(Exception):
+                Client(target, security=security, timeout=2, set_as_default=False).close()
+    ports = [_http_port(cluster._cluster.scheduler), *cluster.client().run(_http_port).values()]
+    assert len(ports) == 3
+    for port, path in zip(ports, ("/info/main/workers.html", "/health", "/metrics")):
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+
+
+def _task_slow_square(x):
+    import time
+
+    time.sleep(0.4)
+    return x * x
+
+
+def test_a_lost_worker_is_survived_with_the_same_results(cluster):
+    """One of the two workers killed while tasks run: the scheduler runs its tasks again on
+    the other (or on its restarted self), and the results are the serial ones."""
+    import signal
+    import threading
+
+    client = cluster.client()
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    timer = threading.Timer(0.6, os.kill, (victim, signal.SIGKILL))
+    timer.start()
+    try:
+        with _On(cluster):
+            assert parallel.map_tasks(_task_slow_square, [((i,), {}) for i in range(8)]) == [i * i for i in range(8)]
+    finally:
+        timer.cancel()
+    client.wait_for_workers(2, timeout=60)
+    assert victim not in client.run(os.getpid).values()
 
 
 def test_an_exhaustive_search_split_into_tasks_finds_the_serial_multiplets(cluster, monkeypatch):

@@ -1,15 +1,20 @@
 """Run the hostile-input corpus (tests/hostile.py) against an infoprobe installation.
 
 Every case is built in a fresh temporary folder and run as a child process with a 60 s
-limit; a case is refused correctly when its exit status is the expected one (2, or 0 for a
-legitimate input that must work), stderr is one ``infoprobe: error:`` line without a
-traceback, the secret appears in no written file nor on stdout/stderr, no watched file
-outside the input's folder was opened, no forbidden output exists, and a bomb's peak RSS
-stays under 2 GiB (a child over it is killed at once).
+limit (or the case's own); a case is refused correctly when its exit status is the expected
+one (2, or 0 for a legitimate input that must work), stderr is one ``infoprobe: error:``
+line without a traceback, the secret appears in no written file nor on stdout/stderr, no
+watched file outside the input's folder was opened or changed, no forbidden output exists,
+and a bomb's peak RSS stays under 2 GiB (a child over it is killed at once).
+
+Classes: hostile models (onnx), activation stores (store) and data files (data); result
+folders, analyze plans and check candidates made by someone else (results); scratch space
+that fails (scratch); Dask scheduler addresses and peers (workers). The genuine results the
+result-folder cases start from are made with the infoprobe library of this interpreter.
 
 Usage::
 
-    python benchmarks/hostile_corpus.py [--infoprobe CMD] [--only onnx,store,data] [--json]
+    python benchmarks/hostile_corpus.py [--infoprobe CMD] [--only onnx,store,data,results,scratch,workers] [--json]
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import hostile  # noqa: E402
 
-CLASSES = ("onnx", "store", "data")
+CLASSES = ("onnx", "store", "data", "results", "scratch")
 
 
 def run(cmd: list, classes, *, controls: bool = False, keep: Path | None = None) -> list:
@@ -41,8 +46,11 @@ def run(cmd: list, classes, *, controls: bool = False, keep: Path | None = None)
                 rows.append(dict(id=c.id, cls=c.cls, ok=False, reasons=[f"build failed: {type(exc).__name__}: {exc}"],
                                  rc=None, peak_mib=None, seconds=0.0, stderr=""))
                 continue
-            outcome = hostile.run_subprocess(cmd, spec)
-            reasons = hostile.judge(spec, outcome, folder, before)
+            try:
+                outcome = hostile.run_subprocess(cmd, spec)
+                reasons = hostile.judge(spec, outcome, folder, before)
+            finally:
+                hostile.finish(spec)
             rows.append(dict(id=c.id, cls=c.cls, ok=not reasons, reasons=reasons, rc=outcome.rc,
                              expect=spec.get("expect", 2), peak_mib=round(outcome.peak_mib, 1),
                              seconds=round(outcome.seconds, 2),
@@ -68,7 +76,7 @@ def counts(rows: list) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--infoprobe", default="infoprobe", help="Command that runs the CLI (default: infoprobe).")
-    ap.add_argument("--only", default=",".join(CLASSES), help="Comma-separated classes: onnx, store, data.")
+    ap.add_argument("--only", default=",".join(CLASSES), help=f"Comma-separated classes: {', '.join(CLASSES)}.")
     ap.add_argument("--controls", action="store_true", help="Also run valid inputs that must succeed.")
     ap.add_argument("--keep", type=Path, default=None, help="Build the cases in this folder and keep them.")
     ap.add_argument("--json", action="store_true", help="Print the results as JSON.")

@@ -23,8 +23,27 @@ here is committed as a binary: each :class:`Case` writes its files into a fresh 
 ``must_not_exist``
     Paths that must not exist afterwards (e.g. a pruned model that cannot run).
 ``verify``
-    Optional ``callable() -> str | None`` run after a successful command; a string is a
-    failure reason.
+    Optional ``callable() -> str | None`` run after a successful command (any expected
+    status but 2); a string is a failure reason.
+``unchanged``
+    Paths (files or folders, links not followed) whose every entry, byte and link target
+    must be as before the command; entries under ``unchanged_except`` (paths inside them)
+    are left out.
+``stderr_has``, ``stdout_has``
+    Strings that must appear on stderr or stdout (e.g. the reason of a refusal, a note).
+``env``
+    Environment variables set for the command (e.g. ``TMPDIR`` in the case's folder).
+``file_size_limit``
+    ``RLIMIT_FSIZE`` of the command in bytes, ``SIGXFSZ`` ignored (a full disk): child
+    processes only, so such a case sets ``isolate``.
+``timeout``
+    Seconds the command may take (default :data:`TIMEOUT`).
+``cleanup``
+    Optional ``callable()`` the runners call once the command is judged (e.g. to stop a
+    listener started by ``build``); see :func:`finish`.
+
+``expect`` may be a tuple of statuses (e.g. ``(0, 1)`` for the verdict of ``check``);
+``must_not_exist`` entries may be glob patterns (``*``, ``**``), which must match nothing.
 
 Used by ``tests/test_hostile.py`` and ``benchmarks/hostile_corpus.py``.
 """
@@ -32,13 +51,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import hashlib
+import html
 import io
 import json
 import mmap
 import os
 import pickle
 import signal
+import stat
 import struct
 import subprocess
 import tempfile
@@ -69,8 +91,10 @@ class Case:
     Attributes
     ----------
     id : str
-    cls : {"onnx", "store", "data", "control"}
-        The hostile file's kind (controls are valid inputs that must work).
+    cls : {"onnx", "store", "data", "results", "scratch", "workers", "control"}
+        The hostile input's kind (controls are valid inputs that must work): a model, an
+        activation store, a data file, a result folder (or a plan or candidate made by
+        someone else), scratch space that fails, or a Dask scheduler address.
     description : str
     build : callable
         ``build(folder: Path) -> dict`` writes the files (see the module docstring).
@@ -1132,6 +1156,376 @@ def _(folder):
     return _data_case(folder, valid_data(folder / "data" / "data.npz", x=None, features=X))
 
 
+# ----------------------------------------------------------------------------- result folder cases
+
+@functools.lru_cache(maxsize=None)
+def _importance_files() -> tuple:
+    """(name, bytes) of the files ``infoprobe importance`` writes for the corpus's store: made
+    once per process with the infoprobe library."""
+    from infoprobe.analyses.importance import importance
+
+    with tempfile.TemporaryDirectory(prefix="infoprobe-hostile-") as tmp:
+        store = write_store(Path(tmp) / "acts.h5")
+        importance(store, progress=False).save(Path(tmp) / "res")
+        return tuple(sorted((p.name, p.read_bytes()) for p in (Path(tmp) / "res").iterdir()))
+
+
+def results_folder(path: Path) -> Path:
+    """A folder of genuine importance results (importance and specific_information, CSV and JSON)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name, data in _importance_files():
+        (path / name).write_bytes(data)
+    return path
+
+
+def secret_table(path: Path, secret: bytes) -> Path:
+    """A well-formed importance table whose layer name is the secret (it would be on the page)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": {}, "columns": ["layer", "unit", "mutual_information"],
+                                "rows": [{"layer": secret.decode(), "unit": 0, "mutual_information": 0.5}]}))
+    return path
+
+
+def not_shown(page: Path) -> str:
+    """The "Files not shown" section of a report page ('' when there is none)."""
+    text = page.read_text(errors="replace")
+    start = text.find('id="skipped"')
+    return "" if start < 0 else html.unescape(text[start:text.index("</section>", start)])
+
+
+def _listed(page: Path, name: str, why: str = "", *, shown: str = "importance"):
+    """A ``verify``: the page lists ``name`` (and ``why``) under "Files not shown" and still
+    shows the genuine ``shown`` section."""
+    def verify():
+        listed = not_shown(page)
+        if f"{name}: {why}" not in listed:
+            return f"{name}: {why!r} is not under 'Files not shown' ({listed[-200:]!r})"
+        if shown and f'id="{shown}"' not in page.read_text(errors="replace"):
+            return f"the genuine {shown} results are not on the page"
+        return None
+    return verify
+
+
+def report_spec(folder: Path, res: Path, **extra) -> dict:
+    """``report RES --out <folder>/page/report.html``."""
+    page = folder / "page" / "report.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    return dict(dict(argv=["report", str(res), "--out", str(page)], cwd=folder, secret=None, memory=False,
+                     expect=0), **extra)
+
+
+FORGED = (".infoprobe-staging-1-aaaa", ".infoprobe-staging-2-bbbb", ".infoprobe-staging-3-cccc")
+
+
+def _forge(folder: Path, res: Path) -> bytes:
+    """Forged staging folders in ``res`` aimed outside it (``<folder>/home``, holding the
+    secret): 1 has a COMMIT naming ``x/../.bashrc`` (``res/x`` links to ``home/sub``, so
+    ``x/..`` is ``home``), ``link.json`` and ``../escape.json``, its entries links to the
+    secret; 2 is a link to ``home/victim``, which holds a COMMIT of its own; 3 carries marks
+    with no valid seal. Returns the secret."""
+    secret = secret_for(folder.name)
+    home = folder / "home"
+    (home / "sub").mkdir(parents=True)
+    (home / ".bashrc").write_text("original bashrc\n")
+    target = secret_table(home / "secret.json", secret)
+    victim = home / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("precious\n")
+    (victim / ".lock").touch()
+    (victim / "COMMIT").write_text(json.dumps(["precious.txt"]))
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "x").symlink_to(home / "sub", target_is_directory=True)
+    (res / "escape.json").write_text("{}")
+    a = res / FORGED[0]
+    (a / "x").mkdir(parents=True)
+    (a / ".lock").touch()
+    (a / ".bashrc").symlink_to(target)
+    (a / "link.json").symlink_to(target)
+    (a / "COMMIT").write_text(json.dumps(["x/../.bashrc", "link.json", "../escape.json"]))
+    (res / FORGED[1]).symlink_to(victim, target_is_directory=True)
+    c = res / FORGED[2]
+    (c / "files").mkdir(parents=True)
+    (c / ".lock").touch()
+    (c / "MARK").write_text(json.dumps({"mac": "0" * 64}))
+    (c / "files" / "importance.json").write_text("forged")
+    (c / "COMMIT").write_text(json.dumps({"names": ["importance.json"], "mac": "0" * 64}))
+    return secret
+
+
+def _forged_spec(folder: Path, res: Path, spec: dict, secret: bytes) -> dict:
+    """Nothing outside ``res`` changes, the forgeries stay as they were, nothing of them is
+    renamed into ``res``, and the command says it left each alone."""
+    state = folder / "state"
+
+    def verify():
+        moved = [n for n in (".bashrc", "link.json", "precious.txt") if os.path.lexists(res / n)]
+        return f"{', '.join(moved)} renamed into the result folder" if moved else None
+
+    return dict(spec, expect=0, secret=secret, env={"INFOPROBE_STATE_DIR": str(state)},
+                unchanged=[folder, *(res / n for n in FORGED)], unchanged_except=[res, state],
+                stderr_has=["left alone"], verify=verify)
+
+
+@case("results_forged_staging_importance", "results", "importance --out R: R holds forged staging folders "
+      "whose COMMIT climbs out (x/../.bashrc, ../escape.json, links to an outside secret) and one that is a "
+      "link to an outside folder with a COMMIT; nothing outside R may change")
+def _(folder):
+    res = folder / "R"
+    secret = _forge(folder, res)
+    spec = store_case(folder, "importance")
+    spec["argv"][spec["argv"].index("--out") + 1] = str(res)
+    spec = _forged_spec(folder, res, spec, secret)
+    genuine = json.loads(dict(_importance_files())["importance.json"])["rows"]
+    forged_check = spec["verify"]
+
+    def verify():
+        if json.loads((res / "importance.json").read_text())["rows"] != genuine:
+            return "importance.json is not the result of this run"
+        return forged_check()
+    return dict(spec, verify=verify)
+
+
+@case("results_forged_staging_report", "results", "report R --out R/report.html: R holds genuine results "
+      "and the forged staging folders; nothing outside R may change, no outside byte on the page")
+def _(folder):
+    res = results_folder(folder / "R")
+    secret = _forge(folder, res)
+    spec = dict(argv=["report", str(res), "--out", str(res / "report.html")], cwd=folder, memory=False, expect=0)
+    spec = _forged_spec(folder, res, spec, secret)
+    forged_check = spec["verify"]
+
+    def verify():
+        if 'id="importance"' not in (res / "report.html").read_text(errors="replace"):
+            return "the genuine importance results are not on the page"
+        return forged_check()
+    return dict(spec, verify=verify)
+
+
+@case("results_report_fifo", "results", "report: importance.json is a FIFO (a read blocks forever)", isolate=True)
+def _(folder):
+    res = results_folder(folder / "R")
+    (res / "importance.json").unlink()
+    os.mkfifo(res / "importance.json")
+    spec = report_spec(folder, res, timeout=30.0)
+    return dict(spec, verify=_listed(Path(spec["argv"][-1]), "importance.json", "a FIFO, not a regular file"))
+
+
+@case("results_report_hardlink", "results", "report: importance.json is a hard link to a table outside "
+      "the folder holding the secret (not watched: the link shares the secret's inode)")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = secret_table(folder / "outside" / "secret.json", secret)
+    res = results_folder(folder / "R")
+    (res / "importance.json").unlink()
+    os.link(src, res / "importance.json")
+    spec = report_spec(folder, res, secret=secret)
+    return dict(spec, verify=_listed(Path(spec["argv"][-1]), "importance.json", "a hard link"))
+
+
+@case("results_report_symlink", "results", "report: importance.json is a symbolic link to a table outside "
+      "the folder holding the secret")
+def _(folder):
+    secret = secret_for(folder.name)
+    src = secret_table(folder / "outside" / "secret.json", secret)
+    res = results_folder(folder / "R")
+    (res / "importance.json").unlink()
+    (res / "importance.json").symlink_to(src)
+    spec = report_spec(folder, res, secret=secret, outside=[src])
+    return dict(spec, verify=_listed(Path(spec["argv"][-1]), "importance.json", "a symbolic link, not followed"))
+
+
+#: (case id suffix, file, document (or raw text), the reason the page lists it with)
+MALFORMED_TABLES = [
+    ("rows_not_objects", "ablation.json", {"meta": {}, "columns": ["layer"], "rows": [1, 2, 3]},
+     "rows[0] is a number, not an object"),
+    ("meta_not_object", "synergy.json", {"meta": [1], "columns": ["layer"], "rows": [{"layer": "fc1"}]},
+     "meta is a list, not an object"),
+    ("deep_nesting", "ablation.json", "[" * 100_000 + "]" * 100_000, ""),
+    ("deep_nesting_in_row", "synergy.json",
+     '{"meta": {}, "columns": ["layer"], "rows": [{"layer": ' + "[" * 100_000 + "]" * 100_000 + "}]}", ""),
+    ("columns_ints", "ablation.json", {"meta": {}, "columns": [1, 2], "rows": [{"1": 3}]},
+     "columns is not a list of strings"),
+    ("passed_string", "check.json", {"passed": "yes", "checks": [], "metrics": {}},
+     "passed is a string, not a boolean"),
+    ("checks_ints", "check.json", {"passed": True, "checks": [1, "x"], "metrics": {}},
+     "checks[0] is a number, not an object"),
+]
+
+for _id, _name, _doc, _why in MALFORMED_TABLES:
+    def _malformed(folder, name=_name, doc=_doc, why=_why):
+        res = results_folder(folder / "R")
+        (res / name).write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        spec = report_spec(folder, res)
+        return dict(spec, verify=_listed(Path(spec["argv"][-1]), name, why))
+    case(f"results_report_{_id}", "results", f"report: genuine results and a malformed {_name} "
+         f"({_id.replace('_', ' ')}); listed under 'Files not shown'")(_malformed)
+
+
+@case("results_report_nothing_to_show", "results", "report: a folder holding only malformed tables")
+def _(folder):
+    res = folder / "R"
+    res.mkdir()
+    (res / "ablation.json").write_text(json.dumps({"meta": {}, "columns": ["layer"], "rows": [1]}))
+    (res / "importance.json").write_text("[" * 100_000)
+    spec = report_spec(folder, res, expect=2, stderr_has=["ablation.json"])
+    return dict(spec, must_not_exist=[spec["argv"][-1]])
+
+
+# check: a candidate's record of the units it kept
+
+KEPT = [1, 3, 4, 5, 6, 7]
+
+
+def pruned_proto(kept=KEPT) -> onnx.ModelProto:
+    """The MLP with fc1 cut to the units ``kept`` (as ``infoprobe prune`` with constant 0 makes it)."""
+    proto = mlp_proto()
+    for i, arr, name in ((0, W1[kept], "fc1.weight"), (1, B1[kept], "fc1.bias"), (2, W2[:, kept], "fc2.weight")):
+        proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+    return proto
+
+
+def _kept_case(folder: Path, kept_units: str | None, from_sha: bool = True) -> dict:
+    """check REF CAND where CAND's ``infoprobe.kept_units`` metadata is ``kept_units``."""
+    ref = valid_model(folder / "ref" / "mlp.onnx")
+    proto = pruned_proto()
+    if kept_units is not None:
+        proto.metadata_props.add(key="infoprobe.kept_units", value=kept_units)
+    if from_sha:
+        proto.metadata_props.add(key="infoprobe.kept_units_from_sha256",
+                                 value=hashlib.sha256(ref.read_bytes()).hexdigest())
+    cand = save_model(proto, folder / "cand" / "pruned.onnx")
+    data = valid_data(folder / "data" / "data.npz")
+    return dict(argv=["check", str(ref), str(cand), "--data", str(data), "--no-progress"], cwd=folder, secret=None,
+                memory=False, expect=(0, 1), stderr_has=["was ignored"], stdout_has=["was ignored"])
+
+
+@case("results_check_kept_deep", "results", "check: the candidate's kept-units metadata nested 10^5 deep")
+def _(folder):
+    return _kept_case(folder, "[" * 100_000 + "]" * 100_000)
+
+
+@case("results_check_kept_booleans", "results", "check: the candidate's kept units are booleans")
+def _(folder):
+    return _kept_case(folder, json.dumps({"fc1": [True] * len(KEPT)}))
+
+
+@case("results_check_kept_unpaired", "results", "check: kept units without the reference's SHA-256 beside them")
+def _(folder):
+    return _kept_case(folder, json.dumps({"fc1": KEPT}), from_sha=False)
+
+
+@case("results_check_kept_duplicates", "results", "check: a kept unit listed twice")
+def _(folder):
+    return _kept_case(folder, json.dumps({"fc1": [1, 1, 3, 4, 5, 6]}))
+
+
+@case("results_check_kept_beyond", "results", "check: a kept unit beyond the reference's 8 units of fc1")
+def _(folder):
+    return _kept_case(folder, json.dumps({"fc1": [1, 3, 4, 5, 6, 80]}))
+
+
+# analyze --plan: a plan from someone else
+
+def analyze_plan(n_fit: int = N_ROWS, **changes) -> dict:
+    """An analyze.json whose plan runs every analysis at a small setting on the corpus's MLP."""
+    settings = {"importance": {"samples": n_fit, "quantizer": "threshold"},
+                "ablation": {"n_steps": 3, "random_repeats": 1, "values": ["mean"]},
+                "synergy": {"budget_s": 5.0, "exhaustive_sizes": {"fc1": 3}},
+                "modules": {"n_random": 20, "n_shuffles": 2, "n_double": 0},
+                "frivolous": {"n_permutations": 1}}
+    for name, s in changes.items():
+        settings[name].update(s)
+    steps = [{"analysis": k, "share_s": 1.0, "estimate_s": 1.0, "cut": "", "settings": v, "skipped": ""}
+             for k, v in settings.items()]
+    return {"meta": {"plan": {"format": "infoprobe-analyze-plan", "version": 1, "n_fit": n_fit, "steps": steps}},
+            "columns": [], "rows": []}
+
+
+def analyze_spec(folder: Path, plan: Path, **extra) -> dict:
+    """``analyze MLP --data DATA --plan PLAN --out <folder>/out``: nothing may appear under --out."""
+    model = valid_model(folder / "model" / "mlp.onnx")
+    data = valid_data(folder / "model" / "data.npz")
+    out = folder / "out"
+    return dict(dict(argv=["analyze", str(model), "--data", str(data), "--plan", str(plan), "--out", str(out),
+                           "--no-progress"], cwd=folder, secret=None, memory=False,
+                     must_not_exist=[out / "*", out / ".*"]), **extra)
+
+
+def _plan_case(folder, doc, says, **extra):
+    plan = folder / "plan" / "analyze.json"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+    return analyze_spec(folder, plan, stderr_has=[says], **extra)
+
+
+@case("results_plan_not_json", "results", "analyze --plan: a plan that is not JSON")
+def _(folder):
+    return _plan_case(folder, b"not json {", "not JSON")
+
+
+@case("results_plan_deep", "results", "analyze --plan: a plan of 10^5 nested lists")
+def _(folder):
+    return _plan_case(folder, b"[" * 100_000, "not JSON")
+
+
+@case("results_plan_fifo", "results", "analyze --plan: the plan is a FIFO (a read blocks forever)", isolate=True)
+def _(folder):
+    plan = folder / "plan" / "analyze.json"
+    plan.parent.mkdir(parents=True)
+    os.mkfifo(plan)
+    return analyze_spec(folder, plan, stderr_has=["not a regular file"], timeout=30.0)
+
+
+@case("results_plan_booleans", "results", "analyze --plan: a count of true (a boolean)")
+def _(folder):
+    return _plan_case(folder, analyze_plan(modules={"n_random": True}), "modules.n_random")
+
+
+@case("results_plan_unknown_setting", "results", "analyze --plan: an unknown setting of frivolous")
+def _(folder):
+    return _plan_case(folder, analyze_plan(frivolous={"evil": 1}), "unknown settings of frivolous")
+
+
+@case("results_plan_over_ladder", "results", "analyze --plan: ablation steps 10^6, over the largest setting")
+def _(folder):
+    return _plan_case(folder, analyze_plan(ablation={"n_steps": 10**6}), "ablation.n_steps")
+
+
+@case("results_plan_synergy_size", "results", "analyze --plan: an exhaustive synergy size of 10^9")
+def _(folder):
+    return _plan_case(folder, analyze_plan(synergy={"exhaustive_sizes": {"fc1": 10**9}}), "synergy.exhaustive_sizes")
+
+
+# ----------------------------------------------------------------------------- scratch cases
+
+def _tmpdir(folder: Path) -> tuple[dict, list]:
+    """A TMPDIR in the case's folder: the ``env`` and the pattern of scratch folders left there."""
+    tmp = folder / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return {"TMPDIR": str(tmp)}, [tmp / "infoprobe-scratch-*"]
+
+
+@case("scratch_synergy_spill_fsize", "scratch", "synergy --max-memory 8K spills fc1's values to TMPDIR under a "
+      "file-size limit of 1 KiB (a full disk)", isolate=True)
+def _(folder):
+    env, left = _tmpdir(folder)
+    spec = store_case(folder, "synergy")
+    out = folder / "results"
+    return dict(spec, argv=spec["argv"] + ["--max-memory", "8K"], env=env, file_size_limit=1024,
+                stderr_has=["while spilling"], must_not_exist=[*left, out / "*", out / ".*"])
+
+
+@case("scratch_analyze_fsize", "scratch", "analyze of a valid plan under a file-size limit of 20 kB: "
+      "nothing under --out, no scratch or staging folder left", isolate=True)
+def _(folder):
+    env, left = _tmpdir(folder)
+    plan = folder / "plan" / "analyze.json"
+    plan.parent.mkdir(parents=True)
+    plan.write_text(json.dumps(analyze_plan()))
+    spec = analyze_spec(folder, plan, env=env, file_size_limit=20_000)
+    return dict(spec, must_not_exist=[*spec["must_not_exist"], *left, folder / "**" / ".infoprobe-staging-*"])
+
+
 # ----------------------------------------------------------------------------- controls
 
 @case("control_capture", "control", "capture: the valid MLP and data")
@@ -1142,6 +1536,21 @@ def _(folder):
 for _verb in ("importance", "synergy", "frivolous", "ablate"):
     case(f"control_{_verb}", "control", f"{_verb}: the valid store")(
         functools.partial(lambda folder, verb: dict(store_case(folder, verb), expect=0), verb=_verb))
+
+
+@case("control_synergy_spill", "control", "synergy --max-memory 8K: fc1's values spill to TMPDIR and back")
+def _(folder):
+    env, left = _tmpdir(folder)
+    spec = store_case(folder, "synergy")
+    return dict(spec, argv=spec["argv"] + ["--max-memory", "8K"], env=env, expect=0, must_not_exist=left)
+
+
+@case("control_analyze_plan", "control", "analyze --plan: the small plan of the plan and scratch cases runs")
+def _(folder):
+    plan = folder / "plan" / "analyze.json"
+    plan.parent.mkdir(parents=True)
+    plan.write_text(json.dumps(analyze_plan()))
+    return dict(analyze_spec(folder, plan), expect=0, must_not_exist=[])
 
 
 @case("control_prune", "control", "prune: the valid MLP, one fc1 unit removed")
@@ -1267,13 +1676,30 @@ class Outcome:
     opened: list | None = None
 
 
-def run_subprocess(cmd: list, spec: dict, *, timeout: float = TIMEOUT, rss_kill: int = RSS_BUDGET) -> Outcome:
-    """Run ``cmd + spec["argv"]`` in ``spec["cwd"]``; kill it past ``timeout`` or at ``rss_kill``
-    bytes of RSS (so that a bomb cannot take the machine down); peak RSS from ``wait4``."""
+def _file_size_limit(nbytes: int):
+    """A ``preexec_fn``: writes past ``nbytes`` fail with ``EFBIG`` (``SIGXFSZ`` ignored)."""
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return apply
+
+
+def run_subprocess(cmd: list, spec: dict, *, timeout: float | None = None, rss_kill: int = RSS_BUDGET) -> Outcome:
+    """Run ``cmd + spec["argv"]`` in ``spec["cwd"]`` with the spec's ``env`` and
+    ``file_size_limit``; kill it past ``timeout`` (default: the spec's ``timeout``, else
+    :data:`TIMEOUT`) or at ``rss_kill`` bytes of RSS (so that a bomb cannot take the machine
+    down); peak RSS from ``wait4``. A file-size limit applies to the captured stdout and
+    stderr too (ample for one error line)."""
+    timeout = timeout if timeout is not None else spec.get("timeout", TIMEOUT)
+    env = dict(os.environ, **spec["env"]) if spec.get("env") else None
+    limit = spec.get("file_size_limit")
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, OpenWatch(spec.get("outside")) as watch:
         t0 = time.monotonic()
         proc = subprocess.Popen([*cmd, *spec["argv"]], cwd=spec["cwd"], stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                preexec_fn=_file_size_limit(limit) if limit else None)
         killed, status, usage = None, None, None
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -1304,25 +1730,66 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def tree(root: Path, skip=()) -> dict:
+    """{path relative to ``root``: kind and content} of ``root`` and everything under it: a
+    folder, a link (its target, not followed), a regular file (its SHA-256) or another kind
+    (never opened). Entries under a ``skip`` path that lies inside ``root`` are left out."""
+    root = Path(root)
+    skip = [Path(q) for q in skip if root in Path(q).parents]
+    out = {}
+
+    def entry(p: Path):
+        try:
+            st = p.lstat()
+        except OSError:
+            return ("missing",)
+        if stat.S_ISLNK(st.st_mode):
+            return ("link", os.readlink(p))
+        if stat.S_ISDIR(st.st_mode):
+            return ("dir",)
+        if stat.S_ISREG(st.st_mode):
+            with open(p, "rb") as f:
+                return ("file", hashlib.file_digest(f, "sha256").hexdigest())
+        return ("other", stat.S_IFMT(st.st_mode))
+
+    out["."] = entry(root)
+    if out["."] != ("dir",):
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if not any(p == q or q in p.parents for q in skip):
+                out[str(p.relative_to(root))] = entry(p)
+    return out
+
+
+def _rel(p: Path, folder: Path) -> str:
+    return str(p.relative_to(folder)) if Path(p).is_relative_to(folder) else str(p)
+
+
 def judge(spec: dict, outcome: Outcome, folder: Path, before: dict) -> list:
     """Reasons why a case was not handled correctly (empty: refused or run correctly).
 
     Rules: the expected exit status; for status 2, stderr is exactly one line starting with
     ``infoprobe: error:`` and no traceback; the secret in no written file, not on stdout or
-    stderr; no watched outside file opened; ``must_not_exist`` paths absent; for ``memory``
-    cases a peak RSS under :data:`RSS_BUDGET`; ``verify()`` passes after a success.
+    stderr; no watched outside file opened; ``must_not_exist`` paths absent (patterns match
+    nothing); ``unchanged`` paths as :func:`build` found them; ``stderr_has`` and
+    ``stdout_has`` said; for ``memory`` cases a peak RSS under :data:`RSS_BUDGET`;
+    ``verify()`` passes after a success.
     """
     reasons = []
     expect = spec.get("expect", 2)
+    expects = tuple(expect) if isinstance(expect, (tuple, list, set, frozenset)) else (expect,)
     err = outcome.stderr.decode("utf-8", "replace")
+    out = outcome.stdout.decode("utf-8", "replace")
     if outcome.crash:
         reasons.append(outcome.crash)
-    if outcome.rc != expect:
-        reasons.append(f"exit {outcome.rc}, expected {expect}")
+    if outcome.rc not in expects:
+        reasons.append(f"exit {outcome.rc}, expected {' or '.join(map(str, expects))}")
     if "Traceback" in err:
         last = [ln for ln in err.strip().splitlines() if ln.strip()][-1:]
         reasons.append("traceback: " + (last[0][:160] if last else ""))
-    elif expect == 2 and outcome.rc == 2:
+    elif 2 in expects and outcome.rc == 2:
         lines = err.splitlines()
         if len(lines) != 1 or not lines[0].startswith(ERROR_PREFIX) or not lines[0][len(ERROR_PREFIX):].strip():
             reasons.append(f"stderr is {len(lines)} lines, not one '{ERROR_PREFIX}' line: "
@@ -1338,11 +1805,24 @@ def judge(spec: dict, outcome: Outcome, folder: Path, before: dict) -> list:
         reasons.append("opened outside file " + ", ".join(str(p.relative_to(folder)) if p.is_relative_to(folder)
                                                           else str(p) for p in outcome.opened))
     for p in spec.get("must_not_exist", ()):
-        if Path(p).exists():
+        if glob.has_magic(str(p)):
+            found = sorted(glob.glob(str(p), recursive=True))
+            if found:
+                reasons.append(", ".join(_rel(Path(f), folder) for f in found[:3]) + " left behind")
+        elif os.path.lexists(p):
             reasons.append(f"{Path(p).name} exists")
+    for p, old in spec.get("_unchanged", {}).items():
+        new = tree(p, spec.get("unchanged_except", ()))
+        if new != old:
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            reasons.append(f"{_rel(p, folder)} changed: " + ", ".join(changed[:4]))
+    for key, text in (("stderr_has", err), ("stdout_has", out)):
+        for needle in spec.get(key, ()):
+            if needle not in text:
+                reasons.append(f"{key.split('_')[0]} does not say {needle!r}")
     if spec.get("memory") and outcome.peak_mib is not None and outcome.peak_mib * 2**20 > RSS_BUDGET:
         reasons.append(f"peak RSS {outcome.peak_mib:.0f} MiB over {RSS_BUDGET / 2**30:.0f} GiB")
-    if outcome.rc == 0 == expect and spec.get("verify"):
+    if outcome.rc in expects and outcome.rc != 2 and spec.get("verify"):
         try:
             why = spec["verify"]()
         except Exception as exc:   # the output itself is unreadable
@@ -1353,10 +1833,24 @@ def judge(spec: dict, outcome: Outcome, folder: Path, before: dict) -> list:
 
 
 def build(c: Case, folder: Path) -> tuple[dict, dict]:
-    """Build case ``c`` in the empty ``folder``; return its spec and the file snapshot."""
+    """Build case ``c`` in the empty ``folder``; return its spec (with the state of its
+    ``unchanged`` paths) and the file snapshot. Call :func:`finish` with the spec once the
+    command is judged."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = c.build(folder)
-    return spec, snapshot(folder)
+    try:
+        spec["_unchanged"] = {Path(p): tree(p, spec.get("unchanged_except", ())) for p in spec.get("unchanged", ())}
+        return spec, snapshot(folder)
+    except BaseException:
+        finish(spec)
+        raise
+
+
+def finish(spec: dict) -> None:
+    """Run the spec's ``cleanup`` (e.g. stop a listener ``build`` started), once."""
+    cleanup = spec.pop("cleanup", None)
+    if cleanup is not None:
+        cleanup()
 
 
 def cases(classes=None) -> list:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import time
 import warnings
@@ -42,13 +43,19 @@ def _plain_interpreter_filters():
 
 
 def run_inprocess(spec: dict, monkeypatch, capfd) -> hostile.Outcome:
-    """Run the CLI in this process with the case's cwd; stderr includes fd-level output,
-    Python warnings and log records."""
+    """Run the CLI in this process with the case's cwd and ``env``; stderr includes fd-level
+    output, Python warnings and log records."""
+    import tempfile
+
     from click.testing import CliRunner
 
     from infoprobe.cli.main import cli
 
     monkeypatch.chdir(spec["cwd"])
+    for key, value in (spec.get("env") or {}).items():
+        monkeypatch.setenv(key, value)
+    if "TMPDIR" in (spec.get("env") or {}):
+        monkeypatch.setattr(tempfile, "tempdir", None)
     capfd.readouterr()
     handler = _StderrHandler(logging.WARNING)
     logging.getLogger().addHandler(handler)
@@ -73,11 +80,14 @@ def run_inprocess(spec: dict, monkeypatch, capfd) -> hostile.Outcome:
 
 
 def run_child(spec: dict) -> hostile.Outcome:
-    return hostile.run_subprocess([sys.executable, "-m", "infoprobe.cli.main"], spec, timeout=SUBPROCESS_TIMEOUT)
+    """The command in a child process (``env`` and ``file_size_limit`` honoured), within the
+    case's ``timeout`` or :data:`SUBPROCESS_TIMEOUT`."""
+    return hostile.run_subprocess([sys.executable, "-m", "infoprobe.cli.main"], spec,
+                                  timeout=spec.get("timeout", SUBPROCESS_TIMEOUT))
 
 
 def _outcome(c: hostile.Case, spec: dict, monkeypatch, capfd) -> hostile.Outcome:
-    if c.isolate or spec.get("memory"):
+    if c.isolate or spec.get("memory") or spec.get("file_size_limit"):
         return run_child(spec)
     return run_inprocess(spec, monkeypatch, capfd)
 
@@ -86,8 +96,11 @@ def _outcome(c: hostile.Case, spec: dict, monkeypatch, capfd) -> hostile.Outcome
 def test_hostile_input_is_refused(c, tmp_path, monkeypatch, capfd):
     folder = tmp_path / c.id
     spec, before = hostile.build(c, folder)
-    outcome = _outcome(c, spec, monkeypatch, capfd)
-    reasons = hostile.judge(spec, outcome, folder, before)
+    try:
+        outcome = _outcome(c, spec, monkeypatch, capfd)
+        reasons = hostile.judge(spec, outcome, folder, before)
+    finally:
+        hostile.finish(spec)
     assert not reasons, f"{c.description}: " + "; ".join(reasons)
 
 
@@ -100,10 +113,13 @@ def test_valid_inputs_of_the_corpus_work(c, tmp_path, monkeypatch, capfd):
     assert not hostile.judge(spec, outcome, folder, before), outcome.stderr.decode(errors="replace")[-2000:]
 
 
+CLASSES = {"onnx": 25, "store": 25, "data": 15, "results": 15, "scratch": 2}
+
+
 def test_corpus_covers_every_class():
-    n = {cls: sum(c.cls == cls for c in hostile.CASES) for cls in ("onnx", "store", "data")}
-    assert n["onnx"] >= 25 and n["store"] >= 25 and n["data"] >= 15, n
-    assert {c.cls for c in hostile.CASES} == {"onnx", "store", "data"}
+    n = {cls: sum(c.cls == cls for c in hostile.CASES) for cls in CLASSES}
+    assert all(n[cls] >= least for cls, least in CLASSES.items()), n
+    assert {c.cls for c in hostile.CASES} == set(CLASSES)
 
 
 # ----------------------------------------------------------------------------- the judge itself
@@ -163,3 +179,53 @@ def test_open_watch_sees_a_read(tmp_path):
         assert w.opened() == []
         p.read_bytes()
         assert w.opened() == [p]
+
+
+def test_judge_checks_unchanged_trees_patterns_said_lines_and_verdicts(tmp_path):
+    """``unchanged`` sees a changed byte, a new entry and a retargeted link outside the
+    excepted paths; ``must_not_exist`` patterns, ``stderr_has`` and a tuple ``expect``."""
+    home, res = tmp_path / "home", tmp_path / "res"
+    home.mkdir()
+    res.mkdir()
+    (home / ".bashrc").write_text("original\n")
+    (res / "x").symlink_to(home, target_is_directory=True)
+    spec = dict(argv=[], cwd=tmp_path, secret=None, memory=False, expect=(0, 1), unchanged=[tmp_path, res / "x"],
+                unchanged_except=[res], stderr_has=["left alone"], must_not_exist=[tmp_path / "tmp" / "scratch-*"])
+    c = hostile.Case("t", "results", "t", lambda folder: spec)
+    spec, before = hostile.build(c, tmp_path)
+    ok = _refusal(rc=1, err=b"infoprobe: warning: R/.infoprobe-staging-1 was left alone: forged\n")
+    (res / "report.html").write_text("inside the result folder: allowed")
+    assert hostile.judge(spec, ok, tmp_path, before) == []
+    assert any("exit 2, expected 0 or 1" in r for r in hostile.judge(spec, _refusal(), tmp_path, before))
+    assert any("does not say 'left alone'" in r for r in hostile.judge(spec, _refusal(rc=0, err=b""), tmp_path, before))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "scratch-123").mkdir()
+    (home / ".bashrc").write_text("echo pwned\n")                 # through the link res/x
+    (tmp_path / "escape.json").write_text("{}")
+    (res / "x").unlink()
+    (res / "x").symlink_to(tmp_path)
+    reasons = " ".join(hostile.judge(spec, ok, tmp_path, before))
+    assert "home/.bashrc" in reasons and "escape.json" in reasons and "tmp/scratch-123 left behind" in reasons
+    assert "res/x changed" in reasons
+
+
+def test_the_forged_staging_cases_catch_a_recovery_that_follows_the_forgery(tmp_path):
+    """Were infoprobe to rename what a forged COMMIT lists, the judge would say so."""
+    c = next(c for c in hostile.CASES if c.id == "results_forged_staging_report")
+    folder = tmp_path / c.id
+    spec, before = hostile.build(c, folder)
+    res, staging = folder / "R", folder / "R" / hostile.FORGED[0]
+    os.rename(staging / "x/../.bashrc", res / "x/../.bashrc")      # lands in home/, through R/x
+    os.rename(staging / "link.json", res / "link.json")
+    (res / "report.html").write_text('<section id="importance"></section>')
+    reasons = hostile.judge(spec, _refusal(rc=0, err=b"infoprobe: warning: ... left alone ...\n"), folder, before)
+    assert any("home/.bashrc" in r for r in reasons) and any(hostile.FORGED[0] in r for r in reasons), reasons
+    assert any("renamed into the result folder" in r for r in reasons), reasons
+
+
+def test_finish_runs_the_cleanup_once(tmp_path):
+    calls = []
+    spec = dict(argv=[], cwd=tmp_path, cleanup=lambda: calls.append(1))
+    hostile.finish(spec)
+    hostile.finish(spec)
+    assert calls == [1]

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import hostile  # noqa: E402
 
-CLASSES = ("onnx", "store", "data", "results", "scratch")
+CLASSES = ("onnx", "store", "data", "results", "scratch", "workers")
 
 
 def run(cmd: list, classes, *, controls: bool = False, keep: Path | None = None) -> list:

@@ -22,6 +22,8 @@ here is committed as a binary: each :class:`Case` writes its files into a fresh 
     Files the command must never open (watched with inotify where available).
 ``must_not_exist``
     Paths that must not exist afterwards (e.g. a pruned model that cannot run).
+``must_exist``
+    Paths that must exist afterwards (e.g. the mark of a listener the command contacted).
 ``verify``
     Optional ``callable() -> str | None`` run after a successful command (any expected
     status but 2); a string is a failure reason.
@@ -1526,6 +1528,177 @@ def _(folder):
     return dict(spec, must_not_exist=[*spec["must_not_exist"], *left, folder / "**" / ".infoprobe-staging-*"])
 
 
+# ----------------------------------------------------------------------------- worker cases
+
+def workers_spec(folder: Path, address: str, *, security: bool = False, **extra) -> dict:
+    """``synergy A B --scheduler ADDRESS``: two stores are two tasks, so a scheduler is used."""
+    stores = [write_store(folder / "in" / name) for name in ("acts.h5", "acts2.h5")]
+    out = folder / "results"
+    argv = ["synergy", *map(str, stores), "--out", str(out), "--max-size", "3", "--exhaustive-up-to", "2",
+            "--no-plot", "--no-progress", "--scheduler", address]
+    if security:
+        argv += ["--scheduler-security", str(security_file(folder / "tls"))]
+    return dict(dict(argv=argv, cwd=folder, secret=None, memory=False, must_not_exist=[out]), **extra)
+
+
+@functools.lru_cache(maxsize=None)
+def _certificates() -> tuple:
+    """PEM text of a certificate authority, certificate and key (Dask's ``Security.temporary``:
+    one self-signed certificate for every role), and (certificate, key) of a stranger signed
+    by nobody that authority vouches for. Made once per process."""
+    from distributed.security import Security
+
+    ours, stranger = Security.temporary(), Security.temporary()
+    return ((ours.tls_ca_file, ours.tls_client_cert, ours.tls_client_key),
+            (stranger.tls_client_cert, stranger.tls_client_key))
+
+
+def security_file(folder: Path) -> Path:
+    """``<folder>/tls.toml`` naming ca.pem, client.pem and client-key.pem beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in zip(("ca.pem", "client.pem", "client-key.pem"), _certificates()[0]):
+        (folder / name).write_text(text)
+    path = folder / "tls.toml"
+    path.write_text('ca_file = "ca.pem"\ncert = "client.pem"\nkey = "client-key.pem"\n')
+    return path
+
+
+def dask_message(payload) -> bytes:
+    """A Dask comm message as a scheduler sends it on the wire, carrying ``payload`` pickled."""
+    from distributed.protocol import dumps, to_serialize
+    from distributed.protocol.utils import pack_frames
+
+    body = pack_frames(dumps({"op": "stream-start", "payload": to_serialize(payload)}))
+    return struct.pack("Q", len(body)) + body
+
+
+class Listener:
+    """A server on 127.0.0.1, in a daemon thread of the process that builds the case, for at
+    most ``life`` seconds or until :meth:`close` (a case's ``cleanup``).
+
+    ``"evil"`` sends ``data`` on every connection (after a TLS handshake of its own with
+    ``tls``, a (cert, key) pair), reads, and sends it again; ``"silent"`` accepts and never
+    answers. Every accepted connection creates ``contacted`` (when given)."""
+
+    def __init__(self, mode: str, *, data: bytes = b"", tls=None, contacted: Path | None = None,
+                 life: float = TIMEOUT + 10):
+        import socket
+        import ssl
+        import threading
+
+        self.mode, self.data, self.contacted, self.conns = mode, data, contacted, []
+        self.ctx = None
+        if tls is not None:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(*map(str, tls))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.deadline = time.monotonic() + life
+        self.thread = threading.Thread(target=self._serve, daemon=True, name=f"hostile-listener-{self.port}")
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            if self.contacted is not None:
+                self.contacted.touch()
+            if self.mode == "silent":
+                continue
+            try:
+                conn.settimeout(3)
+                if self.ctx is not None:
+                    conn = self.ctx.wrap_socket(conn, server_side=True)
+                    self.conns.append(conn)
+                conn.sendall(self.data)
+                conn.recv(1 << 16)
+                conn.sendall(self.data)
+            except OSError:
+                pass
+        self._close_sockets()
+
+    def _close_sockets(self):
+        for c in [*self.conns, self.sock]:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self._close_sockets()
+
+
+#: (case id suffix, address, needs a security file, what the one line says)
+BAD_ADDRESSES = [
+    ("foo_scheme", "foo://x", False, "foo:// is refused"),
+    ("inproc", "inproc://x", False, "inproc:// is refused"),
+    ("http", "http://127.0.0.1:1", False, "http:// is refused"),
+    ("tcp_bad_port", "tcp://host:notaport", False, "tcp:// is refused"),
+    ("plain_text", "just some text", False, "is not tls://HOST:PORT"),
+    ("tls_no_certificates", "tls://127.0.0.1:1", False, "no certificates"),
+    ("tls_bad_port", "tls://host:notaport", True, "the port must be a number"),
+    ("tls_bad_ipv6", "tls://[::zz]:8786", True, "is not an IPv6 address"),
+]
+
+for _id, _address, _security, _says in BAD_ADDRESSES:
+    case(f"workers_address_{_id}", "workers", f"synergy --scheduler {_address!r}")(
+        functools.partial(lambda folder, address, security, says: workers_spec(
+            folder, address, security=security, stderr_has=[says]), address=_address, security=_security, says=_says))
+
+
+def _evil_case(folder: Path, scheme: str, tls=None) -> dict:
+    """synergy against an evil listener at ``scheme``://127.0.0.1: its reply is a pickle whose
+    loading creates a marker file."""
+    marker = folder / "pickle-was-loaded"
+    contacted = folder / "listener-was-contacted"
+    server = Listener("evil", data=dask_message(_Touch(marker)), tls=tls, contacted=contacted)
+    spec = workers_spec(folder, f"{scheme}://127.0.0.1:{server.port}", security=scheme == "tls",
+                        cleanup=server.close)
+    spec["must_not_exist"] += [marker] + ([contacted] if scheme == "tcp" else [])
+    return dict(spec, must_exist=[contacted] if scheme == "tls" else [])
+
+
+@case("workers_evil_tcp", "workers", "synergy --scheduler tcp://127.0.0.1:PORT: a listener there answers with a "
+      "pickle whose loading creates a marker; it must never even be contacted", isolate=True)
+def _(folder):
+    return dict(_evil_case(folder, "tcp"), stderr_has=["refused"])
+
+
+@case("workers_evil_plain_under_tls", "workers", "synergy --scheduler tls://...: the evil listener speaks plain "
+      "TCP; the TLS handshake fails before its pickle is read", isolate=True)
+def _(folder):
+    return dict(_evil_case(folder, "tls"), stderr_has=["Dask scheduler"])
+
+
+@case("workers_evil_stranger_tls", "workers", "synergy --scheduler tls://...: the evil listener holds a TLS "
+      "certificate of its own, which the security file's authority does not vouch for", isolate=True)
+def _(folder):
+    cert, key = (folder / "stranger" / n for n in ("cert.pem", "key.pem"))
+    cert.parent.mkdir(parents=True)
+    for path, text in zip((cert, key), _certificates()[1]):
+        path.write_text(text)
+    return dict(_evil_case(folder, "tls", tls=(cert, key)), stderr_has=["Dask scheduler"])
+
+
+@case("workers_silent_tls", "workers", "synergy --scheduler tls://...: a listener that accepts and never answers; "
+      "refused within infoprobe's stated deadline (parallel.SCHEDULER_TIMEOUT, 20 s) and the judge's 60 s",
+      isolate=True)
+def _(folder):
+    contacted = folder / "listener-was-contacted"
+    server = Listener("silent", contacted=contacted)
+    return workers_spec(folder, f"tls://127.0.0.1:{server.port}", security=True, cleanup=server.close,
+                        timeout=TIMEOUT, stderr_has=["Dask scheduler"], must_exist=[contacted])
+
+
 # ----------------------------------------------------------------------------- controls
 
 @case("control_capture", "control", "capture: the valid MLP and data")
@@ -1773,7 +1946,7 @@ def judge(spec: dict, outcome: Outcome, folder: Path, before: dict) -> list:
     Rules: the expected exit status; for status 2, stderr is exactly one line starting with
     ``infoprobe: error:`` and no traceback; the secret in no written file, not on stdout or
     stderr; no watched outside file opened; ``must_not_exist`` paths absent (patterns match
-    nothing); ``unchanged`` paths as :func:`build` found them; ``stderr_has`` and
+    nothing), ``must_exist`` paths there; ``unchanged`` paths as :func:`build` found them; ``stderr_has`` and
     ``stdout_has`` said; for ``memory`` cases a peak RSS under :data:`RSS_BUDGET`;
     ``verify()`` passes after a success.
     """
@@ -1811,6 +1984,9 @@ def judge(spec: dict, outcome: Outcome, folder: Path, before: dict) -> list:
                 reasons.append(", ".join(_rel(Path(f), folder) for f in found[:3]) + " left behind")
         elif os.path.lexists(p):
             reasons.append(f"{Path(p).name} exists")
+    for p in spec.get("must_exist", ()):
+        if not os.path.lexists(p):
+            reasons.append(f"{Path(p).name} does not exist")
     for p, old in spec.get("_unchanged", {}).items():
         new = tree(p, spec.get("unchanged_except", ()))
         if new != old:

@@ -113,7 +113,7 @@ def test_valid_inputs_of_the_corpus_work(c, tmp_path, monkeypatch, capfd):
     assert not hostile.judge(spec, outcome, folder, before), outcome.stderr.decode(errors="replace")[-2000:]
 
 
-CLASSES = {"onnx": 25, "store": 25, "data": 15, "results": 15, "scratch": 2}
+CLASSES = {"onnx": 25, "store": 25, "data": 15, "results": 15, "scratch": 2, "workers": 8}
 
 
 def test_corpus_covers_every_class():
@@ -229,3 +229,13 @@ def test_finish_runs_the_cleanup_once(tmp_path):
     hostile.finish(spec)
     hostile.finish(spec)
     assert calls == [1]
+
+
+def test_the_stated_scheduler_deadline_fits_the_judges_timeout():
+    """The silent-scheduler case is killed at the judge's timeout: infoprobe's stated deadline
+    for reaching a scheduler, with an interpreter's start and the stores' loading, fits in it."""
+    from infoprobe import parallel
+
+    silent = next(c for c in hostile.CASES if c.id == "workers_silent_tls")
+    assert f"{parallel.SCHEDULER_TIMEOUT:g} s" in silent.description      # the case says the deadline it holds
+    assert parallel.SCHEDULER_TIMEOUT + 25 <= hostile.TIMEOUT

@@ -91,10 +91,11 @@ def main(argv=None):
         print(json.dumps({"command": args.infoprobe, "counts": {k: {"ok": v[0], "cases": v[1]} for k, v in summary.items()},
                           "cases": rows}, indent=1))
         return
-    print(f"{'case':<34} {'class':<7} {'result':<6} {'exit':>4} {'MiB':>7} {'s':>6}  reason")
+    w = max([34, *(len(r["id"]) for r in rows)])
+    print(f"{'case':<{w}} {'class':<7} {'result':<6} {'exit':>4} {'MiB':>7} {'s':>6}  reason")
     for r in rows:
         peak = "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-        print(f"{r['id']:<34} {r['cls']:<7} {'ok' if r['ok'] else 'FAIL':<6} {str(r['rc']):>4} {peak:>7} "
+        print(f"{r['id']:<{w}} {r['cls']:<7} {'ok' if r['ok'] else 'FAIL':<6} {str(r['rc']):>4} {peak:>7} "
               f"{r['seconds']:>6.1f}  {'; '.join(r['reasons'])[:150]}")
     print(", ".join(f"{k}: {v[0]} of {v[1]}" for k, v in summary.items()))
 

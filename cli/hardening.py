@@ -3,6 +3,7 @@ budgets, and result files that appear only when a command succeeds."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -46,6 +47,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"infoprobe: warning: {' '.join(str(message).split())}", err=True)
 
 
+#: What a failed write's error number means for the user (its file may be unnamed: a write to
+#: an open file).
+_DISK_HINTS = {errno.ENOSPC: " (the disk of the output folder or of TMPDIR is full: free space there)",
+               errno.EFBIG: " (a file reached the file-size limit, ulimit -f, or the file system's largest file)",
+               errno.EDQUOT: " (the disk quota is used up)"}
+
+
 class Group(click.Group):
     """Turns every failure into one line on stderr and an exit status CI can rely on.
 
@@ -83,8 +91,9 @@ class Group(click.Group):
             sys.exit(2)
         except OSError as exc:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            click.echo(f"infoprobe: error: {exc.strerror or one_line(exc, 10_000)}{where}; nothing was written "
-                       "under a final name", err=True)
+            hint = _DISK_HINTS.get(exc.errno, "")
+            click.echo(f"infoprobe: error: {exc.strerror or one_line(exc, 10_000)}{where}{hint}; nothing was "
+                       "written under a final name", err=True)
             sys.exit(2)
         except Exception as exc:
             if os.environ.get("INFOPROBE_DEBUG"):

@@ -183,5 +183,6 @@ def test_a_full_disk_writes_nothing_and_exits_2(reference, tmp_path, limit):
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("infoprobe: error:") and "Traceback" not in res.stderr
+    assert "File too large" in lines[-1] and ("file-size limit" in lines[-1] or "free some space" in lines[-1])
     assert not (tmp_path / "out").exists() or files(tmp_path / "out") == set()
     assert not list((tmp_path).rglob(".infoprobe-staging-*"))

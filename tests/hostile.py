@@ -1016,7 +1016,7 @@ def _(folder):
     return _data_case(folder, path, memory=True)
 
 
-class _Touch:
+class Touch:
     """Pickles to a call that creates ``path`` (proof that the pickle was loaded)."""
 
     def __init__(self, path):
@@ -1033,7 +1033,7 @@ def _(folder):
     path = folder / "data" / "data.npz"
     path.parent.mkdir(parents=True)
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("x.npy", header + pickle.dumps(np.array([_Touch(marker)], dtype=object), protocol=2))
+        z.writestr("x.npy", header + pickle.dumps(np.array([Touch(marker)], dtype=object), protocol=2))
         with z.open("y.npy", "w") as m:
             np.save(m, Y[:1])
     return _data_case(folder, path, must_not_exist=[marker])
@@ -1578,7 +1578,8 @@ class Listener:
 
     ``"evil"`` sends ``data`` on every connection (after a TLS handshake of its own with
     ``tls``, a (cert, key) pair), reads, and sends it again; ``"silent"`` accepts and never
-    answers. Every accepted connection creates ``contacted`` (when given)."""
+    answers. Every accepted connection creates ``contacted`` (when given) and is counted in
+    ``accepted``."""
 
     def __init__(self, mode: str, *, data: bytes = b"", tls=None, contacted: Path | None = None,
                  life: float = TIMEOUT + 10):
@@ -1586,7 +1587,7 @@ class Listener:
         import ssl
         import threading
 
-        self.mode, self.data, self.contacted, self.conns = mode, data, contacted, []
+        self.mode, self.data, self.contacted, self.conns, self.accepted = mode, data, contacted, [], 0
         self.ctx = None
         if tls is not None:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -1608,6 +1609,7 @@ class Listener:
             except OSError:
                 continue
             self.conns.append(conn)
+            self.accepted += 1
             if self.contacted is not None:
                 self.contacted.touch()
             if self.mode == "silent":
@@ -1660,7 +1662,7 @@ def _evil_case(folder: Path, scheme: str, tls=None) -> dict:
     loading creates a marker file."""
     marker = folder / "pickle-was-loaded"
     contacted = folder / "listener-was-contacted"
-    server = Listener("evil", data=dask_message(_Touch(marker)), tls=tls, contacted=contacted)
+    server = Listener("evil", data=dask_message(Touch(marker)), tls=tls, contacted=contacted)
     spec = workers_spec(folder, f"{scheme}://127.0.0.1:{server.port}", security=scheme == "tls",
                         cleanup=server.close)
     spec["must_not_exist"] += [marker] + ([contacted] if scheme == "tcp" else [])

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import hostile
 from conftest import FIX
 from infoprobe.cli.main import cli
 from infoprobe.results import recover
@@ -27,18 +28,9 @@ MODEL, DATA = FIX / "mlp_sigmoid.onnx", FIX / "mnist_demo.npz"
 
 
 def small_plan(**changes) -> dict:
-    """An analyze.json whose plan runs every analysis at a small setting (a few seconds)."""
-    settings = {"importance": {"samples": 600, "quantizer": "threshold"},
-                "ablation": {"n_steps": 3, "random_repeats": 1, "values": ["mean"]},
-                "synergy": {"budget_s": 5.0, "exhaustive_sizes": {"fc1": 3, "fc2": 3}},
-                "modules": {"n_random": 20, "n_shuffles": 2, "n_double": 0},
-                "frivolous": {"n_permutations": 1}}
-    for name, s in changes.items():
-        settings[name].update(s)
-    steps = [{"analysis": k, "share_s": 1.0, "estimate_s": 1.0, "cut": "", "settings": v, "skipped": ""}
-             for k, v in settings.items()]
-    return {"meta": {"plan": {"format": "infoprobe-analyze-plan", "version": 1, "n_fit": 600, "steps": steps}},
-            "columns": [], "rows": []}
+    """An analyze.json whose plan runs every analysis of the sigmoid MLP at a small setting (a
+    few seconds), on 600 samples."""
+    return hostile.analyze_plan(600, **{"synergy": {"exhaustive_sizes": {"fc1": 3, "fc2": 3}}, **changes})
 
 
 def args(out, plan) -> list:

@@ -5,10 +5,6 @@ and every malformed address are one line and exit 2 within the stated time."""
 from __future__ import annotations
 
 import os
-import shlex
-import socket
-import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -17,6 +13,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+import hostile
 from conftest import FIX
 from infoprobe import parallel
 from infoprobe.cli.main import cli
@@ -26,77 +23,13 @@ pytest.importorskip("dask.distributed")
 pytest.importorskip("cryptography")
 
 
-class _Evil:
-    """Unpickling it runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(self.marker)}",)
-
-
-def _dask_message(marker) -> bytes:
-    """A Dask comm message, as a scheduler sends it on the wire, carrying an :class:`_Evil`."""
-    from distributed.protocol import dumps, to_serialize
-    from distributed.protocol.utils import pack_frames
-
-    body = pack_frames(dumps({"op": "stream-start", "payload": to_serialize(_Evil(marker))}))
-    return struct.pack("Q", len(body)) + body
-
-
-class _Listener:
-    """A server on 127.0.0.1, in a thread, for at most ``life`` seconds: ``"evil"`` sends
-    :func:`_dask_message` on every connection (after a TLS handshake of its own with ``tls``,
-    a (cert, key) pair), ``"garbage"`` sends bytes that are no Dask message, ``"silent"``
-    accepts and never answers."""
-
-    def __init__(self, mode, marker=None, tls=None, life=60.0):
-        self.mode, self.accepted, self.conns = mode, 0, []
-        self.data = _dask_message(marker) if mode == "evil" else b"HTTP/1.0 200 OK\r\n\r\n" + os.urandom(64)
-        self.ctx = None
-        if tls is not None:
-            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self.ctx.load_cert_chain(*tls)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.deadline = time.monotonic() + life
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            self.conns.append(conn)
-            if self.mode == "silent":
-                continue
-            try:
-                conn.settimeout(3)
-                if self.ctx is not None:
-                    conn = self.ctx.wrap_socket(conn, server_side=True)
-                    self.conns.append(conn)
-                conn.sendall(self.data)
-                conn.recv(1 << 16)
-                conn.sendall(self.data)
-            except OSError:
-                pass
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(5)
-        for c in self.conns + [self.sock]:
-            try:
-                c.close()
-            except OSError:
-                pass
+def _listener(mode, marker=None, tls=None, life=60.0):
+    """A server on 127.0.0.1 (:class:`hostile.Listener`): ``"evil"`` answers with a Dask message
+    whose unpickling creates ``marker``, ``"garbage"`` with bytes that are no Dask message,
+    ``"silent"`` never answers."""
+    data = hostile.dask_message(hostile.Touch(marker)) if mode == "evil" else \
+        b"HTTP/1.0 200 OK\r\n\r\n" + os.urandom(64)
+    return hostile.Listener("silent" if mode == "silent" else "evil", data=data, tls=tls, life=life)
 
 
 @pytest.fixture
@@ -104,7 +37,7 @@ def listener():
     made = []
 
     def make(*args, **kw):
-        made.append(_Listener(*args, **kw))
+        made.append(_listener(*args, **kw))
         return made[-1]
 
     yield make

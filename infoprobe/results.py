@@ -29,12 +29,6 @@ _LOCK = ".lock"
 _result_set: contextvars.ContextVar = contextvars.ContextVar("infoprobe_result_set", default=None)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def create_file(path) -> int:
     """Create ``path`` exclusively with the user's umask (mode ``0o666 & ~umask``, as
     ``open(path, "x")``) and return a writable descriptor."""
@@ -167,14 +161,22 @@ class ResultSet:
         missing = [q for q in (folder, *folder.parents) if not q.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         self.created += [q for q in missing if q not in self.created]
+        private_folder(folder)
         recover(folder)
         staging = folder / f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700)
-        lock = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        st = (os.lstat(staging), os.stat(folder))
-        _write_durable(staging / _MARK, json.dumps({"mac": _seal("mark", *st)}).encode())
-        (staging / _FILES).mkdir(mode=0o700)
+        lock = None
+        try:
+            lock = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            st = (os.lstat(staging), os.stat(folder))
+            _write_durable(staging / _MARK, json.dumps({"mac": _seal("mark", *st)}).encode())
+            (staging / _FILES).mkdir(mode=0o700)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)
+            raise
         self.folders[folder] = (staging, lock, st)
 
     def _release(self) -> None:
@@ -206,16 +208,26 @@ class ResultSet:
             fsync_dir(staging)
 
     def commit(self) -> None:
-        """Rename every staged file to its final name (see the class docstring)."""
+        """Rename every staged file to its final name (see the class docstring). A failure
+        before the first rename (writing a ``COMMIT`` list) discards the whole set."""
         try:
             self.seal()
-            for folder, (staging, lock, _) in list(self.folders.items()):
-                outcome = _settle(folder, staging.name, finish=True)
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            for folder, (staging, lock, st) in list(self.folders.items()):
+                outcome = _settle(folder, staging.name, finish=st[0])
                 os.close(lock)
                 del self.folders[folder]
                 if outcome != "finished":
-                    raise OSError(f"the staging folder {staging} could not be finished: {outcome}")
+                    raise OSError(f"the staging folder {staging} could not be finished: {outcome}; the rest of "
+                                  "the result set is finished by the next infoprobe command writing there")
         finally:
+            for _, lock, _ in self.folders.values():
+                with contextlib.suppress(OSError):
+                    os.close(lock)
+            self.folders.clear()
             self._release()
         for fn in self.after:
             fn()
@@ -335,10 +347,11 @@ def _plain_name(name: str) -> bool:
         and (os.altsep is None or os.altsep not in name)
 
 
-def _settle(folder, name: str, *, finish: bool | None = None) -> str:
+def _settle(folder, name: str, *, finish: os.stat_result | None = None) -> str:
     """Finish (``COMMIT`` present) or discard (absent) the staging folder ``name`` of ``folder``,
     touching nothing but the files it lists, through descriptors: no link is followed and no
-    name leaves the folder. ``finish=True``: the caller holds its lock and has sealed it.
+    name leaves the folder. ``finish``: the stat of the staging folder the caller made, holds
+    the lock of and has sealed (it must still be that folder).
 
     Returns what was done: "finished", "discarded", "running" (its lock is held), or why it was
     left alone.
@@ -364,8 +377,12 @@ def _settle(folder, name: str, *, finish: bool | None = None) -> str:
             sst = os.fstat(sfd)
             if (sst.st_dev, sst.st_ino) != (st.st_dev, st.st_ino):
                 return "replaced while being read"
+            if finish is not None and (sst.st_dev, sst.st_ino) != (finish.st_dev, finish.st_ino):
+                return "not the staging folder this command made"
             if _sealed(_MARK, sfd, "mark", sst, fst) is None:
                 entries = os.listdir(sfd)   # killed before its mark, nothing staged yet: nothing to lose
+                if _alive(name):
+                    return "running"        # being made by a live process (before its lock or mark)
                 if entries == [] or (entries == [_LOCK] and stat.S_ISREG(os.lstat(_LOCK, dir_fd=sfd).st_mode)):
                     lock = _try_lock(sfd) if entries else None
                     if entries and lock is None:
@@ -373,7 +390,7 @@ def _settle(folder, name: str, *, finish: bool | None = None) -> str:
                     shutil.rmtree(name, dir_fd=ffd, ignore_errors=True)
                     return "discarded"
                 return "not marked as this user's staging folder here"
-            if not finish:
+            if finish is None:
                 lock = _try_lock(sfd)
                 if lock is None:
                     return "running"
@@ -406,6 +423,45 @@ def _settle(folder, name: str, *, finish: bool | None = None) -> str:
             os.close(sfd)
     finally:
         os.close(ffd)
+
+
+def _alive(name: str) -> bool:
+    """Whether the process whose id a staging folder's name holds is running."""
+    pid = name[len(_STAGING):].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                 # another user's process
+    return True
+
+
+def private_folder(folder) -> None:
+    """Refuse to stage results in ``folder`` when another user could rename or replace what
+    infoprobe puts there between its checks: ``folder`` must belong to this user (or to root)
+    and be writable by no one else, unless it has the sticky bit (as ``/tmp``: then only the
+    owner of an entry may rename it). A group that may write is allowed when it is this user's
+    own primary group.
+
+    Raises
+    ------
+    ConfigError
+        ``folder`` belongs to another user, or others may write to it.
+    """
+    from .errors import ConfigError
+
+    st = os.stat(folder)
+    uid = os.geteuid()
+    if st.st_uid not in (uid, 0):
+        raise ConfigError(f"{folder} belongs to another user (uid {st.st_uid}), who could replace infoprobe's "
+                          "files there while it writes; write the results to a folder of your own")
+    others = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != os.getegid())
+    if others and not st.st_mode & stat.S_ISVTX:
+        raise ConfigError(f"{folder} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}), who could "
+                          "replace infoprobe's files there while it writes; chmod go-w it or choose another folder")
 
 
 def _exists(name: str, dir_fd: int) -> bool:
@@ -481,11 +537,6 @@ def unstaged():
         yield
     finally:
         _result_set.reset(token)
-
-
-def current_result_set():
-    """The :class:`ResultSet` of the enclosing :func:`result_set` block, or None."""
-    return _result_set.get()
 
 
 _relocated: contextvars.ContextVar = contextvars.ContextVar("infoprobe_relocated", default=None)

@@ -169,3 +169,62 @@ def test_a_tampered_commit_list_is_not_followed(tmp_path):
     with pytest.warns(UserWarning, match="left alone"):
         recover(tmp_path)
     assert staging.is_dir() and not (tmp_path / "r.json").exists() and not (tmp_path.parent / "evil.json").exists()
+
+
+def test_a_folder_another_user_can_write_is_refused_for_results(tmp_path):
+    """Another user who may write the folder could rename a staging folder and put a link in its
+    place between infoprobe's checks: such a folder is refused, a sticky one (as /tmp) is not."""
+    from infoprobe.errors import ConfigError
+    from infoprobe.results import atomic_write_bytes, result_set
+
+    theirs, shared, sticky = tmp_path / "theirs", tmp_path / "shared", tmp_path / "sticky"
+    for d in (theirs, shared, sticky):
+        d.mkdir()
+    os.chmod(shared, 0o777)
+    os.chmod(sticky, 0o1777)
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+    cases = [shared] + ([theirs] if os.geteuid() == 0 else [])
+    for folder in cases:
+        with pytest.raises(ConfigError, match="another user|writable by other users"):
+            with result_set():
+                atomic_write_bytes(folder / "r.json", b"x")
+        assert not (folder / "r.json").exists() and not list(folder.iterdir())
+    with result_set():
+        atomic_write_bytes(sticky / "r.json", b"x")
+    assert (sticky / "r.json").read_bytes() == b"x"
+
+
+def test_a_staging_folder_being_made_by_a_live_process_is_left_alone(tmp_path):
+    """Between its mkdir and its lock a staging folder has no mark: another command's recovery
+    must not take it for a killed one's while its process lives."""
+    live = tmp_path / f".infoprobe-staging-{os.getpid()}-aaaa"
+    live.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / f".infoprobe-staging-{dead.pid}-bbbb"
+    gone.mkdir()
+    (gone / ".lock").touch()
+    recover(tmp_path)
+    assert live.is_dir() and not gone.exists()
+
+
+def test_a_commit_that_fails_before_its_renames_discards_the_whole_set(tmp_path, monkeypatch):
+    """A full disk while the COMMIT lists are written: nothing appears, now or after recovery."""
+    from infoprobe.results import atomic_write_bytes, result_set
+
+    real = results._write_durable
+
+    def full(path, data):
+        if Path(path).name.startswith("COMMIT") and Path(path).parent.parent.name == "b":
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(results, "_write_durable", full)
+    with pytest.raises(OSError):
+        with result_set():
+            atomic_write_bytes(tmp_path / "a" / "x.json", b"x")
+            atomic_write_bytes(tmp_path / "b" / "y.json", b"y")
+    monkeypatch.setattr(results, "_write_durable", real)
+    recover(tmp_path / "a") if (tmp_path / "a").exists() else None
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

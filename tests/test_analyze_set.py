@@ -106,6 +106,7 @@ def test_an_analysis_that_fails_makes_the_exit_non_zero_and_keeps_the_rest(tmp_p
     (json.dumps(small_plan(synergy={"exhaustive_sizes": {"fc1": 10**9}})).encode(), "synergy.exhaustive_sizes"),
     (json.dumps(small_plan(importance={"samples": 10**6})).encode(), "importance.samples"),
     (json.dumps(small_plan()).replace('"version": 1', '"version": 7').encode(), "version 7"),
+    (json.dumps(small_plan(ablation={"values": [{}]})).encode(), "ablation.values"),
 ])
 def test_a_malformed_plan_is_one_line_and_exit_2(tmp_path, doc, says):
     plan = tmp_path / "plan.json"
@@ -178,3 +179,20 @@ def test_a_full_disk_writes_nothing_and_exits_2(reference, tmp_path, limit):
     assert "File too large" in lines[-1] and ("file-size limit" in lines[-1] or "free some space" in lines[-1])
     assert not (tmp_path / "out").exists() or files(tmp_path / "out") == set()
     assert not list((tmp_path).rglob(".infoprobe-staging-*"))
+
+
+def test_a_plan_that_skips_importance_skips_what_reads_it():
+    """Ablation and synergy read importance's store and ranking: a plan (hand-edited) that
+    skips importance skips them too, rather than running them without it."""
+    import tempfile
+
+    from infoprobe.analyses.analyze import read_plan
+
+    doc = small_plan()
+    doc["meta"]["plan"]["steps"][0]["skipped"] = "skipped by the plan: skipped by the plan: ModelError: x"
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        f.write(json.dumps(doc))
+        f.flush()
+        steps = read_plan(f.name)["steps"]
+    assert [s.skipped for s in steps] == ["skipped by the plan: ModelError: x", "needs importance",
+                                          "needs importance", "", ""]

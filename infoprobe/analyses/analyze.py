@@ -18,7 +18,7 @@ import numpy as np
 from ..data import Dataset, resolve_scale
 from ..errors import ConfigError, DataError, InfoprobeError
 from ..model import LoadedModel, load_model
-from ..results import check_outputs, provenance, write_table
+from ..results import check_outputs, keep_on_interrupt, provenance, write_table
 
 #: Default budget in minutes (about this on two cores for the bundled MLPs).
 DEFAULT_BUDGET = 4.0
@@ -145,6 +145,7 @@ def plan_analyses(lm: LoadedModel, n_fit: int, n_eval: int, per_sample: float, b
     return steps
 
 
+_BY_PLAN = "skipped by the plan: "
 #: Largest multiplet synergy searches for.
 SYNERGY_MAX_SIZE = 8
 #: Largest plan file :func:`read_plan` reads.
@@ -246,7 +247,7 @@ def read_plan(path) -> dict:
             if kind is str and value not in ("threshold", "median"):
                 raise bad(f"{name}.{key} is not threshold or median")
             if kind is tuple:
-                if not isinstance(value, list) or not value or not set(value) <= {"zero", "mean"}:
+                if not isinstance(value, list) or not value or not all(v in ("zero", "mean") for v in value):
                     raise bad(f"{name}.{key} is not a list of zero and mean")
                 value = tuple(value)
             if kind is dict and not (isinstance(value, dict) and len(value) <= 10**4 and all(
@@ -260,20 +261,28 @@ def read_plan(path) -> dict:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1e9 for v in numbers) \
                 or not isinstance(r.get("cut", ""), str) or len(r.get("cut", "")) > 1000:
             raise bad(f"the share, estimate or cut of {name}")
+        while skipped.startswith(_BY_PLAN):
+            skipped = skipped[len(_BY_PLAN):]
         steps.append(Step(name, float(numbers[0]), clean, float(numbers[1]), r.get("cut", ""),
-                          skipped=skipped and f"skipped by the plan: {skipped}"))
+                          skipped=skipped and _BY_PLAN + skipped))
+    if steps[0].skipped:                      # ablation and synergy read importance's store and ranking
+        for later in steps[1:3]:
+            later.skipped = later.skipped or "needs importance"
     return {"n_fit": n_fit, "steps": steps}
 
 
 def _environment(exc: BaseException) -> bool:
     """Whether an error comes from the machine (a full disk, a file-size limit, an I/O error)
-    rather than from what the analysis was given: such an error stops the whole run."""
+    rather than from what the analysis was given: such an error stops the whole run. It is an
+    OSError that caused the error (``raise ... from exc``, or raised while handling it unless
+    ``from None``)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError):
-            return True
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if isinstance(nxt, OSError) and nxt.errno is not None:
+            return True
+        exc = nxt
     return False
 
 
@@ -413,7 +422,10 @@ def _analyze(model, data: Dataset, out: Path, *, fit_data, budget, pinned, scale
         t = time.perf_counter()
         try:
             if s.name == "importance":
-                capture(lm, fit, store_path, overwrite=True, progress=progress, scale=scale)
+                try:
+                    capture(lm, fit, store_path, overwrite=True, progress=progress, scale=scale)
+                finally:
+                    keep_on_interrupt(None)       # its partial store goes with the result set
                 q = Quantizer() if s.settings["quantizer"] == "threshold" else Quantizer("quantile", bins=2)
                 with Store(store_path) as st:
                     imp = importance(st, quantizer=q, device=device, progress=progress)
@@ -453,6 +465,8 @@ def _analyze(model, data: Dataset, out: Path, *, fit_data, budget, pinned, scale
             failed[s.name] = s.skipped
             echo(f"  {s.name}: not run, {s.skipped}")
             if s.name == "importance":                # the others read its store and ranking
+                for left in out.glob("acts.h5*"):     # a capture's partial store and lock
+                    left.unlink(missing_ok=True)
                 for later in steps:
                     if later.name in ("ablation", "synergy") and not later.skipped:
                         later.skipped = "needs importance"

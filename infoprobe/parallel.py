@@ -74,6 +74,8 @@ SCHEDULER_TIMEOUT = 20.0
 #: Seconds a scheduler may have no worker at all (none started, or every one lost) while
 #: tasks wait, before the run ends.
 NO_WORKERS_TIMEOUT = 60.0
+#: Times a computed result whose fetch timed out is waited for again, each time twice as long.
+FETCH_RETRIES = 3
 #: Seconds between two checks of the scheduler's workers while tasks run.
 WORKER_POLL = 2.0
 #: Seconds given to closing a client (a vanished scheduler must not hold the exit).
@@ -188,8 +190,8 @@ def load_security(source):
     if isinstance(source, dict):
         doc, base, what = source, Path.cwd(), "scheduler security"
     else:
-        path = Path(source).expanduser()
         what = f"--scheduler-security {_shown(source, 200)}"
+        path = _expand(source, what)
         try:
             if not path.is_file():
                 raise ConfigError(f"{what}: {'not a file' if path.exists() else 'no such file'}")
@@ -207,7 +209,7 @@ def load_security(source):
                 import tomllib
 
                 doc = tomllib.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
             raise ConfigError(f"{what}: not valid {kind}: {one_line(exc)}") from None
         base = path.parent
@@ -225,7 +227,7 @@ def load_security(source):
             raise ConfigError(f"{what}: {key} must name a PEM file"
                               + (" (ca_file: the certificate authority; cert: this client's certificate)"
                                  if value is None else ""))
-        file = base / Path(value).expanduser()
+        file = base / _expand(value, what)
         try:
             ok = file.is_file() and file.stat().st_size <= _PEM_FILE_BYTES
         except OSError:
@@ -241,6 +243,20 @@ def load_security(source):
         raise ConfigError(f"{what}: the certificates cannot be used: {one_line(exc)}") from None
     return Security(require_encryption=True, tls_ca_file=files["ca_file"], tls_client_cert=files["cert"],
                     tls_client_key=files.get("key"))
+
+
+def _expand(path, what: str) -> Path:
+    """``path`` with ``~`` or ``~user`` expanded.
+
+    Raises
+    ------
+    ConfigError
+        ``~user`` names no user.
+    """
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{what}: {_shown(path, 200)} names a home folder that does not exist") from None
 
 
 def _quiet_http() -> dict:
@@ -543,7 +559,15 @@ def _gather(eng: Engine, futures: list, desc: str):
     Every :data:`WORKER_POLL` seconds the scheduler is asked for its workers (within
     :data:`SCHEDULER_TIMEOUT`); none for :data:`NO_WORKERS_TIMEOUT` seconds ends the wait. A
     result whose worker was lost before it was fetched is waited for again (the scheduler
-    computes it anew); one still being fetched then is given twice as long the next time."""
+    computes it anew); one still being fetched then is given twice as long the next time, at
+    most :data:`FETCH_RETRIES` times.
+
+    Raises
+    ------
+    ConfigError
+        No worker for :data:`NO_WORKERS_TIMEOUT` seconds, a result not delivered after its
+        retries, or an error of the cluster itself.
+    """
     wake = threading.Event()
     pending = dict(enumerate(futures))
     patience = dict.fromkeys(pending, SCHEDULER_TIMEOUT)
@@ -559,6 +583,9 @@ def _gather(eng: Engine, futures: list, desc: str):
                 out = fut.result(timeout=patience[i])
             except Exception as exc:   # a task's own error is raised as it is
                 if isinstance(exc, TimeoutError) and fut.status != "error":
+                    if patience[i] >= SCHEDULER_TIMEOUT * 2 ** FETCH_RETRIES:
+                        raise ConfigError(f"the Dask cluster did not deliver a result of {desc} within "
+                                          f"{patience[i]:g} s after it was computed") from None
                     patience[i] *= 2       # its worker went before the result was fetched (computed again),
                     continue               # or the result is large: the workers are checked, then it is waited for
                 if type(exc).__module__.startswith(("distributed", "dask")):

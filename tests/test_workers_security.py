@@ -301,3 +301,16 @@ def test_an_unreachable_tls_scheduler(certs, fast):
     with parallel.engine("tls://127.0.0.1:9", workers=1, security=certs["file"]) as eng:
         with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
             eng.client()
+
+
+def test_security_files_nested_too_deep_or_naming_no_home_are_one_line(tmp_path):
+    """A security file is input: a deeply nested one, or one naming ~user that does not exist,
+    is a ConfigError, never an internal error."""
+    (tmp_path / "deep.json").write_text("[" * 50000)
+    (tmp_path / "deep.toml").write_text("a = " + "[" * 5000)
+    (tmp_path / "home.toml").write_text('ca_file = "~no-such-user-here/ca.pem"\ncert = "c.pem"\n')
+    for name in ("deep.json", "deep.toml", "home.toml"):
+        with pytest.raises(ConfigError, match="not valid|home folder"):
+            parallel.load_security(tmp_path / name)
+    with pytest.raises(ConfigError, match="home folder"):
+        parallel.load_security("~no-such-user-here/tls.toml")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import hashlib
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,6 +346,28 @@ def _read_npz(path: Path, keys: tuple) -> dict:
     return out
 
 
+def _open_regular(path: Path):
+    """``path`` opened for reading as a regular file, without following a link or blocking on a
+    FIFO (a file swapped after the folder was listed).
+
+    Raises
+    ------
+    DataError
+        It is a link or not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(f"{path} is a symbolic link; links are not followed in a folder of images") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def _read_npy(path: Path) -> np.ndarray:
     """An ``.npy`` file, memory-mapped after its declared size was checked against the file."""
     with open(path, "rb") as fp:
@@ -495,7 +519,7 @@ def _read_image_folder(folder: Path, *, image_size=None, mean=None, std=None):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with open(path, "rb") as fp, Image.open(fp, formats=IMAGE_FORMATS) as im:
+                with _open_regular(path) as fp, Image.open(fp, formats=IMAGE_FORMATS) as im:
                     if im.width * im.height > MAX_IMAGE_PIXELS:
                         raise DataError(f"{path} is {im.width}x{im.height} pixels, over {MAX_IMAGE_PIXELS:,}: "
                                         "refusing a decompression bomb")

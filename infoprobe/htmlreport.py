@@ -312,7 +312,9 @@ def _gate_shape(doc: dict) -> str | None:
         return f"not a gate result: no {', '.join(missing)}"
     if not isinstance(doc["passed"], bool):
         return f"passed is {_type_name(doc['passed'])}, not a boolean"
-    for key in ("metrics", "statistics", "divergence", "models", "data", "parameters", "confusions"):
+    if not isinstance(doc["metrics"], dict):
+        return f"metrics is {_type_name(doc['metrics'])}, not an object"
+    for key in ("statistics", "divergence", "models", "data", "parameters", "confusions"):
         if doc.get(key) is not None and not isinstance(doc[key], dict):
             return f"{key} is {_type_name(doc[key])}, not an object"
     why = _list_of_dicts(doc["checks"], "checks")
@@ -327,9 +329,10 @@ def _gate_shape(doc: dict) -> str | None:
 
 def _network_shape(doc: dict) -> str | None:
     """Why ``doc`` is not the ``network.json`` of ``infoprobe modules``, or None."""
-    for key in ("meta", "network"):
-        if doc.get(key) is not None and not isinstance(doc[key], dict):
-            return f"{key} is {_type_name(doc[key])}, not an object"
+    if doc.get("meta") is not None and not isinstance(doc["meta"], dict):
+        return f"meta is {_type_name(doc['meta'])}, not an object"
+    if not isinstance(doc.get("network"), dict):
+        return f"network is {_type_name(doc.get('network'))}, not an object"
     cats = doc["network"].get("categories")
     if cats is not None and not isinstance(cats, dict):
         return f"network.categories is {_type_name(cats)}, not an object"

@@ -983,16 +983,16 @@ def _kept_units_problem(lm, raw, origin, original) -> tuple[str | None, dict]:
     full = {lay.name: lay.units for lay in original.layers} if same else {}
     for site, units in kept.items():
         if not isinstance(units, list) or not all(type(u) is int for u in units):
-            return f"the units of site {site!r} are not a list of integers", {}
+            return f"the units of site {site[:80]!r} are not a list of integers", {}
         if any(u < 0 for u in units):
-            return f"site {site!r} lists a negative unit", {}
+            return f"site {site[:80]!r} lists a negative unit", {}
         if any(b <= a for a, b in zip(units, units[1:])):
             dup = len(set(units)) < len(units)
-            return f"the units of site {site!r} are {'listed twice' if dup else 'not in increasing order'}", {}
+            return f"the units of site {site[:80]!r} are {'listed twice' if dup else 'not in increasing order'}", {}
         if site in widths and len(units) != widths[site]:
-            return f"site {site!r} lists {len(units):,} units but has {widths[site]:,}", {}
+            return f"site {site[:80]!r} lists {len(units):,} units but has {widths[site]:,}", {}
         if site in full and units and units[-1] >= full[site]:
-            return f"site {site!r} lists unit {units[-1]:,}, beyond the {full[site]:,} units of the original", {}
+            return f"site {site[:80]!r} lists unit {units[-1]:,}, beyond the {full[site]:,} units of the original", {}
     return None, kept
 
 

@@ -2,6 +2,7 @@
 members refused with the way out, folders of images read with Pillow."""
 from __future__ import annotations
 
+import os
 import pickle
 
 import h5py
@@ -243,3 +244,20 @@ def test_a_transformer_with_two_inputs_captures_from_streamed_token_arrays(tmp_p
         for layer in a.layer_names:
             assert np.array_equal(a.read(layer), b.read(layer)), layer
         assert np.array_equal(a.position_mask(a.layer_names[0]), b.position_mask(b.layer_names[0]))
+
+
+def test_an_image_swapped_for_a_fifo_or_link_after_listing_is_refused_not_followed(mnist, tmp_path):
+    """Images larger than the budget are decoded as they are read, long after the folder was
+    listed: a file swapped for a FIFO then must not block, nor a link be followed."""
+    _folder(tmp_path / "imgs", mnist, n=12)
+    with budgets(memory="4K"):
+        d = load_data(tmp_path / "imgs")
+        names = sorted((tmp_path / "imgs").rglob("*.png"))
+        names[0].unlink()
+        os.mkfifo(names[0])
+        with pytest.raises(DataError, match="not a regular file"):
+            np.asarray(d.x[:2])
+        names[0].unlink()
+        names[0].symlink_to(names[1])
+        with pytest.raises(DataError, match="symbolic link"):
+            np.asarray(d.x[:2])

@@ -65,6 +65,8 @@ MALFORMED = [
     ("check.json", {"passed": True, "checks": []}, "not a gate result: no metrics"),
     ("network.json", {"meta": {}, "network": {"ncut": 0.5, "categories": [1, 2]}},
      "network.categories is a list, not an object"),
+    ("network.json", {"meta": {}, "network": None}, "network is null, not an object"),
+    ("check.json", {"passed": True, "checks": [], "metrics": None}, "metrics is null, not an object"),
     # values of unexpected types inside a well-formed table: shown, as text
     ("ablation.json", {"meta": _meta(), "columns": ["scope", "layer", "ranking", "order", "value", "fraction", "accuracy"],
                        "rows": [{"scope": "layer", "layer": "fc1", "ranking": "mutual_information", "order": "low",

@@ -381,9 +381,9 @@ def _settle(folder, name: str, *, finish: os.stat_result | None = None) -> str:
                 return "not the staging folder this command made"
             if _sealed(_MARK, sfd, "mark", sst, fst) is None:
                 entries = os.listdir(sfd)   # killed before its mark, nothing staged yet: nothing to lose
-                if _alive(name):
-                    return "running"        # being made by a live process (before its lock or mark)
                 if entries == [] or (entries == [_LOCK] and stat.S_ISREG(os.lstat(_LOCK, dir_fd=sfd).st_mode)):
+                    if _alive(name):
+                        return "running"    # being made by a live process (before its lock or mark)
                     lock = _try_lock(sfd) if entries else None
                     if entries and lock is None:
                         return "running"
@@ -690,10 +690,29 @@ def uninterruptible(fn):
     return fn
 
 
+_HELD = [0]
+
+
+@contextlib.contextmanager
+def interruptions_held():
+    """Inside the block, :func:`interruptible` says no: signal handlers deliver SIGINT and
+    SIGTERM once it has ended. Blocking the signals in the main thread alone does not do
+    this: the kernel then hands them to another thread (onnxruntime's, BLAS's), and Python
+    runs its handler in the main thread at once all the same."""
+    _HELD[0] += 1
+    try:
+        yield
+    finally:
+        _HELD[0] -= 1
+
+
 def interruptible(frame) -> bool:
     """Whether raising KeyboardInterrupt in ``frame`` (a signal handler's frame) is safe: not
-    in an :func:`uninterruptible` function nor in a finalizer (``__del__``, a weakref
-    callback), where Python prints the exception as "ignored" and loses it."""
+    inside :func:`interruptions_held`, nor in an :func:`uninterruptible` function, nor in a
+    finalizer (``__del__``, a weakref callback), where Python prints the exception as
+    "ignored" and loses it."""
+    if _HELD[0]:
+        return False
     for _ in range(4):
         if frame is None:
             return True

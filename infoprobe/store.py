@@ -44,7 +44,7 @@ from . import hdf5
 from .data import class_labels
 from .errors import DataError, InfoprobeError, OutputExistsError, StoreError, one_line
 from .limits import require_memory, rows_within
-from .results import create_or_open, fsync_dir, uninterruptible
+from .results import create_or_open, fsync_dir, interruptions_held, uninterruptible
 
 FORMAT = "infoprobe-activations"
 SCHEMA_VERSION = 1
@@ -167,15 +167,19 @@ class _GuardedFile(io.RawIOBase):
 
 def _signals_held():
     """Hold SIGINT and SIGTERM while HDF5 writes a block, so that an interruption lands between
-    blocks (the file stays consistent); a no-op outside the main thread or off POSIX."""
+    blocks (the file stays consistent): the signals are blocked in the main thread, and
+    infoprobe's handlers, which may still run when another thread receives one, deliver it
+    when the block is done (:func:`infoprobe.results.interruptions_held`). Only the blocking
+    is left out outside the main thread or off POSIX."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return contextlib.nullcontext()
+        return interruptions_held()
 
     @contextlib.contextmanager
     def held():
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            yield
+            with interruptions_held():
+                yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

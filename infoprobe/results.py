@@ -425,18 +425,21 @@ def _settle(folder, name: str, *, finish: os.stat_result | None = None) -> str:
         os.close(ffd)
 
 
-def _alive(name: str) -> bool:
-    """Whether the process whose id a staging folder's name holds is running."""
-    pid = name[len(_STAGING):].split("-", 1)[0]
-    if not pid.isdigit() or int(pid) <= 0:
-        return False
+def process_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists (one of another user counts)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
         return True                 # another user's process
     return True
+
+
+def _alive(name: str) -> bool:
+    """Whether the process whose id a staging folder's name holds is running."""
+    pid = name[len(_STAGING):].split("-", 1)[0]
+    return pid.isdigit() and int(pid) > 0 and process_alive(int(pid))
 
 
 def private_folder(folder) -> None:

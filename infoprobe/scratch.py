@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import InfoprobeError
 from .limits import human
+from .results import process_alive
 
 #: Name prefix of scratch folders; the full name is ``<PREFIX><pid>-<8 random characters>``.
 PREFIX = "infoprobe-scratch-"
@@ -95,17 +96,6 @@ def _deferred_signals():
             signal.raise_signal(sig)
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this id exists (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_own_dir(st: os.stat_result) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
@@ -151,7 +141,7 @@ def remove_stale(root: str | os.PathLike | None = None) -> list:
 def _remove_if_stale(root_fd: int, name: str) -> bool:
     pid = int(PATTERN.fullmatch(name)[1])
     try:
-        if not _is_own_dir(os.lstat(name, dir_fd=root_fd)) or pid == os.getpid() or _alive(pid):
+        if not _is_own_dir(os.lstat(name, dir_fd=root_fd)) or pid == os.getpid() or process_alive(pid):
             return False
         dir_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
     except OSError:

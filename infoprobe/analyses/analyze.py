@@ -47,6 +47,11 @@ MAX_FIT_SAMPLES = 5000
 INSTRUMENTED = 1.2
 
 
+def _settings_text(settings: dict) -> str:
+    """``k=v, ...`` of an analysis' settings, tuples as ``a/b``."""
+    return ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in settings.items())
+
+
 @dataclass
 class Step:
     """One analysis of the plan: its share (seconds), settings, estimate and what was cut."""
@@ -62,7 +67,7 @@ class Step:
     def line(self) -> str:
         if self.skipped:
             return f"  {self.name:<11} skipped: {self.skipped}"
-        sets = ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in self.settings.items())
+        sets = _settings_text(self.settings)
         return (f"  {self.name:<11} {self.seconds:6.0f} s share, about {self.estimate:5.0f} s"
                 + (f"  ({sets})" if sets else "") + (f"; cut: {self.cut}" if self.cut else ""))
 
@@ -474,8 +479,7 @@ def _analyze(model, data: Dataset, out: Path, *, fit_data, budget, pinned, scale
         s.took = time.perf_counter() - t
         echo(f"  {s.name}: {s.took:.1f} s")
     plan = [{"analysis": s.name, "share_s": s.seconds,
-             "settings": ", ".join(f"{k}={'/'.join(v) if isinstance(v, tuple) else v}" for k, v in s.settings.items()
-                                   if k != "exhaustive_sizes"),
+             "settings": _settings_text({k: v for k, v in s.settings.items() if k != "exhaustive_sizes"}),
              "estimate_s": s.estimate, "seconds": s.took, "cut": s.cut, "skipped": s.skipped} for s in steps]
     meta = provenance({"model": (lm.path, lm.sha256), "data": (data.path, data.sha256)},
                       {"budget_min": None if pinned is not None else budget, "n_samples": len(data.x),

@@ -693,29 +693,41 @@ def uninterruptible(fn):
     return fn
 
 
-_HELD = [0]
-
-
 @contextlib.contextmanager
-def interruptions_held():
-    """Inside the block, :func:`interruptible` says no: signal handlers deliver SIGINT and
-    SIGTERM once it has ended. Blocking the signals in the main thread alone does not do
-    this: the kernel then hands them to another thread (onnxruntime's, BLAS's), and Python
-    runs its handler in the main thread at once all the same."""
-    _HELD[0] += 1
+def signals_deferred():
+    """SIGINT and SIGTERM deferred to the end of the block (in the main thread; a no-op
+    elsewhere): for work an interruption must not cut in two (an HDF5 block, a scratch folder
+    being made or removed).
+
+    Their handlers are replaced by one that only records the signal, then restored, and a
+    recorded signal is raised again then (the CLI's handler raises ``KeyboardInterrupt`` or
+    its SIGTERM exception; the default action ends the process). A signal mask would not do:
+    a signal sent to the process may be taken by another thread (BLAS, onnxruntime), whose
+    mask it ignores, and Python runs the handler in the main thread all the same.
+    """
+    import signal
+    import threading
+
+    got, old = [], {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
+            except (ValueError, OSError, TypeError):
+                pass
     try:
         yield
     finally:
-        _HELD[0] -= 1
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(got):
+            signal.raise_signal(sig)
 
 
 def interruptible(frame) -> bool:
     """Whether raising KeyboardInterrupt in ``frame`` (a signal handler's frame) is safe: not
-    inside :func:`interruptions_held`, nor in an :func:`uninterruptible` function, nor in a
-    finalizer (``__del__``, a weakref callback), where Python prints the exception as
-    "ignored" and loses it."""
-    if _HELD[0]:
-        return False
+    in an :func:`uninterruptible` function nor in a finalizer (``__del__``, a weakref
+    callback), where Python prints the exception as "ignored" and loses it."""
     for _ in range(4):
         if frame is None:
             return True

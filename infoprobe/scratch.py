@@ -32,17 +32,15 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InfoprobeError
 from .limits import human
-from .results import process_alive
+from .results import process_alive, signals_deferred
 
 #: Name prefix of scratch folders; the full name is ``<PREFIX><pid>-<8 random characters>``.
 PREFIX = "infoprobe-scratch-"
@@ -67,33 +65,6 @@ class ScratchError(InfoprobeError):
     def __init__(self, message: str, *, errno: int | None = None, filename: str | None = None):
         super().__init__(message)
         self.errno, self.filename = errno, filename
-
-
-@contextlib.contextmanager
-def _deferred_signals():
-    """SIGINT and SIGTERM deferred to the end of the block (in the main thread; a no-op
-    elsewhere), so that a scratch folder is never left half created or half removed.
-
-    Their handlers are replaced by one that only records the signal, then restored, and a
-    recorded signal is raised again then (the CLI's handler raises ``KeyboardInterrupt`` or
-    its SIGTERM exception; the default action ends the process). A signal mask would not do:
-    a signal sent to the process may be taken by another thread (BLAS, onnxruntime), whose
-    mask it ignores, and Python runs the handler in the main thread all the same.
-    """
-    got, old = [], {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
-            except (ValueError, OSError, TypeError):
-                pass
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        for sig in dict.fromkeys(got):
-            signal.raise_signal(sig)
 
 
 def _is_own_dir(st: os.stat_result) -> bool:
@@ -196,7 +167,7 @@ def scratch_folder():
     remove_stale(root)
     path = lock_fd = None
     try:
-        with _deferred_signals():
+        with signals_deferred():
             try:
                 path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
                 lock_fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -207,7 +178,7 @@ def scratch_folder():
                                    "folder", errno=exc.errno, filename=exc.filename) from exc
         yield path
     finally:   # a signal deferred during the creation, raised at its end, lands here too
-        with _deferred_signals():
+        with signals_deferred():
             try:
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True)

@@ -25,15 +25,12 @@ rows recorded in the partial file's ``rows_written`` attribute.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import io
 import json
 import os
-import signal
 import stat
-import threading
 import zlib
 from pathlib import Path
 
@@ -44,7 +41,7 @@ from . import hdf5
 from .data import class_labels
 from .errors import DataError, InfoprobeError, OutputExistsError, StoreError, one_line
 from .limits import require_memory, rows_within
-from .results import create_or_open, fsync_dir, interruptions_held, uninterruptible
+from .results import create_or_open, fsync_dir, signals_deferred, uninterruptible
 
 FORMAT = "infoprobe-activations"
 SCHEMA_VERSION = 1
@@ -165,27 +162,6 @@ class _GuardedFile(io.RawIOBase):
                 self.failed = self.failed or exc
 
 
-def _signals_held():
-    """Hold SIGINT and SIGTERM while HDF5 writes a block, so that an interruption lands between
-    blocks (the file stays consistent): the signals are blocked in the main thread, and
-    infoprobe's handlers, which may still run when another thread receives one, deliver it
-    when the block is done (:func:`infoprobe.results.interruptions_held`). Only the blocking
-    is left out outside the main thread or off POSIX."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return interruptions_held()
-
-    @contextlib.contextmanager
-    def held():
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            with interruptions_held():
-                yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-    return held()
-
-
 def _crc(arr: np.ndarray, dtype, crc: int = 0) -> int:
     """CRC-32 of rows as the store holds them (its dataset's element type)."""
     return zlib.crc32(memoryview(np.ascontiguousarray(arr, dtype)).cast("B"), crc)   # no copy
@@ -196,8 +172,8 @@ class StoreWriter:
 
     The store is built in ``<path>.partial`` and renamed to ``<path>`` only when complete and
     flushed to disk. One writer at a time holds ``<path>.lock`` (an advisory ``flock``). Each
-    block is written with SIGINT/SIGTERM held, then flushed, then ``rows_written`` and a
-    CRC-32 of every dataset's rows so far are recorded. A resumed writer first re-reads the
+    block is written with SIGINT/SIGTERM deferred (:func:`~infoprobe.results.signals_deferred`),
+    then flushed, then ``rows_written`` and a CRC-32 of every dataset's rows so far are recorded. A resumed writer first re-reads the
     rows recorded and checks them against those CRCs; a partial file that fails the check
     (for example one killed in the middle of a flush) is started again, so that a resumed
     store is bit for bit the store an uninterrupted capture writes. A write that fails (a
@@ -343,7 +319,7 @@ class StoreWriter:
         self._check_io()
 
     def _close_file(self) -> None:
-        with _signals_held():
+        with signals_deferred():
             self._close_file_now()
 
     def _close_file_now(self) -> None:
@@ -391,7 +367,7 @@ class StoreWriter:
                 raise StoreError("blocks of one write must have the same number of rows")
         digests = dict(self.digests)
         try:
-            with _signals_held():
+            with signals_deferred():
                 for key, arr in blocks.items():
                     self.file[key][start:start + n] = arr
                     digests[key] = _crc(arr, self.file[key].dtype, digests.get(key, 0))
@@ -410,7 +386,7 @@ class StoreWriter:
         if self.rows_written != self.n_rows:
             raise StoreError(f"only {self.rows_written} of {self.n_rows} rows were written")
         try:
-            with _signals_held():
+            with signals_deferred():
                 self.file.attrs["complete"] = True
                 self.file.flush()
                 self._io.raw.flush()

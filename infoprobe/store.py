@@ -173,11 +173,12 @@ class StoreWriter:
     The store is built in ``<path>.partial`` and renamed to ``<path>`` only when complete and
     flushed to disk. One writer at a time holds ``<path>.lock`` (an advisory ``flock``). Each
     block is written with SIGINT/SIGTERM deferred (:func:`~infoprobe.results.signals_deferred`),
-    then flushed, then ``rows_written`` and a CRC-32 of every dataset's rows so far are recorded. A resumed writer first re-reads the
-    rows recorded and checks them against those CRCs; a partial file that fails the check
-    (for example one killed in the middle of a flush) is started again, so that a resumed
-    store is bit for bit the store an uninterrupted capture writes. A write that fails (a
-    full disk) deletes the partial file: HDF5 cannot vouch for it after a failed write.
+    then flushed, then ``rows_written`` and a CRC-32 of every dataset's rows so far are
+    recorded. A resumed writer first re-reads the rows recorded and checks them against those
+    CRCs; a partial file that fails the check (for example one killed in the middle of a flush)
+    is started again, so that a resumed store is bit for bit the store an uninterrupted capture
+    writes. A write that fails (a full disk) deletes the partial file: HDF5 cannot vouch for it
+    after a failed write.
 
     Parameters
     ----------

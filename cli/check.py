@@ -64,6 +64,10 @@ def _threshold_options(f):
 @click.option("--changed-samples", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a CSV of the samples whose predicted label changed (row, index, true, reference, "
                    "candidate).")
+@click.option("--output", "output", default=None, metavar="NAME",
+              help="The output that holds the class scores (logits or probabilities [N, classes]). Default: the "
+                   "float output named like class scores, else the first float output; an integer label output "
+                   "(skl2onnx's 'label') is never taken. E.g. --output probabilities.")
 @click.option("--batch-size", default=1024, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of the summary.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -74,7 +78,7 @@ def _threshold_options(f):
 @max_size_option
 @progress_option
 def check(reference, candidate, data_path, split, scale, x_key, y_key, limit, config, confidence, power,
-          divergence_samples, tolerance, changed_samples, batch_size, as_json, junit, markdown, overwrite,
+          divergence_samples, tolerance, changed_samples, output, batch_size, as_json, junit, markdown, overwrite,
           max_model_size, progress, **thresholds):
     """CI gate: compare a compressed CANDIDATE with its REFERENCE on labelled data.
 
@@ -107,7 +111,7 @@ def check(reference, candidate, data_path, split, scale, x_key, y_key, limit, co
                thresholds={k: (None if v == "off" else v) for k, v in thresholds.items() if v is not None},
                junit=junit, markdown=markdown, changed_samples=changed_samples, overwrite=overwrite, scale=scale,
                batch_size=batch_size, max_bytes=size(max_model_size), progress=progress, confidence=confidence,
-               power=power, divergence_samples=divergence_samples, tolerance=tolerance)
+               power=power, divergence_samples=divergence_samples, tolerance=tolerance, output=output)
     if as_json:
         echo_json(res.to_dict())
     else:

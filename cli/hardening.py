@@ -145,7 +145,10 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
                          help="Only the sites whose names match one of these comma-separated glob patterns "
                               "(e.g. 'block*_add,fc'); `infoprobe inspect` lists the sites."),
             click.Option(["--output", "class_output"], default=None, metavar="NAME",
-                         help="The model output that holds the class logits (default: the first output).")]
+                         help="The model output that holds the class scores, logits or probabilities [N, classes] (default: "
+                              "the float output named like class scores, else the first float output; never an "
+                              "integer label tensor such as skl2onnx's 'label'; `inspect` says which). "
+                              "E.g. --output probabilities.")]
     if runtime:
         cmd.params.append(click.Option(
             ["--provider"], type=click.Choice(sorted(PROVIDER_NAMES)), default="cpu", show_default=True,
@@ -204,7 +207,8 @@ def harden(cmd: click.Command, *, stage: bool = True, sites: bool = True, runtim
         status = None
         store = kwargs.pop("max_store_size", None)
         with budgets(memory=size(max_memory) if max_memory else None, store=size(store) if store else None), \
-                discovery(extra_sites, csv_list(select_sites), output=class_output), execution(provider), \
+                discovery(extra_sites, csv_list(select_sites), output=class_output,
+                          say=lambda line: click.echo(line, err=True)), execution(provider), \
                 engine(scheduler or ("local" if workers > 1 else None), workers=workers,
                        security=scheduler_security), \
                 image_options(image_size, mean, std):

@@ -220,8 +220,6 @@ class Evaluator:
         Prepared model inputs (:func:`infoprobe.data.model_inputs`).
     labels : int [N], optional
         True labels, for accuracies.
-    n_classes : int, optional
-        Classes counted (default: ``labels.max() + 1``).
     batch_size : int
         Largest chunk of samples per onnxruntime call; lowered so that a call's values fit a
         quarter of the memory budget (:func:`infoprobe.limits.max_memory`).
@@ -238,6 +236,9 @@ class Evaluator:
 
     Attributes
     ----------
+    classes : int64 [C]
+        The classes counted: the labels present, sorted (column c of per-class counts and
+        accuracies is class ``classes[c]``; never sized by the largest label).
     intact : int64 [N]
         Labels the intact model predicts (all -1 when outputs are compared).
     agreement : float or None
@@ -253,20 +254,21 @@ class Evaluator:
         A model onnxruntime cannot run, inputs that do not fit it, or one sample over the budget.
     """
 
-    def __init__(self, lm: LoadedModel, x: np.ndarray, *, labels=None, n_classes: int | None = None,
-                 batch_size: int = 4096, stack_rows: int = STACK_ROWS, providers=None, threads: int | None = None,
+    def __init__(self, lm: LoadedModel, x: np.ndarray, *, labels=None, batch_size: int = 4096, stack_rows: int = STACK_ROWS, providers=None, threads: int | None = None,
                  agreement=None):
         self.lm, self.x = lm, x
         if agreement not in (None, "auto") and not (isinstance(agreement, (int, float)) and agreement >= 0):
             raise ConfigError(f"agreement must be a tolerance >= 0, 'auto' or None, not {agreement!r}")
         self.y = None if labels is None else np.asarray(labels, np.int64)
         if self.y is not None:
-            self.n_classes = int(n_classes if n_classes is not None else self.y.max() + 1)
-            self.class_totals = np.bincount(self.y, minlength=self.n_classes)
+            self.classes, self._codes = np.unique(self.y, return_inverse=True)
+            self.n_classes = len(self.classes)
+            self.class_totals = np.bincount(self._codes, minlength=self.n_classes)
         else:
+            self.classes, self._codes = np.zeros(0, np.int64), None
             self.n_classes, self.class_totals = 0, None
         self.stack_rows = stack_rows
-        self._kw = {"labels": labels is not None, "n_classes": n_classes, "batch_size": batch_size,
+        self._kw = {"labels": labels is not None, "batch_size": batch_size,
                     "stack_rows": stack_rows, "agreement": agreement}
         self._source = None
         self.providers = providers
@@ -288,6 +290,8 @@ class Evaluator:
             if self.agreement == "auto":
                 self.agreement = None if lm.is_class_logits(out) else AGREEMENT
             if self.agreement is None:
+                if a == 0 and self.y is not None:
+                    lm.check_labels(self.y, out)
                 self.intact[a:b] = lm.predicted_labels(out)
             else:
                 self._keep_output(a, b, out)
@@ -298,7 +302,7 @@ class Evaluator:
             return
         correct = None
         if self.y is not None:
-            correct = np.bincount(self.y[self.intact == self.y], minlength=self.n_classes)[None]
+            correct = np.bincount(self._codes[self.intact == self.y], minlength=self.n_classes)[None]
         self.base = Outcome(n, np.array([n]), correct, self.class_totals)
 
     def _keep_output(self, a: int, b: int, out: np.ndarray) -> None:
@@ -485,7 +489,7 @@ class Evaluator:
                         unchanged[i] += np.count_nonzero(same[j])
                         if correct is not None:
                             ok = labels[j] == y[a:b]
-                            correct[i] += np.bincount(y[a:b][ok], minlength=self.n_classes)
+                            correct[i] += np.bincount(self._codes[a:b][ok], minlength=self.n_classes)
                     if advance and c == len(chunks) - 1:
                         advance(len(part))
         self.runs += k

@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 import warnings
@@ -177,6 +178,7 @@ class LoadedModel:
     notes: list = field(default_factory=list)
     inputs: tuple = ()
     recipe: dict | None = field(default=None, repr=False, compare=False)
+    output_choice: dict = field(default_factory=dict)
 
     def __reduce_ex__(self, protocol):
         """Pickled (for a Dask worker: :mod:`infoprobe.parallel`) as the :func:`load_model` call
@@ -215,6 +217,7 @@ class LoadedModel:
         return {"model": str(name if name is not None else self.path), "sha256": self.sha256,
                 "input": self.input_name, "input_shape": list(self.input_shape),
                 "inputs": [dict(i, shape=list(i["shape"])) for i in self.inputs], "output": self.output_name,
+                "output_choice": self.output_choice,
                 "layers": [lay.to_dict() for lay in self.layers], "unsupported": self.unsupported,
                 "skipped": self.skipped, "notes": self.notes}
 
@@ -228,7 +231,7 @@ class LoadedModel:
         ins = ", ".join(f"{i['name']} {list(i['shape'])}" + ("" if i["dtype"] == "float32" else f" {i['dtype']}")
                         for i in self.inputs)
         lines = [f"{name if name is not None else self.path}  input {ins}  output {self.output_name}",
-                 *self.notes, head, "-" * len(head)]
+                 self.output_line, *self.notes, head, "-" * len(head)]
         for lay in self.layers:
             shape = "x".join(f"[{d}]" if i == lay.unit_axis else str(d) for i, d in enumerate(lay.shape))
             lines.append(f"{lay.name:<{width}} {lay.kind:<5} {lay.found_by:<9} {lay.op:<24} {shape:<14} "
@@ -244,26 +247,60 @@ class LoadedModel:
         """Threshold of a single-output classifier (:func:`output_threshold`)."""
         return output_threshold(self.ir_model, self.output_name)
 
+    @property
+    def output_line(self) -> str:
+        """One line that says which output is taken as the class scores and why
+        (:func:`class_output`), and what is wrong with it if anything."""
+        c = self.output_choice or {"description": repr(self.output_name), "reason": "", "others": []}
+        line = f"class scores: output {c['description']}" + (f" ({c['reason']})" if c.get("reason") else "")
+        if c.get("others"):
+            line += "; other outputs: " + ", ".join(c["others"]) + " (--output NAME to choose)"
+        if c.get("problem"):
+            line += f"; not class scores: {c['problem']}"
+        return line
+
+    @functools.cached_property
+    def class_labels(self) -> np.ndarray | None:
+        """The class label of each column of the scores, int64 [C], where the model's metadata
+        records them (``infoprobe.class_labels``: a scikit-learn ``ZipMap``); None: column c is
+        class c."""
+        return class_labels(self.source.proto, self.path) if self.source is not None else None
+
     def is_class_logits(self, out: np.ndarray) -> bool:
-        """Whether outputs [N, ...] are class logits: at most one per-sample axis longer than 1
-        (``[N, classes]``, ``[N, 1]``, ``[N]``), the form :meth:`predicted_labels` accepts."""
-        return len([d for d in np.shape(out)[1:] if d != 1]) <= 1
+        """Whether outputs [N, ...] are class logits: the chosen output is not known to be
+        something else (:func:`class_output`'s ``problem``) and has at most one per-sample axis
+        longer than 1 (``[N, classes]``, ``[N, 1]``, ``[N]``), the form :meth:`predicted_labels`
+        accepts."""
+        return not (self.output_choice or {}).get("problem") and len([d for d in np.shape(out)[1:] if d != 1]) <= 1
 
     def predicted_labels(self, out: np.ndarray) -> np.ndarray:
-        """Labels from this model's outputs [N, ...] by :func:`predicted_labels`.
+        """Labels from this model's outputs [N, ...] by :func:`predicted_labels` (column c is
+        class :attr:`class_labels` [c] where they are recorded).
 
         Raises
         ------
         ModelError
             The output is not class logits: more than one per-sample axis longer than 1 (a
-            detector's [N, 84, 8400], a segmenter's maps, token embeddings).
+            detector's [N, 84, 8400], a segmenter's maps, token embeddings), or an output
+            :func:`class_output` knows to be something else (an integer label tensor, an
+            L2-normalised embedding).
         """
-        if not self.is_class_logits(out):
-            raise ModelError(f"the output {self.output_name!r} of {self.path.name} has per-sample shape "
-                             f"{list(np.shape(out)[1:])}, not class logits [N, classes]; this analysis counts "
-                             "predicted labels (frivolous compares such outputs within --agreement; capture, "
-                             "importance, synergy and redundancy work on any output)")
-        return predicted_labels(out, self.label_threshold)
+        problem = (self.output_choice or {}).get("problem")
+        if problem or not self.is_class_logits(out):
+            what = problem or (f"the output {self.output_name!r} of {self.path.name} has per-sample shape "
+                               f"{list(np.shape(out)[1:])}, not class logits [N, classes]")
+            raise ModelError(f"{what}; this analysis counts predicted labels (name the class scores with "
+                             "--output; frivolous compares other outputs within --agreement; capture, importance, "
+                             "synergy and redundancy work on any output)")
+        labels = predicted_labels(out, self.label_threshold)
+        cl = self.class_labels
+        if cl is not None and len(cl) == np.prod(np.shape(out)[1:], dtype=np.int64):
+            labels = cl[labels]
+        return labels
+
+    def check_labels(self, labels: np.ndarray, out: np.ndarray) -> None:
+        """:func:`check_labels` for this model's output."""
+        check_labels(labels, out, self.class_labels, output=self.output_name, path=self.path.name)
 
     @property
     def file_bytes(self) -> int:
@@ -331,6 +368,51 @@ def output_threshold(model: ir.Model, name: str | None = None) -> float:
     return 0.5 if node is not None and node.op_type == "Sigmoid" else 0.0
 
 
+def class_labels(proto: onnx.ModelProto, path="the model") -> np.ndarray | None:
+    """The class label of each column of a classifier's scores, int64 [C], from the metadata
+    ``infoprobe.class_labels`` (written on loading a scikit-learn ``ZipMap``:
+    :func:`load_onnx`); None when absent (column c is class c).
+
+    Raises
+    ------
+    ModelError
+        The metadata is not a list of integers.
+    """
+    raw = next((p.value for p in proto.metadata_props if p.key == CLASS_LABELS_KEY), None)
+    if raw is None:
+        return None
+    try:
+        return np.asarray(json.loads(raw), np.int64).ravel()
+    except (ValueError, TypeError, OverflowError):
+        raise ModelError(f"{path}: metadata {CLASS_LABELS_KEY} is not a list of integers") from None
+
+
+def check_labels(labels: np.ndarray, out: np.ndarray, class_labels: np.ndarray | None = None, *,
+                 output: str = "", path: str = "the model") -> None:
+    """Refuse true labels [N] that scores [N, ...] cannot predict: a label outside the classes
+    of the output (0 .. C - 1, ``class_labels`` (:func:`class_labels`) where given, or {0, 1}
+    for one score), which would be counted wrong on every sample, silently.
+
+    Raises
+    ------
+    ModelError
+        Naming the labels out of range and the output's classes.
+    """
+    k = int(np.prod(np.shape(out)[1:], dtype=np.int64))
+    if class_labels is not None and len(class_labels) == k:
+        allowed, said = class_labels, "labels " + ", ".join(map(str, class_labels[:5].tolist())) + \
+            (" …" if len(class_labels) > 5 else "")
+    else:
+        allowed, said = np.arange(max(k, 2)), f"0-{max(k, 2) - 1}"
+    present = np.unique(np.asarray(labels))
+    bad = present[~np.isin(present, allowed)]
+    if len(bad):
+        raise ModelError(f"the data's labels include {', '.join(map(str, bad[:5].tolist()))}"
+                         f"{' …' if len(bad) > 5 else ''}, which output {output!r} of {path} cannot predict: it "
+                         f"scores {k} class{'es' if k != 1 else ''} ({said}); another output holds the class scores "
+                         "(--output NAME), or the labels belong to other data")
+
+
 def predicted_labels(out: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     """The one rule by which every command turns a classifier's outputs into labels.
 
@@ -353,6 +435,9 @@ def predicted_labels(out: np.ndarray, threshold: float = 0.0) -> np.ndarray:
 
 #: Metadata key under which the adapters record {framework module name: unit-layer name}.
 MODULE_MAP_KEY = "infoprobe.module_map"
+#: Metadata key of the class labels of a classifier's scores, a JSON list (column c of the
+#: scores is class ``labels[c]``), where they are not 0 .. C - 1 (scikit-learn's ``ZipMap``).
+CLASS_LABELS_KEY = "infoprobe.class_labels"
 
 
 def module_map(model) -> dict:
@@ -834,7 +919,7 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
         if st.st_size > max_bytes:
             raise UnsafeModelError(f"model file {path} is {st.st_size / 2**20:.1f} MiB, over the limit of "
                                    f"{max_bytes / 2**20:.1f} MiB; raise it with max_bytes= (--max-model-size)")
-        raw = f.read(max_bytes + 1)
+        raw = _read_bounded(f, min(st.st_size, max_bytes) + 1)
     if len(raw) > max_bytes:
         raise UnsafeModelError(f"model file {path} grew over the limit of {max_bytes / 2**20:.1f} MiB while "
                                "it was read")
@@ -854,10 +939,11 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
     _check_text(proto, str(path))
     folder = Path(os.path.abspath(path)).parent
     total = _inline_external_data(proto, folder, st.st_size, max_bytes, path)
-    notes = ()
+    notes = _tensor_outputs(proto, path)
+    _name_nodes(proto.graph)
     if opset < MIN_OPSET:
         proto = _convert_opset(proto, opset, path)
-        notes = (f"converted from opset {opset} to {MIN_OPSET} with onnx.version_converter",)
+        notes += (f"converted from opset {opset} to {MIN_OPSET} with onnx.version_converter",)
         warnings.warn(f"{path} uses opset {opset}; infoprobe converted it to opset {MIN_OPSET} "
                       "(onnx.version_converter) and analyses the converted graph")
     if check:
@@ -866,6 +952,81 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
         except Exception as exc:
             raise ModelError(f"{path} fails onnx.checker: {one_line(exc)}") from None
     return OnnxFile(path=path, proto=proto, sha256=sha, bytes=int(total), notes=notes)
+
+
+def _read_bounded(f, limit: int, chunk: int = 1 << 24) -> bytes:
+    """At most ``limit`` bytes of the open file ``f``, read in chunks into one buffer of the
+    size found (a buffered ``read(limit)`` would reserve ``limit`` bytes at once: 2 GiB for
+    the default ``--max-model-size`` whatever the file's size)."""
+    buf = bytearray()
+    while len(buf) < limit:
+        part = f.read(min(chunk, limit - len(buf)))
+        if not part:
+            break
+        buf += part
+    return buf
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Give every unnamed node of the main graph a name, in place: ``<op>_<position>``
+    (``_<k>`` added where taken), the same on every load, so that site names, stores and plans
+    of a model whose exporter named no node agree between runs."""
+    used = {n.name for n in graph.node if n.name}
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            name, k = f"{node.op_type}_{i}", 1
+            while name in used:
+                name, k = f"{node.op_type}_{i}_{k}", k + 1
+            node.name = name
+            used.add(name)
+
+
+def _tensor_outputs(proto: onnx.ModelProto, path) -> tuple:
+    """Make every graph output a tensor, in place; returns the notes that say what was done.
+
+    A ``ZipMap`` output (scikit-learn classifiers converted by ``skl2onnx``: a sequence of
+    maps {class: probability}) is replaced by the float tensor ``[N, classes]`` it is built
+    from, under that tensor's name; its class labels are recorded in the model's metadata
+    (``infoprobe.class_labels``) when they are not 0 .. classes - 1. Other outputs that are not
+    tensors (sequences, maps, optionals) are left out of the graph; nothing infoprobe reads
+    needs them.
+
+    Raises
+    ------
+    ModelError
+        No output is left that is a tensor.
+    """
+    graph, notes = proto.graph, []
+    producer = {o: n for n in graph.node for o in n.output}
+    keep = []
+    for out in graph.output:
+        if out.type.HasField("tensor_type"):
+            keep.append(out)
+            continue
+        kind = out.type.WhichOneof("value") or "unknown"
+        node = producer.get(out.name)
+        if node is not None and node.op_type == "ZipMap" and node.input:
+            src = node.input[0]
+            n_classes = next((len(a.ints) or len(a.strings) for a in node.attribute
+                              if a.name in ("classlabels_int64s", "classlabels_strings")), None)
+            info = onnx.helper.make_tensor_value_info(src, onnx.TensorProto.FLOAT, [None, n_classes])
+            for a in node.attribute:
+                if a.name == "classlabels_int64s" and list(a.ints) != list(range(len(a.ints))):
+                    entry = proto.metadata_props.add()
+                    entry.key, entry.value = CLASS_LABELS_KEY, json.dumps([int(v) for v in a.ints])
+            graph.node.remove(node)
+            if all(o.name != src for o in keep) and all(o.name != src for o in graph.output):
+                keep.append(info)
+            notes.append(f"output {out.name!r} (ZipMap: a sequence of maps) is read as the tensor {src!r} it is "
+                         "built from")
+        else:
+            notes.append(f"output {out.name!r} is a {kind.replace('_type', '')}, not a tensor: left out")
+    if not keep:
+        raise ModelError(f"{path} has no output that is a tensor")
+    if len(keep) != len(graph.output) or any(a is not b for a, b in zip(keep, graph.output)):
+        del graph.output[:]
+        graph.output.extend(keep)
+    return tuple(notes)
 
 
 def _convert_opset(proto: onnx.ModelProto, opset: int, path) -> onnx.ModelProto:
@@ -944,6 +1105,10 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         lm = _discover(model, f, max_bytes, sites=sites, select=select, output=output)
         lm.recipe = {"path": str(Path(path).resolve()), "max_bytes": max_bytes, "check": check, "sites": tuple(sites),
                      "select": select, "input_shapes": dict(input_shapes), "output": output}
+        if ctx.get("say") is not None and lm.output_choice["others"] and not lm.output_choice["problem"] \
+                and lm.sha256 not in ctx["said"]:
+            ctx["said"].add(lm.sha256)
+            ctx["say"](f"{lm.path.name}: {lm.output_line}")
         return lm
     except ModelError:
         raise
@@ -1538,14 +1703,18 @@ _DISCOVERY = contextvars.ContextVar("infoprobe_discovery", default=None)
 
 
 @contextlib.contextmanager
-def discovery(sites=(), select=None, input_shapes=None, output=None):
+def discovery(sites=(), select=None, input_shapes=None, output=None, say=None):
     """Within the block, :func:`load_model` also takes the values ``sites`` as unit sites,
     keeps only the sites matching ``select`` (the CLI's ``--site`` and ``--sites``), takes the
     graph output ``output`` as the class logits (``--output``) and reads
     symbolic input dimensions from ``input_shapes`` (see :func:`load_model`; updated by
-    :func:`hint_input_shapes`); the arguments of a :func:`load_model` call win over these."""
+    :func:`hint_input_shapes`); the arguments of a :func:`load_model` call win over these.
+    ``say`` (a callable taking one line) is told, once per model file, which output is taken
+    as the class scores where that was a choice among several (:attr:`LoadedModel.output_line`;
+    an output that is not class scores is refused, with its reason, by the analyses that need
+    them)."""
     token = _DISCOVERY.set({"sites": tuple(sites or ()), "select": list(select) if select else None,
-                            "input_shapes": dict(input_shapes or {}), "output": output})
+                            "input_shapes": dict(input_shapes or {}), "output": output, "say": say, "said": set()})
     try:
         yield
     finally:
@@ -1663,8 +1832,6 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
                                               "this site; its site is the pre-activation"})
         for m in members:
             claimed.add(id(m))
-            if not m.name:
-                m.name = f"infoprobe_{m.op_type}_{id(m)}"
         site = dict(name=_sanitize(name or node.name or label, used_names), kind=_site_kind(dims, unit_axis),
                     op=op, units=int(units), activation=activation, fan_in=int(fan_in),
                     shape=tuple(int(d) for d in dims), pre=pre, post=post, input=inputs[0], inputs=inputs,
@@ -1825,20 +1992,114 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
         described.append({"name": v.name, "dtype": dtype.name,
                           "shape": tuple(d if isinstance(d, int) else None for d in (v.shape.dims if v.shape else ()))})
     in_shape = described[0]["shape"]
+    choice = class_output(model.graph, output, path)
     return LoadedModel(path=path, sha256=sha, ir_model=model, layers=layers, unsupported=unsupported,
                        input_name=inputs[0].name, input_shape=in_shape, inputs=tuple(described),
-                       output_name=_output_name(graph, output, path), max_bytes=max_bytes, source=source, skipped=skipped,
-                       notes=notes)
+                       output_name=choice["name"], output_choice=choice, max_bytes=max_bytes, source=source,
+                       skipped=skipped, notes=notes)
 
 
-def _output_name(graph, output, path) -> str:
-    """The classification output: ``output``, or the first graph output."""
-    names = [v.name for v in graph.outputs]
-    if output is None:
-        return names[0]
-    if output not in names:
-        raise ModelError(f"--output {output}: {path} has no output {output!r}; its outputs are {', '.join(names)}")
-    return output
+#: Output names that say "class scores" (:func:`class_output`), and "not class scores".
+_SCORE_NAME = re.compile(r"logit|prob|score|softmax|class", re.IGNORECASE)
+_EMBEDDING_NAME = re.compile(r"embed|hidden_state|pool|feature|encod|token", re.IGNORECASE)
+_FLOAT_TYPES = {"FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16"}
+
+
+def _describe_value(v) -> str:
+    dtype = v.type.dtype.name.lower() if v.type is not None and hasattr(v.type, "dtype") else "?"
+    dims = "?" if v.shape is None else "[" + ", ".join(str(d) if isinstance(d, int) else "N" if i == 0 else "?"
+                                                      for i, d in enumerate(v.shape.dims)) + "]"
+    return f"{v.name!r} {dtype} {dims}"
+
+
+def _normalised(value, steps: int = 6) -> str | None:
+    """Why ``value`` is an embedding rather than class scores, from the op that makes it: an
+    L2 normalisation (``LpNormalization``, or a ``Div`` by a norm computed with ``ReduceL2``
+    / ``ReduceSumSquare`` / ``Sqrt``, as ``torch.nn.functional.normalize`` exports) or a
+    ``LayerNormalization``; None when it is neither."""
+    node = value.producer()
+    while node is not None and node.op_type in _PASS_THROUGH and node.inputs and node.inputs[0] is not None:
+        node = node.inputs[0].producer()
+    if node is None:
+        return None
+    if node.op_type == "LpNormalization":
+        return "is L2-normalised (LpNormalization)"
+    if node.op_type == "LayerNormalization":
+        return "comes from a LayerNormalization"
+    if node.op_type == "Div" and len(node.inputs) == 2 and node.inputs[1] is not None:
+        stack, seen = [(node.inputs[1], 0)], set()
+        while stack:
+            v, d = stack.pop()
+            p = v.producer() if v is not None else None
+            if p is None or id(p) in seen or d > steps:
+                continue
+            seen.add(id(p))
+            if p.op_type in ("ReduceL2", "ReduceSumSquare", "Sqrt"):
+                return f"is divided by its norm ({p.op_type}): an L2-normalised embedding"
+            stack += [(i, d + 1) for i in p.inputs]
+    return None
+
+
+def class_output(graph: ir.Graph, output: str | None = None, path="the model") -> dict:
+    """The one rule by which every command picks the output that holds a classifier's scores.
+
+    ``output`` (``--output``) when given; else, of the graph outputs that are float tensors
+    (integer label tensors such as ``skl2onnx``'s ``label``, sequences and maps never hold
+    class scores), the first whose name says class scores (logit, prob, score, softmax,
+    class), else the first whose name does not say embedding (embed, hidden_state, pool,
+    feature, encod, token), else the first.
+
+    Parameters
+    ----------
+    graph : onnx_ir.Graph
+        With shapes inferred where possible.
+    output : str, optional
+        The output named by the user; trusted to hold class scores.
+
+    Returns
+    -------
+    dict
+        ``name``; ``reason`` (how it was chosen); ``problem``: None, or why the values are not
+        class scores (no float output; an embedding by its name or its normalisation), which
+        the analyses that count predicted labels refuse with; ``others``: the other outputs,
+        described.
+
+    Raises
+    ------
+    ModelError
+        ``output`` is not an output of the graph, or is not a float tensor.
+    """
+    outs = list(graph.outputs)
+    floats = [v for v in outs if v.type is not None and getattr(v.type, "dtype", None) is not None
+              and v.type.dtype.name in _FLOAT_TYPES]
+    described = ", ".join(_describe_value(v) for v in outs)
+    if output is not None:
+        chosen = next((v for v in outs if v.name == output), None)
+        if chosen is None:
+            raise ModelError(f"--output {output}: {path} has no output {output!r}; its outputs are {described}")
+        if chosen not in floats:
+            raise ModelError(f"--output {output}: {_describe_value(chosen)} of {path} is not a float tensor, so it "
+                             f"cannot hold class scores; its outputs are {described}")
+        reason, problem = "named by --output", None
+    elif not floats:
+        chosen, reason = outs[0], "the first output"
+        problem = f"{path} has no float output that could hold class scores (its outputs: {described})"
+    else:
+        named = [v for v in floats if _SCORE_NAME.search(v.name) and not _EMBEDDING_NAME.search(v.name)]
+        plain = [v for v in floats if not _EMBEDDING_NAME.search(v.name)]
+        chosen = (named or plain or floats)[0]
+        only = len(outs) == 1
+        reason = ("the only output" if only else "the float output named like class scores" if named
+                  else "the first float output" if plain else "the first float output (named like an embedding)")
+        problem = None
+        if not named and not plain:
+            problem = f"output {_describe_value(chosen)} is named like an embedding, not class scores"
+        else:
+            why = _normalised(chosen)
+            if why is not None:
+                problem = f"output {_describe_value(chosen)} {why}, not class scores"
+    return {"name": chosen.name, "description": _describe_value(chosen), "reason": reason, "problem": problem,
+            "others": [_describe_value(v) for v in outs if v is not chosen]}
 
 
 def _upstream(found: list) -> dict:

@@ -160,6 +160,8 @@ def plot_class_profiles(rows: list, random_rows: list, base: list, path, *, max_
     is the rightmost point (Hod et al., Fig. 6). One panel per sub-cluster; writes a PNG."""
     plt = _pyplot()
     rows = rows[:max_panels]
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith("class_") and k.endswith("_change")]
+    names = [k[len("class_"):-len("_change")] for k in keys]   # the labels present, in base's order
     n_classes = len(base)
     cols = min(6, len(rows)) or 1
     nrows = int(np.ceil(len(rows) / cols)) or 1
@@ -169,14 +171,14 @@ def plot_class_profiles(rows: list, random_rows: list, base: list, path, *, max_
     b = np.append(base, np.mean(base))
     for ax, r in zip(axes.ravel(), rows):
         for q in (q for q in random_rows if (q["layer"], q["cluster"]) == (r["layer"], r["cluster"])):
-            d = np.array([q[f"class_{c}_change"] for c in range(n_classes)])
+            d = np.array([q[k] for k in keys])
             ax.plot(xs, b + np.append(d, d.mean()), color="0.6", linewidth=0.6, alpha=0.7)
-        d = np.array([r[f"class_{c}_change"] for c in range(n_classes)])
+        d = np.array([r[k] for k in keys])
         ax.plot(xs, b, color="tab:green", linewidth=1.2)
         ax.plot(xs, b + np.append(d, d.mean()), color="tab:red", linewidth=1.4)
         ax.set_title(f"{r['layer']}/{r['cluster']} ({r['size']} units, {r['category']})", fontsize=7)
         ax.set_xticks(xs)
-        ax.set_xticklabels([str(c) for c in range(n_classes)] + ["all"], fontsize=5)
+        ax.set_xticklabels(names + ["all"], fontsize=5)
         ax.tick_params(axis="y", labelsize=6)
         ax.set_ylim(0, 1.02)
     for ax in axes.ravel()[len(rows):]:

@@ -381,15 +381,13 @@ def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
         imp = compute_importance(st, layers=imp_layers, js="js_subset_separation" in measures
                                  or any(m == "js_subset_separation" for m, _ in (hybrid or {}).values()),
                                  device=cfg.device, progress=progress)
-    st_labels = st.labels
-    n_classes = int(max(data.y.max(), st_labels.max() if st_labels is not None else 0)) + 1
     factor = resolve_scale(data.x, cfg.scale)
     x = model_inputs(lm, data.x, factor)
     y = data.y
     consts = {(n, v): replacement(lm, n, v, store=st) for n in set(names) | set(hybrid or {}) for v in values}
     rng = cfg.streams()["random_orders"]
     rows = []
-    engine = Evaluator(lm, x, labels=y, n_classes=n_classes, batch_size=cfg.batch_size, providers=providers,
+    engine = Evaluator(lm, x, labels=y, batch_size=cfg.batch_size, providers=providers,
                        threads=default_threads()).shareable(data, factor)
     base_acc = float(engine.base.accuracy[0])
 
@@ -399,9 +397,9 @@ def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
                "n_units": n_units, "n_ablated": int(k), "fraction": k / n_units,
                "accuracy": float(accs.mean()), "accuracy_std": float(accs.std()) if len(accs) > 1 else 0.0,
                "repeats": len(accs)}
-        for c in range(cls.shape[1]):
+        for c, label in enumerate(engine.classes):
             col = cls[:, c]
-            row[f"class_{c}_accuracy"] = float(col.mean()) if not np.isnan(col).any() else None
+            row[f"class_{label}_accuracy"] = float(col.mean()) if not np.isnan(col).any() else None
         rows.append(row)
 
     def sweep(scope, label, n_units, orders_by_ranking, ablate_for):
@@ -411,7 +409,7 @@ def _run(lm, st, data, imp, cfg: AblationConfig, progress, providers):
             sets = [ablate_for(perm, int(k), value) for perm in perms for k in ks]
             out = engine.evaluate(sets, advance=bar.update)
             res = out.accuracy.reshape(len(perms), len(ks))
-            cls = out.class_accuracy.reshape(len(perms), len(ks), n_classes)
+            cls = out.class_accuracy.reshape(len(perms), len(ks), engine.n_classes)
             for i, k in enumerate(ks):
                 emit(scope, label, ranking, order, value, n_units, k, res[:, i], cls[:, i])
 

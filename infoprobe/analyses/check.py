@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from ..data import Dataset, Inputs, prepare_inputs, resolve_scale
 from ..errors import BudgetError, ConfigError, DataError, ModelError
 from ..limits import rows_within
-from ..model import DEFAULT_MAX_BYTES, load_onnx, output_threshold, predicted_labels, runtime_rows
+from ..model import (DEFAULT_MAX_BYTES, check_labels, class_labels, class_output, load_onnx, output_threshold,
+                     predicted_labels, runtime_rows)
 from ..modelstats import compare_latency, model_cost
 from ..results import atomic_write_bytes, check_outputs
 from ..runner import default_threads, make_session, ort_error
@@ -337,6 +338,10 @@ class CheckResult:
         lines = [f"infoprobe check: {'PASSED' if self.passed else 'FAILED'} "
                  f"({sum(not c['passed'] for c in self.checks)} of {len(self.checks)} checks failed) "
                  f"on {self.data['n_samples']} samples"]
+        out = self.params.get("output") or {}
+        if out.get("others"):
+            lines.append(f"  class scores: output {out['description']} ({out['reason']}); other outputs: "
+                         + ", ".join(out["others"]))
         if m.get("accuracy_reference") is not None:
             lines.append(f"  accuracy {m['accuracy_reference']:.4f} -> {m['accuracy_candidate']:.4f} "
                          f"(drop {m['accuracy_drop']:+.4f}; {self._interval()})")
@@ -468,14 +473,15 @@ class CheckResult:
 def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None, scale="auto",
           batch_size: int = 1024, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = False,
           latency_repeats: int = 10, confidence: float | None = None, power: float = 0.8,
-          divergence_samples: int = 1000, tolerance: float = DEFAULT_TOLERANCE) -> CheckResult:
+          divergence_samples: int = 1000, tolerance: float = DEFAULT_TOLERANCE, output: str | None = None) -> CheckResult:
     """Compare ``candidate`` with ``reference`` on labelled ``data`` and apply thresholds.
 
     Parameters
     ----------
     reference, candidate : path-like
-        ONNX classifiers with the same inputs and outputs; the first graph output holds
-        logits (or probabilities) ``[N, classes]``.
+        ONNX classifiers with the same inputs and outputs; one output holds logits (or
+        probabilities) ``[N, classes]``: ``output``, else the one
+        :func:`infoprobe.model.class_output` picks (never an integer label tensor).
     data : Dataset
         Samples (and labels, needed for the accuracy thresholds).
     thresholds : dict, optional
@@ -499,6 +505,9 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
         compared (:func:`infoprobe.analyses.divergence.site_divergence`); 0 switches it off.
     tolerance : float
         Relative error beyond which a site has diverged.
+    output : str, optional
+        The output that holds the class scores (``--output``); recorded in
+        ``config["output"]`` with how it was chosen.
 
     Returns
     -------
@@ -539,12 +548,17 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
                          "with one input")
     if isinstance(data.x, Inputs):
         raise DataError("infoprobe check compares classifiers with one input; the data holds several arrays")
-    in_name, out_name = inputs[0].name, outputs[0].name
+    choice = class_output(ref_model.graph, output, reference)
+    if choice["problem"]:
+        raise ModelError(f"{choice['problem']}; infoprobe check compares class scores (name them with --output)")
+    in_name, out_name = inputs[0].name, choice["name"]
+    columns = class_labels(files["reference"].proto, reference)
     in_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape.dims) if inputs[0].shape else ()
     threads = default_threads()
     sessions = {"reference": make_session(ref_model, threads=threads, spin=False),
                 "candidate": make_session(cand_model, threads=threads, spin=False)}
-    thresholds_of = {"reference": output_threshold(ref_model), "candidate": output_threshold(cand_model)}
+    thresholds_of = {"reference": output_threshold(ref_model, out_name),
+                     "candidate": output_threshold(cand_model, out_name)}
     batch_size = rows_within(4 * int(np.prod(data.x.shape[1:], dtype=np.float64)), batch_size, share=1 / 16,
                              what="one input sample")
     factor = resolve_scale(data.x, scale)
@@ -577,7 +591,15 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
             times[k].append(time.perf_counter() - t)
             if k not in is_prob:
                 is_prob[k] = _looks_like_probabilities(outs[k])
-            pred[k][start:start + len(xb)] = predicted_labels(outs[k], thresholds_of[k])
+            if len([d for d in outs[k].shape[1:] if d != 1]) > 1:
+                raise ModelError(f"output {out_name!r} has per-sample shape {list(outs[k].shape[1:])}, not class "
+                                 "scores [N, classes]; infoprobe check compares classifiers (name the class scores "
+                                 "with --output)")
+            if start == 0 and y is not None:
+                check_labels(y, outs[k], columns, output=out_name, path=str(files[k].path))
+            labels = predicted_labels(outs[k], thresholds_of[k])
+            pred[k][start:start + len(xb)] = labels if columns is None or len(columns) != outs[k][0].size \
+                else columns[labels]
         a, b = outs["reference"], outs["candidate"]
         if a.shape != b.shape:
             raise ModelError(f"output {out_name!r} has shape {list(a.shape)} (reference) but {list(b.shape)} "
@@ -633,7 +655,7 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
     return CheckResult(metrics, checks, models,
                        {"path": str(data.path), "sha256": data.sha256, "split": data.split, "n_samples": n},
                        {"thresholds": th, "batch_size": batch_size, "confidence": confidence, "power": power,
-                        "seconds": time.perf_counter() - t0},
+                        "output": choice, "seconds": time.perf_counter() - t0},
                        statistics=statistics, confusions=moved, divergence=divergence,
                        notes=notes + divergence.get("notes", []))
 

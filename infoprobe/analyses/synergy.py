@@ -660,7 +660,7 @@ def multiunit_importance(model, store, data: Dataset, result: SynergyResult, *, 
         which = result.meta.get("parameters", {}).get("which", "pre")
         factor = resolve_scale(data.x, scale)
         x = model_inputs(lm, data.x, factor)
-        engine = Evaluator(lm, x, labels=data.y, n_classes=int(data.y.max()) + 1, batch_size=batch_size,
+        engine = Evaluator(lm, x, labels=data.y, batch_size=batch_size,
                            providers=providers, threads=default_threads())
         base = float(engine.base.accuracy[0])
         rng = np.random.default_rng(seed)

@@ -70,6 +70,8 @@ class Lesioner:
                                 threads=threads).shareable(data, self.factor)
         self.constants = {n: replacement(lm, n, lesion) for n in self.layers}
         self.base = self.engine.base.class_accuracy[0]
+        #: The labels present, int64 [C]: entry c of per-class accuracies is class classes[c].
+        self.classes = self.engine.classes
 
     @property
     def calls(self) -> int:
@@ -202,7 +204,7 @@ def lesion_tests(lesioner: Lesioner, part: Partition, *, n_random: int = 20, see
     rows : list of dict
         One per sub-cluster: layer, cluster, size, layer_units, in_graph, fraction,
         accuracy_change, random_mean, random_std, p_importance, p_prunable, coherence,
-        p_coherence, category, class_<c>_change, units.
+        p_coherence, category, class_<c>_change (c: each label present, ``Lesioner.classes``), units.
     random_rows : list of dict
         One per random lesion: layer, cluster, draw, accuracy_change, coherence,
         class_<c>_change.
@@ -235,14 +237,14 @@ def lesion_tests(lesioner: Lesioner, part: Partition, *, n_random: int = 20, see
                "p_coherence": percentile_p(coh_true, coh_rand, "right") if len(draws) else float("nan")}
         row["category"] = classify(row, alpha=alpha, min_drop=min_drop, small_fraction=small_fraction,
                                    small_units=small_units)
-        for c, v in enumerate(d_true):
+        for c, v in zip(lesioner.classes, d_true):
             row[f"class_{c}_change"] = float(v)
         row["units"] = s["units"].tolist()
         rows.append(row)
         for i, d in enumerate(d_rand):
             r = {"layer": lay, "cluster": s["cluster"], "draw": i, "accuracy_change": float(d.mean()),
                  "coherence": float(coh_rand[i])}
-            for c, v in enumerate(d):
+            for c, v in zip(lesioner.classes, d):
                 r[f"class_{c}_change"] = float(v)
             random_rows.append(r)
     bar.close()

@@ -1747,24 +1747,27 @@ def _reload_model(recipe: dict, sha256: str) -> LoadedModel:
 
 def _fix_input_dims(proto: onnx.ModelProto, shapes: dict) -> list:
     """Set the symbolic non-batch dimensions of the data inputs from ``shapes`` (per-sample
-    shapes by input name, or under None for a model with one input) where the ranks agree,
-    so that shape inference can follow a model exported with dynamic H and W. Returns what
+    shapes by input name, or under None for a model with one input), aligned on the last
+    axes (data ``[H, W]`` for an input ``[1, H, W]``, as the samples are reshaped), so that shape inference can follow a model exported with dynamic H and W. Returns what
     was fixed, one line each."""
     weights = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in weights]
     fixed = []
     for v in inputs:
         shape = shapes.get(v.name, shapes.get(None) if len(inputs) == 1 else None)
-        dims = v.type.tensor_type.shape.dim
-        if shape is None or len(dims) != len(shape) + 1:
+        per = list(v.type.tensor_type.shape.dim)[1:]
+        if shape is None or not per or len(shape) > len(per):
             continue
-        if any(not d.HasField("dim_value") for d in list(dims)[1:]):
-            for d, n in zip(list(dims)[1:], shape):
+        extra = len(per) - len(shape)     # data [H, W] for an input [1, H, W]: leading dims must be static
+        if any(not d.HasField("dim_value") for d in per[:extra]):
+            continue
+        if any(not d.HasField("dim_value") for d in per[extra:]):
+            for d, n in zip(per[extra:], shape):
                 if not d.HasField("dim_value"):
                     d.Clear()
                     d.dim_value = int(n)
             fixed.append(f"input {v.name!r}: symbolic dimensions read from the data, per-sample shape "
-                         f"{[int(n) for n in shape]}")
+                         f"{[d.dim_value for d in per]}")
     return fixed
 
 
@@ -1886,11 +1889,13 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
             dims = _dims(pre)
             if op in ("Conv", "QLinearConv", "ConvInteger"):
                 if not _known(dims):
-                    raise _Unsupported("output shape could not be inferred")
+                    raise _Unsupported("output shape could not be inferred (symbolic input dimensions: "
+                                      "--data or inspect --input-shape fixes them)")
                 axis = 0
             elif dims is None or not _known(dims):
                 if dims is not None and len(dims) > 1:
-                    raise _Unsupported("output shape could not be inferred")
+                    raise _Unsupported("output shape could not be inferred (symbolic input dimensions: "
+                                      "--data or inspect --input-shape fixes them)")
                 dims, axis = (units,), 0
             else:
                 axis = len(dims) - 1

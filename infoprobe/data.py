@@ -139,14 +139,23 @@ class Rows:
 MASK_INPUTS = ("attention_mask",)
 
 
-def position_mask(x) -> np.ndarray | None:
-    """The padding mask of samples ``x`` -- the array of :class:`Inputs` named as a model's
-    ``attention_mask`` (:data:`MASK_INPUTS`), [N, T] -- or None."""
+def position_mask(x, padding: dict | None = None) -> np.ndarray | None:
+    """The padding mask of samples ``x``, [N, T] (nonzero: a real token), or None: the array
+    of :class:`Inputs` named as a model's ``attention_mask`` (:data:`MASK_INPUTS`); else, for
+    a model that computes its mask from the token ids (``padding``: the model's
+    :func:`infoprobe.model.padding_rule`, ``LoadedModel.padding``), that comparison applied
+    to the ids (the input named, or ``x`` itself for a model of one input)."""
     if isinstance(x, Inputs):
         for name in MASK_INPUTS:
             if name in x.arrays and x.arrays[name].ndim == 2:
                 return x.arrays[name]
-    return None
+    if padding is None:
+        return None
+    ids = x.arrays.get(padding["input"]) if isinstance(x, Inputs) else x
+    if ids is None or np.ndim(ids) != 2 or not np.issubdtype(np.asarray(ids[:0]).dtype, np.integer):
+        return None
+    ids = np.asarray(ids[:])
+    return (ids != padding["value"]) if padding["real"] == "!=" else (ids > padding["value"])
 
 
 def feeds(name: str, x) -> dict:

@@ -179,6 +179,7 @@ class LoadedModel:
     inputs: tuple = ()
     recipe: dict | None = field(default=None, repr=False, compare=False)
     output_choice: dict = field(default_factory=dict)
+    padding: dict | None = None
 
     def __reduce_ex__(self, protocol):
         """Pickled (for a Dask worker: :mod:`infoprobe.parallel`) as the :func:`load_model` call
@@ -217,7 +218,7 @@ class LoadedModel:
         return {"model": str(name if name is not None else self.path), "sha256": self.sha256,
                 "input": self.input_name, "input_shape": list(self.input_shape),
                 "inputs": [dict(i, shape=list(i["shape"])) for i in self.inputs], "output": self.output_name,
-                "output_choice": self.output_choice,
+                "output_choice": self.output_choice, "padding": self.padding,
                 "layers": [lay.to_dict() for lay in self.layers], "unsupported": self.unsupported,
                 "skipped": self.skipped, "notes": self.notes}
 
@@ -231,7 +232,8 @@ class LoadedModel:
         ins = ", ".join(f"{i['name']} {list(i['shape'])}" + ("" if i["dtype"] == "float32" else f" {i['dtype']}")
                         for i in self.inputs)
         lines = [f"{name if name is not None else self.path}  input {ins}  output {self.output_name}",
-                 self.output_line, *self.notes, head, "-" * len(head)]
+                 self.output_line, *([padding_line(self.padding)] if self.padding else []), *self.notes,
+                 head, "-" * len(head)]
         for lay in self.layers:
             shape = "x".join(f"[{d}]" if i == lay.unit_axis else str(d) for i, d in enumerate(lay.shape))
             lines.append(f"{lay.name:<{width}} {lay.kind:<5} {lay.found_by:<9} {lay.op:<24} {shape:<14} "
@@ -1998,10 +2000,54 @@ def _discover(model: ir.Model, source: OnnxFile, max_bytes: int, sites=(), selec
                           "shape": tuple(d if isinstance(d, int) else None for d in (v.shape.dims if v.shape else ()))})
     in_shape = described[0]["shape"]
     choice = class_output(model.graph, output, path)
+    padding = None if any(i["name"] in _MASK_INPUT_NAMES for i in described) else padding_rule(model)
     return LoadedModel(path=path, sha256=sha, ir_model=model, layers=layers, unsupported=unsupported,
                        input_name=inputs[0].name, input_shape=in_shape, inputs=tuple(described),
-                       output_name=choice["name"], output_choice=choice, max_bytes=max_bytes, source=source,
+                       output_name=choice["name"], output_choice=choice, padding=padding, max_bytes=max_bytes,
+                       source=source,
                        skipped=skipped, notes=notes)
+
+
+#: Model inputs that give the padding mask themselves (:data:`infoprobe.data.MASK_INPUTS`).
+_MASK_INPUT_NAMES = ("attention_mask",)
+#: Comparisons by which a graph marks padding tokens from their ids: the op, and which
+#: positions are real tokens given the id ``x`` and the constant ``c`` compared with.
+_PADDING_OPS = {"Equal": "!=", "Greater": ">"}
+
+
+def padding_rule(model: ir.Model) -> dict | None:
+    """The padding mask a graph computes from an integer input (``input_ids != 0``, as models
+    exported without an ``attention_mask`` input do): a node ``Equal`` (padding where the id
+    equals a constant) or ``Greater`` (real where the id exceeds it) between a data input of
+    integer type (through ``Cast`` / ``Identity``) and a constant scalar.
+
+    Returns
+    -------
+    dict or None
+        ``{"input": name, "real": "!=" or ">", "value": int, "node": name}``: token t of a
+        sample is real when ``ids[t] <real> value``; None when no such comparison is found.
+    """
+    data = {v.name for v in model.graph.inputs if not v.is_initializer()}
+    for node in model.graph:
+        if node.op_type not in _PADDING_OPS or len(node.inputs) != 2 or None in node.inputs:
+            continue
+        src, other = node.inputs
+        while src.producer() is not None and src.producer().op_type in ("Cast", "Identity"):
+            src = src.producer().inputs[0]
+        c = _const(other)
+        if src.name not in data or c is None or c.size != 1 or src.type is None \
+                or not np.issubdtype(src.type.dtype.numpy(), np.integer):
+            continue
+        return {"input": src.name, "real": _PADDING_OPS[node.op_type], "value": int(c.ravel()[0]),
+                "node": node.name}
+    return None
+
+
+def padding_line(padding: dict) -> str:
+    """One line that says which tokens a :func:`padding_rule` takes as padding."""
+    rule = "==" if padding["real"] == "!=" else "<="
+    return (f"padding: tokens whose {padding['input']} {rule} {padding['value']} are padding "
+            f"(a mask the graph computes, node {padding['node']}); they are left out of every token mean")
 
 
 #: Output names that say "class scores" (:func:`class_output`), and "not class scores".

@@ -116,7 +116,7 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     n_out = int(np.prod(out_dims, dtype=np.int64))   # the outputs of each sample, flattened
     size = store_size(lm, len(data), names, int(n_out), positions=positions, dtype=dtype)
     reduced = {n for n in names if positions == "mean" and lm.layer(n).positions > 1}
-    mask = position_mask(data.x)
+    mask = position_mask(data.x, lm.padding)
     masks = {n: mask if n in reduced and mask is not None and lm.layer(n).kind == "token"
              and lm.layer(n).shape[0] == mask.shape[1] else None for n in names}
     out = Path(out)
@@ -137,7 +137,7 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
                               "n": len(data), "scale": factor, "layers": names, "positions": positions,
                               "dtype": dtype})
     writer = StoreWriter(out, n_rows=len(data), layers=specs, n_outputs=int(n_out), labels=data.y,
-                         index=data.index, overwrite=overwrite, mask=position_mask(data.x),
+                         index=data.index, overwrite=overwrite, mask=position_mask(data.x, lm.padding),
                          attrs=dict(source="onnx", model_sha256=lm.sha256, fingerprint=fingerprint,
                                     model_file=lm.path.name, data_sha256=data.sha256,
                                     data_file=data.path.name, data_split=data.split, input_scale=factor))

@@ -132,7 +132,7 @@ def _position_masks(source, names, data) -> dict:
                           "takes samples, not samples x positions, as rows; capture with --full-maps to count "
                           "positions as samples (Casper et al.)")
         return {n: source.position_mask(n) for n in names}
-    m = position_mask(data.x) if data is not None else None
+    m = position_mask(data.x, source.padding) if data is not None else None
     return {n: m if m is not None and source.layer(n).kind == "token" and source.layer(n).shape[0] == m.shape[1]
             else None for n in names}
 

@@ -161,7 +161,7 @@ def test_ablating_a_residual_block_output_equals_the_hand_edited_graph(name, sit
     got = runner.run(x, feeds=runner.replacement_feeds(lay, np.arange(lay.units), np.zeros(lay.units)),
                      outputs=[lm.output_name])[lm.output_name]
     np.testing.assert_allclose(got, hand, rtol=1e-5, atol=1e-5)
-    ev = Evaluator(lm, x, labels=data.y, n_classes=10)
+    ev = Evaluator(lm, x, labels=data.y)
     outcome = ev.evaluate([[Intervention(site, np.arange(lay.units), np.zeros(lay.units))]])
     intact = _exposed(FIX / name, [], feeds)["logits"].argmax(1)
     assert outcome.accuracy[0] == pytest.approx(float(np.mean(hand.argmax(1) == data.y)), abs=1e-12)
@@ -188,7 +188,7 @@ def test_a_transformer_mlp_neuron_ablated_and_measured_with_padding_masked(tmp_p
     factor[0, unit] = 0.0
     hand = _hand_edit(FIX / name, lay.post_value, factor, feeds)
     x = model_inputs(lm, data.x, 1.0)
-    ev = Evaluator(lm, x, labels=data.y, n_classes=3)
+    ev = Evaluator(lm, x, labels=data.y)
     outcome = ev.evaluate([[Intervention(site, np.array([unit]), np.zeros(1))]])
     intact = _exposed(FIX / name, [], feeds)["logits"].argmax(1)
     assert outcome.accuracy[0] == pytest.approx(float(np.mean(hand.argmax(1) == data.y)), abs=1e-12)

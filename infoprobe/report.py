@@ -111,8 +111,11 @@ def plot_ablation(rows: list, path, *, scope: str = "layer", spread: str | None 
 
 
 def plot_synergy(profiles: list, path) -> Path:
-    """Best redundancy (max Omega, up) and synergy (min Omega, down) against multiplet size,
-    one panel per layer, mean and sd over networks (the O-information paper's Fig. 1).
+    """The largest (redundancy side) and smallest (synergy side) O-information found against
+    multiplet size, one panel per layer, mean and sd over networks (the O-information paper's
+    Fig. 1). The legend names the sides by the search, and the title states the sign
+    convention (Omega > 0 redundancy-dominated, Omega < 0 synergy-dominated): a bar of the
+    synergy side above zero is a multiplet that is not synergy-dominated.
 
     Hatched bars are greedy sizes; plain bars exhaustive. Writes a PNG.
     """
@@ -121,20 +124,22 @@ def plot_synergy(profiles: list, path) -> Path:
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.0), squeeze=False,
                              sharey=True, layout="constrained")
     for ax, lay in zip(axes[0], layers):
-        for direction, color in (("redundancy", "tab:red"), ("synergy", "tab:blue")):
+        for direction, color, label in (("redundancy", "tab:red", "largest Ω (redundancy side)"),
+                                        ("synergy", "tab:blue", "smallest Ω (synergy side)")):
             rs = [r for r in profiles if r["layer"] == lay and r["direction"] == direction]
             for r in rs:
                 ax.bar(r["size"], r["mean"], yerr=r["std"] if r["networks"] > 1 else None, color=color,
                        alpha=0.85, hatch="//" if "greedy" in r["method"] else None, edgecolor="white",
-                       error_kw={"elinewidth": 0.8}, label=direction if r is rs[0] else None)
+                       error_kw={"elinewidth": 0.8}, label=label if r is rs[0] else None)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_title(lay, fontsize=9)
         ax.set_xlabel("multiplet size k")
     axes[0][0].set_ylabel("O-information [bits]")
     axes[0][0].legend(fontsize=7)
     nets = max((r["networks"] for r in profiles), default=1)
-    fig.suptitle(f"Best redundancy and synergy per layer (mean{' +- sd' if nets > 1 else ''} over {nets} network"
-                 f"{'s' if nets > 1 else ''}; hatched: greedy)", fontsize=10)
+    fig.suptitle(f"Largest and smallest O-information per layer (mean{' +- sd' if nets > 1 else ''} over {nets} "
+                 f"network{'s' if nets > 1 else ''}; hatched: greedy)\nΩ > 0: redundancy-dominated, "
+                 "Ω < 0: synergy-dominated", fontsize=10)
     return _save(fig, path)
 
 

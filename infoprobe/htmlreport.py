@@ -26,6 +26,7 @@ import html
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -845,6 +846,24 @@ HEADLINES = {"analyze": _headline_analyze, "importance": _headline_importance, "
              "modules": _headline_modules, "frivolous": _headline_frivolous, "flow": _headline_flow,
              "check": _headline_check}
 
+
+def plain_text(sentence: str) -> str:
+    """A headline sentence of the page as plain text (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", sentence))
+
+
+def headlines(folders) -> dict:
+    """The headline sentences of the report of ``folders`` as plain text, by analysis id
+    (a key of :data:`ANALYSES`, only those with results): the same sentences, from the same
+    JSON files, as the page :func:`render` writes, for a terminal.
+
+    Raises
+    ------
+    DataError
+        As :func:`collect`.
+    """
+    _, sections, _ = collect(folders)
+    return {sid: [plain_text(s) for s in HEADLINES[sid](sec)] for sid, sec in sections.items()}
 
 
 # --- the page ---------------------------------------------------------------------------------

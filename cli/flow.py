@@ -20,7 +20,11 @@ from .options import (announcer, csv_list, data_options, echo_json, max_size_opt
               help="MODELS are this many training runs (other seeds) with the same checkpoints, given run after run: "
                    "each run's tables in OUT/run<i>, the mean, sd and 95% interval over runs in flow_summary, "
                    "bands in flow.png.")
-@click.option("--epochs", default=None, help="Epoch of each checkpoint of a run, e.g. 0,10,50 (default 0, 1, 2, ...).")
+@click.option("--epochs", default=None,
+              help="Epoch of each checkpoint of a run, e.g. --epochs 0,10,50. Default: the epochs or steps the models' "
+                   "metadata (epoch, step) or file names give (szt_e0010.onnx: epoch 10; toy_k000046.onnx: step 46), "
+                   "else none: the tables then have no epoch column, only checkpoint_index (0, 1, 2, ... in "
+                   "training order).")
 @click.option("--samples", "n_samples", default=200, show_default=True, type=int,
               help="Noisy draws per input for the conditional entropies (n_x).")
 @click.option("--mc", "n_mc", default=100_000, show_default=True, type=int,
@@ -50,16 +54,22 @@ def flow(models, out, data_path, split, scale, x_key, y_key, limit, beta, checkp
     with its standard error). Also the binned entropy H(Bin(T_l)) of each layer and unit, and
     histograms of within- and between-class distances between representations. With
     --checkpoints, MODELS are training checkpoints: trajectories, and per-unit trends of the
-    binned entropy. beta = 0 gives only the clustering measures: I(X;T) of a deterministic
-    network is not a meaningful number. Each finished checkpoint is kept in OUT/.flow-partial
-    until the tables are written, so an interrupted run given the same options and --out
-    resumes with the checkpoints already done. Method: Goldfeld et al., "Estimating
+    binned entropy. Every row names its checkpoint's index in training order
+    (checkpoint_index); the tables and plots have an epoch column only when epochs are known
+    (--epochs, the models' metadata, or names such as szt_e0010.onnx), a step column for
+    names such as toy_k000046.onnx, and use the checkpoint index otherwise. beta = 0 gives
+    only the clustering measures: I(X;T) of a deterministic network is not a meaningful
+    number. Each finished checkpoint is kept in OUT/.flow-partial until the tables are
+    written, so an interrupted run given the same options and --out resumes with the
+    checkpoints already done. Method: Goldfeld et al., "Estimating
     Information Flow in Deep Neural Networks" (ICML 2019).
 
     \b
     Examples:
       infoprobe flow model.onnx --data szt.npz --beta 0.005 --out flow/
-      infoprobe flow --checkpoints epoch_*.onnx --epochs 0,10,50,150 --data szt.npz --beta 0.005 --out flow/
+      infoprobe flow --checkpoints szt_e*.onnx --data szt.npz --beta 0.005 --out flow/
+      infoprobe flow --checkpoints ckpt_a.onnx ckpt_b.onnx ckpt_c.onnx --epochs 0,10,50 --data szt.npz \\
+          --beta 0.005 --out flow/
       infoprobe flow model.onnx --data mnist.npz --split test --beta 0 --bin-size 0.01 --out flow/
       infoprobe flow --checkpoints --runs 3 seed1_e*.onnx seed2_e*.onnx seed3_e*.onnx --data szt.npz \\
           --beta 0.005 --out flow3/ --workers 2

@@ -26,6 +26,7 @@ import html
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,10 +529,16 @@ def _esc(v, limit: int | None = 80) -> str:
 # --- headlines: sentences whose numbers point at the JSON values they show ------------------
 
 def _fmt(v, kind: str = "g") -> str:
+    """``v`` for reading: ``kind`` "g" (4 significant digits, thousands separated), "%",
+    "+" (signed, 4 decimals) or ".Nf" (N decimals; a value that rounds to zero is shown
+    unsigned, "0.000", not "-0.000")."""
     if isinstance(v, bool) or v is None:
         return str(v)
     if _num(v) is None:
         return _text(v)
+    if kind.startswith("."):
+        s = format(v, kind)
+        return s[1:] if s.startswith("-") and float(s) == 0 else s
     if kind == "%":
         return f"{100 * v:.1f}%"
     if kind == "+":
@@ -618,21 +625,68 @@ def _headline_ablation(rel, doc):
     return out
 
 
+def largest_multiplets(rows: list) -> list:
+    """(row index, row) of the largest multiplet size of each layer and search direction of
+    ``synergy_profile`` rows (:func:`infoprobe.analyses.synergy.profiles`), layer by layer,
+    the synergy side (lowest O-information) first: the rows the synergy headline quotes.
+    Rows without a numeric ``size`` and ``mean`` are passed over."""
+    best = {}
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or r.get("direction") not in ("synergy", "redundancy") \
+                or _num(r.get("size")) is None or _num(r.get("mean")) is None:
+            continue
+        key = (_text(r.get("layer")), r["direction"])
+        if key not in best or r["size"] > best[key][1]["size"]:
+            best[key] = (i, r)
+    layers = list(dict.fromkeys(layer for layer, _ in best))
+    return [best[(layer, d)] for layer in layers for d in ("synergy", "redundancy") if (layer, d) in best]
+
+
+#: Per search direction of a synergy profile: (the best called by name, the dominance it
+#: claims, its sign condition as HTML, the other side's name and dominance, the end of the
+#: spread over networks that may cross zero when the mean has the sign).
+_SIDES = {"synergy": ("synergistic", "synergy-dominated", "Ω &lt; 0", "redundant", "redundancy-dominated", "max"),
+          "redundancy": ("redundant", "redundancy-dominated", "Ω &gt; 0", "synergistic", "synergy-dominated", "min")}
+
+
+def _synergy_sentence(rel: str, i: int, r: dict) -> str:
+    """The headline of one profile row, worded from the sign of O-information (Rosas et al.
+    2019): Omega < 0 synergy-dominated, Omega > 0 redundancy-dominated. The best multiplet of
+    the synergy side (lowest Omega) is called synergistic only when its Omega < 0, the best of
+    the redundancy side redundant only when its Omega > 0; with several networks, the mean is
+    quoted and a sign that does not hold in every network is said."""
+    name, dominated, sign, other, other_dominated, spread = _SIDES[r["direction"]]
+    v, n = r["mean"], _num(r.get("networks")) or 1
+    holds = v < 0 if r["direction"] == "synergy" else v > 0
+    layer, size = f"<b>{_esc(r.get('layer'))}</b>", _hl(rel, f"/rows/{i}/size", r["size"])
+    omega = f"Ω = {_hl(rel, f'/rows/{i}/mean', v)} bits"
+    notes = [f"mean over {_hl(rel, f'/rows/{i}/networks', r['networks'])} networks"] if n > 1 else []
+    if "greedy" in _text(r.get("method")):
+        notes.append("found by greedy search")
+    far = "min" if spread == "max" else "max"         # the other end of the spread over networks
+    w, u = _num(r.get(spread)), _num(r.get(far))
+    tail = ""
+    if not holds:
+        s = (f"{layer}: no {dominated} multiplet ({sign}) of {size} units found"
+             + (" on average" if n > 1 else "") + f": the least {other} has {omega}, "
+             + (other_dominated if v != 0 else f"neither {dominated} nor {other_dominated}"))
+        if n > 1 and u is not None and (u < 0 if r["direction"] == "synergy" else u > 0):
+            tail = (f", though some network has one: the {'smallest' if far == 'min' else 'largest'} is "
+                    f"{_hl(rel, f'/rows/{i}/{far}', u)} bits")
+    elif n > 1 and w is not None and (w >= 0 if r["direction"] == "synergy" else w <= 0):
+        s = f"{layer}: the most {name} multiplets of {size} units have {omega}, {dominated} on average"
+        notes.insert(0, sign)
+        tail = (f", not in every network: the {'largest' if spread == 'max' else 'smallest'} is "
+                f"{_hl(rel, f'/rows/{i}/{spread}', w)} bits")
+    else:
+        s = f"{layer}: the most {name} multiplet of {size} units has {omega}, {dominated}"
+        notes.insert(0, sign)
+    return s + (f" ({'; '.join(notes)})" if notes else "") + tail + "."
+
+
 @_on_table("synergy_profile")
 def _headline_synergy(rel, doc):
-    out = []
-    for direction in ("synergy", "redundancy"):
-        for layer, mine in _groups(_rows(doc), direction=direction):
-            mine = [(i, r) for i, r in mine if _num(r.get("size")) is not None]
-            if not mine:
-                continue
-            i, r = max(mine, key=lambda ir: ir[1]["size"])
-            out.append(f"<b>{html.escape(layer)}</b>: the most {'synergistic' if direction == 'synergy' else 'redundant'} "
-                       f"group of {_hl(rel, f'/rows/{i}/size', r['size'])} units has O-information "
-                       f"{_hl(rel, f'/rows/{i}/mean', r.get('mean'))} bits"
-                       + (f" (mean over {_hl(rel, f'/rows/{i}/networks', r['networks'])} networks)."
-                          if (_num(r.get("networks")) or 1) > 1 else "."))
-    return out
+    return [_synergy_sentence(rel, i, r) for i, r in largest_multiplets(_rows(doc))]
 
 
 @_on_table("network")
@@ -646,9 +700,13 @@ def _headline_modules(rel, doc):
                    f"n-cut {_hl(rel, '/network/ncut', net['ncut'])}; against shuffled networks p = "
                    f"{_hl(rel, '/network/clusterability_p_all', net.get('clusterability_p_all'))} (the floor with "
                    "n shuffles is 1/(n + 1)).")
-    if "fisher_importance" in net:
-        out.append(f"Sub-clusters matter more than random groups of the same size: Fisher's combined p = "
-                   f"{_hl(rel, '/network/fisher_importance', net['fisher_importance'])}.")
+    p = _num(net.get("fisher_importance"))
+    if p is not None:
+        alpha = _num(_get(doc, "meta", "parameters", "alpha")) or 0.05
+        out.append(("Sub-clusters matter more than random groups of the same size" if p < alpha else
+                    "Sub-clusters do not matter detectably more than random groups of the same size")
+                   + f": Fisher's combined p = {_hl(rel, '/network/fisher_importance', p)}"
+                   + (f" (below α = {_fmt(alpha)})." if p < alpha else f" (not below α = {_fmt(alpha)})."))
     cats = net.get("categories")
     if isinstance(cats, dict) and cats:
         parts = [f"{_hl(rel, '/network/categories/' + _pointer_key(k), v)} {_esc(k)}"
@@ -662,7 +720,7 @@ def _headline_frivolous(sec):
     rel, doc = _table(sec, "gains")
     if rel is not None:
         for i, r in enumerate(_rows(doc)[:12]):
-            out.append(f"{_esc(r.get('measure'))} units of <b>{_esc(r.get('layer'))}</b> grow "
+            out.append(f"{_esc(r.get('measure'))} units of <b>{_esc(r.get('layer'))}</b> scale "
                        f"with width as width<sup>g</sup>, g = {_hl(rel, f'/rows/{i}/g', r.get('g'))}.")
     for rel, doc in sec.tables:
         if Path(rel).stem == "frivolous":
@@ -675,18 +733,74 @@ def _headline_frivolous(sec):
     return out[:12]
 
 
+def _decimals(se) -> int:
+    """Decimals that show a value to the first significant digit of its standard error
+    ``se`` (3 where none is known), between 1 and 6."""
+    if not se:
+        return 3
+    return min(6, max(1, -math.floor(math.log10(se))))
+
+
+def _trajectory_sentence(rel: str, layer: str, mine: list, measure: str, name: str, unit: str,
+                         axis: str, se_column: str | None = None) -> str:
+    """The headline of one layer's ``measure`` over checkpoints (``mine``: (row index, row) in
+    training order): its first and last values, its highest and, when between them, its
+    lowest, each with where it is on ``axis``; values to the first significant digit of the
+    largest standard error (``se_column``), so that noise around zero reads "0.000", and a
+    value within two standard errors of zero said to be; and the checkpoints
+    indistinguishable from the highest (within two standard errors of the difference)."""
+    from .report import AXIS_LABELS
+
+    ses = [(i, r[se_column]) for i, r in mine if se_column and (_num(r.get(se_column)) or 0) > 0]
+    i_se, se = max(ses, key=lambda ise: ise[1]) if ses else (None, None)
+    fixed = f".{_decimals(se)}f"
+
+    def at(i, r):
+        zero = se is not None and abs(r[measure]) <= 2 * (_num(r.get(se_column)) or se)
+        return (f"{_hl(rel, f'/rows/{i}/{measure}', r[measure], fixed)} {unit}"
+                + (" (zero within two standard errors)" if zero else "")
+                + f" at {AXIS_LABELS.get(axis, axis)} {_hl(rel, f'/rows/{i}/{axis}', r.get(axis))}")
+
+    head = f"{name} of <b>{html.escape(layer)}</b>"
+    if len(mine) == 1:
+        return f"{head} is {at(*mine[0])}."
+    high = max(mine, key=lambda ir: ir[1][measure])
+    low = min(mine, key=lambda ir: ir[1][measure])
+    roles = {}
+    for (i, _), role, shown in ((mine[0], "first", True), (high, "highest", True),
+                                (low, "lowest", low[0] not in (mine[0][0], mine[-1][0], high[0])), (mine[-1], "last", True)):
+        if shown:
+            roles.setdefault(i, []).append(role)
+    s = f"{head}: " + ", ".join(f"{' and '.join(roles[i])} {at(i, r)}" for i, r in mine if i in roles)
+    if se is not None:
+        s += f"; Monte Carlo standard error at most {_hl(rel, f'/rows/{i_se}/{se_column}', se, fixed)} {unit}"
+        near = [(i, r) for i, r in mine if high[1][measure] - r[measure]
+                <= 2 * math.hypot(_num(r.get(se_column)) or 0, _num(high[1].get(se_column)) or 0)]
+        if len(near) > 1:
+            lo, hi = near[0], near[-1]
+            s += (f"; within two standard errors of the highest from {AXIS_LABELS.get(axis, axis)} "
+                  f"{_hl(rel, f'/rows/{lo[0]}/{axis}', lo[1].get(axis))} to "
+                  f"{_hl(rel, f'/rows/{hi[0]}/{axis}', hi[1].get(axis))} ({len(near)} of {len(mine)} checkpoints)")
+    return s + "."
+
+
 @_on_table("flow")
 def _headline_flow(rel, doc):
+    from .report import axis_column
+
+    rows = _rows(doc)
+    axis = axis_column(rows)
     out = []
-    for layer, mine in _groups(_rows(doc)):
-        mine = [(i, r) for i, r in mine if r.get("mi") is not None]
-        if not mine:
+    for layer, mine in _groups(rows):
+        mine = sorted(mine, key=lambda ir: _num(ir[1].get(axis)) if _num(ir[1].get(axis)) is not None else ir[0])
+        mi = [(i, r) for i, r in mine if _num(r.get("mi")) is not None]
+        if mi:
+            out.append(_trajectory_sentence(rel, layer, mi, "mi", "I(X;T)", _esc(mi[-1][1].get("unit") or "bits"),
+                                            axis, "mi_se"))
             continue
-        (i0, a), (i1, b) = mine[0], mine[-1]
-        unit = _esc(b.get("unit", ""))
-        out.append(f"I(X;T) of <b>{html.escape(layer)}</b> goes from {_hl(rel, f'/rows/{i0}/mi', a['mi'])} {unit} "
-                   f"at epoch {_hl(rel, f'/rows/{i0}/epoch', a.get('epoch'))} to {_hl(rel, f'/rows/{i1}/mi', b['mi'])} "
-                   f"{unit} at epoch {_hl(rel, f'/rows/{i1}/epoch', b.get('epoch'))}.")
+        binned = [(i, r) for i, r in mine if _num(r.get("binned_entropy")) is not None]
+        if binned:
+            out.append(_trajectory_sentence(rel, layer, binned, "binned_entropy", "H(Bin(T))", "bits", axis))
     return out
 
 
@@ -731,6 +845,25 @@ def _headline_analyze(rel, doc):
 HEADLINES = {"analyze": _headline_analyze, "importance": _headline_importance, "ablation": _headline_ablation, "synergy": _headline_synergy,
              "modules": _headline_modules, "frivolous": _headline_frivolous, "flow": _headline_flow,
              "check": _headline_check}
+
+
+def plain_text(sentence: str) -> str:
+    """A headline sentence of the page as plain text (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]*>", "", sentence))
+
+
+def headlines(folders) -> dict:
+    """The headline sentences of the report of ``folders`` as plain text, by analysis id
+    (a key of :data:`ANALYSES`, only those with results): the same sentences, from the same
+    JSON files, as the page :func:`render` writes, for a terminal.
+
+    Raises
+    ------
+    DataError
+        As :func:`collect`.
+    """
+    _, sections, _ = collect(folders)
+    return {sid: [plain_text(s) for s in HEADLINES[sid](sec)] for sid, sec in sections.items()}
 
 
 # --- the page ---------------------------------------------------------------------------------

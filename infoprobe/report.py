@@ -10,11 +10,23 @@ import numpy as np
 
 from .results import atomic_write_bytes
 
+#: Columns that place a checkpoint in training in the flow tables, in order of preference, and
+#: how plots and headlines name them (:func:`infoprobe.analyses.flow.checkpoint_axis`).
+AXIS_LABELS = {"epoch": "epoch", "step": "step", "checkpoint_index": "checkpoint"}
+
 MEASURE_LABELS = {
     "entropy": "entropy H(T) [bits]", "mutual_information": "mutual information I(T;Y) [bits]",
     "kl_selectivity": "KL selectivity [bits]", "js_subset_separation": "JS subset separation [bits]",
     "labeled_mi": "labeled MI [bits]",
 }
+
+
+def axis_column(rows) -> str:
+    """The column of flow rows (``flow``, ``units``, ``distances``, ``flow_summary`` tables)
+    that places a checkpoint in training: ``epoch`` or ``step`` where the first row has one,
+    else ``checkpoint_index`` (the checkpoint's index in training order, from 0)."""
+    first = rows[0] if rows and isinstance(rows[0], dict) else {}
+    return next((c for c in AXIS_LABELS if c in first), "checkpoint_index")
 
 
 def _pyplot():
@@ -99,8 +111,11 @@ def plot_ablation(rows: list, path, *, scope: str = "layer", spread: str | None 
 
 
 def plot_synergy(profiles: list, path) -> Path:
-    """Best redundancy (max Omega, up) and synergy (min Omega, down) against multiplet size,
-    one panel per layer, mean and sd over networks (the O-information paper's Fig. 1).
+    """The largest (redundancy side) and smallest (synergy side) O-information found against
+    multiplet size, one panel per layer, mean and sd over networks (the O-information paper's
+    Fig. 1). The legend names the sides by the search, and the title states the sign
+    convention (Omega > 0 redundancy-dominated, Omega < 0 synergy-dominated): a bar of the
+    synergy side above zero is a multiplet that is not synergy-dominated.
 
     Hatched bars are greedy sizes; plain bars exhaustive. Writes a PNG.
     """
@@ -109,20 +124,22 @@ def plot_synergy(profiles: list, path) -> Path:
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.0), squeeze=False,
                              sharey=True, layout="constrained")
     for ax, lay in zip(axes[0], layers):
-        for direction, color in (("redundancy", "tab:red"), ("synergy", "tab:blue")):
+        for direction, color, label in (("redundancy", "tab:red", "largest Ω (redundancy side)"),
+                                        ("synergy", "tab:blue", "smallest Ω (synergy side)")):
             rs = [r for r in profiles if r["layer"] == lay and r["direction"] == direction]
             for r in rs:
                 ax.bar(r["size"], r["mean"], yerr=r["std"] if r["networks"] > 1 else None, color=color,
                        alpha=0.85, hatch="//" if "greedy" in r["method"] else None, edgecolor="white",
-                       error_kw={"elinewidth": 0.8}, label=direction if r is rs[0] else None)
+                       error_kw={"elinewidth": 0.8}, label=label if r is rs[0] else None)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_title(lay, fontsize=9)
         ax.set_xlabel("multiplet size k")
     axes[0][0].set_ylabel("O-information [bits]")
     axes[0][0].legend(fontsize=7)
     nets = max((r["networks"] for r in profiles), default=1)
-    fig.suptitle(f"Best redundancy and synergy per layer (mean{' +- sd' if nets > 1 else ''} over {nets} network"
-                 f"{'s' if nets > 1 else ''}; hatched: greedy)", fontsize=10)
+    fig.suptitle(f"Largest and smallest O-information per layer (mean{' +- sd' if nets > 1 else ''} over {nets} "
+                 f"network{'s' if nets > 1 else ''}; hatched: greedy)\nΩ > 0: redundancy-dominated, "
+                 "Ω < 0: synergy-dominated", fontsize=10)
     return _save(fig, path)
 
 
@@ -455,28 +472,32 @@ def plot_sweep(rows: list, g_range: dict, path, *, across=None) -> Path:
 
 
 def plot_flow(trajectory: list, path, across: list | None = None) -> Path:
-    """I(X;T_l) (with its Monte Carlo standard error) and H(Bin(T_l)) against the epoch, one
-    line per layer (Goldfeld et al., Figs. 1, 5); writes a PNG. Without MI values (beta = 0)
-    only the binned entropy is drawn. With ``across`` (rows of
-    :func:`infoprobe.stats.across_replicates` by epoch and layer over training runs), each
-    line is the mean over the runs, in a band of +- one standard deviation."""
+    """I(X;T_l) (with its Monte Carlo standard error) and H(Bin(T_l)) against the checkpoints'
+    position in training (the ``epoch`` or ``step`` column where the rows have one, else
+    ``checkpoint_index``: :func:`axis_column`), one line per layer (Goldfeld et al., Figs. 1,
+    5); writes a PNG. Without MI values (beta = 0) only the binned entropy is drawn. With
+    ``across`` (rows of :func:`infoprobe.stats.across_replicates` by checkpoint and layer
+    over training runs), each line is the mean over the runs, in a band of +- one standard
+    deviation."""
     plt = _pyplot()
     has_mi = any(r.get("mi") is not None for r in trajectory)
     fig, axes = plt.subplots(2 if has_mi else 1, 1, figsize=(6, 6 if has_mi else 3.2), squeeze=False,
                              sharex=True, layout="constrained")
     layers = list(dict.fromkeys(r["layer"] for r in trajectory))
-    epochs = sorted({r["epoch"] for r in trajectory})
-    log_x = len(epochs) > 2 and min(epochs) >= 0 and max(epochs) / max(min(e for e in epochs if e > 0) if
-                                                                        any(e > 0 for e in epochs) else 1, 1e-12) > 50
+    x = axis_column(across) if across else axis_column(trajectory)
+    epochs = sorted({r[x] for r in (across or trajectory)})
+    positive = [e for e in epochs if e > 0]
+    log_x = (x != "checkpoint_index" and len(epochs) > 2 and min(epochs) >= 0
+             and max(epochs) / max(min(positive) if positive else 1, 1e-12) > 50)
     for i, layer in enumerate(layers):
-        sel = sorted((r for r in trajectory if r["layer"] == layer), key=lambda r: r["epoch"])
-        e = np.array([r["epoch"] for r in sel], float)
+        sel = sorted((r for r in trajectory if r["layer"] == layer), key=lambda r: r[x])
+        e = np.array([r[x] for r in sel], float)
         color = plt.cm.viridis(i / max(1, len(layers) - 1))
         if across:
             for ax, measure in ([(axes[0][0], "mi")] if has_mi else []) + [(axes[-1][0], "binned_entropy")]:
                 g = sorted((r for r in across if r["layer"] == layer and r["measure"] == measure),
-                           key=lambda r: r["epoch"])
-                ge = np.array([r["epoch"] for r in g], float)
+                           key=lambda r: r[x])
+                ge = np.array([r[x] for r in g], float)
                 m = np.array([r["mean"] for r in g], float)
                 sd = np.array([r["std"] if r["std"] is not None else 0.0 for r in g], float)
                 ax.plot(ge, m, "o-", ms=3, lw=1.2, color=color, label=f"{layer} (mean of {g[0]['n']} runs)")
@@ -496,19 +517,21 @@ def plot_flow(trajectory: list, path, across: list | None = None) -> Path:
         axes[0][0].grid(alpha=0.3)
     ax = axes[-1][0]
     ax.set_ylabel(f"H(Bin(T)) [bits], bin {trajectory[0]['bin_size']:g}")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel({"checkpoint_index": "checkpoint (index in training order; epochs not known)",
+                   "step": "training step"}.get(x, x))
     ax.grid(alpha=0.3)
     if not has_mi:
         ax.legend(fontsize=6)
     if log_x:
-        ax.set_xscale("symlog", linthresh=max(1.0, min(e for e in epochs if e > 0)))
+        ax.set_xscale("symlog", linthresh=max(1.0, min(positive)))
     return _save(fig, path)
 
 
-def plot_distances(by_epoch: dict, path) -> Path:
+def plot_distances(by_epoch: dict, path, *, axis: str = "epoch") -> Path:
     """Histograms of within- and between-class pairwise distances of representations, one row
     per layer and one column per checkpoint (Goldfeld et al., Figs. 6, 8); writes a PNG.
-    ``by_epoch``: {epoch: distance rows}."""
+    ``by_epoch``: {position: distance rows}, the position on ``axis`` (a key of
+    :data:`AXIS_LABELS`: each column is titled "epoch 10", "step 46" or "checkpoint 3")."""
     plt = _pyplot()
     epochs = list(by_epoch)
     layers = list(dict.fromkeys(r["layer"] for r in by_epoch[epochs[0]]))
@@ -524,7 +547,7 @@ def plot_distances(by_epoch: dict, path) -> Path:
                     ax.stairs([r["density"] for r in sel], [sel[0]["lo"]] + [r["hi"] for r in sel],
                               color=colors[kind], label=kind, fill=kind != "between", alpha=0.6)
             if li == 0:
-                ax.set_title(f"epoch {ep:g}", fontsize=9)
+                ax.set_title(f"{AXIS_LABELS[axis]} {ep:g}", fontsize=9)
             if ci == 0:
                 ax.set_ylabel(layer, fontsize=8)
             ax.tick_params(labelsize=6)

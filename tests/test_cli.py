@@ -148,6 +148,15 @@ def test_demo(tmp_path):
     page = (out / "report.html").read_text()
     assert all(f'id="{sid}"' in page for sid in ("check", "importance", "ablation", "synergy", "modules",
                                                   "frivolous", "flow"))
+    # the terminal's synergy and flow sentences are the report's, and summary.json quotes the
+    # profile rows they quote (the largest multiplets)
+    from infoprobe.htmlreport import headlines, plain_text
+    assert s["headlines"] == {k: v for k, v in headlines([out]).items() if k in ("synergy", "flow")}
+    assert all(h in plain_text(page) for h in s["headlines"]["synergy"] + s["headlines"]["flow"])
+    assert {r["size"] for r in s["synergy"]["largest_multiplets"]} == {8}
+    assert all(f" of {r['size']} units" in h for r, h in zip(s["synergy"]["largest_multiplets"],
+                                                              s["headlines"]["synergy"]))
+    assert s["flow"]["axis"] == "step" and s["flow"]["positions"][-1] == 300000
     # rerunning into the demo's own folder works; a foreign folder is refused
     assert run("demo", "--out", out, "--steps", "3", "--random-repeats", "0", "--no-progress").exit_code == 0
     (tmp_path / "mine").mkdir()

@@ -340,13 +340,17 @@ def test_runs_of_one_configuration_give_each_runs_tables_and_their_spread(tmp_pa
     assert [r["run"] for r in per] == [i for i in range(3) for _ in singles[i].trajectory]
     summary = json.loads((tmp_path / "flow_summary.json").read_text())["rows"]
     for g in summary:
-        v = np.array([[r[g["measure"]] for r in s.trajectory if (r["epoch"], r["layer"]) == (g["epoch"], g["layer"])]
+        key = (g["checkpoint_index"], g["layer"])
+        v = np.array([[r[g["measure"]] for r in s.trajectory if (r["checkpoint_index"], r["layer"]) == key]
                       for s in singles]).ravel()
         assert g["n"] == 3 and g["mean"] == pytest.approx(v.mean(), rel=1e-12)
         assert g["std"] == pytest.approx(v.std(ddof=1), rel=1e-12)
         half = st.t.ppf(0.975, 2) * v.std(ddof=1) / np.sqrt(3)
         assert g["ci_high"] - g["mean"] == pytest.approx(half, rel=1e-9, abs=1e-15)
     assert {g["measure"] for g in summary} == {"mi", "binned_entropy"}
+    # each run's steps come from its file names; they differ between runs, so the spread is
+    # taken per checkpoint index and names no step
+    assert [r["step"] for r in singles[1].trajectory] == [1, 46, 3733] and "step" not in summary[0]
     for i in range(3):
         assert json.loads((tmp_path / f"run{i}" / "flow.json").read_text())["rows"] == \
             json.loads(json.dumps(singles[i].trajectory))

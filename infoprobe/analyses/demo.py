@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data import load_data
 from ..errors import OutputExistsError
-from ..htmlreport import write_report
+from ..htmlreport import headlines, largest_multiplets, write_report
 from ..model import load_model
 from ..report import plot_ablation, plot_importance, plot_synergy
 from ..results import atomic_write_bytes, plain
@@ -60,14 +60,19 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     refactored into a thinner ONNX without its redundant units (tolerance 0.05,
     ``frivolous/thin.onnx``), fitted on the validation split and checked against the original
     on the test split. Last, the information flow of the single noisy tanh neuron of Goldfeld et
-    al. (Section 4) over its 25 training checkpoints (beta = 0.01, ``flow/``).
+    al. (Section 4) over its 25 training checkpoints, gradient-descent steps 0 to 300,000 read
+    from the file names (beta = 0.01, ``flow/``).
 
     ``out`` may be reused only if it is absent, empty, or an earlier demo's folder.
 
     Returns
     -------
     dict
-        The summary also written to ``out/summary.json``.
+        The summary also written to ``out/summary.json``. Its ``synergy`` entry holds the
+        profile rows the report's synergy headline quotes
+        (:func:`infoprobe.htmlreport.largest_multiplets`: mean O-information in bits of the
+        largest multiplets), and ``headlines`` the report's synergy and flow sentences
+        (:func:`infoprobe.htmlreport.headlines`), from the same result files.
 
     Raises
     ------
@@ -121,7 +126,7 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
     toy_files = sorted(Path(str(p)) for p in resources.files("infoprobe.fixtures").iterdir()
                        if p.name.startswith("toy_tanh_k") and p.name.endswith(".onnx"))
     toy = flow_series(toy_files, load_data(fixture_path("toy_tanh.npz")), beta=0.01, n_mc=20_000, unit="bits",
-                      epochs=[int(p.stem.rsplit("_k", 1)[1]) for p in toy_files], progress=False)
+                      progress=False)                  # steps from the names: toy_tanh_k000046 is step 46
     toy.save(out / "flow", overwrite=True)
     toy.plot(out / "flow")
     abl.save(out, overwrite=True)
@@ -140,9 +145,9 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
                    "accuracy": [pruned["verification"]["accuracy_original"], pruned["verification"]["accuracy_pruned"]],
                    "label_agreement": pruned["verification"]["label_agreement_with_original"],
                    "latency_ratio": pruned["ratios"]["latency"], "check_passed": gate.passed},
-        "synergy": {"networks": list(RELU_NETWORKS), "size": 6, "bits": {
-            lay: {p["direction"]: p["mean"] for p in syn.profiles if (p["layer"], p["size"]) == (lay, 6)}
-            for lay in syn.layers()}},
+        "synergy": {"networks": list(RELU_NETWORKS), "largest_multiplets": [
+            {k: r[k] for k in ("layer", "direction", "size", "method", "mean")}
+            for _, r in largest_multiplets(syn.profiles)]},
         "modules": {"model": "fashion_mlp_pruned.onnx", **{k: mod.network[k] for k in (
             "ncut", "clusterability_p_all", "clusterability_z_all", "fisher_importance", "chi2_importance",
             "fisher_coherence", "chi2_coherence", "categories")}},
@@ -155,8 +160,9 @@ def run_demo(out="infoprobe-demo", *, n_steps: int | None = None, random_repeats
             "units": [[r["units"], r["kept"]] for r in thin_rows],
             "label_agreement": thin["verification"]["label_agreement_with_original"],
             "max_abs_logit_diff": thin["verification"]["max_abs_diff_original"]},
-        "flow": {"model": "toy_tanh_k*.onnx", "beta": 0.01, "epochs": toy.epochs,
+        "flow": {"model": "toy_tanh_k*.onnx", "beta": 0.01, "axis": toy.axis, "positions": toy.positions,
                  "toy_mi_bits": [r["mi"] for r in toy.trajectory]},
+        "headlines": {sid: lines for sid, lines in headlines([out]).items() if sid in ("synergy", "flow")},
         "files": sorted({p.name for p in out.iterdir() if not p.name.startswith(".")} | {"summary.json", "report.html"}),
     }
     summary = _rounded(summary)            # for reading: the result tables keep every digit

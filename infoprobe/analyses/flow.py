@@ -23,6 +23,11 @@ checkpoint with a fingerprint of its inputs and parameters), so an interrupted s
 from the checkpoints already done and gives exactly the numbers of an uninterrupted run: every
 checkpoint draws its noise and Monte Carlo samples from the same ``seed``, independently of
 the others.
+
+The position of each checkpoint in training (:func:`checkpoint_axis`) is an epoch or a step
+count only where it is known: given (``epochs``), in the model's metadata (``epoch``,
+``step``), or in the file names (``szt_e0010.onnx``: epoch 10; ``toy_tanh_k000046.onnx``: step
+46); otherwise the checkpoints are numbered in training order (``checkpoint_index``).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import inspect
 import json
 import math
 import shutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +51,7 @@ from ..limits import rows_within
 from ..estimators.mixture import binned_entropy, gaussian_entropy_isotropic, mixture_entropy
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model, sha256_file
 from ..parallel import map_tasks, portable
+from ..report import AXIS_LABELS
 from ..results import (Tables, after_commit, atomic_write_bytes, check_outputs, keep_on_interrupt, plain,
                        provenance, write_table)
 from ..rewrite import io_name
@@ -57,7 +64,13 @@ TABLES = ("flow", "unit_trends", "trend_summary", "distances", "units")
 #: Folder inside a results folder where :func:`flow_study` keeps finished checkpoints.
 PARTIAL_DIR = ".flow-partial"
 #: Version of the resume files' layout; files of another version are recomputed.
-PARTIAL_FORMAT = 1
+PARTIAL_FORMAT = 2
+#: Keys of an ONNX model's metadata that give its position in training: key -> axis.
+METADATA_AXES = {"epoch": "epoch", "step": "step", "global_step": "step"}
+#: File-name endings that give a checkpoint's position in training: axis -> pattern of the
+#: stem (``szt_e0010``, ``run1_epoch-5``: epochs; ``toy_tanh_k000046``, ``ckpt_step1200``: steps).
+NAME_AXES = {"epoch": re.compile(r"(?:^|[^a-z])(?:e|ep|epoch)[_-]?(\d+)$", re.IGNORECASE),
+             "step": re.compile(r"(?:^|[^a-z])(?:k|it|iter|step)[_-]?(\d+)$", re.IGNORECASE)}
 
 #: Explanation printed for beta = 0 (Goldfeld et al., Section 1).
 DETERMINISTIC_NOTE = (
@@ -81,6 +94,8 @@ class FlowResult:
     ``h_t_given_x``, ``h_t_given_x_se``, in ``unit``; ``binned_entropy`` in bits, ``bin_size``;
     the MI columns are None for beta = 0). ``units``: per-unit binned entropies (bits).
     ``distances``: histogram rows (layer, kind = within/between, bin edges, density).
+    ``meta["model_metadata"]``, when the model's metadata has them: its :data:`METADATA_AXES`
+    entries (text), the checkpoint's position in training.
     """
 
     source: str
@@ -164,6 +179,7 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
     DataError, ModelError, DeviceError
     """
     lm = model if isinstance(model, LoadedModel) else load_model(model)
+    training = {k: v for k, v in lm.ir_model.metadata_props.items() if k in METADATA_AXES}
     if beta < 0:
         raise ConfigError(f"beta must be >= 0, got {beta}")
     if unit not in ("bits", "nats"):
@@ -243,22 +259,101 @@ def information_flow(model, data: Dataset, *, beta: float, n_samples: int = 200,
               "bin_size": bin_size, "max_points": max_points, "unit": unit, "closed_form_first": closed_form_first,
               "seed": seed, "layers": layers, "split": data.split}
     meta = provenance({"model": (lm.path, lm.sha256), "data": (data.path, data.sha256)}, params)
+    if training:
+        meta["model_metadata"] = training
     return FlowResult(str(lm.path), beta, rows, units, dists, meta)
 
 
 # --------------------------------------------------------------------------- checkpoints
 
+def _number(text):
+    """``text`` (a metadata value) as an int or float, or None if it is not a finite number."""
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return None
+    return (int(v) if v.is_integer() else v) if math.isfinite(v) else None
+
+
+def checkpoint_axis(models, *, epochs=None, metadata=None) -> tuple[str, list, str]:
+    """Where each checkpoint lies in training: ``(axis, positions, source)``.
+
+    The first rule that applies gives the axis:
+
+    1. ``epochs`` given: ``("epoch", epochs, "given")``.
+    2. Every checkpoint's metadata has an entry of :data:`METADATA_AXES` for one axis, each a
+       number, all different: ``("epoch" | "step", numbers, "model metadata")``.
+    3. Every file name ends in a pattern of :data:`NAME_AXES` of one axis, all numbers
+       different (``szt_e0010.onnx``: epoch 10; ``toy_tanh_k000046.onnx``: step 46):
+       ``("epoch" | "step", numbers, "file names")``.
+    4. Otherwise ``("checkpoint_index", [0, 1, ...], "order")``: the index in training order,
+       not an epoch.
+
+    The flow tables name their column after ``axis``; they always hold ``checkpoint_index``.
+
+    Parameters
+    ----------
+    models : list of LoadedModel or path-like
+        The checkpoints, in training order (only their file names are read here).
+    epochs : list of float, optional
+        Epoch of each checkpoint (``--epochs``).
+    metadata : list of dict, optional
+        Each checkpoint's :data:`METADATA_AXES` entries of its model metadata (text values),
+        as :func:`information_flow` records them in ``meta["model_metadata"]``.
+
+    Returns
+    -------
+    tuple of (str, list, str)
+
+    Raises
+    ------
+    ConfigError
+        ``epochs`` does not have one value per checkpoint.
+    """
+    models = list(models)
+    n = len(models)
+    if epochs is not None:
+        epochs = [float(e) for e in epochs]
+        if len(epochs) != n:
+            raise ConfigError(f"{len(epochs)} epochs for {n} checkpoints")
+        return "epoch", epochs, "given"
+
+    def distinct(values):
+        return None not in values and len(set(values)) == len(values)
+
+    metadata = list(metadata or [])
+    if len(metadata) == n and n:
+        keys = [next((k for k in METADATA_AXES if k in (m or {})), None) for m in metadata]
+        axes = {METADATA_AXES.get(k) for k in keys}
+        if None not in keys and len(axes) == 1:
+            values = [_number(m[k]) for m, k in zip(metadata, keys)]
+            if distinct(values):
+                return axes.pop(), values, "model metadata"
+    stems = [Path(m.path if isinstance(m, LoadedModel) else m).stem for m in models]
+    for axis, pattern in NAME_AXES.items():
+        found = [pattern.search(stem) for stem in stems]
+        values = [int(f.group(1)) if f else None for f in found]
+        if n and distinct(values):
+            return axis, values, "file names"
+    return "checkpoint_index", list(range(n)), "order"
+
+
 @dataclass(repr=False)
 class FlowSeries(Tables):
     """:func:`information_flow` over checkpoints of one architecture.
 
-    ``trajectory``: one row per (checkpoint, layer) with ``epoch`` and the layer columns;
-    ``unit_trends``: per (layer, unit) the slope of a least-squares line of the unit's binned
-    entropy against the epoch (bits per epoch, Section 5.2); ``trend_summary``: per layer the
-    mean and standard deviation of those slopes and the fraction that is negative.
+    ``axis`` and ``positions``: where the checkpoints lie in training
+    (:func:`checkpoint_axis`: ``"epoch"``, ``"step"`` or ``"checkpoint_index"``).
+    ``trajectory``: one row per (checkpoint, layer) with ``checkpoint`` (the model's path),
+    ``checkpoint_index`` (from 0, in training order), the ``epoch`` or ``step`` where known,
+    and the layer columns; ``unit_trends``: per (layer, unit) the slope of a least-squares
+    line of the unit's binned entropy against the axis (bits per epoch, step or checkpoint,
+    Section 5.2); ``trend_summary``: per layer the mean and standard deviation of those
+    slopes and the fraction that is negative.
     """
 
-    epochs: list
+    axis: str
+    positions: list
     results: list
     trajectory: list
     unit_trends: list
@@ -278,40 +373,46 @@ class FlowSeries(Tables):
         if self.unit_trends:
             files += write_table(outdir, "unit_trends", self.unit_trends, self.meta)
             files += write_table(outdir, "trend_summary", self.trend_summary, self.meta)
-        files += write_table(outdir, "distances", [{"epoch": e, **r} for e, res in zip(self.epochs, self.results)
+        files += write_table(outdir, "distances", [dict(self.where(i), **r) for i, res in enumerate(self.results)
                                                    for r in res.distances], self.meta)
-        files += write_table(outdir, "units", [{"epoch": e, **r} for e, res in zip(self.epochs, self.results)
+        files += write_table(outdir, "units", [dict(self.where(i), **r) for i, res in enumerate(self.results)
                                                for r in res.units], self.meta)
         return files
+
+    def where(self, i: int) -> dict:
+        """The columns that place checkpoint ``i`` in training: ``checkpoint_index`` and the
+        ``epoch`` or ``step`` where known."""
+        return {"checkpoint_index": i} | ({self.axis: self.positions[i]} if self.axis != "checkpoint_index" else {})
 
     def summary(self) -> str:
         """The trajectories (I(X;T) with its Monte Carlo standard error for beta > 0, and the
         binned entropy, per checkpoint and layer) and the per-unit trends, as text."""
         p = self.meta.get("parameters", {})
         unit, noisy = p.get("unit", "bits"), p.get("beta", 0) > 0
-        head = f"  {'epoch':>8} {'layer':<12} {'units':>5}"
+        label = AXIS_LABELS[self.axis]
+        head = f"  {label:>10} {'layer':<12} {'units':>5}"
         head += f" {'I(X;T) [' + unit + ']':>16} {'MC s.e.':>8}" if noisy else ""
         lines = [head + f" {'H(Bin(T)) [bits]':>17}"]
         for r in self.trajectory:
-            line = f"  {r['epoch']:>8g} {r['layer']:<12} {r['units']:>5}"
+            line = f"  {r[self.axis]:>10g} {r['layer']:<12} {r['units']:>5}"
             line += f" {r['mi']:16.4f} {r['mi_se']:8.4f}" if noisy else ""
             lines.append(line + f" {r['binned_entropy']:17.4f}")
         for s in self.trend_summary:
             lines.append(f"  {s['layer']}: per-unit H(Bin) slope {s['mean_slope']:.3g} +/- {s['std_slope']:.3g} "
-                         f"bits/epoch, {100 * s['negative_fraction']:.0f}% of units negative")
+                         f"bits/{label}, {100 * s['negative_fraction']:.0f}% of units negative")
         return "\n".join(lines)
 
     def plot(self, outdir) -> list:
-        """``flow.png`` (I(X;T_l) with MC error bars and H(Bin(T_l)) against the epoch, Figs.
-        1, 5), ``distances.png`` (within/between-class distance histograms at the first, middle
+        """``flow.png`` (I(X;T_l) with MC error bars and H(Bin(T_l)) against the epoch, step or
+        checkpoint, Figs. 1, 5), ``distances.png`` (within/between-class distance histograms at the first, middle
         and last checkpoints, Figs. 6, 8)."""
         from .. import report
 
         outdir = Path(outdir)
         picks = sorted({0, len(self.results) // 2, len(self.results) - 1})
         return [report.plot_flow(self.trajectory, outdir / "flow.png"),
-                report.plot_distances({self.epochs[i]: self.results[i].distances for i in picks},
-                                      outdir / "distances.png")]
+                report.plot_distances({self.positions[i]: self.results[i].distances for i in picks},
+                                      outdir / "distances.png", axis=self.axis)]
 
 
 #: Parameters of :func:`information_flow`, all of which enter a resume file's fingerprint.
@@ -384,7 +485,9 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
     models : list of LoadedModel or path-like
     data : Dataset
     epochs : list of float, optional
-        Epoch of each checkpoint (default 0, 1, 2, ...).
+        Epoch of each checkpoint. Default: the epochs or steps in the models' metadata or
+        file names where they give them, else the index in training order
+        (:func:`checkpoint_axis`).
     progress : bool
         Show progress bars.
     resume_dir : path-like, optional
@@ -392,7 +495,7 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
         ``<index>-<SHA-256 prefix>.json`` (written atomically) holding the
         :class:`FlowResult` and a fingerprint: the model's and data file's SHA-256, the split,
         a digest of the selected samples, every parameter of :func:`information_flow` (with
-        its defaults), the checkpoint's index and epoch, the package version. A checkpoint
+        its defaults), the checkpoint's index and given epoch, the package version. A checkpoint
         whose file matches is read instead of computed; other files are ignored and
         overwritten. The folder is left in place (the command line removes it once the
         tables are written). Default: nothing is written.
@@ -412,9 +515,9 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
         Epochs that do not match the models, or checkpoints with different hidden layers.
     """
     models = list(models)
-    epochs = list(range(len(models))) if epochs is None else [float(e) for e in epochs]
-    if len(epochs) != len(models):
-        raise ConfigError(f"{len(epochs)} epochs for {len(models)} checkpoints")
+    if epochs is not None:
+        checkpoint_axis(models, epochs=epochs)               # one epoch per checkpoint, before any work
+        epochs = [float(e) for e in epochs]
     results = [None] * len(models)
     fingerprint_of = None
     if resume_dir is not None:
@@ -428,8 +531,9 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
                   "data_split": data.split, "data_content": _data_digest(data), "parameters": params}
 
         def fingerprint_of(sha256, index):
-            return json.loads(json.dumps(_exact(dict(common, model_sha256=sha256, index=index,
-                                                     epoch=float(epochs[index]))), default=repr))
+            given = float(epochs[index] if epochs is not None else index)
+            return json.loads(json.dumps(_exact(dict(common, model_sha256=sha256, index=index, epoch=given)),
+                                         default=repr))
 
         for i, m in enumerate(models):
             path = m.path if isinstance(m, LoadedModel) else Path(m)
@@ -462,21 +566,28 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
     shape = [[(r["layer"], r["units"]) for r in res.layers] for res in results]
     if any(s != shape[0] for s in shape):
         raise ConfigError("the checkpoints do not share their hidden layers (one architecture is needed)")
-    trajectory = [{"checkpoint": res.source, "epoch": e, **r} for e, res in zip(epochs, results) for r in res.layers]
-    trends, summary = [], []
+    axis, positions, source = checkpoint_axis(models, epochs=epochs,
+                                              metadata=[res.meta.get("model_metadata") for res in results])
+    series = FlowSeries(axis, positions, results, [], [], [])
+    series.trajectory = [{"checkpoint": res.source, **series.where(i), **r} for i, res in enumerate(results)
+                         for r in res.layers]
     if len(results) >= 2:
-        ep = np.asarray(epochs, np.float64)
+        ep = np.asarray(positions, np.float64)
         for li, (layer, d) in enumerate(shape[0]):
             ent = np.array([[u["binned_entropy"] for u in res.units if u["layer"] == layer] for res in results])
             slopes = np.polyfit(ep, ent, 1)[0] if np.ptp(ep) > 0 else np.zeros(d)
-            trends += [{"layer": layer, "unit": j, "slope": float(s)} for j, s in enumerate(np.atleast_1d(slopes))]
-            summary.append({"layer": layer, "units": d, "mean_slope": float(np.mean(slopes)),
-                            "std_slope": float(np.std(slopes)), "negative_fraction": float(np.mean(slopes < 0))})
-    meta = dict(results[0].meta)
+            series.unit_trends += [{"layer": layer, "unit": j, "slope": float(s)}
+                                   for j, s in enumerate(np.atleast_1d(slopes))]
+            series.trend_summary.append({"layer": layer, "units": d, "mean_slope": float(np.mean(slopes)),
+                                         "std_slope": float(np.std(slopes)),
+                                         "negative_fraction": float(np.mean(slopes < 0))})
+    meta = {k: v for k, v in results[0].meta.items() if k != "model_metadata"}
     meta["inputs"] = {f"model_{i}": {"path": res.source, "sha256": res.meta["inputs"]["model"]["sha256"]}
                       for i, res in enumerate(results)} | {"data": results[0].meta["inputs"]["data"]}
-    meta["parameters"] = dict(meta["parameters"], epochs=epochs)
-    return FlowSeries(epochs, results, trajectory, trends, summary, meta)
+    meta["parameters"] = dict(meta["parameters"], epochs=epochs,
+                              checkpoint_axis={"axis": axis, "positions": positions, "from": source})
+    series.meta = meta
+    return series
 
 
 # --------------------------------------------------------------------------- the whole workflow
@@ -484,7 +595,8 @@ def flow_series(models, data: Dataset, *, epochs=None, progress: bool = True, re
 @dataclass
 class FlowStudy:
     """What :func:`flow_study` computed (``series``: the first run's; ``runs``: every run's)
-    and wrote (``files``); with several runs, ``across``: per epoch, layer and measure (``mi``,
+    and wrote (``files``); with several runs, ``across``: per checkpoint (``checkpoint_index``,
+    and the ``epoch`` or ``step`` when every run has the same), layer and measure (``mi``,
     ``binned_entropy``) the mean, sd, median, range and Student t interval over the runs
     (:func:`infoprobe.stats.across_replicates`)."""
 
@@ -505,12 +617,15 @@ class FlowStudy:
         """:meth:`FlowSeries.summary`, or with several runs the mean and sd over them."""
         if len(self.runs) < 2:
             return self.series.summary()
-        lines = [f"mean +/- sd over {len(self.runs)} runs"]
+        from ..report import axis_column
+
+        axis = axis_column(self.across)
+        lines = [f"mean +/- sd over {len(self.runs)} runs, by {AXIS_LABELS[axis]}"]
         for g in self.across:
             if g["mean"] is None:
                 continue
             sd = f" +/- {g['std']:.4f}" if g["std"] is not None else ""
-            lines.append(f"  {g['epoch']:>8g} {g['layer']:<12} {g['measure']:<15} {g['mean']:.4f}{sd}")
+            lines.append(f"  {g[axis]:>10g} {g['layer']:<12} {g['measure']:<15} {g['mean']:.4f}{sd}")
         return "\n".join(lines)
 
 
@@ -536,14 +651,17 @@ def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, runs: in
     beta : float
         Noise standard deviation (:func:`information_flow`).
     epochs : list of float, optional
-        Epoch of each checkpoint of a run.
+        Epoch of each checkpoint of a run (default: from the models' metadata or file names
+        where they give epochs or steps, else the index in training order:
+        :func:`checkpoint_axis`).
     runs : int
         ``models`` are this many training runs of one configuration (other seeds), each with
         the same checkpoints, given run after run. Each run's tables go to ``out/run<i>``;
         ``out`` gets ``flow_runs.{csv,json}`` (every run's trajectory, with its ``run``),
         ``flow_summary.{csv,json}`` (mean, sd, median, range and Student t interval over the
-        runs of I(X;T) and H(Bin(T)) per epoch and layer) and ``flow.png`` with the runs'
-        spread as bands.
+        runs of I(X;T) and H(Bin(T)) per checkpoint and layer: by ``checkpoint_index``, with
+        the ``epoch`` or ``step`` when all runs have the same) and ``flow.png`` with the
+        runs' spread as bands.
     plot : bool
         Write ``flow.png`` and ``distances.png``.
     notify : callable, optional
@@ -596,16 +714,17 @@ def flow_study(models, data: Dataset, out, *, beta: float, epochs=None, runs: in
         series.append(s)
     across = []
     if runs > 1:
-        shape = [(r["epoch"], r["layer"]) for r in series[0].trajectory]
+        shape = [(r["checkpoint_index"], r["layer"]) for r in series[0].trajectory]
         for i, s in enumerate(series[1:], start=1):
-            if [(r["epoch"], r["layer"]) for r in s.trajectory] != shape:
-                raise ConfigError(f"run {i} does not have run 0's checkpoints and layers: runs share one "
-                                  "architecture and one list of epochs")
+            if [(r["checkpoint_index"], r["layer"]) for r in s.trajectory] != shape:
+                raise ConfigError(f"run {i} does not have run 0's layers: runs share one architecture")
         from ..stats import across_replicates
 
         per = [dict({"run": i}, **r) for i, s in enumerate(series) for r in s.trajectory]
         values = ("mi", "binned_entropy") if beta > 0 else ("binned_entropy",)
-        across = across_replicates(per, by=("epoch", "layer"), values=values)
+        shared = all((s.axis, s.positions) == (series[0].axis, series[0].positions) for s in series)
+        by = ("checkpoint_index",) + ((series[0].axis,) if shared and series[0].axis != "checkpoint_index" else ())
+        across = across_replicates(per, by=by + ("layer",), values=values)
         meta = dict(series[0].meta)
         meta["inputs"] = {f"run{i}_{k}": v for i, s in enumerate(series) for k, v in s.meta["inputs"].items()
                           if k != "data"} | {"data": series[0].meta["inputs"]["data"]}

@@ -31,8 +31,9 @@ from .options import csv_list, echo_json, progress_option, wrote
                    "(exact up to 20 classes).")
 @click.option("--per-class/--no-per-class", default=None,
               help="Write specific_information (a row per unit and class) and the js_subset lists. Default: "
-                   f"only when units x classes <= {PER_CLASS_ROWS:,} (e.g. 10 classes x 20,000 units); --per-class "
-                   "forces it within --max-memory (e.g. 1,000 classes x 4,000 units need about 8G).")
+                   f"when units x classes <= {PER_CLASS_ROWS:,} (e.g. 10 classes x 20,000 units) and it fits in "
+                   "--max-memory; --per-class forces it, within --max-memory (e.g. 1,000 classes x 4,000 units need "
+                   "about 8G).")
 @click.option("--positions", type=click.Choice(["mean", "max", "first", "last"]), default="mean", show_default=True,
               help="One value per unit and sample from a conv or token site: the mean or max over positions, or "
                    "the first ([CLS]) or last real token; padding tokens left out. Stores captured without "
@@ -47,9 +48,10 @@ def importance(store, out, layers, which, quantizer, bins, threshold, js, js_top
     """Entropy, MI, KL selectivity, JS subset separation and labeled MI of every unit (bits).
 
     Writes importance.csv/json (one row per unit), specific_information.csv/json (one row
-    per unit and class; no rows above 200,000 unless --per-class) and importance.png to
-    --out. The classes are the distinct labels of the store; class columns keep the labels
-    (a store labelled 0, 3, 882 has classes 0, 3 and 882) and the meta lists them.
+    per unit and class; no rows above 200,000 rows or --max-memory unless --per-class) and
+    importance.png to --out. The classes are the distinct labels of the store; class columns
+    keep the labels (a store labelled 0, 3, 882 has classes 0, 3 and 882) and the meta lists
+    them, with how JS subset separation was searched.
 
     \b
     Examples:

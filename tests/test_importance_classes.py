@@ -86,6 +86,31 @@ def test_labels_with_gaps_are_the_classes_and_keep_their_names(tmp_path):
     assert sorted({r["class"] for r in doc["rows"]}) == [0, 3, 882]
 
 
+def test_per_class_output_within_the_budget(tmp_path):
+    # 5 units x 3 classes: 15 per-class rows, under PER_CLASS_ROWS; whether they are built follows
+    # the budget: 5 unit rows need 20 KiB, with the per-class rows 51.7 KiB
+    from infoprobe.analyses import importance as mod
+    from infoprobe.errors import BudgetError
+    from infoprobe.limits import budgets
+
+    rng = np.random.default_rng(4)
+    y = np.array([1, 5, 9])[rng.integers(0, 3, 60)]
+    store = _store(tmp_path / "s.h5", y, rng.standard_normal((60, 5)))
+    assert 5 * mod.UNIT_ROW_BYTES < 40 * 1024 < 5 * mod.UNIT_ROW_BYTES + 15 * mod.PER_CLASS_ROW_BYTES
+    roomy = importance(store, progress=False)
+    with budgets(memory="40K"):
+        tight = importance(store, progress=False)
+        with pytest.raises(BudgetError, match=r"per-class output \(15 rows"):
+            importance(store, per_class=True, progress=False)
+    assert roomy.params["per_class"] is True and len(roomy.specific) == 15
+    assert all(r["js_subset"] is not None for r in roomy.units)
+    assert tight.params["per_class"] is False and tight.specific == []
+    assert all(r["js_subset"] is None for r in tight.units)
+    for a, b in zip(roomy.units, tight.units, strict=True):   # the summary columns do not change
+        assert {k: v for k, v in a.items() if k != "js_subset"} == {k: v for k, v in b.items() if k != "js_subset"}
+    assert "per-class output left out (15 rows" in tight.summary()
+
+
 def _split_mi(code, inside):
     """I(T; 1[Y in A]) in bits of codes ``code`` [N] and the indicator ``inside`` [N]."""
     mi = 0.0

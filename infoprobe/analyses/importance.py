@@ -188,8 +188,9 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
     per_class : bool, optional
         Build the per-class output: the ``specific_information`` table (one row per unit and
         class) and the ``js_subset`` lists. Default (None): when units x classes, over the
-        layers, is at most :data:`PER_CLASS_ROWS`; otherwise the table is empty and the lists
-        None (``params["per_class"]`` says which). The summary columns are always there.
+        layers, is at most :data:`PER_CLASS_ROWS` and fits in the memory budget; otherwise the
+        table is empty and the lists None (``params["per_class"]`` says which). True refuses
+        when it does not fit. The summary columns are always there.
     device : {"cpu", "cuda"}
     conv_reduce : {"mean", "max", "first", "last"}
         How a site with positions gives one value per unit and sample
@@ -226,8 +227,10 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
         names = st.hidden_layers() if layers is None else list(layers)
         n_units = {name: int(st.layer_info(name)["units"]) for name in names}
         rows_pc = sum(n_units.values()) * n_classes
-        per_class = rows_pc <= PER_CLASS_ROWS if per_class is None else bool(per_class)
-        require_memory(sum(n_units.values()) * UNIT_ROW_BYTES + (rows_pc * PER_CLASS_ROW_BYTES if per_class else 0),
+        need = sum(n_units.values()) * UNIT_ROW_BYTES
+        if per_class is None:
+            per_class = rows_pc <= PER_CLASS_ROWS and need + rows_pc * PER_CLASS_ROW_BYTES <= max_memory()
+        require_memory(need + (rows_pc * PER_CLASS_ROW_BYTES if per_class else 0),
                        f"the importance table of {sum(n_units.values()):,} units"
                        + (f" with its per-class output ({rows_pc:,} rows: units x {n_classes:,} classes; "
                           "per_class=False, --no-per-class, leaves it out)" if per_class else ""))

@@ -11,7 +11,9 @@ Typical use::
     h = entropy(counts); i = mutual_information(counts)
 
 Source: Liu, Amjad, Geiger, "Understanding Individual Neuron Importance Using Information
-Theory" (arXiv 1804.06679), Section 3 eq. 2; Section 4 eqs. 3-5; Appendix B eqs. 13-17.
+Theory" (arXiv 1804.06679), Section 3 eq. 2; Section 4 eqs. 3-5; Appendix B eqs. 13-17. JS
+subset separation of one-bit codes at any number of classes: Breiman, Friedman, Olshen & Stone,
+"Classification and Regression Trees" (1984), Theorem 4.5.
 """
 from __future__ import annotations
 

@@ -238,7 +238,7 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
         if js:
             groups = est.discrete.js_groups(freq, js_top)
             if n_bins == 2:
-                js_method = "exact: the C-1 splits of the classes ordered by P(T=1|Y) (Breiman et al. 1984, Thm 4.5)"
+                js_method = "exact: the C-1 splits of the classes ordered by P(T=1|Y) (Breiman et al. 1984, Sec. 4.2.2)"
             elif groups.max() + 1 == n_classes:
                 js_method = "exact: all 2^(C-1)-1 class splits"
             else:

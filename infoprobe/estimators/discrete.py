@@ -13,7 +13,8 @@ Typical use::
 Source: Liu, Amjad, Geiger, "Understanding Individual Neuron Importance Using Information
 Theory" (arXiv 1804.06679), Section 3 eq. 2; Section 4 eqs. 3-5; Appendix B eqs. 13-17. JS
 subset separation of one-bit codes at any number of classes: Breiman, Friedman, Olshen & Stone,
-"Classification and Regression Trees" (1984), Theorem 4.5.
+"Classification and Regression Trees" (1984), Section 4.2.2; Hastie, Tibshirani & Friedman,
+"The Elements of Statistical Learning" (2nd ed. 2009), Section 9.2.4.
 """
 from __future__ import annotations
 
@@ -302,7 +303,7 @@ def _sides(in_a, xp):
 
 def _ordered_splits(counts, xp):
     """Exact max_A I(T; 1[Y in A]) for two bins: the best split is one of the C-1 splits of
-    the classes sorted by P(T=1 | Y=y) (Breiman, Friedman, Olshen & Stone 1984, Theorem 4.5)."""
+    the classes sorted by P(T=1 | Y=y) (Breiman, Friedman, Olshen & Stone 1984, Section 4.2.2)."""
     u, _, c = counts.shape
     n_y = xp.sum(counts, axis=1)                                   # [U, C]
     ratio = counts[:, 1, :] / xp.where(n_y > 0, n_y, 1.0)
@@ -343,7 +344,8 @@ def js_subset_separation(counts, *, top: int = JS_TOP, block: int | None = None)
     - two bins (a one-bit quantizer): **exact at any number of classes**, over the C-1 splits
       of the classes sorted by P(T=1 | Y=y), among which the best split lies for any concave
       impurity, entropy included (Breiman, Friedman, Olshen & Stone, *Classification and
-      Regression Trees*, 1984, Theorem 4.5); O(U C log C).
+      Regression Trees*, 1984, Section 4.2.2; Hastie, Tibshirani & Friedman, *The Elements
+      of Statistical Learning*, 2009, Section 9.2.4); O(U C log C).
     - more bins: over all 2^(G-1) - 1 splits of the groups of :func:`js_groups`, ``block``
       splits at a time. Exact up to ``top + 1`` classes; with more, the ``top`` most frequent
       classes are kept apart and the others pooled on one side, which gives a lower bound (a

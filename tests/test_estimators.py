@@ -86,8 +86,8 @@ def test_closed_form_parity_unit():
     np.testing.assert_allclose([m["H"][0], m["I"][0], m["JS"][0], m["KL"][0], m["LAB"][0]],
                                [1, 1, 1, 1, 1 - 0.75 * h13], atol=1e-12)
     counts = est.joint_counts(est.quantize(t, est.threshold_edges(1, 0.5)), y, 2, 4)
-    best = int(est.js_subset_separation(counts)[1][0])
-    assert set(est.subset_classes(best)) == {1, 3}  # odd classes against even ones
+    in_a = est.js_subset_separation(counts)[1][0]
+    assert est.subset_classes(in_a) == [1, 3]   # odd classes against even ones (the side without class 0)
 
 
 def test_independent_unit_has_zero_information():
@@ -132,9 +132,62 @@ def test_counts_add_over_chunks():
     assert whole.sum() == 500
 
 
-def test_js_refuses_more_than_20_classes():
-    with pytest.raises(ConfigError, match="20"):
-        est.js_subset_separation(np.ones((1, 2, 21)))
+def _split_mi(counts, in_a):
+    """I(T; 1[Y in A]) in bits of one unit's table [B, C] and a class mask [C], from p log p."""
+    two = np.stack([counts[:, in_a].sum(1), counts[:, ~in_a].sum(1)], axis=1) / counts.sum()
+    pt, pa = two.sum(1, keepdims=True), two.sum(0, keepdims=True)
+    nz = two > 0
+    return float((two[nz] * np.log2(two[nz] / (pt * pa)[nz])).sum())
+
+
+def brute_js(counts):
+    """max over every non-empty proper class subset of I(T; 1[Y in A]), per unit: plain loops."""
+    u, _, c = counts.shape
+    best = np.zeros(u)
+    for r in range(1, c):
+        for a in itertools.combinations(range(c), r):
+            m = np.zeros(c, bool)
+            m[list(a)] = True
+            best = np.maximum(best, [_split_mi(counts[i], m) for i in range(u)])
+    return best
+
+
+@pytest.mark.parametrize("n_classes", [2, 5, 9, 13])
+def test_js_one_bit_is_exact_at_any_number_of_classes(n_classes):
+    # two bins: the ordered splits give the maximum over all 2^(C-1) - 1 splits, even above top + 1
+    rng = np.random.default_rng(n_classes)
+    counts = rng.integers(0, 40, (7, 2, n_classes)).astype(float)
+    value, in_a = est.js_subset_separation(counts, top=2)
+    np.testing.assert_allclose(value, brute_js(counts), rtol=0, atol=1e-12)
+    for i in range(7):   # the subset returned attains the value, and it is the side with fewer classes
+        assert _split_mi(counts[i], in_a[i]) == pytest.approx(value[i], abs=1e-12)
+        assert 0 < in_a[i].sum() <= n_classes / 2
+
+
+def test_js_more_bins_pools_all_but_the_top_classes():
+    # 3 bins, 9 classes, top 4: the 4 most frequent classes kept apart, the other 5 pooled as one
+    rng = np.random.default_rng(3)
+    freq = np.array([5, 90, 7, 60, 80, 3, 70, 9, 4])          # top 4: classes 1, 4, 6, 3
+    counts = np.stack([rng.multinomial(f, rng.dirichlet(np.ones(3))) for f in freq], axis=1)[None].astype(float)
+    counts = np.concatenate([counts, counts[:, ::-1]], axis=0)  # two units
+    assert est.discrete.js_groups(freq, 4).tolist() == [0, 1, 0, 2, 3, 0, 4, 0, 0]
+    value, in_a = est.js_subset_separation(counts, top=4)
+    rest = [0, 2, 5, 7, 8]
+    pooled = np.concatenate([counts[:, :, [1, 3, 4, 6]], counts[:, :, rest].sum(2, keepdims=True)], axis=2)
+    np.testing.assert_allclose(value, brute_js(pooled), rtol=0, atol=1e-12)
+    assert np.all(value <= brute_js(counts) + 1e-12)          # a lower bound of the exact search
+    for i in range(2):
+        assert _split_mi(counts[i], in_a[i]) == pytest.approx(value[i], abs=1e-12)
+        assert in_a[i, rest].all() or not in_a[i, rest].any()  # the pooled classes stay together
+    # up to top + 1 classes the search is exact
+    np.testing.assert_allclose(est.js_subset_separation(counts[:, :, :5], top=4)[0], brute_js(counts[:, :, :5]),
+                               atol=1e-12)
+
+
+def test_js_top_outside_its_range_is_refused():
+    for top in (0, 21, 2.5, True):
+        with pytest.raises(ConfigError, match="1 to 20 classes apart"):
+            est.js_subset_separation(np.ones((1, 3, 4)), top=top)
 
 
 def test_js_blocks_agree():

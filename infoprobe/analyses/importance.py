@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .. import estimators as est
 from ..arrays import namespace, to_numpy
 from ..errors import ConfigError
-from ..limits import max_memory, rows_within
+from ..limits import max_memory, require_memory, rows_within
 from ..results import Tables, check_outputs, provenance, write_table
 from ..positions import REDUCTIONS, per_unit
 from ..store import Store
@@ -55,7 +55,9 @@ class Quantizer:
 @dataclass(repr=False)
 class ImportanceResult(Tables):
     """Per-unit measures (``units``: one row per unit) and the specific-information table
-    (``specific``: one row per unit and class), both in bits."""
+    (``specific``: one row per unit and class, empty when the per-class output was left out:
+    ``params["per_class"]``), both in bits. Class columns hold the store's labels;
+    ``params["classes"]`` lists them by their code 0..C-1."""
 
     units: list
     specific: list
@@ -95,11 +97,20 @@ class ImportanceResult(Tables):
                 for lay in self.layers()}
 
     def summary(self) -> str:
-        """The per-layer means of :meth:`mean_bits` as a table (the terminal's summary)."""
+        """The per-layer means of :meth:`mean_bits` as a table (the terminal's summary), then the
+        classes, how JS subset separation was searched and whether the per-class output was left out."""
         lines = [f"{'layer':<20} {'H':>7} {'I(T;Y)':>7} {'KL sel':>7} {'lab.MI':>7}   (means, bits)"]
         for lay, m in self.mean_bits().items():
             lines.append(f"{lay:<20} {m['entropy']:7.3f} {m['mutual_information']:7.3f} "
                          f"{m['kl_selectivity']:7.3f} {m['labeled_mi']:7.3f}")
+        p = self.params
+        classes = p.get("classes") or []
+        if classes:
+            lines.append(f"{len(classes):,} classes (labels {classes[0]}..{classes[-1]})"
+                         + (f"; JS subset separation: {p['js_method']}" if p.get("js_method") else ""))
+        if p.get("per_class") is False:
+            lines.append(f"per-class output left out ({p['per_class_rows']:,} rows: units x classes; --per-class "
+                         "writes it)")
         return "\n".join(lines)
 
     def plot(self, outdir) -> list:
@@ -109,7 +120,8 @@ class ImportanceResult(Tables):
         return [plot_importance(self.units, Path(outdir) / "importance.png")]
 
     def save(self, outdir, *, overwrite: bool = False) -> list:
-        """Write ``importance.{csv,json}`` and ``specific_information.{csv,json}`` to ``outdir``."""
+        """Write ``importance.{csv,json}`` and ``specific_information.{csv,json}`` (no rows when the
+        per-class output was left out) to ``outdir``."""
         outdir = Path(outdir)
         names = ["importance", "specific_information"]
         check_outputs([outdir / f"{n}.{e}" for n in names for e in ("csv", "json")], overwrite)
@@ -118,16 +130,43 @@ class ImportanceResult(Tables):
             write_table(outdir, "specific_information", self.specific, meta)
 
 
+#: Per-class rows (units x classes over the layers) up to which the per-class output is written
+#: by default (``per_class=None``; ``--per-class`` / ``--no-per-class`` decide otherwise).
+PER_CLASS_ROWS = 200_000
+#: Bytes one row of the importance table and one per-class row take in memory until written
+#: (the row, its JSON-ready copy, the CSV and JSON text), checked against the memory budget.
+UNIT_ROW_BYTES = 4096
+PER_CLASS_ROW_BYTES = 2048 + 64          # a specific-information row and a class of a js_subset list
+#: float64 [B, C] tables of one unit held at once while its measures are computed (the counts and
+#: the temporaries of the estimators).
+_TABLES_PER_UNIT = 12
+#: int64 [rows, units] arrays held at once while a block of samples is quantized and counted.
+_CODES_PER_VALUE = 5
+
+
 def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer = Quantizer(),
-               js: bool = True, device: str = "cpu", conv_reduce: str = "mean",
-               max_quantile_rows: int = 200_000, seed: int = 0, progress: bool = True) -> ImportanceResult:
+               js: bool = True, js_top: int = est.discrete.JS_TOP, per_class: bool | None = None,
+               device: str = "cpu", conv_reduce: str = "mean", max_quantile_rows: int = 200_000, seed: int = 0,
+               progress: bool = True) -> ImportanceResult:
     """Entropy, MI, KL selectivity, JS subset separation and labeled MI of every unit, in bits.
 
     Measures follow Liu, Amjad & Geiger 2018: H(T) (eq. 3), I(T;Y) (eq. 4), KL selectivity
-    max_y D_KL(P_{T|Y=y} || P_T) (eq. 5) with the full specific-information table,
-    JS subset separation max_A I(T; 1[Y in A]) (eq. 14, exact) and labeled MI
+    max_y D_KL(P_{T|Y=y} || P_T) (eq. 5) with the specific-information table, JS subset
+    separation max_A I(T; 1[Y in A]) (eq. 14; searched as in
+    :func:`infoprobe.estimators.discrete.js_subset_separation`) and labeled MI
     max_y I(T; 1[Y=y]) (eq. 16), from the joint frequencies of quantized outputs and labels
-    (eq. 2). The store is streamed in row blocks; only count tables [U, B, C] are kept.
+    (eq. 2).
+
+    The classes are the distinct labels of the store (any integers, gaps allowed), coded
+    0..C-1 in increasing order; every class column and table (``class``,
+    ``kl_selectivity_class``, ``labeled_mi_class``, ``js_subset``) holds the original labels,
+    and ``params["classes"]`` maps code -> label.
+
+    Memory stays within the budget (:mod:`infoprobe.limits`) at any number of classes, units
+    and bins: the store is streamed in row blocks and counted into float64 tables [units, B, C]
+    a block of units at a time (a block's tables and the estimators' temporaries in a quarter
+    of the budget; more than one block reads the layer once per block), and the tables that
+    are kept are checked against the budget before they are built.
 
     Parameters
     ----------
@@ -139,7 +178,19 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
         Post-activations (default, as in the paper) or pre-activations.
     quantizer : Quantizer
     js : bool
-        Compute JS subset separation (O(2^C); refused above 20 classes).
+        Compute JS subset separation.
+    js_top : int
+        With more than two bins and more than ``js_top + 1`` classes, JS subset separation
+        keeps the ``js_top`` most frequent classes apart and pools the others (a lower bound;
+        ``params["js_method"]`` and ``params["js_classes"]`` say so); 1..20, default 12 (exact
+        up to 13 classes; each more doubles the time). One-bit codes are searched exactly at
+        any number of classes.
+    per_class : bool, optional
+        Build the per-class output: the ``specific_information`` table (one row per unit and
+        class) and the ``js_subset`` lists. Default (None): when units x classes, over the
+        layers, is at most :data:`PER_CLASS_ROWS` and fits in the memory budget; otherwise the
+        table is empty and the lists None (``params["per_class"]`` says which). True refuses
+        when it does not fit. The summary columns are always there.
     device : {"cpu", "cuda"}
     conv_reduce : {"mean", "max", "first", "last"}
         How a site with positions gives one value per unit and sample
@@ -159,26 +210,49 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
     Raises
     ------
     StoreError, DataError (no labels, NaN activations), ConfigError, DeviceError
+    BudgetError
+        The importance table, or the per-class output asked for, does not fit in the memory
+        budget, or one unit's [B, C] tables do not fit in a quarter of it.
     """
     if conv_reduce not in REDUCTIONS or conv_reduce == "samples":
         raise ConfigError(f"unknown reduction over positions {conv_reduce!r}; use mean, max, first or last")
+    if which not in ("pre", "post"):
+        raise ConfigError("which must be 'pre' or 'post'")
     own = not isinstance(store, Store)
     st = Store(store) if own else store
     try:
         xp = namespace(device)
-        labels = st.require_labels()
-        n_classes = int(labels.max()) + 1
-        if js and n_classes > est.discrete.MAX_JS_CLASSES:
-            raise ConfigError(f"JS subset separation is exact over 2^(C-1) subsets and limited to "
-                              f"{est.discrete.MAX_JS_CLASSES} classes; the store has {n_classes}: pass js=False "
-                              "(--no-js)")
-        if which not in ("pre", "post"):
-            raise ConfigError("which must be 'pre' or 'post'")
+        classes, codes, freq = np.unique(st.require_labels(), return_inverse=True, return_counts=True)
+        n_classes, n_bins = len(classes), quantizer.n_bins
         names = st.hidden_layers() if layers is None else list(layers)
+        n_units = {name: int(st.layer_info(name)["units"]) for name in names}
+        rows_pc = sum(n_units.values()) * n_classes
+        need = sum(n_units.values()) * UNIT_ROW_BYTES
+        if per_class is None:
+            per_class = rows_pc <= PER_CLASS_ROWS and need + rows_pc * PER_CLASS_ROW_BYTES <= max_memory()
+        require_memory(need + (rows_pc * PER_CLASS_ROW_BYTES if per_class else 0),
+                       f"the importance table of {sum(n_units.values()):,} units"
+                       + (f" with its per-class output ({rows_pc:,} rows: units x {n_classes:,} classes; "
+                          "per_class=False, --no-per-class, leaves it out)" if per_class else ""))
+        js_method, js_classes = None, None
+        if js:
+            groups = est.discrete.js_groups(freq, js_top)
+            if n_bins == 2:
+                js_method = "exact: the C-1 splits of the classes ordered by P(T=1|Y) (Breiman et al. 1984, Sec. 4.2.2)"
+            elif groups.max() + 1 == n_classes:
+                js_method = "exact: all 2^(C-1)-1 class splits"
+            else:
+                js_method = (f"lower bound: all splits of the {js_top} most frequent classes, the other "
+                             f"{n_classes - js_top:,} pooled as one")
+                js_classes = classes[groups > 0].tolist()
+        # a block of units: its count tables and the estimators' temporaries in 1/4 of the budget
+        cols = rows_within(n_bins * n_classes * 8 * _TABLES_PER_UNIT, max(n_units.values(), default=1), share=0.25,
+                           what=f"the {n_bins} x {n_classes:,} (bins x classes) tables of one unit")
         units_rows, spec_rows = [], []
         rng = np.random.default_rng(seed)
-        y_dev = xp.asarray(labels)
-        bar = tqdm(total=len(names) * st.n_rows, unit="sample", desc="importance", disable=not progress)
+        y_dev = xp.asarray(codes.astype(np.int64))
+        bar = tqdm(total=sum(-(-u // cols) for u in n_units.values()) * st.n_rows, unit="sample", desc="importance",
+                   disable=not progress)
         for name in names:
             info = st.layer_info(name)
             mask = st.position_mask(name)   # padding tokens never enter a reduction
@@ -191,72 +265,94 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                 return per_unit(block, info["unit_axis"], conv_reduce, m)
 
             act = info["activation"] if which == "post" else "none"
-            n_units = int(info["units"])
-            if quantizer.method == "threshold":
-                thr = quantizer.threshold if quantizer.threshold is not None else est.default_threshold(act)
-                edges = est.threshold_edges(n_units, thr, like=y_dev)
-            elif quantizer.method == "uniform":
-                lo = np.full(n_units, np.inf)
-                hi = np.full(n_units, -np.inf)
+            size = n_units[name]
+            edges = _edges(st, name, which, quantizer, act, size, reduced, rng, max_quantile_rows, xp)
+            step = rows_within(min(cols, size) * 8 * _CODES_PER_VALUE, st.n_rows, share=1 / 8,
+                               what=f"the bin codes of one sample of {name}")
+            constant = 0
+            for j in range(0, size, cols):      # a block of units at a time: one pass over the layer each
+                k = min(cols, size - j)
+                counts = xp.zeros((k, n_bins, n_classes), dtype=xp.float64)
                 for start, block in st.iter_rows(name, which):
                     b = reduced(block, start)
-                    lo, hi = np.minimum(lo, b.min(0)), np.maximum(hi, b.max(0))
-                edges = est.uniform_edges(xp.asarray(lo), xp.asarray(hi), quantizer.bins)
-            else:
-                keep = min(st.n_rows, max_quantile_rows)
-                fit = max_memory() // 4 // (4 * n_units)        # the sample, float32, in a quarter of the budget
-                if fit < keep:
-                    warnings.warn(f"the quantile edges of {name} come from {fit:,} samples (max_quantile_rows "
-                                  f"{keep:,} lowered so that {n_units:,} units fit in 1/4 of --max-memory)", stacklevel=2)
-                    keep = max(1, fit)
-                rows = np.sort(rng.choice(st.n_rows, keep, replace=False))
-                sample, at = np.empty((len(rows), n_units), np.float32), 0
-                for start, block in st.iter_rows(name, which):   # a first pass, a block of samples at a time
-                    lo, hi = np.searchsorted(rows, [start, start + len(block)])
-                    if hi > lo:
-                        sample[at:at + hi - lo] = reduced(block[rows[lo:hi] - start], rows=rows[lo:hi])
-                        at += hi - lo
-                cols = rows_within(len(rows) * 8 * 3, n_units, share=0.25, what=f"one unit's {len(rows):,} samples")
-                edges = xp.concat([est.quantile_edges(xp.asarray(sample[:, j:j + cols]), quantizer.bins)
-                                        for j in range(0, n_units, cols)], axis=0)
-            counts = None
-            for start, block in st.iter_rows(name, which):
-                b = xp.asarray(reduced(block, start))
-                c = est.joint_counts(est.quantize(b, edges), y_dev[start:start + len(block)],
-                                     quantizer.n_bins, n_classes)
-                counts = c if counts is None else counts + c
-                bar.update(len(block))
-            h = to_numpy(est.entropy(counts))
-            constant = int((h <= 1e-12).sum())
-            if constant > n_units // 2:      # a code that never changes carries no information at all
+                    for s in range(0, len(b), step):
+                        part = xp.asarray(b[s:s + step, j:j + k])
+                        counts += est.joint_counts(est.quantize(part, edges[j:j + k]),
+                                                   y_dev[start + s:start + s + part.shape[0]], n_bins, n_classes)
+                    bar.update(len(block))
+                constant += _measure_rows(counts, js, js_top, per_class, classes, name, j, info, units_rows, spec_rows)
+                del counts
+            if constant > size // 2:      # a code that never changes carries no information at all
                 why = (" (a mean over positions after a ReLU is almost never at the threshold 0)"
                        if quantizer.method == "threshold" and info["kind"] != "dense" else "")
-                warnings.warn(f"{constant} of {n_units} units of {name} have a constant {quantizer.method} code, every "
+                warnings.warn(f"{constant} of {size} units of {name} have a constant {quantizer.method} code, every "
                               f"sample in one bin{why}; their measures are 0 bits: a quantile quantizer "
                               "(--quantizer quantile) splits each unit at its own quantiles", stacklevel=2)
-            mi = to_numpy(est.mutual_information(counts))
-            spec = to_numpy(est.specific_information(counts))
-            kl, kl_arg = (to_numpy(a) for a in est.kl_selectivity(counts))
-            lmi, lmi_arg = (to_numpy(a) for a in est.labeled_mutual_information(counts))
-            if js:
-                jsv, js_mask = (to_numpy(a) for a in est.js_subset_separation(counts))
-            for u in range(n_units):
-                units_rows.append({
-                    "layer": name, "unit": u, "depth": int(info["depth"]), "activation": info["activation"],
-                    "entropy": h[u], "mutual_information": mi[u],
-                    "kl_selectivity": kl[u], "kl_selectivity_class": int(kl_arg[u]),
-                    "js_subset_separation": jsv[u] if js else None,
-                    "js_subset": est.subset_classes(js_mask[u]) if js else None,
-                    "labeled_mi": lmi[u], "labeled_mi_class": int(lmi_arg[u]),
-                })
-                for c in range(n_classes):
-                    spec_rows.append({"layer": name, "unit": u, "class": c, "specific_information": spec[u, c]})
         bar.close()
-        params = {"which": which, "quantizer": quantizer.method, "bins": quantizer.n_bins,
-                  "threshold": quantizer.threshold, "js": js, "conv_reduce": conv_reduce,
-                  "layers": names, "n_samples": st.n_rows, "n_classes": n_classes, "units": "bits",
-                  "seed": seed, "store_attrs": {k: st.attrs.get(k) for k in ("model_sha256", "data_split")}}
+        params = {"which": which, "quantizer": quantizer.method, "bins": n_bins,
+                  "threshold": quantizer.threshold, "js": js, "js_top": js_top, "js_method": js_method,
+                  "js_classes": js_classes, "conv_reduce": conv_reduce, "layers": names, "n_samples": st.n_rows,
+                  "n_classes": n_classes, "classes": classes.tolist(), "per_class": per_class,
+                  "per_class_rows": rows_pc, "units": "bits", "seed": seed,
+                  "store_attrs": {k: st.attrs.get(k) for k in ("model_sha256", "data_split")}}
         return ImportanceResult(units_rows, spec_rows, params, inputs={"store": (st.path, st.sha256)})
     finally:
         if own:
             st.close()
+
+
+def _edges(st, name, which, quantizer, act, n_units, reduced, rng, max_quantile_rows, xp):
+    """Inner bin edges [U, B-1] of a layer's units (a pass over the layer for uniform and quantile bins)."""
+    if quantizer.method == "threshold":
+        thr = quantizer.threshold if quantizer.threshold is not None else est.default_threshold(act)
+        return est.threshold_edges(n_units, thr, like=xp.zeros(0))
+    if quantizer.method == "uniform":
+        lo = np.full(n_units, np.inf)
+        hi = np.full(n_units, -np.inf)
+        for start, block in st.iter_rows(name, which):
+            b = reduced(block, start)
+            lo, hi = np.minimum(lo, b.min(0)), np.maximum(hi, b.max(0))
+        return est.uniform_edges(xp.asarray(lo), xp.asarray(hi), quantizer.bins)
+    keep = min(st.n_rows, max_quantile_rows)
+    fit = max_memory() // 4 // (4 * n_units)        # the sample, float32, in a quarter of the budget
+    if fit < keep:
+        warnings.warn(f"the quantile edges of {name} come from {fit:,} samples (max_quantile_rows "
+                      f"{keep:,} lowered so that {n_units:,} units fit in 1/4 of --max-memory)", stacklevel=3)
+        keep = max(1, fit)
+    rows = np.sort(rng.choice(st.n_rows, keep, replace=False))
+    sample, at = np.empty((len(rows), n_units), np.float32), 0
+    for start, block in st.iter_rows(name, which):   # a first pass, a block of samples at a time
+        lo, hi = np.searchsorted(rows, [start, start + len(block)])
+        if hi > lo:
+            sample[at:at + hi - lo] = reduced(block[rows[lo:hi] - start], rows=rows[lo:hi])
+            at += hi - lo
+    cols = rows_within(len(rows) * 8 * 3, n_units, share=0.25, what=f"one unit's {len(rows):,} samples")
+    return xp.concat([est.quantile_edges(xp.asarray(sample[:, j:j + cols]), quantizer.bins)
+                      for j in range(0, n_units, cols)], axis=0)
+
+
+def _measure_rows(counts, js, js_top, per_class, classes, name, first, info, units_rows, spec_rows) -> int:
+    """Append the rows of a block of units (``counts`` [k, B, C], units ``first``..) to
+    ``units_rows`` (and ``spec_rows`` when ``per_class``); return how many have a constant code."""
+    h = to_numpy(est.entropy(counts))
+    mi = to_numpy(est.mutual_information(counts))
+    spec = to_numpy(est.specific_information(counts))
+    kl, kl_arg = (to_numpy(a) for a in est.kl_selectivity(counts))
+    lmi, lmi_arg = (to_numpy(a) for a in est.labeled_mutual_information(counts))
+    if js:
+        jsv, in_a = (to_numpy(a) for a in est.js_subset_separation(counts, top=js_top))
+    labels = classes.tolist()
+    for i in range(counts.shape[0]):
+        units_rows.append({
+            "layer": name, "unit": first + i, "depth": int(info["depth"]), "activation": info["activation"],
+            "entropy": h[i], "mutual_information": mi[i],
+            "kl_selectivity": kl[i], "kl_selectivity_class": labels[int(kl_arg[i])],
+            "js_subset_separation": jsv[i] if js else None,
+            "js_subset_size": int(in_a[i].sum()) if js else None,
+            "js_subset": classes[in_a[i]].tolist() if js and per_class else None,
+            "labeled_mi": lmi[i], "labeled_mi_class": labels[int(lmi_arg[i])],
+        })
+        if per_class:
+            spec_rows.extend({"layer": name, "unit": first + i, "class": c, "specific_information": v}
+                             for c, v in zip(labels, spec[i].tolist()))
+    return int((h <= 1e-12).sum())

@@ -11,13 +11,16 @@ Typical use::
     h = entropy(counts); i = mutual_information(counts)
 
 Source: Liu, Amjad, Geiger, "Understanding Individual Neuron Importance Using Information
-Theory" (arXiv 1804.06679), Section 3 eq. 2; Section 4 eqs. 3-5; Appendix B eqs. 13-17.
+Theory" (arXiv 1804.06679), Section 3 eq. 2; Section 4 eqs. 3-5; Appendix B eqs. 13-17. JS
+subset separation of one-bit codes at any number of classes: Breiman, Friedman, Olshen & Stone,
+"Classification and Regression Trees" (1984), Section 4.2.2; Hastie, Tibshirani & Friedman,
+"The Elements of Statistical Learning" (2nd ed. 2009), Section 9.2.4.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..arrays import namespace_of
+from ..arrays import namespace_of, to_numpy as to_host
 from ..errors import ConfigError
 
 #: Default one-bit thresholds by activation (Section 3: 0.5 for sigmoid, 0 for ReLU; 0 for
@@ -28,7 +31,14 @@ DEFAULT_THRESHOLDS = {
     "mish": 0.0, "relu6": 0.0, "silu": 0.0, "gelu_tanh": 0.0, "thresholdedrelu": 0.0,
     "none": 0.0,
 }
-MAX_JS_CLASSES = 20
+#: Classes :func:`js_subset_separation` keeps apart by default when codes have more than two
+#: bins (the others pooled): 2^12 splits per unit, exact up to 13 classes.
+JS_TOP = 12
+#: Most classes it keeps apart: 2^20 splits per unit (about 40 ns each per bin).
+MAX_JS_TOP = 20
+#: float64 [U, B, S] arrays the search over S splits holds at once (the split counts and the
+#: temporaries of the binary MI).
+_JS_TABLES = 6
 
 
 def default_threshold(activation: str) -> float:
@@ -195,15 +205,24 @@ def kl_selectivity(counts):
     return xp.max(s, axis=1), xp.argmax(s, axis=1)
 
 
+def _xlog2x(x, xp):
+    """x log2 x elementwise, 0 at x = 0."""
+    return x * xp.log2(xp.where(x > 0, x, 1.0))
+
+
 def _binary_mi(in_a, total):
-    """I(T; 1[Y in A]) from counts ``in_a`` [U, B, S] of samples in A and ``total`` [U, B, 1]."""
+    """I(T; 1[Y in A]) in bits from counts ``in_a`` [U, B, S] of samples in A and ``total`` [U, B, 1].
+
+    From counts x: I = (sum g(x_{t,a}) - sum g(x_t) - sum g(x_a) + g(n)) / n with g(x) = x log2 x,
+    which needs four [U, B, S] temporaries; rounding below 0 is clipped to 0.
+    """
     xp = _xp(in_a, total)
-    two = xp.stack([in_a, total - in_a], axis=-1)  # [U, B, S, 2]
-    n = xp.sum(two, axis=(1, 3), keepdims=True)
-    p = two / n
-    pt = xp.sum(p, axis=3, keepdims=True)
-    pa = xp.sum(p, axis=1, keepdims=True)
-    return xp.sum(_plogp_ratio(p, pt * pa, xp), axis=(1, 3))  # [U, S]
+    n = xp.sum(total, axis=(1, 2))[:, None]                       # [U, 1]
+    n_a = xp.sum(in_a, axis=1)                                    # [U, S]
+    s = xp.sum(_xlog2x(in_a, xp), axis=1)
+    s = s + xp.sum(_xlog2x(total - in_a, xp), axis=1)
+    s = s - _xlog2x(n_a, xp) - _xlog2x(n - n_a, xp) - xp.sum(_xlog2x(total, xp), axis=(1, 2))[:, None] + _xlog2x(n, xp)
+    return xp.maximum(s / xp.where(n > 0, n, 1.0), 0.0)
 
 
 def labeled_mutual_information(counts):
@@ -234,48 +253,150 @@ def subset_masks(n_classes: int, start: int = 1, stop: int | None = None):
     return np.vstack([np.zeros((1, len(m))), bits]).astype(np.float64)
 
 
-def js_subset_separation(counts, *, block: int = 4096):
-    """Jensen-Shannon subset separation in bits (eq. 14), exact, and the best subset.
+def _check_top(top) -> None:
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= MAX_JS_TOP:
+        raise ConfigError(f"JS subset separation keeps 1 to {MAX_JS_TOP} classes apart (2^k class splits per "
+                          f"unit); got {top!r}")
 
-    max over non-empty proper class subsets A of D_JS,P(A)(P_{T|Y in A} || P_{T|Y not in A})
-    = max_A I(T; 1[Y in A]) (Lemma 3, eq. 14b). All 2^(C-1) - 1 distinct splits are
-    enumerated in blocks of ``block`` subsets, so memory is O(U * B * block).
+
+def js_groups(class_counts, top: int = JS_TOP) -> np.ndarray:
+    """Groups of classes that the split search of :func:`js_subset_separation` keeps together.
+
+    Up to ``top + 1`` classes every class is its own group (group c = class c). With more, the
+    ``top`` most frequent classes (ties: the lower index first) are groups 1..top in class
+    order, and every other class is in group 0, which stays on one side of every split.
+
+    Parameters
+    ----------
+    class_counts : int or float array [C]
+        Samples of each class.
+    top : int
+        Classes kept apart, 1..:data:`MAX_JS_TOP`.
 
     Returns
     -------
-    value : float64 [U]
-    subset_mask : int64 [U]
-        Bitmask of the maximising A over classes 1..C-1 (bit c-1 for class c).
+    int64 NumPy array [C]
+        The group of each class, 0..G-1 with G = min(C, top + 1).
 
     Raises
     ------
     ConfigError
-        More than 20 classes (2^19 subsets is the largest exact search offered).
+        ``top`` outside 1..:data:`MAX_JS_TOP`.
     """
-    xp = _xp(counts)
-    n_classes = counts.shape[2]
-    if n_classes > MAX_JS_CLASSES:
-        raise ConfigError(f"JS subset separation enumerates 2^(C-1) class subsets; {n_classes} classes "
-                          f"is over the limit of {MAX_JS_CLASSES}; leave it out (js=False, --no-js)")
-    if n_classes < 2:
-        z = xp.zeros(counts.shape[0], dtype=xp.float64)
-        return z, xp.zeros(counts.shape[0], dtype=xp.int64)
+    _check_top(top)
+    n = np.asarray(class_counts, np.float64).reshape(-1)
+    if len(n) <= top + 1:
+        return np.arange(len(n), dtype=np.int64)
+    kept = np.sort(np.argsort(-n, kind="stable")[:top])
+    groups = np.zeros(len(n), np.int64)
+    groups[kept] = np.arange(1, top + 1)
+    return groups
+
+
+def _sides(in_a, xp):
+    """The side of each split with fewer classes (on a tie, the side without class 0), bool [U, C]."""
+    size = xp.sum(xp.astype(in_a, xp.int64), axis=1, keepdims=True)
+    c = in_a.shape[1]
+    flip = (2 * size > c) | ((2 * size == c) & in_a[:, :1])
+    return in_a ^ flip
+
+
+def _ordered_splits(counts, xp):
+    """Exact max_A I(T; 1[Y in A]) for two bins: the best split is one of the C-1 splits of
+    the classes sorted by P(T=1 | Y=y) (Breiman, Friedman, Olshen & Stone 1984, Section 4.2.2)."""
+    u, _, c = counts.shape
+    n_y = xp.sum(counts, axis=1)                                   # [U, C]
+    ratio = counts[:, 1, :] / xp.where(n_y > 0, n_y, 1.0)
+    order = xp.argsort(ratio, axis=1, stable=True)
+    ranked = xp.take_along_axis(counts, xp.broadcast_to(order[:, None, :], counts.shape), axis=2)
+    in_a = xp.cumulative_sum(ranked, axis=2)[:, :, :c - 1]         # A = the first 1..C-1 classes
+    mi = _binary_mi(in_a, xp.sum(counts, axis=2, keepdims=True))   # [U, C-1]
+    best, k = xp.max(mi, axis=1), xp.argmax(mi, axis=1)
+    rank = xp.argsort(order, axis=1)                               # position of each class in the order
+    return best, rank <= k[:, None]
+
+
+def _all_splits(counts, block, xp):
+    """Exact max_A I(T; 1[Y in A]) over all 2^(C-1) - 1 splits, ``block`` splits at a time."""
+    u, b, c = counts.shape
     total = xp.sum(counts, axis=2, keepdims=True)
-    best = xp.full(counts.shape[0], -xp.inf, dtype=xp.float64)
-    arg = xp.zeros(counts.shape[0], dtype=xp.int64)
-    n_sub = 1 << (n_classes - 1)
+    best = xp.full(u, -xp.inf, dtype=xp.float64)
+    arg = xp.zeros(u, dtype=xp.int64)
+    n_sub = 1 << (c - 1)
     for start in range(1, n_sub, block):
         stop = min(start + block, n_sub)
-        masks = xp.asarray(subset_masks(n_classes, start, stop))
-        in_a = xp.matmul(counts, masks)  # [U, B, S]
-        mi = _binary_mi(in_a, total)
+        mi = _binary_mi(xp.matmul(counts, xp.asarray(subset_masks(c, start, stop))), total)   # [U, S]
         m = xp.max(mi, axis=1)
         better = m > best
         arg = xp.where(better, xp.argmax(mi, axis=1) + start, arg)
         best = xp.where(better, m, best)
-    return best, arg
+    bits = xp.asarray(np.arange(c - 1, dtype=np.int64))
+    in_a = xp.concat([xp.zeros((u, 1), dtype=xp.bool), ((arg[:, None] >> bits[None, :]) & 1) == 1], axis=1)
+    return best, in_a
 
 
-def subset_classes(mask: int) -> list:
-    """Classes in the subset numbered ``mask`` by :func:`subset_masks`."""
-    return [c + 1 for c in range(63) if (int(mask) >> c) & 1]
+def js_subset_separation(counts, *, top: int = JS_TOP, block: int | None = None):
+    """Jensen-Shannon subset separation in bits (eq. 14) and the best class subset.
+
+    max over non-empty proper class subsets A of D_JS,P(A)(P_{T|Y in A} || P_{T|Y not in A})
+    = max_A I(T; 1[Y in A]) (Lemma 3, eq. 14b), searched as follows:
+
+    - two bins (a one-bit quantizer): **exact at any number of classes**, over the C-1 splits
+      of the classes sorted by P(T=1 | Y=y), among which the best split lies for any concave
+      impurity, entropy included (Breiman, Friedman, Olshen & Stone, *Classification and
+      Regression Trees*, 1984, Section 4.2.2; Hastie, Tibshirani & Friedman, *The Elements
+      of Statistical Learning*, 2009, Section 9.2.4); O(U C log C).
+    - more bins: over all 2^(G-1) - 1 splits of the groups of :func:`js_groups`, ``block``
+      splits at a time. Exact up to ``top + 1`` classes; with more, the ``top`` most frequent
+      classes are kept apart and the others pooled on one side, which gives a lower bound (a
+      maximum over fewer subsets) that is still >= the labeled MI of every kept class.
+
+    Parameters
+    ----------
+    counts : float array [U, B, C]
+        From :func:`joint_counts`.
+    top : int
+        Classes kept apart with more than two bins (1..:data:`MAX_JS_TOP`).
+    block : int, optional
+        Splits evaluated at once; default: as many as fit in 1/8 of the memory budget
+        (:func:`infoprobe.limits.max_memory`), memory O(U B block).
+
+    Returns
+    -------
+    value : float64 [U]
+    in_subset : bool [U, C]
+        The maximising A: of a split and its complement, the side with fewer classes (on a
+        tie, the side without class 0).
+
+    Raises
+    ------
+    ConfigError
+        ``top`` outside 1..:data:`MAX_JS_TOP`.
+    BudgetError
+        One split of every unit does not fit in 1/8 of the memory budget.
+    """
+    from ..limits import rows_within
+
+    xp = _xp(counts)
+    u, b, c = counts.shape
+    _check_top(top)
+    if c < 2 or u == 0:
+        return xp.zeros(u, dtype=xp.float64), xp.zeros((u, c), dtype=xp.bool)
+    if b == 2:
+        best, in_a = _ordered_splits(counts, xp)
+        return best, _sides(in_a, xp)
+    groups = js_groups(np.asarray(to_host(xp.sum(counts[0], axis=0))), top)
+    g = int(groups.max()) + 1
+    onehot = np.zeros((c, g))
+    onehot[np.arange(c), groups] = 1.0
+    pooled = counts if g == c else xp.matmul(counts, xp.asarray(onehot))
+    if block is None:
+        block = rows_within(u * b * 8 * _JS_TABLES, 1 << (g - 1), share=1 / 8,
+                            what=f"one class split of {u:,} units x {b} bins")
+    best, in_group = _all_splits(pooled, int(block), xp)
+    return best, _sides(xp.take(in_group, xp.asarray(groups), axis=1), xp)
+
+
+def subset_classes(in_subset) -> list:
+    """Class indices in a subset given as one row of :func:`js_subset_separation`'s ``in_subset``."""
+    return np.flatnonzero(np.asarray(to_host(in_subset))).tolist()

@@ -68,8 +68,8 @@ import h5py
 import numpy as np
 
 from ..arrays import namespace, to_numpy
-from ..errors import ConfigError, DataError
-from ..limits import max_memory, require_memory, rows_within
+from ..errors import BudgetError, ConfigError, DataError
+from ..limits import human, max_memory, rows_within
 from .gaussian import (
     LN2, as_2d, class_index, constant_within_classes, label_codes, untie, constant_units, copnorm, entropy_bias,
 )
@@ -189,7 +189,9 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     Memory stays within the budget (:mod:`infoprobe.limits`) whatever N: the copula values
     are computed a block of units at a time (a unit's ranks need all its samples, so one unit's
     N samples must fit in a quarter of the budget), and the covariances are summed a block of
-    samples at a time; copula values larger than a quarter of the budget are kept in a
+    samples at a time into G sums of U x U products that must fit in another quarter
+    (:func:`model_memory`; both are checked before anything is read or allocated:
+    :func:`require_model_memory`); copula values larger than a quarter of the budget are kept in a
     scratch file in the temporary folder (``TMPDIR``; N x U x 8 bytes, reserved before the
     first is computed; :func:`infoprobe.scratch.scratch_matrix`), removed at the end however
     the call ends. The result equals the one-block computation to rounding (about 1e-15 relative).
@@ -228,7 +230,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     DeviceError
         ``device="cuda"`` without CuPy or a GPU.
     BudgetError
-        One unit's samples, or the covariance matrices, do not fit in the memory budget.
+        One unit's samples, or the covariance sums, do not fit in a quarter of the memory
+        budget (raised before anything is allocated).
     ScratchError
         The temporary folder cannot hold the spilled copula values (full, a file-size limit or
         quota, not writable), or ``x`` (a scratch matrix) cannot be read back.
@@ -248,6 +251,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         inv, n_g = np.zeros(n, np.int64), 0
         if y is not None:
             label_codes(y, n)
+    require_model_memory(n, n_in + (labels == "ordinal"), groups=n_g + 1, what=f"the O-information model of "
+                         f"{n_in:,} units")
     # pass 1, over blocks of columns: each unit's copula values (ranks need every sample of a unit)
     cols = rows_within(n * 8 * COPULA_COPIES, n_in, share=0.25, what=f"one unit's {n:,} samples (copula)")
     const = np.zeros(n_in, bool)
@@ -287,31 +292,83 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         if labels == "ordinal":
             zy = np.asarray(copnorm(label_codes(y, n).astype(np.float64), ties="ordinal"))
             zy = zy - zy.mean()
-        # pass 2, over blocks of rows: the covariances (class-conditional ones about each class's mean)
+        # pass 2, over blocks of rows: the covariances (class-conditional ones about each class's
+        # mean), summed in place: [0] over every sample, [1 + g] over class g
         k = len(keep) + (zy is not None)
-        require_memory((n_g + 1) * k * k * 8 * 2, f"the {n_g + 1} covariance matrices of {k:,} units")
-        s = np.zeros((k, k))
-        s_g = np.zeros((n_g, k, k))
+        acc = np.zeros((n_g + 1, k, k))
         mean_g = np.concatenate(sums, axis=1) / cnt[:, None] if n_g else None
         for r0, zb in sink.rows():
             if zy is not None:
                 zb = np.column_stack([zb, zy[r0:r0 + len(zb)]])
-            s += zb.T @ zb
+            acc[0] += zb.T @ zb
             ib = inv[r0:r0 + len(zb)]
             for g in range(n_g):
                 zg = zb[ib == g] - mean_g[g]
                 zg[:, flat[g]] = 0.0                      # constant on the class: no covariance
-                s_g[g] += zg.T @ zg
+                acc[1 + g] += zg.T @ zg
     weights, counts = np.ones(1), np.array([n])
-    covs = [s / (n - 1)]
+    acc[0] /= n - 1
     if labels == "exact":
-        covs[0] = covs[0] + np.diag(extra_all / (n - 1))
-        covs += [(s_g[g] + np.diag(extra[g])) / (cnt[g] - 1) for g in range(n_g)]
+        d = np.arange(k)
+        acc[0][d, d] += extra_all / (n - 1)
+        for g in range(n_g):
+            acc[1 + g][d, d] += extra[g]
+            acc[1 + g] /= cnt[g] - 1
         weights = np.concatenate([[1.0], cnt / n])
         counts = np.concatenate([[n], cnt])
-    return CopulaModel(cov=xp.asarray(np.stack(covs)), weights=weights, counts=counts, labels=labels,
+    return CopulaModel(cov=xp.asarray(acc), weights=weights, counts=counts, labels=labels,
                        units=keep, constant=np.flatnonzero(const), n_inputs=n_in,
                        biascorrect=biascorrect, device=device, class_constant=class_constant)
+
+
+def model_memory(n_samples: int, n_variables: int, *, groups: int = 1) -> dict:
+    """Bytes :func:`copula_model` holds at once besides the activations and copula values
+    (each of which stays within a quarter of the memory budget or is spilled to the temporary
+    folder), for N samples of V variables (the units, plus the label with ``"ordinal"``) in G
+    covariance groups (1 + the classes with ``"exact"``, else 1).
+
+    Returns
+    -------
+    dict
+        ``unit``: copula-normalising one unit, N x 8 x :data:`COPULA_COPIES`; ``covariances``:
+        the G sums of products and the product of the block being added, (G + 1) x V^2 x 8.
+        Each must fit in a quarter of the budget (:func:`require_model_memory`).
+    """
+    return {"unit": int(n_samples) * 8 * COPULA_COPIES,
+            "covariances": (int(groups) + 1) * int(n_variables) ** 2 * 8}
+
+
+def require_model_memory(n_samples: int, n_variables: int, *, groups: int = 1,
+                         what: str = "the O-information model", fewer_samples: str = "or use fewer samples",
+                         fewer_units: str = "or fewer units") -> None:
+    """Refuse, before anything is read or allocated, a :func:`copula_model` whose one-unit
+    copula or covariance sums (:func:`model_memory`) exceed a quarter of the memory budget.
+
+    Parameters
+    ----------
+    n_samples, n_variables, groups : int
+        As :func:`model_memory`.
+    what : str
+        The model, for the message.
+    fewer_samples, fewer_units : str
+        How to shrink it, ending the message (e.g. the options of a command).
+
+    Raises
+    ------
+    BudgetError
+        One line naming the part that does not fit, its size, the budget and how to raise it
+        (``--max-memory``) or shrink the model.
+    """
+    limit, need = max_memory(), model_memory(n_samples, n_variables, groups=groups)
+    raise_it = "raise it with --max-memory (INFOPROBE_MAX_MEMORY, budgets(memory=))"
+    if need["unit"] > limit // 4:
+        raise BudgetError(f"{what}: one unit's {int(n_samples):,} samples take {human(need['unit'])} to "
+                          f"copula-normalise, more than a quarter of the memory budget of {human(limit)}; "
+                          f"{raise_it} {fewer_samples}")
+    if need["covariances"] > limit // 4:
+        raise BudgetError(f"{what}: the {int(groups)} covariance sums of {int(n_variables):,} variables take "
+                          f"{human(need['covariances'])}, more than a quarter of the memory budget of "
+                          f"{human(limit)}; {raise_it} {fewer_units}")
 
 
 def _blockwise(x) -> bool:
@@ -366,12 +423,15 @@ class _Sink:
         self.k += z.shape[1]
 
     def rows(self):
-        """Yield ``(start, float64 [r, K])`` over the samples (all of them when in memory)."""
-        if self._m is None:
-            yield 0, np.concatenate(self.parts, axis=1) if len(self.parts) > 1 else self.parts[0]
-            return
+        """Yield ``(start, float64 [r, K])`` over the samples, blocks of rows whose three copies
+        fit in a quarter of the memory budget."""
         step = rows_within(self.k * 8 * 3, self.n, share=0.25, what=f"one sample's {self.k:,} copula values")
-        yield from self._m.rows(step)
+        if self._m is not None:
+            yield from self._m.rows(step)
+            return
+        for r0 in range(0, self.n, step):
+            parts = [p[r0:r0 + step] for p in self.parts]
+            yield r0, np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
 # --------------------------------------------------------------------------------------------

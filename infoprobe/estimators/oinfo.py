@@ -341,7 +341,7 @@ def model_memory(n_samples: int, n_variables: int, *, groups: int = 1) -> dict:
 
 def require_model_memory(n_samples: int, n_variables: int, *, groups: int = 1,
                          what: str = "the O-information model", fewer_samples: str = "or use fewer samples",
-                         fewer_units: str = "or fewer units") -> None:
+                         fewer_units: str = "or use fewer units") -> None:
     """Refuse, before anything is read or allocated, a :func:`copula_model` whose one-unit
     copula or covariance sums (:func:`model_memory`) exceed a quarter of the memory budget.
 

@@ -465,7 +465,9 @@ def _check_memory(stores, names, labels, max_samples, seed) -> int:
         classes = c if classes is None else classes
         for name in names:
             u = int(st.layer_info(name)["units"])
-            require_model_memory(n, u + (labels == "ordinal"), groups=1 + c,
+            values = n * u * 8           # reduced_values holds them in memory within a quarter, else spills
+            require_model_memory(n, u, groups=1 + c, fixed=int(labels == "ordinal"),
+                                 held=values if values <= max_memory() // 4 else 0,
                                  what=f"layer {name!r} of {shown_path(st.path)} ({u:,} units, {n:,} samples)",
                                  fewer_samples="or use fewer samples (--max-samples)",
                                  fewer_units="or leave the layer out (--layers)")
@@ -585,8 +587,9 @@ def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", m
         10^10 multiplets).
     BudgetError
         A layer's O-information model (one unit's samples, or the covariance sums of its
-        units) does not fit in a quarter of the memory budget: refused before any activation
-        is read, naming ``--max-memory`` and ``--max-samples`` or ``--layers``.
+        units) does not fit in the memory budget
+        (:func:`~infoprobe.estimators.oinfo.require_model_memory`): refused before any
+        activation is read, naming ``--max-memory`` and ``--max-samples`` or ``--layers``.
     """
     paths = stores if isinstance(stores, (list, tuple)) else [stores]
     if not paths:

@@ -190,9 +190,9 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     Memory stays within the budget (:mod:`infoprobe.limits`) whatever N: the copula values
     are computed a block of units at a time (a unit's ranks need all its samples, so one unit's
     N samples must fit in a quarter of the budget), and the covariances are summed a block of
-    samples at a time into G sums of U x U products that must fit in another quarter
-    (:func:`model_memory`; both are checked before anything is read or allocated:
-    :func:`require_model_memory`); copula values larger than a quarter of the budget are kept in a
+    samples at a time (at most a quarter of the budget) into G sums of U x U products that must
+    fit in what the budget leaves (:func:`model_memory`; both are checked before anything is
+    read or allocated: :func:`require_model_memory`); copula values larger than a quarter of the budget are kept in a
     scratch file in the temporary folder (``TMPDIR``; N x U x 8 bytes, reserved before the
     first is computed; :func:`infoprobe.scratch.scratch_matrix`), removed at the end however
     the call ends. The result equals the one-block computation to rounding (about 1e-15 relative).
@@ -231,8 +231,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     DeviceError
         ``device="cuda"`` without CuPy or a GPU.
     BudgetError
-        One unit's samples, or the covariance sums, do not fit in a quarter of the memory
-        budget (raised before anything is allocated).
+        One unit's samples do not fit in a quarter of the memory budget, or the covariance
+        sums in what it leaves (raised before anything is allocated).
     ScratchError
         The temporary folder cannot hold the spilled copula values (full, a file-size limit or
         quota, not writable), or ``x`` (a scratch matrix) cannot be read back.
@@ -252,8 +252,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         inv, n_g = np.zeros(n, np.int64), 0
         if y is not None:
             label_codes(y, n)
-    require_model_memory(n, n_in + (labels == "ordinal"), groups=n_g + 1, what=f"the O-information model of "
-                         f"{n_in:,} units")
+    require_model_memory(n, n_in, groups=n_g + 1, fixed=int(labels == "ordinal"),
+                         what=f"the O-information model of {n_in:,} units")
     # pass 1, over blocks of columns: each unit's copula values (ranks need every sample of a unit)
     cols = rows_within(n * 8 * COPULA_COPIES, n_in, share=0.25, what=f"one unit's {n:,} samples (copula)")
     const = np.zeros(n_in, bool)
@@ -322,33 +322,42 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
                        biascorrect=biascorrect, device=device, class_constant=class_constant)
 
 
-def model_memory(n_samples: int, n_variables: int, *, groups: int = 1) -> dict:
-    """Bytes :func:`copula_model` holds at once besides the activations and copula values
-    (each of which stays within a quarter of the memory budget or is spilled to the temporary
-    folder), for N samples of V variables (the units, plus the label with ``"ordinal"``) in G
-    covariance groups (1 + the classes with ``"exact"``, else 1).
+def model_memory(n_samples: int, n_units: int, *, groups: int = 1, fixed: int = 0) -> dict:
+    """Bytes :func:`copula_model` allocates for N samples of U units in G covariance groups
+    (1 + the classes with ``labels="exact"``, else 1), with ``fixed`` more variables (1: the
+    label with ``"ordinal"``), under the current memory budget.
 
     Returns
     -------
     dict
-        ``unit``: copula-normalising one unit, N x 8 x :data:`COPULA_COPIES`; ``covariances``:
-        the G sums of products and the product of the block being added, (G + 1) x V^2 x 8.
-        Each must fit in a quarter of the budget (:func:`require_model_memory`).
+        ``unit``: copula-normalising one unit, N x 8 x :data:`COPULA_COPIES` (must fit in a
+        quarter of the budget); ``values``: the copula values N x U x 8, held in memory when
+        they fit in a quarter of the budget, else spilled to the temporary folder (then 0);
+        ``block``: the block of samples the covariances are summed over, a quarter of the
+        budget at most; ``covariances``: the G sums of products and the product of the block
+        being added, (G + 1) x (U + fixed)^2 x 8. :func:`require_model_memory` checks that
+        ``values + block + covariances`` (and what the caller holds) fit in the budget.
     """
-    return {"unit": int(n_samples) * 8 * COPULA_COPIES,
-            "covariances": (int(groups) + 1) * int(n_variables) ** 2 * 8}
+    limit, n, u = max_memory(), int(n_samples), int(n_units)
+    values = n * u * 8
+    return {"unit": n * 8 * COPULA_COPIES, "values": values if values <= limit // 4 else 0, "block": limit // 4,
+            "covariances": (int(groups) + 1) * (u + int(fixed)) ** 2 * 8}
 
 
-def require_model_memory(n_samples: int, n_variables: int, *, groups: int = 1,
+def require_model_memory(n_samples: int, n_units: int, *, groups: int = 1, fixed: int = 0, held: int = 0,
                          what: str = "the O-information model", fewer_samples: str = "or use fewer samples",
                          fewer_units: str = "or use fewer units") -> None:
-    """Refuse, before anything is read or allocated, a :func:`copula_model` whose one-unit
-    copula or covariance sums (:func:`model_memory`) exceed a quarter of the memory budget.
+    """Refuse, before anything is read or allocated, a :func:`copula_model` that would not fit
+    in the memory budget (:func:`model_memory`): one unit's copula over a quarter of it, or
+    covariance sums over what the budget leaves beside a block of samples, the copula values
+    held in memory and ``held``.
 
     Parameters
     ----------
-    n_samples, n_variables, groups : int
+    n_samples, n_units, groups, fixed : int
         As :func:`model_memory`.
+    held : int
+        Bytes the caller holds meanwhile (e.g. the activations copula_model reads).
     what : str
         The model, for the message.
     fewer_samples, fewer_units : str
@@ -360,16 +369,18 @@ def require_model_memory(n_samples: int, n_variables: int, *, groups: int = 1,
         One line naming the part that does not fit, its size, the budget and how to raise it
         (``--max-memory``) or shrink the model.
     """
-    limit, need = max_memory(), model_memory(n_samples, n_variables, groups=groups)
+    limit, need = max_memory(), model_memory(n_samples, n_units, groups=groups, fixed=fixed)
     raise_it = "raise it with --max-memory (INFOPROBE_MAX_MEMORY, budgets(memory=))"
     if need["unit"] > limit // 4:
         raise BudgetError(f"{what}: one unit's {int(n_samples):,} samples take {human(need['unit'])} to "
                           f"copula-normalise, more than a quarter of the memory budget of {human(limit)}; "
                           f"{raise_it} {fewer_samples}")
-    if need["covariances"] > limit // 4:
-        raise BudgetError(f"{what}: the {int(groups)} covariance sums of {int(n_variables):,} variables take "
-                          f"{human(need['covariances'])}, more than a quarter of the memory budget of "
-                          f"{human(limit)}; {raise_it} {fewer_units}")
+    room = limit - need["block"] - need["values"] - int(held)
+    if need["covariances"] > room:
+        raise BudgetError(f"{what}: the {int(groups)} covariance sums of {int(n_units) + int(fixed):,} variables "
+                          f"take {human(need['covariances'])}, more than the {human(max(room, 0))} that the memory "
+                          f"budget of {human(limit)} leaves beside the values and a block of samples; {raise_it} "
+                          f"{fewer_units}")
 
 
 def _blockwise(x) -> bool:

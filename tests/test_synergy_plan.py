@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -180,7 +181,8 @@ def test_samples_over_the_budget_are_refused_and_a_subset_fits(tmp_path):
     rows = np.sort(np.random.default_rng(5).choice(6000, 4000, replace=False))
     with h5py.File(path) as f:
         x, y = f["layers/h/pre"][()][rows].astype(np.float64), f["samples/labels"][()][rows]
-    ref = search_multiplets(copula_model(x, y), max_size=3, exhaustive_up_to=res.meta["parameters"]["exhaustive_sizes"]["h"])
+    ref = search_multiplets(copula_model(x, y), max_size=3,
+                            exhaustive_up_to=res.meta["parameters"]["exhaustive_sizes"]["h"])
     assert [(r["size"], r["direction"], r["units"]) for r in res.rows] == \
         [(r["size"], r["direction"], r["units"]) for r in ref]
     np.testing.assert_allclose([r["omega"] for r in res.rows], [r["omega"] for r in ref], rtol=1e-10)
@@ -203,7 +205,7 @@ def test_a_wide_layer_within_the_budget_stays_within_it(tmp_path):
             print("PEAK", tracemalloc.get_traced_memory()[1])
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     peak = int(res.stdout.split("PEAK")[-1])
     assert peak < 64 << 20, peak

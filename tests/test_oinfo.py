@@ -523,17 +523,27 @@ def test_plan_search_honours_an_explicit_size_and_refuses_absurd_ones():
         plan_search({"a": 100}, throughput=1e6, budget=0)
 
 
-def test_measured_throughput_is_what_the_cost_uses(mixed_data):
+def test_the_cost_model_counts_groups_variables_and_threads():
     from math import comb
 
-    from infoprobe.estimators.oinfo import Throughput, search_cost
+    from infoprobe.estimators.oinfo import THREAD_WORK, CostModel, search_cost
 
-    x, y = mixed_data
-    tp = Throughput.measure(copula_model(x, y), threads=1, min_time=0.001)
-    c = search_cost(7, 4, throughput=tp, max_size=6)
-    assert set(tp.measured) == {("inner", 2), ("inner", 3), ("leaf", 4), ("greedy", 5, 3), ("greedy", 6, 2)}
-    by_hand = comb(7, 2) / tp.rate(2, leaf=False) + comb(7, 3) / tp.rate(3, leaf=False) + comb(7, 4) / tp.rate(4) \
-        + 2 * (tp.greedy_step(5, 3) + tp.greedy_step(6, 2))
-    assert c.seconds == pytest.approx(by_hand) and all(v > 0 for v in tp.measured.values())
+    cm = CostModel(leaf=(1e-8, 2e-9, 3e-9), inner=(4e-8, 5e-9, 6e-9), step=1e-4).for_search(labels="ordinal")
+    assert (cm.groups, cm.fixed, cm.threads) == (1, 1, 1)       # the label is one more variable
+    ex = cm.for_search(labels="exact", classes=10, threads=4)
+    assert (ex.groups, ex.fixed, ex.threads) == (11, 0, 4)
+    # v = k + 1 variables (the label), one group; greedy steps of 7 - k + 1 candidates at k = 5, 6
+    by_hand = comb(7, 2) * (4e-8 + 5e-9 + 6e-9 * 9) + comb(7, 3) * (4e-8 + 5e-9 + 6e-9 * 16) \
+        + comb(7, 4) * (1e-8 + 2e-9 + 3e-9 * 25) + 2 * sum(1e-4 + c * (4e-8 + 5e-9 + 6e-9 * (k + 1) ** 2)
+                                                           for k, c in ((5, 3), (6, 2)))
+    assert search_cost(7, 4, throughput=cm, max_size=6).seconds == pytest.approx(by_hand, rel=1e-12)
+    # 11 groups; threads share the exhaustive levels only when the search is threaded
+    small, big = search_cost(7, 4, throughput=ex, max_size=4), search_cost(60, 4, throughput=ex, max_size=4)
+    assert small.seconds == pytest.approx(sum(comb(7, k) * (ex.seconds(k, leaf=k == 4)) for k in (2, 3, 4)))
+    assert sum(comb(60, k) for k in range(1, 5)) * 11 >= THREAD_WORK
+    assert big.seconds == pytest.approx(sum(comb(60, k) * (1e-8 * (k == 4) + 4e-8 * (k < 4) + 11 * (
+        (2e-9 + 3e-9 * k * k) if k == 4 else (5e-9 + 6e-9 * k * k))) for k in (2, 3, 4)) / 4)
     with pytest.raises(ConfigError):
-        Throughput(0)
+        CostModel.flat(0)
+    with pytest.raises(ConfigError):
+        CostModel(leaf=(0, 0, 0))

@@ -10,8 +10,11 @@ paper retrains the sub-network, infoprobe ablates through the mask mechanism ins
 
 Exhaustive search costs C(n, k) multiplets of size k: 1.3 x 10^9 for every multiplet of up to
 6 of 100 units. By default the exhaustive size of each layer is the largest that fits a time
-budget, estimated from the search's throughput measured on the data before the search starts
-(:func:`synergy_estimate`); greedy search goes on beyond it.
+budget, estimated before the search starts from counts alone (units, classes, multiplets) and a
+fixed cost model (:class:`~infoprobe.estimators.oinfo.CostModel`): nothing is timed, so the
+same inputs give the same sizes and tables under any load (:func:`synergy_estimate`); greedy
+search goes on beyond it. Every layer's model is checked against the memory budget before any
+activation is read.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from ..data import Dataset, model_inputs, resolve_scale
 from ..errors import ConfigError, DataError
 from ..limits import max_memory, require_memory
 from ..estimators.gaussian import gcmi_mixture_cd, gcmi_model_cd
-from ..estimators.oinfo import Throughput, copula_model, plan_search, search_multiplets
+from ..estimators.oinfo import CostModel, copula_model, plan_search, require_model_memory, search_multiplets
 from ..interventions import Evaluator, Intervention
 from ..model import DEFAULT_MAX_BYTES, LoadedModel, load_model
 from ..plan import LayerPlan, PruningPlan
@@ -71,6 +74,19 @@ def layer_activations(store: Store, layer: str, which: str = "pre", *, max_sampl
         return x, y
 
 
+def sample_subset(store: Store, max_samples: int | None = None, seed: int = 0) -> tuple:
+    """The rows :func:`reduced_values` reads and their labels: ``(rows, y)``, ``rows`` a sorted
+    int array of ``max_samples`` rows drawn with ``numpy.random.default_rng(seed)`` (None: every
+    row), ``y`` the store's labels of those rows [N] (None without labels)."""
+    n, rows = store.n_rows, None
+    if max_samples is not None and n > max_samples:
+        rows = np.sort(np.random.default_rng(seed).choice(n, int(max_samples), replace=False))
+    y = store.labels
+    if rows is not None and y is not None:
+        y = y[rows]
+    return rows, y
+
+
 @contextlib.contextmanager
 def reduced_values(store: Store, layer: str, which: str = "pre", *, max_samples: int | None = None, seed: int = 0,
                    spill: bool = True):
@@ -110,12 +126,7 @@ def reduced_values(store: Store, layer: str, which: str = "pre", *, max_samples:
     if which not in ("pre", "post"):
         raise ConfigError(f"which must be 'pre' or 'post', not {which!r}")
     info, mask, n = store.layer_info(layer), store.position_mask(layer), store.n_rows
-    rows = None
-    if max_samples is not None and n > max_samples:
-        rows = np.sort(np.random.default_rng(seed).choice(n, int(max_samples), replace=False))
-    y = store.labels
-    if rows is not None and y is not None:
-        y = y[rows]
+    rows, y = sample_subset(store, max_samples, seed)
     n_out, units = (n if rows is None else len(rows)), int(info["units"])
     need = n_out * units * 8
     if need <= max_memory() // 4 or not spill:
@@ -256,15 +267,19 @@ class SynergyEstimate:
     ``rows``: one per layer with ``layer``, ``units``, ``exhaustive_up_to`` (the exhaustive
     size chosen or asked, capped at ``max_size`` and the width), ``max_size``, ``exhaustive``
     and ``greedy`` (multiplets, every network together), ``seconds`` (estimated, every network
-    together); :func:`synergy` adds ``actual`` (seconds taken). ``requested``: ``"auto"`` or the
-    exhaustive size asked; ``budget`` (seconds); ``networks``; ``throughput``: what the estimate
-    rests on (:meth:`~infoprobe.estimators.oinfo.Throughput.summary`).
+    together), ``reason`` (why the size stops there:
+    :class:`~infoprobe.estimators.oinfo.SearchCost`), ``share_s`` (the layer's share of the
+    budget, automatic sizes) and ``next_s`` (the estimate of the next size, when the budget
+    stopped the layer); :func:`synergy` adds ``actual`` (seconds taken: a note, it changes
+    nothing). ``requested``: ``"auto"``, the exhaustive size asked or the sizes per layer;
+    ``budget`` (seconds); ``networks``; ``cost``: the cost model the estimate rests on
+    (:meth:`~infoprobe.estimators.oinfo.CostModel.to_dict`).
     """
     rows: list
     requested: object
     budget: float
     networks: int
-    throughput: dict
+    cost: dict
 
     @property
     def seconds(self) -> float:
@@ -286,7 +301,9 @@ class SynergyEstimate:
         size) or at all (the automatic size, when even the smallest exhaustive size does not
         fit); else None."""
         if self.requested != "auto" and self.over_budget > OVER_BUDGET:
-            return (f"WARNING: exhaustive search up to {self.requested} units is estimated at "
+            what = "the exhaustive sizes asked are" if isinstance(self.requested, dict) else \
+                f"exhaustive search up to {self.requested} units is"
+            return (f"WARNING: {what} estimated at "
                     f"{_duration(self.seconds)}, {self.over_budget:.0f}x the budget of {_duration(self.budget)}; "
                     "running it as asked (the automatic exhaustive size fits the budget)")
         if self.requested == "auto" and self.over_budget > 1:
@@ -296,17 +313,25 @@ class SynergyEstimate:
 
     def lines(self) -> list:
         """The estimate as text: a header, one line per layer, the total, any warning."""
-        tp = self.throughput
-        how = (f"{tp['threads']} thread{'s' if tp['threads'] > 1 else ''}, throughput measured in "
-               f"{tp['seconds']:.1f} s" if "threads" in tp else f"throughput {tp['rate']:.3g} multiplets/s")
+        c = self.cost
+        how = (f"cost model: {c['groups']} covariance group{'s' if c['groups'] > 1 else ''}, {c['threads']} "
+               f"thread{'s' if c['threads'] > 1 else ''}")
         nets = f"{self.networks} networks, " if self.networks > 1 else ""
-        size = "auto" if self.requested == "auto" else f"{self.requested} (asked)"
+        size = "auto" if self.requested == "auto" else "per layer (asked)" if isinstance(self.requested, dict) \
+            else f"{self.requested} (asked)"
         out = [f"O-information search: exhaustive size {size}, budget {_duration(self.budget)} ({nets}{how})",
                f"  {'layer':<16} {'units':>6} {'exhaustive':>10} {'multiplets: exhaustive + greedy':>31} "
                f"{'estimate':>9}"]
         for r in self.rows:
+            why = ""
+            if r.get("reason") == "budget":
+                why = (f"  ({r['exhaustive_up_to'] + 1} would take {_duration(r['next_s'])}, over the layer's share "
+                       f"of {_duration(r['share_s'])})")
+            elif r.get("reason") == "multiplets":
+                why = f"  ({r['exhaustive_up_to'] + 1} would evaluate over 10^10 multiplets)"
             out.append(f"  {r['layer']:<16} {r['units']:>6} {'up to ' + str(r['exhaustive_up_to']):>10} "
-                       f"{_count(r['exhaustive']) + ' + ' + _count(r['greedy']):>31} {_duration(r['seconds']):>9}")
+                       f"{_count(r['exhaustive']) + ' + ' + _count(r['greedy']):>31} {_duration(r['seconds']):>9}"
+                       f"{why}")
         total = sum(r["exhaustive"] + r["greedy"] for r in self.rows)
         out.append(f"  {'total':<16} {'':>6} {'':>10} {_count(total):>31} {_duration(self.seconds):>9}")
         if self.warning():
@@ -314,8 +339,61 @@ class SynergyEstimate:
         return out
 
     def to_dict(self) -> dict:
+        """The plan as JSON values (written with the results as ``meta["estimate"]``): what was
+        asked, the budget, the cost model and each layer's row."""
         return {"requested": self.requested, "budget_s": self.budget, "networks": self.networks,
-                "seconds": self.seconds, "throughput": self.throughput, "layers": self.rows}
+                "seconds": self.seconds, "cost_model": self.cost, "layers": self.rows}
+
+
+#: Largest synergy.json :func:`recorded_sizes` reads.
+MAX_RESULT_BYTES = 64 << 20
+
+
+def recorded_sizes(path) -> dict:
+    """The exhaustive size of each layer that an earlier :func:`synergy` wrote in its
+    ``synergy.json`` (``meta.parameters.exhaustive_sizes``): give it as ``exhaustive_up_to``
+    to search the same multiplets again.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``synergy.json`` (a regular file of at most :data:`MAX_RESULT_BYTES`).
+
+    Returns
+    -------
+    dict of layer -> int
+
+    Raises
+    ------
+    ConfigError
+        Not a regular file, too large, not JSON, or without a size (an integer of at least 2)
+        for each layer.
+    """
+    import json
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the synergy result {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RESULT_BYTES:
+            raise ConfigError(f"{path} is not a synergy.json (not a regular file of at most "
+                              f"{MAX_RESULT_BYTES >> 20} MiB)")
+        raw = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))[:MAX_RESULT_BYTES + 1]
+    finally:
+        os.close(fd)
+    try:
+        sizes = json.loads(raw)["meta"]["parameters"]["exhaustive_sizes"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a synergy.json with meta.parameters.exhaustive_sizes") from None
+    if not isinstance(sizes, dict) or not sizes or not all(
+            isinstance(k, str) and type(v) is int and v >= 2 for k, v in sizes.items()):
+        raise ConfigError(f"{path}: meta.parameters.exhaustive_sizes must map each layer to a size of at least 2")
+    return dict(sizes)
 
 
 def _layer_names(stores, layers) -> list:
@@ -340,15 +418,14 @@ def _model(st: Store, layer, which, labels, ties, biascorrect, max_samples, seed
 def _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, ties, biascorrect,
               max_samples, seed, device, threads, throughput) -> SynergyEstimate:
     units = {n: int(stores[0].layer_info(n)["shape"][0]) for n in names}  # units or channels
-    if throughput is None:  # measured on the widest layer (the speed does not depend on the width)
-        widest = max(names, key=units.get)
-        throughput = Throughput.measure(_model(stores[0], widest, which, labels, ties, biascorrect, max_samples,
-                                               seed, device), threads=threads)
-    elif isinstance(throughput, (int, float)):
-        throughput = Throughput(throughput)
+    classes = _check_memory(stores, names, labels, max_samples, seed)
+    if throughput is None:
+        throughput = CostModel()
+    elif not isinstance(throughput, CostModel):
+        throughput = CostModel.flat(throughput)
+    cost = throughput.for_search(labels=labels, classes=classes, threads=threads)
     nets = len(stores)
-    common = dict(throughput=throughput, budget=budget, max_size=max_size, min_size=3 - (labels != "none"),
-                  networks=nets)
+    common = dict(throughput=cost, budget=budget, max_size=max_size, min_size=3 - (labels != "none"), networks=nets)
     if isinstance(exhaustive_up_to, dict):     # a size per layer (those an earlier run reached)
         missing = [n for n in names if n not in exhaustive_up_to]
         if missing:
@@ -358,12 +435,43 @@ def _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, 
             costs.update(plan_search({n: units[n]}, exhaustive_up_to=exhaustive_up_to[n], **common))
     else:
         costs = plan_search(units, exhaustive_up_to=exhaustive_up_to, **common)
-    rows = [{"layer": n, "units": units[n], "exhaustive_up_to": c.exhaustive_up_to, "max_size": c.max_size,
-             "exhaustive": nets * c.exhaustive, "greedy": nets * c.greedy, "seconds": nets * c.seconds}
-            for n, c in costs.items()]
+    rows = []
+    for n, c in costs.items():
+        row = {"layer": n, "units": units[n], "exhaustive_up_to": c.exhaustive_up_to, "max_size": c.max_size,
+               "exhaustive": nets * c.exhaustive, "greedy": nets * c.greedy, "seconds": nets * c.seconds,
+               "reason": c.reason}
+        if c.share is not None:
+            row["share_s"] = c.share
+        if c.next_seconds is not None:
+            row["next_s"] = nets * c.next_seconds
+        rows.append(row)
     requested = exhaustive_up_to if exhaustive_up_to == "auto" or isinstance(exhaustive_up_to, dict) \
         else int(exhaustive_up_to)
-    return SynergyEstimate(rows, requested, float(budget), nets, throughput.summary())
+    return SynergyEstimate(rows, requested, float(budget), nets, cost.to_dict())
+
+
+def _check_memory(stores, names, labels, max_samples, seed) -> int:
+    """Refuse, before any activation is read, a layer whose O-information model does not fit in
+    the memory budget (:func:`~infoprobe.estimators.oinfo.require_model_memory`, for every store
+    and layer); return the number of classes of the first store's samples (0 unless
+    ``labels="exact"``)."""
+    classes = None
+    for st in stores:
+        rows, y = sample_subset(st, max_samples, seed)
+        if labels != "none" and y is None:
+            st.require_labels()
+        n = st.n_rows if rows is None else len(rows)
+        c = len(np.unique(y)) if labels == "exact" else 0
+        classes = c if classes is None else classes
+        for name in names:
+            u = int(st.layer_info(name)["units"])
+            values = n * u * 8           # reduced_values holds them in memory within a quarter, else spills
+            require_model_memory(n, u, groups=1 + c, fixed=int(labels == "ordinal"),
+                                 held=values if values <= max_memory() // 4 else 0,
+                                 what=f"layer {name!r} of {shown_path(st.path)} ({u:,} units, {n:,} samples)",
+                                 fewer_samples="or use fewer samples (--max-samples)",
+                                 fewer_units="or leave the layer out (--layers)")
+    return classes
 
 
 def synergy_estimate(stores, *, layers=None, which: str = "pre", labels: str = "exact", max_size: int = 10,
@@ -374,15 +482,18 @@ def synergy_estimate(stores, *, layers=None, which: str = "pre", labels: str = "
 
     Takes :func:`synergy`'s arguments. The exhaustive size of each layer comes from
     :func:`~infoprobe.estimators.oinfo.plan_search` (the largest that fits its share of
-    ``budget``, or ``exhaustive_up_to`` if it is a number); the time from the search's
-    throughput, measured on the widest layer of the first store
-    (:meth:`~infoprobe.estimators.oinfo.Throughput.measure`; under a second) unless
-    ``throughput`` is given.
+    ``budget``, or ``exhaustive_up_to`` if it is a number or a number per layer); the time from
+    counts (the layer's units, the multiplets of each size, the first store's classes with
+    ``labels="exact"``, ``threads``) and a cost model
+    (:class:`~infoprobe.estimators.oinfo.CostModel`, :meth:`~infoprobe.estimators.oinfo.CostModel.for_search`):
+    nothing is timed, so the same inputs give the same estimate and sizes under any load.
+    Reads the stores' labels, not their activations.
 
     Parameters
     ----------
-    throughput : Throughput or float, optional
-        The search's speed, or multiplets per second, instead of measuring it.
+    throughput : CostModel or float, optional
+        The cost model (default: ``CostModel()``, the constants measured by
+        ``benchmarks/oinfo_cost.py``), or a fixed number of multiplets per second.
 
     Returns
     -------
@@ -395,6 +506,9 @@ def synergy_estimate(stores, *, layers=None, which: str = "pre", labels: str = "
     ConfigError
         Unknown layers, a budget that is not positive, an exhaustive size below the smallest
         multiplet, or one that would evaluate more than 10^10 multiplets.
+    BudgetError
+        A layer's O-information model does not fit in the memory budget (one line naming
+        ``--max-memory`` and ``--max-samples`` or ``--layers``).
     """
     paths = stores if isinstance(stores, (list, tuple)) else [stores]
     if not paths:
@@ -432,29 +546,37 @@ def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", m
     exhaustive_up_to : "auto", int or dict of layer -> int
         Largest size searched exhaustively, greedy beyond. ``"auto"`` (default): per layer,
         the largest whose estimated time fits its share of ``budget`` (Section 4.1 of the
-        paper searches up to 6, which takes hours on 100 units); a number (or a number per
-        layer, e.g. the ``exhaustive_sizes`` an earlier run recorded) is searched as asked
-        (capped at ``max_size`` and the layer's width), even far over the budget.
+        paper searches up to 6, which takes hours on 100 units); the estimate comes from
+        counts and a cost model, never from timing, so the same inputs always give the same
+        sizes. A number (or a number per layer, e.g. the ``exhaustive_sizes`` an earlier run
+        recorded, which replays that run exactly) is searched as asked (capped at ``max_size``
+        and the layer's width), even far over the budget.
     budget : float
-        Seconds for the whole search (every layer and network), for ``"auto"``.
+        Seconds for the whole search (every layer and network), for ``"auto"``, as the cost
+        model estimates them (the time taken varies with the machine and its load; the sizes
+        do not).
     ties, biascorrect
         See :func:`~infoprobe.estimators.oinfo.copula_model`.
     max_samples : int, optional
         Use a seeded random subset of at most this many samples.
     device : {"cpu", "cuda"}
+        Where the search runs (planned with the same cost model on either).
     threads : int, optional
-        CPU threads for the search.
-    throughput : Throughput or float, optional
-        The search's speed (multiplets per second) behind the estimate; measured on the data
-        by default (:func:`synergy_estimate`).
+        CPU threads for the search (default: all cores). The plan counts ``threads`` as given,
+        or one thread when None, so that it does not depend on the machine.
+    throughput : CostModel or float, optional
+        The cost model behind the estimate (default: ``CostModel()``,
+        :func:`synergy_estimate`), or a fixed number of multiplets per second.
     on_estimate : callable(SynergyEstimate), optional
         Called with the estimate before the search starts (the CLI prints it).
 
     Returns
     -------
     SynergyResult
-        ``meta["parameters"]["exhaustive_sizes"]`` holds the exhaustive size of each layer,
-        ``meta["estimate"]`` the estimate with the seconds each layer took.
+        ``meta["parameters"]["exhaustive_sizes"]`` holds the exhaustive size of each layer
+        (give it back as ``exhaustive_up_to`` to replay the run), ``meta["estimate"]`` the plan:
+        the cost model, each layer's estimate and why its size stops there, and the seconds
+        each layer took.
 
     Raises
     ------
@@ -463,6 +585,11 @@ def synergy(stores, *, layers=None, which: str = "pre", labels: str = "exact", m
     ConfigError
         Unknown layers, bad sizes or budget, a search too large to run exhaustively (more than
         10^10 multiplets).
+    BudgetError
+        A layer's O-information model (one unit's samples, or the covariance sums of its
+        units) does not fit in the memory budget
+        (:func:`~infoprobe.estimators.oinfo.require_model_memory`): refused before any
+        activation is read, naming ``--max-memory`` and ``--max-samples`` or ``--layers``.
     """
     paths = stores if isinstance(stores, (list, tuple)) else [stores]
     if not paths:

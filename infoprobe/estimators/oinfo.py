@@ -58,6 +58,7 @@ All results are in **bits**, accumulated in float64, on NumPy or CuPy.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,8 +69,8 @@ import h5py
 import numpy as np
 
 from ..arrays import namespace, to_numpy
-from ..errors import ConfigError, DataError
-from ..limits import max_memory, require_memory, rows_within
+from ..errors import BudgetError, ConfigError, DataError
+from ..limits import human, max_memory, rows_within
 from .gaussian import (
     LN2, as_2d, class_index, constant_within_classes, label_codes, untie, constant_units, copnorm, entropy_bias,
 )
@@ -189,7 +190,9 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     Memory stays within the budget (:mod:`infoprobe.limits`) whatever N: the copula values
     are computed a block of units at a time (a unit's ranks need all its samples, so one unit's
     N samples must fit in a quarter of the budget), and the covariances are summed a block of
-    samples at a time; copula values larger than a quarter of the budget are kept in a
+    samples at a time (at most a quarter of the budget) into G sums of U x U products that must
+    fit in what the budget leaves (:func:`model_memory`; both are checked before anything is
+    read or allocated: :func:`require_model_memory`); copula values larger than a quarter of the budget are kept in a
     scratch file in the temporary folder (``TMPDIR``; N x U x 8 bytes, reserved before the
     first is computed; :func:`infoprobe.scratch.scratch_matrix`), removed at the end however
     the call ends. The result equals the one-block computation to rounding (about 1e-15 relative).
@@ -228,7 +231,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
     DeviceError
         ``device="cuda"`` without CuPy or a GPU.
     BudgetError
-        One unit's samples, or the covariance matrices, do not fit in the memory budget.
+        One unit's samples do not fit in a quarter of the memory budget, or the covariance
+        sums in what it leaves (raised before anything is allocated).
     ScratchError
         The temporary folder cannot hold the spilled copula values (full, a file-size limit or
         quota, not writable), or ``x`` (a scratch matrix) cannot be read back.
@@ -248,6 +252,8 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         inv, n_g = np.zeros(n, np.int64), 0
         if y is not None:
             label_codes(y, n)
+    require_model_memory(n, n_in, groups=n_g + 1, fixed=int(labels == "ordinal"),
+                         what=f"the O-information model of {n_in:,} units")
     # pass 1, over blocks of columns: each unit's copula values (ranks need every sample of a unit)
     cols = rows_within(n * 8 * COPULA_COPIES, n_in, share=0.25, what=f"one unit's {n:,} samples (copula)")
     const = np.zeros(n_in, bool)
@@ -287,31 +293,94 @@ def copula_model(x, y=None, *, labels: str = "exact", ties: str = "average",
         if labels == "ordinal":
             zy = np.asarray(copnorm(label_codes(y, n).astype(np.float64), ties="ordinal"))
             zy = zy - zy.mean()
-        # pass 2, over blocks of rows: the covariances (class-conditional ones about each class's mean)
+        # pass 2, over blocks of rows: the covariances (class-conditional ones about each class's
+        # mean), summed in place: [0] over every sample, [1 + g] over class g
         k = len(keep) + (zy is not None)
-        require_memory((n_g + 1) * k * k * 8 * 2, f"the {n_g + 1} covariance matrices of {k:,} units")
-        s = np.zeros((k, k))
-        s_g = np.zeros((n_g, k, k))
+        acc = np.zeros((n_g + 1, k, k))
         mean_g = np.concatenate(sums, axis=1) / cnt[:, None] if n_g else None
         for r0, zb in sink.rows():
             if zy is not None:
                 zb = np.column_stack([zb, zy[r0:r0 + len(zb)]])
-            s += zb.T @ zb
+            acc[0] += zb.T @ zb
             ib = inv[r0:r0 + len(zb)]
             for g in range(n_g):
                 zg = zb[ib == g] - mean_g[g]
                 zg[:, flat[g]] = 0.0                      # constant on the class: no covariance
-                s_g[g] += zg.T @ zg
+                acc[1 + g] += zg.T @ zg
     weights, counts = np.ones(1), np.array([n])
-    covs = [s / (n - 1)]
+    acc[0] /= n - 1
     if labels == "exact":
-        covs[0] = covs[0] + np.diag(extra_all / (n - 1))
-        covs += [(s_g[g] + np.diag(extra[g])) / (cnt[g] - 1) for g in range(n_g)]
+        d = np.arange(k)
+        acc[0][d, d] += extra_all / (n - 1)
+        for g in range(n_g):
+            acc[1 + g][d, d] += extra[g]
+            acc[1 + g] /= cnt[g] - 1
         weights = np.concatenate([[1.0], cnt / n])
         counts = np.concatenate([[n], cnt])
-    return CopulaModel(cov=xp.asarray(np.stack(covs)), weights=weights, counts=counts, labels=labels,
+    return CopulaModel(cov=xp.asarray(acc), weights=weights, counts=counts, labels=labels,
                        units=keep, constant=np.flatnonzero(const), n_inputs=n_in,
                        biascorrect=biascorrect, device=device, class_constant=class_constant)
+
+
+def model_memory(n_samples: int, n_units: int, *, groups: int = 1, fixed: int = 0) -> dict:
+    """Bytes :func:`copula_model` allocates for N samples of U units in G covariance groups
+    (1 + the classes with ``labels="exact"``, else 1), with ``fixed`` more variables (1: the
+    label with ``"ordinal"``), under the current memory budget.
+
+    Returns
+    -------
+    dict
+        ``unit``: copula-normalising one unit, N x 8 x :data:`COPULA_COPIES` (must fit in a
+        quarter of the budget); ``values``: the copula values N x U x 8, held in memory when
+        they fit in a quarter of the budget, else spilled to the temporary folder (then 0);
+        ``block``: the block of samples the covariances are summed over, a quarter of the
+        budget at most; ``covariances``: the G sums of products and the product of the block
+        being added, (G + 1) x (U + fixed)^2 x 8. :func:`require_model_memory` checks that
+        ``values + block + covariances`` (and what the caller holds) fit in the budget.
+    """
+    limit, n, u = max_memory(), int(n_samples), int(n_units)
+    values = n * u * 8
+    return {"unit": n * 8 * COPULA_COPIES, "values": values if values <= limit // 4 else 0, "block": limit // 4,
+            "covariances": (int(groups) + 1) * (u + int(fixed)) ** 2 * 8}
+
+
+def require_model_memory(n_samples: int, n_units: int, *, groups: int = 1, fixed: int = 0, held: int = 0,
+                         what: str = "the O-information model", fewer_samples: str = "or use fewer samples",
+                         fewer_units: str = "or use fewer units") -> None:
+    """Refuse, before anything is read or allocated, a :func:`copula_model` that would not fit
+    in the memory budget (:func:`model_memory`): one unit's copula over a quarter of it, or
+    covariance sums over what the budget leaves beside a block of samples, the copula values
+    held in memory and ``held``.
+
+    Parameters
+    ----------
+    n_samples, n_units, groups, fixed : int
+        As :func:`model_memory`.
+    held : int
+        Bytes the caller holds meanwhile (e.g. the activations copula_model reads).
+    what : str
+        The model, for the message.
+    fewer_samples, fewer_units : str
+        How to shrink it, ending the message (e.g. the options of a command).
+
+    Raises
+    ------
+    BudgetError
+        One line naming the part that does not fit, its size, the budget and how to raise it
+        (``--max-memory``) or shrink the model.
+    """
+    limit, need = max_memory(), model_memory(n_samples, n_units, groups=groups, fixed=fixed)
+    raise_it = "raise it with --max-memory (INFOPROBE_MAX_MEMORY, budgets(memory=))"
+    if need["unit"] > limit // 4:
+        raise BudgetError(f"{what}: one unit's {int(n_samples):,} samples take {human(need['unit'])} to "
+                          f"copula-normalise, more than a quarter of the memory budget of {human(limit)}; "
+                          f"{raise_it} {fewer_samples}")
+    room = limit - need["block"] - need["values"] - int(held)
+    if need["covariances"] > room:
+        raise BudgetError(f"{what}: the {int(groups)} covariance sums of {int(n_units) + int(fixed):,} variables "
+                          f"take {human(need['covariances'])}, more than the {human(max(room, 0))} that the memory "
+                          f"budget of {human(limit)} leaves beside the values and a block of samples; {raise_it} "
+                          f"{fewer_units}")
 
 
 def _blockwise(x) -> bool:
@@ -366,12 +435,15 @@ class _Sink:
         self.k += z.shape[1]
 
     def rows(self):
-        """Yield ``(start, float64 [r, K])`` over the samples (all of them when in memory)."""
-        if self._m is None:
-            yield 0, np.concatenate(self.parts, axis=1) if len(self.parts) > 1 else self.parts[0]
-            return
+        """Yield ``(start, float64 [r, K])`` over the samples, blocks of rows whose three copies
+        fit in a quarter of the memory budget."""
         step = rows_within(self.k * 8 * 3, self.n, share=0.25, what=f"one sample's {self.k:,} copula values")
-        yield from self._m.rows(step)
+        if self._m is not None:
+            yield from self._m.rows(step)
+            return
+        for r0 in range(0, self.n, step):
+            parts = [p[r0:r0 + step] for p in self.parts]
+            yield r0, np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,156 +676,123 @@ def _threads(model: CopulaModel, threads: int | None) -> int:
     return max(1, int(threads if threads is not None else (os.cpu_count() or 1)))
 
 
-class Throughput:
-    """Speed of the multiplet search, from which :func:`search_cost` estimates seconds.
+#: Seconds per multiplet of the search in one thread, ``(a, b, c)`` of ``a + G (b + c v^2)``
+#: for a multiplet of v variables over G covariance groups (:class:`CostModel`), on the last
+#: exhaustive level (``LEAF_COST``: Omega only) and on the levels below it and in greedy steps
+#: (``INNER_COST``: each multiplet's factor built too). Measured by benchmarks/oinfo_cost.py in
+#: CPU seconds of one thread (so that other work on the machine barely moves them): 40 units,
+#: 2,000 samples, every label encoding, 1 to 11 groups, multiplets of 2 to 7 units, on an x86-64
+#: machine of 2 cores shared with other work. The model is within 0.83x..1.41x of each measured
+#: level and 0.86x..1.46x of four whole searches. Run that script to measure them again.
+LEAF_COST = (5.71e-8, 1.73e-9, 3.55e-9)
+INNER_COST = (5.39e-8, 8.45e-9, 5.54e-9)
+#: Seconds of overhead of one greedy step (the same benchmark).
+STEP_COST = 5.5e-5
 
-    ``Throughput(rate)`` is a fixed speed: ``rate`` multiplets per second at every size, and
-    ``step`` seconds of overhead per greedy step (for planning by hand, and for tests).
-    :meth:`measure` times the search's own code on a model instead: the first time a size is
-    needed, a few batches of that size (the search's batch size, in the search's threads, all
-    at once, so cores shared with other work count; the median of ``REPEATS`` timings) and
-    greedy steps. Nothing is timed until :func:`search_cost` asks, and only the sizes it asks
-    for (well under a second for sizes up to 6). On a shared machine the estimate follows the
-    load at the time of measuring: within about 15% of the time taken on an idle machine, up
-    to 2x off when other work comes and goes.
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds of a multiplet search computed from counts alone, for :func:`search_cost` and
+    :func:`plan_search`: nothing is timed, so the same inputs give the same plan on any machine
+    under any load.
+
+    A multiplet of v variables (its units, plus the label with ``labels="ordinal"``) over G
+    covariance groups (1, or 1 + the number of classes with ``labels="exact"``) costs
+    ``a + G (b + c v^2)`` seconds, with ``(a, b, c) = leaf`` on the last exhaustive level (only
+    Omega is computed) and ``inner`` on the levels below it and in the greedy steps (each
+    multiplet's factor is built too); each greedy step adds ``step`` seconds. The exhaustive
+    levels are shared by ``threads`` when the search is large enough to be threaded
+    (:data:`THREAD_WORK`). The defaults, :data:`LEAF_COST`, :data:`INNER_COST` and
+    :data:`STEP_COST`, were measured by ``benchmarks/oinfo_cost.py`` (CPU time of one
+    thread); on another machine, or under load, the search takes proportionally more or less
+    time, but the plan is the same. A search on CUDA is planned with the same figures.
+
+    :meth:`flat` is a fixed speed instead (``rate`` multiplets per second whatever the size
+    and label encoding: for planning by hand and for tests), and :meth:`for_search` fits a
+    cost model to a search's label encoding, classes and threads.
 
     Parameters
     ----------
-    rate : float
-        Multiplets per second (> 0).
+    leaf, inner : tuple of 3 floats
+        ``(a, b, c)`` in seconds (>= 0, not all 0).
     step : float
-        Seconds of overhead per greedy step (>= 0).
+        Seconds per greedy step (>= 0).
+    groups : int
+        Covariance groups G (>= 1).
+    fixed : int
+        Variables in every multiplet besides its units (1: the label with ``"ordinal"``).
+    threads : int
+        Threads sharing the exhaustive levels (>= 1).
 
     Raises
     ------
     ConfigError
-        A rate that is not positive or a negative step.
+        Negative or all-zero constants, fewer than one group or thread.
     """
+    leaf: tuple = LEAF_COST
+    inner: tuple = INNER_COST
+    step: float = STEP_COST
+    groups: int = 1
+    fixed: int = 0
+    threads: int = 1
 
-    #: Greedy steps timed per search at most; the others are interpolated.
-    GREEDY_SAMPLES = 6
-    #: Timings per size, of which the median counts.
-    REPEATS = 3
-
-    def __init__(self, rate: float, *, step: float = 0.0):
-        if not rate > 0 or not step >= 0:
-            raise ConfigError(f"a throughput needs rate > 0 and step >= 0; got {rate!r}, {step!r}")
-        self._rate, self._step = float(rate), float(step)
-        self._model = None
-        self.threads = 1
-        self.measured = {}  # ("leaf" | "inner", k) -> multiplets/s; ("greedy", k, candidates) -> s
-        self.seconds = 0.0  # time spent measuring
+    def __post_init__(self):
+        for name in ("leaf", "inner"):
+            v = tuple(float(c) for c in getattr(self, name))
+            if len(v) != 3 or not all(c >= 0 for c in v) or not any(c > 0 for c in v):
+                raise ConfigError(f"a cost model's {name} needs 3 non-negative seconds, not all 0; got {v!r}")
+            object.__setattr__(self, name, v)
+        if not self.step >= 0 or int(self.groups) < 1 or int(self.threads) < 1 or int(self.fixed) < 0:
+            raise ConfigError(f"a cost model needs step >= 0, groups >= 1, threads >= 1 and fixed >= 0; got "
+                              f"{self.step!r}, {self.groups!r}, {self.threads!r}, {self.fixed!r}")
 
     @classmethod
-    def measure(cls, model: CopulaModel, *, threads: int | None = None, chunk: int | None = None,
-                min_time: float = 0.03) -> "Throughput":
-        """A throughput measured on ``model`` (lazily, size by size).
+    def flat(cls, rate: float, *, step: float = 0.0) -> "CostModel":
+        """``rate`` multiplets per second (> 0) at every size, label encoding and thread count,
+        and ``step`` seconds per greedy step.
 
-        Parameters
-        ----------
-        model : CopulaModel
-            The search's speed depends on the number of covariance groups (the label
-            encoding and the classes) and on the device, not on the number of units: time it
-            on the model to be searched, or on one layer of the same store.
-        threads, chunk : int, optional
-            As given to :func:`search_multiplets`.
-        min_time : float
-            Seconds each timing runs at least (two batches at least); each size is timed
-            ``REPEATS`` times.
-
-        Returns
-        -------
-        Throughput
+        Raises
+        ------
+        ConfigError
+            A rate that is not positive or a negative step.
         """
-        tp = cls(1.0)
-        tp._model, tp._chunk, tp._min_time = model, chunk, float(min_time)
-        tp.threads = _threads(model, threads)
-        return tp
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not rate > 0 or not step >= 0:
+            raise ConfigError(f"a throughput needs rate > 0 and step >= 0; got {rate!r}, {step!r}")
+        return cls((1.0 / float(rate), 0.0, 0.0), (1.0 / float(rate), 0.0, 0.0), float(step))
+
+    def for_search(self, *, labels: str, classes: int = 0, threads: int | None = None) -> "CostModel":
+        """This cost model for a search of labels ``labels`` (:data:`LABELS`) over ``classes``
+        classes, in ``threads`` threads (None: 1, so that the plan does not depend on the
+        machine's cores)."""
+        return dataclasses.replace(self, groups=1 + int(classes) if labels == "exact" else 1,
+                                   fixed=1 if labels == "ordinal" else 0, threads=int(threads or 1))
+
+    def seconds(self, k: int, *, leaf: bool = True) -> float:
+        """Seconds per multiplet of k units in one thread: ``a + G (b + c v^2)``, v = k + ``fixed``."""
+        a, b, c = self.leaf if leaf else self.inner
+        v = int(k) + int(self.fixed)
+        return a + self.groups * (b + c * v * v)
 
     def rate(self, k: int, *, leaf: bool = True) -> float:
-        """Multiplets of k units per second in exhaustive search: on the last level
-        (``leaf``, Omega only) or on a level below it (each multiplet's factor built too)."""
-        if self._model is None:
-            return self._rate
-        key = ("leaf" if leaf else "inner", int(k))
-        if key not in self.measured:
-            self.measured[key] = self._time_level(int(k), leaf)
-        return self.measured[key]
+        """Multiplets of k units per second in one thread (:meth:`seconds` inverted)."""
+        return 1.0 / self.seconds(k, leaf=leaf)
 
     def greedy_step(self, k: int, candidates: int) -> float:
         """Seconds of one greedy step: a multiplet of k - 1 units extended by each candidate."""
-        if self._model is None:
-            return self._step + candidates / self._rate
-        key = ("greedy", int(k), int(candidates))
-        if key not in self.measured:
-            self.measured[key] = self._time_greedy(int(k), int(candidates))
-        return self.measured[key]
+        return self.step + int(candidates) * self.seconds(k, leaf=False)
 
-    def _time_level(self, k: int, leaf: bool) -> float:
-        import time
-
-        model, xp = self._model, self._model.xp
-        t_start = time.perf_counter()
-        n, step = model.n_units, _chunk(model, k, self._chunk)
-        # parents: k - 1 of the first n - 1 units (each has a larger unit to add), sorted by last unit
-        pool = max(n - 1, k - 1)
-        units = np.sort(np.argsort(np.random.default_rng(0).random((step, pool)), axis=1)[:, :k - 1], axis=1) % n
-        units = units[np.argsort(units[:, -1], kind="stable")]
-        b = _take(_root(model), xp.zeros(step, dtype=xp.int64))
-        for i in range(k - 1):
-            b = _extend(model, b, slice(None), xp.asarray(units[:, i]))
-        start = _starts(model, b, k - 1, n)
-        total, nf = int(start[-1]), len(model.fixed)
-
-        def work(end):
-            best, done, lo, reps = _Best(1), 0, 0, 0
-            while reps < 2 or time.perf_counter() < end:
-                hi = min(lo + step, total)
-                _, vars_, om = _grow(model, b, start, lo, hi, leaf, True)
-                best.add(om, to_numpy(vars_[nf:]).T)
-                done, reps, lo = done + hi - lo, reps + 1, (hi if hi < total else 0)
-            return done
-
-        _grow(model, b, start, 0, min(step, total), leaf, True)  # warm-up
-        rates = []
-        with ThreadPoolExecutor(self.threads) as pool_:
-            for _ in range(self.REPEATS):  # the median of a few, as other work may share the cores
-                t0 = time.perf_counter()
-                end = t0 + self._min_time  # every thread stops at the same time
-                done = work(end) if self.threads == 1 else sum(pool_.map(work, [end] * self.threads))
-                rates.append(done / (time.perf_counter() - t0))
-        self.seconds += time.perf_counter() - t_start
-        return float(np.median(rates))
-
-    def _time_greedy(self, k: int, candidates: int) -> float:
-        import time
-
-        model, xp = self._model, self._model.xp
-        t_start = time.perf_counter()
-        n = model.n_units
-        b = _root(model)
-        for v in range(k - 1):
-            b = _extend(model, b, xp.zeros(1, dtype=xp.int64), xp.full(1, v % n, dtype=xp.int64))
-        cands = (k - 1 + np.arange(candidates)) % n
-        times = []
-        while len(times) < 3 or sum(times) < self._min_time / 5:
-            t0 = time.perf_counter()
-            _greedy_step(model, b, cands, k)
-            times.append(time.perf_counter() - t0)
-        self.seconds += time.perf_counter() - t_start
-        return float(np.median(times))
-
-    def summary(self) -> dict:
-        """What was measured: threads, seconds spent, multiplets per second by level and size."""
-        if self._model is None:
-            return {"rate": self._rate, "step": self._step}
-        return {"threads": self.threads, "seconds": round(self.seconds, 3),
-                "exhaustive": {f"{kind}{k}": round(v) for (kind, k, *_), v in self.measured.items()
-                               if kind != "greedy"}}
+    def to_dict(self) -> dict:
+        """The constants and the search they apply to, as JSON values (written with a plan)."""
+        return {"model": "seconds per multiplet = a + G (b + c v^2)", "leaf": list(self.leaf),
+                "inner": list(self.inner), "greedy_step_s": self.step, "groups": int(self.groups),
+                "fixed": int(self.fixed), "threads": int(self.threads),
+                "source": "benchmarks/oinfo_cost.py" if (self.leaf, self.inner, self.step) ==
+                (LEAF_COST, INNER_COST, STEP_COST) else "given"}
 
 
-def _as_throughput(value) -> "Throughput":
-    return Throughput(value) if isinstance(value, (int, float, np.number)) else value
+def _as_cost(value) -> CostModel:
+    """A :class:`CostModel`, from itself or from multiplets per second (:meth:`CostModel.flat`)."""
+    return value if isinstance(value, CostModel) else CostModel.flat(value)
 
 
 @dataclass(frozen=True)
@@ -762,7 +801,12 @@ class SearchCost:
 
     ``exhaustive``: multiplets enumerated (every size 1..``exhaustive_up_to``, as counted by
     ``progress``); ``greedy``: multiplets evaluated by the greedy steps (both directions);
-    ``seconds``: the estimate from a :class:`Throughput`.
+    ``seconds``: the estimate from a :class:`CostModel`. From :func:`plan_search`: ``reason``
+    why the exhaustive size stops there (``"asked"``, ``"max_size"``: every size up to the
+    largest multiplet fits, ``"budget"``: the next size would exceed the layer's share of the
+    budget, ``"multiplets"``: the next size would exceed ``max_multiplets``), ``share`` (seconds of
+    the budget the layer could use, every network together) and ``next_seconds`` (the estimate
+    of the next size, one network, when the budget stopped the layer).
     """
     n_units: int
     max_size: int
@@ -771,6 +815,9 @@ class SearchCost:
     exhaustive: int
     greedy: int
     seconds: float
+    reason: str = "asked"
+    share: float | None = None
+    next_seconds: float | None = None
 
     @property
     def multiplets(self) -> int:
@@ -787,28 +834,35 @@ def search_cost(n_units: int, exhaustive_up_to: int, *, throughput, max_size: in
         Candidate units of the layer.
     exhaustive_up_to, max_size, min_size : int
         As in :func:`search_multiplets` (capped at the number of units).
-    throughput : Throughput or float
-        Measured speed, or multiplets per second (any object with Throughput's ``rate`` and
-        ``greedy_step`` will do).
+    throughput : CostModel or float
+        The cost model (:meth:`CostModel.for_search`), or multiplets per second
+        (:meth:`CostModel.flat`).
 
     Returns
     -------
     SearchCost
-        Seconds = sum over exhaustive sizes k of C(n, k) / rate(k), plus two greedy steps
-        (synergy and redundancy) per size beyond, each of n - k + 1 candidates.
+        Seconds = sum over exhaustive sizes k = 2..e of C(n, k) x :meth:`CostModel.seconds`
+        (``leaf`` for k = e), divided by the threads when the search is threaded
+        (C(n, 1) + .. + C(n, e) times G at least :data:`THREAD_WORK`, as
+        :func:`search_multiplets` decides), plus two greedy steps (synergy and redundancy) per
+        size k beyond, each of n - k + 1 candidates (:meth:`CostModel.greedy_step`).
+
+    Raises
+    ------
+    ConfigError
+        A throughput that is not a cost model or a positive number.
     """
-    tp = _as_throughput(throughput)
+    cm = _as_cost(throughput)
     n = int(n_units)
     max_size = min(int(max_size), n)
     e = min(int(exhaustive_up_to), max_size)
-    seconds = sum(comb(n, k) / tp.rate(k, leaf=k == e) for k in range(2, e + 1))
-    ks = np.arange(e + 1, max_size + 1)
-    greedy = int(2 * (n - ks + 1).sum())
-    if len(ks):
-        sample = np.unique(np.linspace(ks[0], ks[-1], min(len(ks), Throughput.GREEDY_SAMPLES)).round()).astype(int)
-        times = [tp.greedy_step(int(k), n - int(k) + 1) for k in sample]
-        seconds += 2 * float(np.interp(ks, sample, times).sum())
-    return SearchCost(n, max_size, int(min_size), e, n_multiplets(n, range(1, e + 1)), greedy, float(seconds))
+    exhaustive = n_multiplets(n, range(1, e + 1))
+    threads = cm.threads if exhaustive * cm.groups >= THREAD_WORK else 1
+    seconds = sum(comb(n, k) * cm.seconds(k, leaf=k == e) for k in range(2, e + 1)) / threads
+    ks = range(e + 1, max_size + 1)
+    seconds += 2 * sum(cm.greedy_step(k, n - k + 1) for k in ks)
+    greedy = 2 * sum(n - k + 1 for k in ks)
+    return SearchCost(n, max_size, int(min_size), e, exhaustive, greedy, float(seconds))
 
 
 def plan_search(widths: dict, *, throughput, budget: float = 60.0, max_size: int = 10,
@@ -817,17 +871,18 @@ def plan_search(widths: dict, *, throughput, budget: float = 60.0, max_size: int
     """Exhaustive size of each layer's search: the largest that fits a time budget, or the one asked.
 
     With ``exhaustive_up_to="auto"`` the budget is shared out over the layers: each gets an
-    equal share, and the largest exhaustive size whose estimated time fits it (the smallest
-    size if none does); a layer searched exhaustively up to ``max_size`` within its share
-    leaves the rest to the others (shares are recomputed until no layer has time left
-    over). Layers of equal width get equal sizes.
+    equal share, and the largest exhaustive size whose estimated time (:func:`search_cost`,
+    from the cost model: no timing) fits it (the smallest size if none does); a layer
+    searched exhaustively up to ``max_size`` within its share leaves the rest to the others
+    (shares are recomputed until no layer has time left over). Layers of equal width get equal
+    sizes, and the same arguments always give the same sizes.
 
     Parameters
     ----------
     widths : dict of str -> int
         Units per layer.
-    throughput : Throughput or float
-        Measured speed (:meth:`Throughput.measure`), or multiplets per second.
+    throughput : CostModel or float
+        The cost model (:meth:`CostModel.for_search`), or multiplets per second.
     budget : float
         Seconds for every search together (all layers, all networks).
     max_size, min_size, max_multiplets
@@ -839,23 +894,24 @@ def plan_search(widths: dict, *, throughput, budget: float = 60.0, max_size: int
 
     Returns
     -------
-    dict of layer -> SearchCost (for one network), in the order of ``widths``.
+    dict of layer -> SearchCost (for one network, with ``reason``, ``share`` and
+    ``next_seconds``), in the order of ``widths``.
 
     Raises
     ------
     ConfigError
         A budget that is not positive, an exhaustive size that is not ``"auto"`` or at least
-        ``min_size``, or an exhaustive search of more than ``max_multiplets``.
+        ``min_size``, an exhaustive search of more than ``max_multiplets``, a bad throughput.
     """
     if not budget > 0:
         raise ConfigError(f"the budget must be a positive number of seconds, not {budget!r}")
-    tp = _as_throughput(throughput)
+    cm = _as_cost(throughput)
     caps = {name: min(int(max_size), int(w)) for name, w in widths.items()}
     costs = {}
 
     def cost(name, e):
         if (name, e) not in costs:
-            costs[(name, e)] = search_cost(widths[name], e, throughput=tp, max_size=max_size, min_size=min_size)
+            costs[(name, e)] = search_cost(widths[name], e, throughput=cm, max_size=max_size, min_size=min_size)
         return costs[(name, e)]
 
     if exhaustive_up_to != "auto":
@@ -869,27 +925,34 @@ def plan_search(widths: dict, *, throughput, budget: float = 60.0, max_size: int
         return {name: cost(name, min(int(exhaustive_up_to), cap)) for name, cap in caps.items()}
 
     def fit(name, share):
+        """(size, why it stops there) within ``share`` seconds."""
         best = min(min_size, caps[name])
         for e in range(best + 1, caps[name] + 1):
-            if n_multiplets(int(widths[name]), range(1, e + 1)) > max_multiplets \
-                    or networks * cost(name, e).seconds > share:
-                break
+            if n_multiplets(int(widths[name]), range(1, e + 1)) > max_multiplets:
+                return best, "multiplets"
+            if networks * cost(name, e).seconds > share:
+                return best, "budget"
             best = e
-        return best
+        return best, "max_size"
 
     chosen, pending, left = {}, dict(caps), float(budget)
     while pending:
         share = max(left, 0.0) / len(pending)
-        fits = {name: fit(name, share) for name in pending}
-        full = [name for name in pending if fits[name] == pending[name]]
+        fits = {name: (*fit(name, share), share) for name in pending}
+        full = [name for name in pending if fits[name][1] == "max_size"]
         if not full or len(full) == len(pending):
             chosen.update(fits)
             break
         for name in full:
             chosen[name] = fits[name]
-            left -= networks * cost(name, fits[name]).seconds
+            left -= networks * cost(name, fits[name][0]).seconds
             del pending[name]
-    return {name: cost(name, chosen[name]) for name in widths}
+    out = {}
+    for name in widths:
+        e, reason, share = chosen[name]
+        nxt = cost(name, e + 1).seconds if reason == "budget" else None
+        out[name] = dataclasses.replace(cost(name, e), reason=reason, share=share, next_seconds=nxt)
+    return out
 
 
 def search_multiplets(model: CopulaModel, *, max_size: int = 10, exhaustive_up_to: int = 6,

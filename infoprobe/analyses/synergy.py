@@ -205,8 +205,10 @@ class SynergyResult(Tables):
         spread = nets > 1
         lines = [f"best O-information [bits], mean{' +- sd' if spread else ''} over {nets} network"
                  f"{'s' if nets > 1 else ''} (labels={p.get('labels')}, {p.get('which')}-activations)",
-                 f"{'layer':<16} {'k':>3} {'synergy':>{15 if spread else 9}} "
-                 f"{'redundancy':>{15 if spread else 11}}  method"]
+                 "Ω < 0: synergy-dominated, Ω > 0: redundancy-dominated (Rosas et al. 2019); the lowest is "
+                 "synergistic only where it is negative, the highest redundant only where it is positive",
+                 f"{'layer':<16} {'k':>3} {'lowest Ω':>{15 if spread else 9}} "
+                 f"{'highest Ω':>{15 if spread else 11}}  method"]
         best = {(r["layer"], r["size"], r["direction"]): r for r in reversed(self.profiles)}
 
         def cell(r, width):

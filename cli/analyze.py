@@ -41,7 +41,8 @@ def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out,
     its settings, its estimate and what was cut to fit) is printed before any work; then each
     analysis's seconds against its estimate, the total against the budget ("within the
     budget" or "over the budget by ..."), and the report's path last. The activation store
-    (acts.h5) stays in --out for reuse even when analyses that read it did not run. Everything appears in --out together when the run ends, or nothing does
+    (acts.h5) stays in --out for reuse even when analyses that read it did not run.
+    Everything appears in --out together when the run ends, or nothing does
     (one analyze at a time writes a folder). Exit status 0: every planned analysis ran or was
     cut by the budget (stated in the plan); 1: the results are written, but an analysis did
     not run because of an error (named on stderr, in analyze.csv and on the page); 2: nothing

@@ -12,7 +12,6 @@ import json
 import re
 from html.parser import HTMLParser
 
-import numpy as np
 import pytest
 
 import importlib
@@ -188,7 +187,7 @@ def test_a_machine_100_times_slower_cuts_and_skips_as_the_cost_model_says(tmp_pa
         assert k == 0 or closed_form(name, ladder[k - 1], slow) > rows[name]["share_s"]
     # synergy gets what the others leave: 240 s less the others' estimates, from where it starts
     others = sum(rows[n]["estimate_s"] for n in ("importance", "ablation", "frivolous"))
-    assert rows["synergy"]["estimate_s"] == pytest.approx(240 - others, abs=0.1) and rows["synergy"]["estimate_s"] <= 240 - others
+    assert 240 - others - 0.1 <= rows["synergy"]["estimate_s"] <= 240 - others
     t = doc["meta"]["timing"]
     assert t["total_s"] == pytest.approx(clock.now) and 240 - 0.1 <= t["total_s"] <= 240
     assert t["within_budget"] is True and t["over_s"] == 0 and t["calibration_s"] == 0

@@ -415,8 +415,8 @@ def _fit_shares(todo: list, out: set, left: float, lm, n_fit: int, n_eval: int, 
         if pick is None or costs_of[pick] > running:
             s.skipped, s.by_budget, s.estimate = (
                 f"out of budget: even its smallest setting needs about {costs_of[-1]:.0f} s, "
-                + (f"over {OVER_SHARE:g}x its share of {share:.0f} s" if costs_of[-1] > OVER_SHARE * share
-                   else f"over the {max(running, 0):.0f} s left") + " (raise --budget)", True, costs_of[-1])
+                + (f"over the {max(running, 0):.0f} s left" if costs_of[-1] > running
+                   else f"over {OVER_SHARE:g}x its share of {share:.0f} s") + " (raise --budget)", True, costs_of[-1])
             if s.name == "importance":
                 for later in todo:
                     if later.name in ("ablation", "synergy"):
@@ -823,7 +823,7 @@ def _analyze(model, data: Dataset, out: Path, *, fit_data, budget, pinned, scale
             if (s.settings, s.skipped) != before and not s.skipped:
                 echo(f"  {s.name}: planned again with {left:.0f} s left: about {s.estimate:.0f} s "
                      f"({_settings_text(s.settings)})" + (f"; cut: {s.cut}" if s.cut else ""))
-            elif s.skipped and s.skipped != before[1]:
+            elif s.by_budget:
                 echo(f"  {s.name}: skipped, {s.skipped}")
         if s.skipped:
             if s.name == "importance":

@@ -18,7 +18,10 @@ from .options import data_options, echo_json, max_size_option, progress_option, 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Result folder: the analyses' tables and figures, and report.html.")
 @click.option("--budget", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
-              help="Minutes of work; each analysis gets a share and the largest setting that fits it.")
+              help="Minutes of work in all, the calibration included. Each analysis is first timed on its own first "
+                   "units of work (samples captured, intervention sets, a clustering) and gets a share and the largest "
+                   "setting whose estimate fits it; before each starts, what is left is planned again, and one that "
+                   "would overrun is cut or skipped, never started and abandoned (e.g. --budget 15).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run the plan of an earlier run (its analyze.json) instead of planning within --budget: the same "
                    "analyses, settings and synergy search sizes, so the same inputs give the same numbers.")
@@ -35,14 +38,17 @@ def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out,
 
     Importance of each unit (with its activation store), cumulative ablation, synergy and
     redundancy, modules, and frivolous units. The plan (each analysis' share of the budget,
-    its settings and what was cut to fit) is printed before any work; the report's path is
-    printed last. Everything appears in --out together when the run ends, or nothing does
+    its settings, its estimate and what was cut to fit) is printed before any work; then each
+    analysis's seconds against its estimate, the total against the budget ("within the
+    budget" or "over the budget by ..."), and the report's path last. The activation store
+    (acts.h5) stays in --out for reuse even when analyses that read it did not run.
+    Everything appears in --out together when the run ends, or nothing does
     (one analyze at a time writes a folder). Exit status 0: every planned analysis ran or was
     cut by the budget (stated in the plan); 1: the results are written, but an analysis did
     not run because of an error (named on stderr, in analyze.csv and on the page); 2: nothing
     was written.
 
-    The plan is chosen from a timing of the model, so two runs may choose different settings;
+    The plan is chosen from timings on this machine, so two runs may choose different settings;
     --plan OUT/analyze.json runs an earlier run's plan again, for the same numbers.
 
     \b
@@ -62,7 +68,7 @@ def analyze(model, data_path, split, scale, x_key, y_key, limit, fit_split, out,
               overwrite=overwrite, progress=progress, echo=click.echo)
     if as_json:
         echo_json(res)
-    click.echo(f"analysed in {res['seconds']:.0f} s; report: {res['report']} (open it in a browser)")
+    click.echo(f"report: {res['report']} (open it in a browser)")
     if res["failed"]:
         click.echo(f"infoprobe: error: {len(res['failed'])} planned analys{'is' if len(res['failed']) == 1 else 'es'} "
                    f"did not run: " + "; ".join(f"{k}: {v}" for k, v in res["failed"].items()), err=True)

@@ -831,12 +831,34 @@ def _headline_check(sec):
 
 @_on_table("analyze")
 def _headline_analyze(rel, doc):
+    """What ran, with its settings, seconds and estimate; the total against the budget (within
+    it, or over it by how much: ``meta.timing``); what was cut or skipped; the store kept."""
     rows = _rows(doc)
     ran = [(i, r) for i, r in enumerate(rows) if not r.get("skipped")]
-    out = ["Ran " + ", ".join(f"{_esc(r.get('analysis'))} ({_hl(rel, f'/rows/{i}/seconds', r.get('seconds'))} s)"
-                              for i, r in ran[:MAX_HEADLINES]) + " within a budget of "
-           f"{_hl(rel, '/meta/parameters/budget_min', _get(doc, 'meta', 'parameters', 'budget_min'))}"
-           " minutes."]
+
+    def one(i, r):
+        sets = f"; {_esc(r['settings'], 120)}" if r.get("settings") else ""
+        est = f", estimated {_hl(rel, f'/rows/{i}/estimate_s', r.get('estimate_s'))} s" \
+            if _num(r.get("estimate_s")) is not None else ""
+        return f"{_esc(r.get('analysis'))} ({_hl(rel, f'/rows/{i}/seconds', r.get('seconds'))} s{est}{sets})"
+
+    out = ["Ran " + (", ".join(one(i, r) for i, r in ran[:MAX_HEADLINES]) or "nothing") + "."]
+    timing = _get(doc, "meta", "timing")
+    budget = _get(doc, "meta", "parameters", "budget_min")
+    budget_text = f"the budget of {_hl(rel, '/meta/parameters/budget_min', budget)} minutes"
+    if isinstance(timing, dict) and _num(timing.get("total_s")) is not None:
+        total = (f"In all {_hl(rel, '/meta/timing/total_s', timing['total_s'])} s, calibration "
+                 f"{_hl(rel, '/meta/timing/calibration_s', timing.get('calibration_s'))} s included")
+        if _num(budget) is None:
+            out.append(f"{total}, running the plan given (no time budget).")
+        elif timing.get("within_budget") is True:
+            out.append(f"{total}: within {budget_text}.")
+        else:
+            out.append(f"{total}: over {budget_text} by {_hl(rel, '/meta/timing/over_s', timing.get('over_s'))} s.")
+        if timing.get("store"):
+            out.append(_esc(timing["store"], 300))
+    elif _num(budget) is not None:          # written before analyze recorded its total
+        out.append(f"Planned within {budget_text}; this analyze.json does not record the total time.")
     out += [f"{_esc(r.get('analysis'))} was cut to fit: {_esc(r['cut'], 300)}." for _, r in ran if r.get("cut")]
     out += [f"{_esc(r.get('analysis'))} did not run: {_esc(r['skipped'], 300)}." for r in rows if r.get("skipped")]
     return out

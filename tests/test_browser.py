@@ -20,7 +20,7 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: The reports tested, and the sections each must have: the demo's, and ``infoprobe analyze`` of
-#: a residual CNN on 300 samples in half a minute (too little for modules, which it says it cut).
+#: a residual CNN on 300 samples in half a minute (too little for modules, which it says it skipped).
 SECTIONS = {"demo": ("importance", "ablation", "synergy", "modules", "frivolous", "flow", "check"),
             "analyze": ("analyze", "importance", "ablation", "synergy", "frivolous")}
 WIDTHS = (1280, 400)
@@ -81,11 +81,17 @@ def report(request, browser_paths, tmp_path_factory):
         out = tmp_path_factory.mktemp("report") / "report.html"
         write_report([request.getfixturevalue("demo_results")], out)
     else:
+        from test_analyze_budget import BASE, cli_with
+
         d = tmp_path_factory.mktemp("analyze")
         fix = Path(__file__).resolve().parent.parent / "fixtures"
-        result = CliRunner().invoke(cli, ["analyze", str(fix / "zoo_resnet.onnx"), "--data", str(fix / "mnist_demo.npz"),
-                                          "--split", "test", "--limit", "300", "--budget", "0.5", "--out", str(d),
-                                          "--no-progress"])
+        with pytest.MonkeyPatch.context() as mp:
+            # fixed throughputs and a fake clock, the same plan on any machine: a clustering of
+            # 50 s leaves modules out of half a minute
+            cli_with(mp, dict(BASE, clustering=50.0))
+            result = CliRunner().invoke(cli, ["analyze", str(fix / "zoo_resnet.onnx"), "--data",
+                                              str(fix / "mnist_demo.npz"), "--split", "test", "--limit", "300",
+                                              "--budget", "0.5", "--out", str(d), "--no-progress"])
         assert result.exit_code == 0, result.output
         assert "modules" in result.output and "skipped" in result.output
         out = d / "report.html"

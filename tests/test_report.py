@@ -144,12 +144,18 @@ def test_budget_plan_takes_the_largest_setting_that_fits():
         if s.name in LADDERS and not s.skipped:
             assert s.estimate <= s.seconds or s.settings == LADDERS[s.name][-1]
     hopeless = {s.name: s for s in plan_analyses(lm, 2000, 2000, 1e-1, 10)}
-    assert "raise --budget" in hopeless["ablation"].skipped
+    assert "raise --budget" in hopeless["importance"].skipped and "raise --budget" in hopeless["modules"].skipped
+    assert hopeless["ablation"].skipped.startswith("needs importance")     # it reads importance's store
     unlabelled = {s.name: s for s in plan_analyses(lm, 2000, 2000, 1e-6, 600, has_labels=False)}
     assert unlabelled["importance"].skipped and not unlabelled["frivolous"].skipped
 
 
-def test_analyze_prints_its_plan_first_and_the_report_last(tmp_path):
+def test_analyze_prints_its_plan_first_and_the_report_last(tmp_path, monkeypatch):
+    from test_analyze_budget import BASE, cli_with
+
+    # fixed throughputs and a fake clock: the same plan on a loaded machine (modules' clustering
+    # costs 0.3 s, which cuts it to its smallest setting)
+    cli_with(monkeypatch, dict(BASE, clustering=0.3))
     out = tmp_path / "an"
     r = CliRunner().invoke(cli, ["analyze", str(FIX / "mlp_sigmoid.onnx"), "--data", str(FIX / "mnist_demo.npz"),
                                  "--split", "test", "--limit", "300", "--budget", "0.5", "--out", str(out),
@@ -164,7 +170,8 @@ def test_analyze_prints_its_plan_first_and_the_report_last(tmp_path):
         assert f'id="{sid}"' in html
     plan = json.loads((out / "analyze.json").read_text())["rows"]
     assert [r["analysis"] for r in plan] == ["importance", "ablation", "synergy", "modules", "frivolous"]
-    assert all(r["seconds"] is not None or r["skipped"] for r in plan)
+    assert all(r["seconds"] is not None and not r["skipped"] for r in plan)
+    assert "within the budget of 0.5 min" in lines[-2]
     r = CliRunner().invoke(cli, ["analyze", str(FIX / "mlp_sigmoid.onnx"), "--data", str(FIX / "mnist_demo.npz"),
                                  "--out", str(out), "--no-progress"])
     assert r.exit_code == 2 and "already exists" in r.output

@@ -13,11 +13,57 @@ default, help text and allowed values in the field's metadata). The configuratio
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import stat
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from .errors import ConfigError
+
+
+def read_json(path, *, max_bytes: int, what: str):
+    """The JSON document of an earlier run's result file (``analyze.json``, ``synergy.json``),
+    read as untrusted: a regular file (no FIFO or device) of at most ``max_bytes`` bytes, read
+    in one go, with no NaN or Infinity constants.
+
+    Parameters
+    ----------
+    path : path-like
+    max_bytes : int
+        Largest size accepted, in bytes.
+    what : str
+        What the file should be, for the messages (e.g. "the plan").
+
+    Returns
+    -------
+    The parsed document (any JSON value: the caller checks its fields).
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be opened, is not a regular file, is over ``max_bytes`` or is not JSON.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise ConfigError(f"{what} {path} is over {max_bytes >> 20} MiB")
+        raw = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))[:max_bytes + 1]
+    finally:
+        os.close(fd)
+    try:
+        return json.loads(raw, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ConfigError(f"{what} {path} is not JSON") from None
 
 
 def param(default=dataclasses.MISSING, *, help: str = "", choices=None, what: str | None = None, factory=None):

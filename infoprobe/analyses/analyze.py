@@ -537,34 +537,13 @@ def read_plan(path) -> dict:
         type or out of range (a count over the largest setting of its :data:`LADDERS`, an
         exhaustive size over :data:`SYNERGY_MAX_SIZE`, samples over ``n_fit``).
     """
-    import json
-    import os
-    import stat
-
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the plan {path}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"the plan {path} is not a regular file")
-        if st.st_size > MAX_PLAN_BYTES:
-            raise ConfigError(f"the plan {path} is over {MAX_PLAN_BYTES >> 20} MiB; give the analyze.json "
-                              "of an earlier run")
-        raw = os.read(fd, MAX_PLAN_BYTES + 1)
-    finally:
-        os.close(fd)
+    from ..config import read_json
 
     def bad(what):
         return ConfigError(f"{path} is not a plan of infoprobe analyze: {what} (give the analyze.json of an "
                            "earlier run)")
 
-    try:
-        doc = json.loads(raw, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad("not JSON") from None
+    doc = read_json(path, max_bytes=MAX_PLAN_BYTES, what="the plan")
     plan = doc.get("meta", {}).get("plan") if isinstance(doc, dict) and isinstance(doc.get("meta"), dict) else None
     if not isinstance(plan, dict) or plan.get("format") != "infoprobe-analyze-plan":
         raise bad("no meta.plan")

@@ -371,26 +371,12 @@ def recorded_sizes(path) -> dict:
         Not a regular file, too large, not JSON, or without a size (an integer of at least 2)
         for each layer.
     """
-    import json
-    import os
-    import stat
+    from ..config import read_json
 
-    path = Path(path)
+    doc = read_json(path, max_bytes=MAX_RESULT_BYTES, what="the synergy result")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the synergy result {path}: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RESULT_BYTES:
-            raise ConfigError(f"{path} is not a synergy.json (not a regular file of at most "
-                              f"{MAX_RESULT_BYTES >> 20} MiB)")
-        raw = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))[:MAX_RESULT_BYTES + 1]
-    finally:
-        os.close(fd)
-    try:
-        sizes = json.loads(raw)["meta"]["parameters"]["exhaustive_sizes"]
-    except (ValueError, KeyError, TypeError):
+        sizes = doc["meta"]["parameters"]["exhaustive_sizes"]
+    except (KeyError, TypeError):
         raise ConfigError(f"{path} is not a synergy.json with meta.parameters.exhaustive_sizes") from None
     if not isinstance(sizes, dict) or not sizes or not all(
             isinstance(k, str) and type(v) is int and v >= 2 for k, v in sizes.items()):

@@ -3,7 +3,6 @@ block's commands succeed and its gate passes, as the comment beside it says."""
 import re
 import shlex
 
-import pytest
 from click.testing import CliRunner
 
 from conftest import FIX, ROOT

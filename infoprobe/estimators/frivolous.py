@@ -199,12 +199,12 @@ def pca_spectrum(cov, *, overwrite: bool = False) -> np.ndarray:
     if xp.__name__.endswith("numpy"):
         import scipy.linalg
 
-        a = np.asarray(cov, np.float64)
-        if not overwrite or a is not cov:
-            require_memory(a.nbytes, f"the eigenvalues of a {a.shape[0]:,} x {a.shape[0]:,} covariance (a copy)")
-            a = np.array(a, order="F")
-        w = scipy.linalg.eigvalsh(a.T if a.flags.c_contiguous and not a.flags.f_contiguous else a,
-                                  overwrite_a=True, check_finite=False)
+        a = np.asarray(cov)
+        if not overwrite or a.dtype != np.float64 or not (a.flags.c_contiguous or a.flags.f_contiguous):
+            require_memory(8 * a.size, f"the eigenvalues of a {a.shape[0]:,} x {a.shape[0]:,} covariance (a copy)")
+            a = np.array(a, np.float64, order="F")
+        # LAPACK works in a Fortran-ordered array; a symmetric C-ordered one is its own transpose
+        w = scipy.linalg.eigvalsh(a if a.flags.f_contiguous else a.T, overwrite_a=True, check_finite=False)
     else:
         w = xp.linalg.eigvalsh(xp.astype(cov, xp.float64))
     return np.clip(to_numpy(w)[::-1], 0.0, None)

@@ -62,10 +62,17 @@ def frivolous(sources, out, data_path, split, scale, x_key, y_key, limit, sweep,
     width; g > 2: frivolous units grow faster than the network). Method: Casper, Boix et al.,
     "Frivolous Units" (AAAI 2021).
 
+    Memory: redundancy holds every chosen layer's U x U covariance sums (8 U^2 bytes each) and
+    the unit-to-unit correlations of one layer at a time (4 U^2 bytes); over --max-memory the
+    run is refused before any sample is read (choose fewer layers with --layers). The
+    correlation violins keep at most a million pairs per layer, drawn at random; the table's
+    mean and quantiles of |r| are those of every pair.
+
     \b
     Examples:
       infoprobe frivolous model.onnx --data test.npz --split test --out friv/
       infoprobe frivolous acts.h5 --out friv/                        # redundancy only
+      infoprobe frivolous acts.h5 --layers fc1,fc2 --max-memory 2G --out friv/
       infoprobe frivolous model.onnx --data mnist.npz --split test --thin thin.onnx --out friv/
       infoprobe frivolous --sweep m_0.25.onnx m_0.5.onnx m_1.onnx m_2.onnx m_4.onnx \\
           --data synthetic_10d.npz --split test --out sweep/

@@ -85,6 +85,8 @@ def ort_error(exc: Exception, what: str) -> Exception:
 
 
 _SHARED_ARENA = []
+#: CPU memory arenas of a session (:func:`session_options`).
+ARENAS = ("own", "shared", "none")
 
 
 def _shared_arena() -> None:
@@ -101,10 +103,23 @@ def session_options(threads: int | None = None, *, spin: bool = True, arena="own
     onnxruntime's choice), with ``spin=False`` idle threads that do not spin, and the CPU
     memory arena: ``"own"`` (onnxruntime's default: each session keeps the peak of its runs),
     ``"shared"`` (one arena for every session so built: sessions used in turn hold one peak
-    between them, without returning pages to the system after every run)."""
+    between them, without returning pages to the system after every run), ``"none"`` (no
+    arena: every tensor is allocated when computed and freed when no longer needed, so a run
+    holds only its live values and nothing stays between runs; for large batches run once
+    each, as capture's).
+
+    Raises
+    ------
+    ConfigError
+        An unknown ``arena``.
+    """
+    if arena not in ARENAS:
+        raise ConfigError(f"unknown arena {arena!r}; use one of {', '.join(ARENAS)}")
     opts = ort.SessionOptions()
     opts.log_severity_level = _ORT_QUIET
-    if arena == "shared":
+    if arena == "none":
+        opts.enable_cpu_mem_arena = False
+    elif arena == "shared":
         _shared_arena()
         opts.add_session_config_entry("session.use_env_allocators", "1")
     if not spin:
@@ -134,11 +149,12 @@ def make_session(model: ir.Model, *, providers=None, threads: int | None = None,
         Let idle intra-op threads spin (onnxruntime's default: lower latency for runs back to
         back). False for a session that runs once while others work, so that its idle
         threads do not compete with theirs for the cores.
-    arena : {"own", "shared"}
+    arena : {"own", "shared", "none"}
         The session's own CPU memory arena (onnxruntime's default), or the one arena shared
         by every session built with ``"shared"``: sessions that live side by side over large
         batches (one per unit site of an intervention sweep) share it, so that each does not
-        keep the peak of its last run.
+        keep the peak of its last run; or none (``"none"``: each tensor allocated and freed
+        on its own, see :func:`session_options`).
     """
     opts = session_options(threads, spin=spin, arena=arena)
     providers = providers or _default_providers or ["CPUExecutionProvider"]

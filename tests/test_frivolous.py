@@ -77,6 +77,31 @@ def test_moments_match_numpy_covariance_over_chunks_and_large_means():
         Moments().update(np.array([[np.nan, 1.0]]))
 
 
+def test_moments_in_slices_and_released_in_place_equal_numpy():
+    """Under a tiny budget the rows go through float64 a few at a time and the covariance is
+    built (and symmetrised) a few rows at a time, in the memory of the sums."""
+    from infoprobe.limits import budgets
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(700, 40)) @ rng.normal(size=(40, 40)) + 50).astype(np.float32)
+    want = np.cov(x.astype(np.float64).T, bias=True)
+    with budgets(memory="16K"):                    # 1/16: 1 KiB, two float64 rows of 40 units
+        m = Moments()
+        for s in range(0, 700, 300):
+            m.update(x[s:s + 300])
+        copy = m.covariance()
+        sums = m.s2
+        cov = m.covariance(release=True)
+    assert np.shares_memory(cov, sums) and not np.shares_memory(copy, sums)
+    for c in (copy, cov):
+        np.testing.assert_allclose(c, want, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(c, c.T)
+    with pytest.raises(DataError, match="released"):
+        m.update(x)
+    spec = pca_spectrum(cov, overwrite=True)
+    np.testing.assert_allclose(spec, np.linalg.eigvalsh(want)[::-1].clip(0), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("rank", [1, 3, 7])
 def test_pca_count_recovers_the_rank_of_low_rank_plus_noise(rank):
     from sklearn.decomposition import PCA
@@ -384,6 +409,47 @@ def test_redundancy_from_a_store_equals_redundancy_from_the_model(sigmoid_store)
         x = f["layers/fc2/post"][:].astype(np.float64)
     ratio = np.cumsum(PCA().fit(x).explained_variance_ratio_)
     assert b[1]["non_redundant"] == int(np.flatnonzero(ratio >= 0.95 - 1e-12)[0]) + 1
+
+
+def test_redundancy_row_against_numpy_with_constant_units_and_kept_pairs(tmp_path, monkeypatch):
+    """Every number of a layer's row against NumPy on the whole matrix, computed in blocks
+    under a small budget; the violins keep KEPT_PAIRS pairs drawn from all of them."""
+    import importlib
+
+    from infoprobe.limits import budgets
+    from infoprobe.store import StoreWriter
+
+    rng = np.random.default_rng(8)
+    n, u = 500, 60
+    x = (rng.normal(size=(n, 8)) @ rng.normal(size=(8, u)) + 0.05 * rng.normal(size=(n, u))).astype(np.float32)
+    x[:, 7], x[:, 30] = 2.0, -1.0                      # constant units: no correlation
+    lay = [dict(name="fc", kind="dense", shape=(u,), units=u, activation="none", depth=1, inputs=[], is_output=False),
+           dict(name="out", kind="dense", shape=(2,), units=2, activation="none", depth=2, inputs=["fc"],
+                is_output=True)]
+    w = StoreWriter(tmp_path / "s.h5", n_rows=n, layers=lay, n_outputs=2, labels=np.zeros(n, np.int64))
+    zeros = np.zeros((n, 2), np.float32)
+    w.write(0, {"layers/fc/pre": x, "layers/fc/post": x, "layers/out/pre": zeros, "layers/out/post": zeros,
+                "outputs/logits": zeros})
+    w.finish()
+    w.close()
+    monkeypatch.setattr(importlib.import_module("infoprobe.analyses.frivolous.redundancy"), "KEPT_PAIRS", 100)
+    with budgets(memory="64K"):
+        rows, corrs = redundancy(tmp_path / "s.h5", layers=["fc"], progress=False)
+    row = rows[0]
+    cov = np.cov(x.astype(np.float64).T, bias=True)
+    spec = np.linalg.eigvalsh(cov)[::-1].clip(0)
+    k = int(np.flatnonzero([spec[j:].sum() / spec.sum() <= 0.05 for j in range(u + 1)])[0])
+    live = [j for j in range(u) if j not in (7, 30)]
+    ref = np.abs(np.corrcoef(x[:, live].astype(np.float64).T))[np.triu_indices(len(live), 1)]
+    assert (row["rows"], row["units"], row["non_redundant"], row["constant_units"]) == (n, u, k, 2)
+    assert row["unexplained"] == pytest.approx(spec[k:].sum() / spec.sum(), rel=1e-9)
+    assert row["corr_mean"] == pytest.approx(ref.mean(), rel=1e-9)
+    for q in (5, 25, 50, 75, 95):
+        assert row[f"corr_q{q:02d}"] == pytest.approx(np.quantile(ref, q / 100), rel=1e-9)
+    kept = corrs["fc"]
+    pos = [int(np.argmin(np.abs(ref - v))) for v in kept]    # each kept value is a pair's, in pair order
+    assert len(kept) == 100 and len(set(pos)) == 100 and pos == sorted(pos)
+    np.testing.assert_allclose(kept, ref[pos], atol=1e-12)
 
 
 def test_conv_redundancy_from_a_store_subsamples_the_same_positions(tmp_path):

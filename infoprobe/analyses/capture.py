@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Dataset, model_inputs, position_mask, resolve_scale
+from ..data import Dataset, model_inputs, position_mask, resolve_scale, row_bytes
 from ..errors import BudgetError, ConfigError, DataError
 from ..limits import human, max_store, rows_within
 from ..model import LoadedModel, load_model
@@ -48,6 +48,26 @@ def store_size(lm: LoadedModel, n_rows: int, layers=None, n_outputs: int | None 
             "per_sample": int(produced + outputs + 16), "layers": names}
 
 
+def run_bytes(lm: LoadedModel, x, size: dict) -> int:
+    """Bytes one sample takes while capture runs it: its input as the model reads it, every
+    value the model computes for it (:attr:`infoprobe.model.OnnxFile.runtime_sizes`, the
+    model's own intermediate values as well as the sites), and the sites' pre- and
+    post-activations copied out of onnxruntime (``size["per_sample"]``, :func:`store_size`)
+    together with their reduction over positions (a float64 mean of one site at a time).
+
+    Parameters
+    ----------
+    lm : LoadedModel
+    x : array [N, ...] or Inputs
+        The data (only its per-sample shape counts).
+    size : dict
+        :func:`store_size` of the capture.
+    """
+    computed = int(lm.source.runtime_sizes.get("per_sample_total", 0)) if lm.source is not None else 0
+    widest = max((int(np.prod(lay.shape, dtype=np.float64)) for lay in lm.layers), default=0)
+    return row_bytes(x) + max(computed, size["per_sample"]) + size["per_sample"] + 8 * widest
+
+
 def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, scale="auto",
             overwrite: bool = False, progress: bool = True, providers=None, notify=None,
             positions: str = "mean", dtype: str = "float32") -> Path:
@@ -66,8 +86,8 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     layers : list of str, optional
         Unit layers to store (default: all).
     batch_size : int
-        Samples per onnxruntime run, lowered when a batch's activations would take more than
-        a quarter of the memory budget.
+        Samples per onnxruntime run, lowered so that what a batch takes while it runs
+        (:func:`run_bytes`) fits a quarter of the memory budget.
     scale : "auto" or float
         Input multiplier; ``"auto"`` is 1/255 for uint8 data.
     overwrite : bool
@@ -108,7 +128,8 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
         raise DataError("batch size must be at least 1")
     factor = resolve_scale(data.x, scale)
     model_inputs(lm, data.x[:1], factor)  # fail fast
-    runner = Runner(lm, expose=True, providers=providers, threads=default_threads())
+    # no arena: a batch's tensors are freed when the run ends, and none is rounded up to a power of two
+    runner = Runner(lm, expose=True, providers=providers, threads=default_threads(), arena="none")
     out_dims = runner.session.get_outputs()[runner.output_names.index(lm.output_name)].shape[1:]
     if not all(isinstance(d, int) for d in out_dims):
         out_dims = runner.run(model_inputs(lm, data.x[:1], factor),
@@ -124,7 +145,7 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
     if notify is not None:
         notify(f"capture: {len(data):,} samples x {len(names)} layers -> a store of about {human(size['bytes'])} "
                f"(limit {human(max_store())})")
-    batch_size = rows_within(size["per_sample"] * 2, batch_size, share=0.25, what="one sample's activations")
+    batch_size = rows_within(run_bytes(lm, data.x, size), batch_size, share=0.25, what="one sample's activations")
     specs = []
     for n in names:
         lay = lm.layer(n)
@@ -154,12 +175,16 @@ def capture(model, data: Dataset, out, *, layers=None, batch_size: int = 512, sc
                   disable=not progress) as bar:
             while start < len(data):
                 stop = min(start + batch_size, len(data))
-                x = model_inputs(lm, data.x[start:stop], factor)
-                res = runner.run(x, outputs=wanted, batch_size=batch_size)
-                blocks = {f"layers/{n}/{r}": _stored(res[io_name(n, r)], lm.layer(n), n in reduced, masks[n],
-                                                      start, stop) for n in names for r in ("pre", "post")}
-                blocks["outputs/logits"] = res[lm.output_name].reshape(stop - start, -1)
+                res = runner.run(model_inputs(lm, data.x[start:stop], factor), outputs=wanted,
+                                 batch_size=batch_size)
+                blocks = {"outputs/logits": res[lm.output_name].reshape(stop - start, -1)}
+                for n in names:       # each site's whole block is let go once reduced
+                    for r in ("pre", "post"):
+                        blocks[f"layers/{n}/{r}"] = _stored(res.pop(io_name(n, r)), lm.layer(n), n in reduced,
+                                                            masks[n], start, stop)
+                del res
                 writer.write(start, blocks)
+                del blocks            # not alive while the next batch runs
                 bar.update(stop - start)
                 start = stop
         path = writer.finish()

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..arrays import namespace_of, to_numpy
 from ..errors import ConfigError, DataError
+from ..limits import require_memory, rows_within
 
 
 def prunable_fraction(fractions, unchanged, tolerance: float = 0.2) -> tuple[float, bool]:
@@ -68,6 +69,11 @@ class Moments:
 
     ``update(x)`` with x of shape [n, U] adds rows; ``covariance()`` is the [U, U]
     population covariance (divided by n, as PCA's explained-variance ratios need).
+
+    Memory: the U x U sums (8 U^2 bytes) and, while a block is added, its rows in float64 a
+    slice at a time (slices within 1/16 of the memory budget, :func:`infoprobe.limits.rows_within`).
+    On the CPU the sums grow in place (BLAS ``dsyrk``: no U x U temporary per block);
+    ``covariance(release=True)`` turns them into the covariance in place.
     """
 
     def __init__(self):
@@ -77,49 +83,130 @@ class Moments:
         self.shift = None
 
     def update(self, x) -> None:
+        """Add the rows of ``x`` [n, U] (any float type; accumulated in float64).
+
+        Raises
+        ------
+        DataError
+            ``x`` is not 2-d, or holds NaN or infinity.
+        BudgetError
+            One row in float64 takes more than 1/16 of the memory budget.
+        """
         xp = namespace_of(x)
-        x = xp.astype(x, xp.float64)
         if x.ndim != 2:
             raise DataError(f"activation rows must be [n, units], got shape {tuple(x.shape)}")
-        if not bool(xp.all(xp.isfinite(x))):
-            raise DataError("activations contain NaN or infinity")
-        if self.shift is None:  # shifted sums keep the covariance accurate for large means
-            self.shift = xp.mean(x, axis=0)
-            self.s1 = xp.zeros_like(self.shift)
-            self.s2 = xp.zeros((x.shape[1], x.shape[1]), dtype=xp.float64)
-        d = x - self.shift
-        self.s1 += xp.sum(d, axis=0)
-        self.s2 += d.T @ d
-        self.n += x.shape[0]
+        if self.s2 is None and self.n:
+            raise DataError("the moments were released by covariance(release=True) and take no more rows")
+        step = rows_within(16 * x.shape[1], x.shape[0], share=1 / 16, what="one row of activations in float64")
+        for s in range(0, x.shape[0], step):
+            d = xp.astype(x[s:s + step], xp.float64)
+            if not bool(xp.all(xp.isfinite(d))):
+                raise DataError("activations contain NaN or infinity")
+            if self.s2 is None:
+                self._start(xp, xp.mean(d, axis=0))
+            d -= self.shift                # shifted sums keep the covariance accurate for large means
+            self.s1 += xp.sum(d, axis=0)
+            if self._blas:
+                from scipy.linalg.blas import dsyrk   # the upper triangle of s2 += d.T @ d, in place
+
+                dsyrk(1.0, d.T, beta=1.0, c=self.s2, trans=0, lower=0, overwrite_c=1)
+            else:
+                self.s2 += d.T @ d
+            self.n += d.shape[0]
+
+    def _start(self, xp, shift) -> None:
+        u = shift.shape[0]
+        self._blas = xp.__name__.endswith("numpy")
+        self.shift = shift
+        self.s1 = xp.zeros_like(shift)
+        self.s2 = np.zeros((u, u), np.float64, order="F") if self._blas else xp.zeros((u, u), dtype=xp.float64)
 
     @property
     def mean(self):
         """float64 [U]."""
         return self.shift + self.s1 / self.n
 
-    def covariance(self):
-        """float64 [U, U] population covariance."""
+    def covariance(self, *, release: bool = False):
+        """float64 [U, U] population covariance.
+
+        Parameters
+        ----------
+        release : bool
+            Compute it in the memory of the sums (no second U x U array); the moments can
+            then take no more rows.
+
+        Raises
+        ------
+        DataError
+            No rows were added, or the sums were released.
+        """
         if not self.n:
             raise DataError("no activation rows to compute a covariance from")
+        if self.s2 is None:
+            raise DataError("the moments were released by covariance(release=True)")
+        if release:
+            cov, self.s2 = self.s2, None
+        else:
+            require_memory(self.s2.nbytes, f"a copy of the {self.s2.shape[0]:,} x {self.s2.shape[0]:,} covariance sums")
+            cov = self.s2.copy()
+        if self._blas:
+            _symmetrise(cov)
+        cov /= self.n
         m = self.s1 / self.n
-        return self.s2 / self.n - m[:, None] * m[None, :]
+        step = rows_within(8 * cov.shape[1], cov.shape[0], share=1 / 16, what="one row of the covariance")
+        for s in range(0, cov.shape[0], step):
+            cov[s:s + step] -= m[s:s + step, None] * m[None, :]
+        return cov
 
 
-def pca_spectrum(cov) -> np.ndarray:
+def _symmetrise(a) -> None:
+    """Copy the upper triangle of the square ``a`` onto its lower one, in place, a block of
+    rows at a time."""
+    u = a.shape[0]
+    step = rows_within(8 * u, u, share=1 / 16, what="one row of the covariance")
+    for s in range(0, u, step):
+        e = min(s + step, u)
+        a[e:, s:e] = a[s:e, e:].T
+        blk = a[s:e, s:e]
+        low = np.tril_indices(e - s, -1)
+        blk[low] = blk.T[low]
+
+
+def pca_spectrum(cov, *, overwrite: bool = False) -> np.ndarray:
     """Variances of the principal components (eigenvalues of the covariance), descending.
 
     Parameters
     ----------
     cov : float [U, U]
-        Symmetric covariance matrix (NumPy or CuPy; eigh runs on its device).
+        Symmetric covariance matrix (NumPy or CuPy; the eigenvalues are computed on its
+        device, without eigenvectors: LAPACK ``dsyevr`` through ``scipy.linalg.eigvalsh``
+        on the CPU).
+    overwrite : bool
+        Let LAPACK work in ``cov``'s memory (a float64 NumPy ``cov`` is destroyed; no U x U
+        copy is made). Otherwise a copy of 8 U^2 bytes is checked against the memory budget.
 
     Returns
     -------
     float64 ndarray [U]
         Clipped at 0 (round-off can make tiny eigenvalues negative); NumPy.
+
+    Raises
+    ------
+    BudgetError
+        The copy exceeds the memory budget.
     """
     xp = namespace_of(cov)
-    w = xp.linalg.eigh(xp.astype(cov, xp.float64))[0]
+    if xp.__name__.endswith("numpy"):
+        import scipy.linalg
+
+        a = np.asarray(cov)
+        if not overwrite or a.dtype != np.float64 or not (a.flags.c_contiguous or a.flags.f_contiguous):
+            require_memory(8 * a.size, f"the eigenvalues of a {a.shape[0]:,} x {a.shape[0]:,} covariance (a copy)")
+            a = np.array(a, np.float64, order="F")
+        # LAPACK works in a Fortran-ordered array; a symmetric C-ordered one is its own transpose
+        w = scipy.linalg.eigvalsh(a if a.flags.f_contiguous else a.T, overwrite_a=True, check_finite=False)
+    else:
+        w = xp.linalg.eigvalsh(xp.astype(cov, xp.float64))
     return np.clip(to_numpy(w)[::-1], 0.0, None)
 
 
@@ -158,25 +245,54 @@ def components_needed(spectrum, tolerance: float = 0.05) -> int:
 
 def abs_correlations(cov) -> np.ndarray:
     """Absolute Pearson correlations |r_ij|, i < j, of the units of one layer (Casper et
-    al., Fig. 2c-d), from their covariance.
+    al., Fig. 2c-d), from their covariance, computed a block of rows at a time.
 
     Parameters
     ----------
     cov : float [U, U]
+        NumPy or CuPy (copied to the host a block of rows at a time).
 
     Returns
     -------
     float64 ndarray [P]
         One value per pair of non-constant units (constant units have no correlation and
-        are left out); NumPy.
+        are left out), pairs in row-major order of the upper triangle (as
+        ``numpy.triu_indices``); NumPy. P = L (L - 1) / 2 for L live units.
+
+    Raises
+    ------
+    BudgetError
+        The P values (8 P bytes) exceed the memory budget.
     """
-    c = to_numpy(cov).astype(np.float64)
-    d = np.diag(c)
+    d = diagonal(cov)
     live = np.flatnonzero(d > 1e-12 * max(1.0, d.max(initial=0.0)))
-    c = c[np.ix_(live, live)]
-    sd = np.sqrt(np.diag(c))
-    r = np.clip(np.abs(c / np.outer(sd, sd)), 0.0, 1.0)
-    return r[np.triu_indices(len(live), 1)]
+    n_live = len(live)
+    pairs = n_live * (n_live - 1) // 2
+    require_memory(8 * pairs, f"the {pairs:,} unit-to-unit correlations of {n_live:,} units")
+    out = np.empty(pairs, np.float64)
+    sd = np.sqrt(d[live])
+    every = n_live == cov.shape[0]
+    step = rows_within(16 * max(1, n_live), n_live, share=1 / 16, what="one row of the covariance")
+    pos = 0
+    for s in range(0, n_live, step):
+        rows = slice(s, s + step) if every else live[s:s + step]
+        blk = to_numpy(cov[rows])
+        blk = blk[:, live] if not every else np.array(blk, np.float64)
+        np.abs(blk, out=blk)
+        blk /= sd[s:s + step, None]
+        blk /= sd[None, :]
+        np.clip(blk, 0.0, 1.0, out=blk)
+        for i in range(blk.shape[0]):
+            row = blk[i, s + i + 1:]
+            out[pos:pos + len(row)] = row
+            pos += len(row)
+    return out
+
+
+def diagonal(cov) -> np.ndarray:
+    """The diagonal (the units' variances) of a [U, U] covariance: a float64 NumPy [U] copy,
+    kept when ``cov`` is overwritten."""
+    return np.array(to_numpy(cov.diagonal()), np.float64)
 
 
 def gain(widths, counts) -> float:

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from ...data import Dataset
 from ...errors import ConfigError, PlanError
+from ...limits import require_memory
 from ...estimators.frivolous import Moments, components_needed, independent_units, pca_spectrum, refactor
 from ...model import LoadedModel, load_model
 from ...plan import LayerPlan, PruningPlan
@@ -72,11 +73,13 @@ def refactor_plan(model, data: Dataset, *, layers=None, tolerance: float = 0.05,
             mats = activation_matrices(lm, [n] if sequential else names, axes, len(data), max_rows=max_rows,
                                        seed=seed, data=data, scale=scale, batch_size=batch_size,
                                        plan=plan if plan.layers else None)
+        u = mats[n].shape[1]
+        require_memory(8 * u * u + 8 * mats[n].size, f"refactoring {n!r}: its {u:,} x {u:,} covariance and its "
+                       f"{len(mats[n]):,} activation rows in float64 (fewer with --max-rows)")
         m = mats[n].astype(np.float64)
-        u = m.shape[1]
         mom = Moments()
         mom.update(m)
-        k = max(1, components_needed(pca_spectrum(mom.covariance()), tolerance))
+        k = max(1, components_needed(pca_spectrum(mom.covariance(release=True), overwrite=True), tolerance))
         if k < u:
             kept = independent_units(m, k)
             removed, coef, const = refactor(m, kept)

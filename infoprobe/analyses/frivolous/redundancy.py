@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...arrays import namespace, to_numpy
+from ...arrays import namespace
 from ...data import Dataset, model_inputs, position_mask, resolve_scale
 from ...errors import ConfigError
 from ...interventions import chunk_rows
 from ...limits import max_memory, require_memory, rows_within
-from ...estimators.frivolous import Moments, abs_correlations, components_needed, pca_spectrum
+from ...estimators.frivolous import Moments, abs_correlations, components_needed, diagonal, pca_spectrum
 from ...model import LoadedModel, load_model
 from ...positions import per_unit
 from ...rewrite import io_name
@@ -28,6 +28,9 @@ from ...store import Store, is_store_path
 from .prunability import hidden_layers
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Most |r| values :func:`redundancy` keeps per layer for the violins (8 MB); the table's
+#: mean and quantiles are those of every pair.
+KEPT_PAIRS = 1_000_000
 
 
 def activation_batches(source, names, *, data=None, scale="auto", batch_size=4096, plan=None, providers=None):
@@ -86,11 +89,14 @@ def activation_moments(source, names, axes: dict, n_samples: int, *, max_rows: i
     Raises
     ------
     BudgetError
-        The layers' U x U sums together exceed the memory budget.
+        The layers' U x U sums together, with the unit-to-unit correlations of the widest
+        (:func:`redundancy` computes each layer's in turn), exceed the memory budget.
     """
     units = {n: (source.layer_info(n)["units"] if isinstance(source, Store) else source.layer(n).units) for n in names}
-    require_memory(16 * sum(u * u for u in units.values()),          # every layer's sums and its covariance
-                   f"the covariance sums of {len(names)} layers ({sum(units.values()):,} units; fewer with --layers)")
+    widest = max(units.values(), default=0)
+    require_memory(8 * sum(u * u for u in units.values()) + 8 * (widest * (widest - 1) // 2),
+                   f"the covariance sums of {len(names)} layers ({sum(units.values()):,} units) and the correlations "
+                   f"of the widest ({widest:,} units; fewer with --layers)")
     out = {n: Moments() for n in names}
     for blocks in _picked_rows(source, names, axes, n_samples, max_rows=max_rows, seed=seed, **kw):
         for n, rows in blocks.items():
@@ -190,7 +196,13 @@ def redundancy(source, data: Dataset | None = None, *, layers=None, tolerance: f
         of the variance the non-redundant components leave), ``constant_units``, and the
         mean and quantiles of |r| (``corr_mean``, ``corr_q05`` ... ``corr_q95``).
     correlations : dict
-        layer -> float64 [P] absolute correlations of all pairs of non-constant units.
+        layer -> float64 [P] absolute correlations of the pairs of non-constant units: all
+        of them, or :data:`KEPT_PAIRS` drawn at random (pair order kept) from a layer with
+        more (the row's mean and quantiles are those of all pairs).
+
+    Memory: every layer's U x U sums at once, then one layer at a time its covariance (in
+    the sums' memory) and the |r| of all its pairs; checked against the memory budget before
+    any sample is read (:func:`activation_moments`).
 
     Raises
     ------
@@ -206,38 +218,44 @@ def redundancy(source, data: Dataset | None = None, *, layers=None, tolerance: f
 
 
 def _redundancy(src, data, layers, tolerance, max_rows, seed, xp, scale, batch_size, progress):
+    rng = np.random.default_rng(seed)    # the rows, then the kept pairs
     if isinstance(src, Store):
         names = list(layers) if layers is not None else src.hidden_layers()
         unknown = [n for n in names if n not in src.layer_names]
         if unknown:
             raise ConfigError(f"the store has no layer {unknown[0]!r}; it has: " + ", ".join(src.layer_names))
         n_samples = int(src.dataset(names[0], "post").shape[0]) if names else 0
-        moments = activation_moments(src, names, unit_axes(src, names), n_samples, max_rows=max_rows, seed=seed,
+        moments = activation_moments(src, names, unit_axes(src, names), n_samples, max_rows=max_rows, seed=rng,
                                      xp=xp)
     else:
         if data is None:
             raise ConfigError("redundancy of a model needs data (--data), or give an activation store")
         names = hidden_layers(src, layers)
-        moments = activation_moments(src, names, unit_axes(src, names), len(data), max_rows=max_rows, seed=seed,
+        moments = activation_moments(src, names, unit_axes(src, names), len(data), max_rows=max_rows, seed=rng,
                                      xp=xp, data=data, scale=scale, batch_size=batch_size)
     kinds = layer_kinds(src, names)
     rows, corrs = [], {}
     for n in tqdm(names, desc="redundancy", unit="layer", disable=not progress, leave=False):
-        mom = moments[n]
-        cov = mom.covariance()
-        spec = pca_spectrum(cov)
+        mom = moments.pop(n)               # its sums become the covariance, then LAPACK's workspace
+        n_rows = mom.n
+        cov = mom.covariance(release=True)
+        d = diagonal(cov)
+        u = int(cov.shape[0])
+        r = abs_correlations(cov)
+        spec = pca_spectrum(cov, overwrite=True)
+        del cov, mom
         k = components_needed(spec, tolerance)
         total = spec.sum()
-        r = abs_correlations(cov)
-        corrs[n] = r
-        d = np.diag(to_numpy(cov))
-        u = int(cov.shape[0])
-        row = {"layer": n, "kind": kinds[n], "units": u, "rows": mom.n, "non_redundant": k, "redundant": u - k,
+        row = {"layer": n, "kind": kinds[n], "units": u, "rows": n_rows, "non_redundant": k, "redundant": u - k,
                "redundant_fraction": (u - k) / u,
                "unexplained": float(spec[k:].sum() / total) if total > 0 else 0.0,
                "constant_units": int((d <= 1e-12 * max(1.0, float(d.max()))).sum()),
                "corr_mean": float(r.mean()) if len(r) else float("nan")}
-        qs = np.quantile(r, QUANTILES) if len(r) else [float("nan")] * len(QUANTILES)
+        kept = r if len(r) <= KEPT_PAIRS else r[np.sort(rng.choice(len(r), KEPT_PAIRS, replace=False))]
+        # when only a sample is kept, every pair is partitioned in place: no second copy of them
+        qs = (np.quantile(r, QUANTILES, overwrite_input=kept is not r) if len(r)
+              else [float("nan")] * len(QUANTILES))
         row.update({f"corr_q{int(round(q * 100)):02d}": float(v) for q, v in zip(QUANTILES, qs)})
+        corrs[n] = kept
         rows.append(row)
     return rows, corrs

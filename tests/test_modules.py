@@ -291,6 +291,7 @@ class _FakeLesioner:
     """Per-class accuracy from an additive damage model with one interaction."""
 
     layers = ["a", "b"]
+    classes = np.array([0, 3, 4, 9])       # the labels present: columns are named by them
 
     def __init__(self, damage, interaction=0.0):
         self.damage, self.interaction = damage, interaction
@@ -328,6 +329,8 @@ def test_lesion_tests_and_double_lesions_on_a_known_damage_model(interaction, re
     assert len(nulls) == 20 and first["p_importance"] == percentile_p(first["accuracy_change"], nulls) == 1 / 21
     assert first["accuracy_change"] == pytest.approx(-0.06)
     assert first["coherence"] == 0.0  # every class loses the same
+    assert [k for k in first if k.startswith("class_")] == ["class_0_change", "class_3_change", "class_4_change",
+                                                            "class_9_change"]   # named by the labels present
     pairs, edges = double_lesions(les, part, rows, n_random=20, seed=0, progress=False)
     assert len(pairs) == 1 and pairs[0]["relation"] == relation
     assert pairs[0]["delta_y_given_x"] == pytest.approx(0.05 * (1 - interaction))

@@ -217,3 +217,23 @@ def test_a_wide_layer_within_the_budget_stays_within_it(tmp_path):
     assert [(r["size"], r["direction"], r["units"]) for r in doc["rows"]] == \
         [(r["size"], r["direction"], r["units"]) for r in ref]
     np.testing.assert_allclose([r["omega"] for r in doc["rows"]], [r["omega"] for r in ref], rtol=1e-10)
+
+
+def test_multiplets_are_capped_at_what_the_smallest_class_can_estimate(tmp_path):
+    """75 samples over 9 classes (8 or 9 each): class covariances of more than 7 variables are
+    singular, so the search stops at the smallest class's size minus one, and says so; with
+    ordinal labels (one covariance over every sample) it is not capped."""
+    from infoprobe.analyses.synergy import synergy
+    from infoprobe.errors import DataError
+
+    path = write_store(tmp_path / "few.h5", {"h": 12}, n=75, classes=9, seed=3)
+    with h5py.File(path) as f:
+        smallest = int(np.bincount(f["samples/labels"][:]).min())
+    with pytest.warns(UserWarning, match=f"at most {smallest - 1} units, not 10"):
+        res = synergy(path, max_size=10, exhaustive_up_to=2, progress=False)
+    assert max(r["size"] for r in res.rows) == smallest - 1
+    assert max(r["size"] for r in synergy(path, max_size=10, exhaustive_up_to=2, labels="ordinal",
+                                          progress=False).rows) == 10
+    tiny = write_store(tmp_path / "tiny.h5", {"h": 6}, n=20, classes=9, seed=1)
+    with pytest.raises(DataError, match="too few samples.*--labels ordinal"):
+        synergy(tiny, max_size=4, exhaustive_up_to=2, progress=False)

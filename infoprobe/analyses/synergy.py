@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,13 +276,15 @@ class SynergyEstimate:
     stopped the layer); :func:`synergy` adds ``actual`` (seconds taken: a note, it changes
     nothing). ``requested``: ``"auto"``, the exhaustive size asked or the sizes per layer;
     ``budget`` (seconds); ``networks``; ``cost``: the cost model the estimate rests on
-    (:meth:`~infoprobe.estimators.oinfo.CostModel.to_dict`).
+    (:meth:`~infoprobe.estimators.oinfo.CostModel.to_dict`); ``largest``: the largest
+    multiplet the samples can estimate (:func:`_check_memory`), which caps ``max_size``.
     """
     rows: list
     requested: object
     budget: float
     networks: int
     cost: dict
+    largest: int | None = None
 
     @property
     def seconds(self) -> float:
@@ -406,7 +409,20 @@ def _model(st: Store, layer, which, labels, ties, biascorrect, max_samples, seed
 def _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, ties, biascorrect,
               max_samples, seed, device, threads, throughput) -> SynergyEstimate:
     units = {n: int(stores[0].layer_info(n)["shape"][0]) for n in names}  # units or channels
-    classes = _check_memory(stores, names, labels, max_samples, seed)
+    classes, largest = _check_memory(stores, names, labels, max_samples, seed)
+    least = 3 - (labels != "none")
+    if largest < least:
+        raise DataError(f"too few samples for O-information with labels={labels!r}: "
+                        + (f"the smallest class has {largest + 1} samples, and a multiplet of {least} units needs "
+                           f"more than {least} per class (use --labels ordinal, or more samples)"
+                           if labels == "exact" else f"they estimate multiplets of at most {largest} units, and "
+                           f"the search starts at {least}"))
+    if largest < max_size:
+        warnings.warn(f"synergy searches multiplets of at most {largest} units, not {max_size}: "
+                      + ("its smallest class has " + str(largest + 1) if labels == "exact"
+                         else "it has " + str(largest + 1 + (labels == "ordinal")))
+                      + " samples, and the Gaussian entropy of d variables needs more than d")
+        max_size = largest
     if throughput is None:
         throughput = CostModel()
     elif not isinstance(throughput, CostModel):
@@ -435,15 +451,18 @@ def _estimate(stores, names, which, labels, max_size, exhaustive_up_to, budget, 
         rows.append(row)
     requested = exhaustive_up_to if exhaustive_up_to == "auto" or isinstance(exhaustive_up_to, dict) \
         else int(exhaustive_up_to)
-    return SynergyEstimate(rows, requested, float(budget), nets, cost.to_dict())
+    return SynergyEstimate(rows, requested, float(budget), nets, cost.to_dict(), largest)
 
 
-def _check_memory(stores, names, labels, max_samples, seed) -> int:
+def _check_memory(stores, names, labels, max_samples, seed) -> tuple[int, int]:
     """Refuse, before any activation is read, a layer whose O-information model does not fit in
     the memory budget (:func:`~infoprobe.estimators.oinfo.require_model_memory`, for every store
     and layer); return the number of classes of the first store's samples (0 unless
-    ``labels="exact"``)."""
-    classes = None
+    ``labels="exact"``) and the largest multiplet every store's samples can estimate (the
+    Gaussian entropy of d variables needs more than d samples: of the smallest class with
+    ``labels="exact"``, where each class has its own covariance; of all the samples, the
+    label counting as a variable with ``"ordinal"``)."""
+    classes, largest = None, None
     for st in stores:
         rows, y = sample_subset(st, max_samples, seed)
         if labels != "none" and y is None:
@@ -451,6 +470,9 @@ def _check_memory(stores, names, labels, max_samples, seed) -> int:
         n = st.n_rows if rows is None else len(rows)
         c = len(np.unique(y)) if labels == "exact" else 0
         classes = c if classes is None else classes
+        k = int(np.unique(y, return_counts=True)[1].min()) - 1 if labels == "exact" \
+            else n - 1 - (labels == "ordinal")
+        largest = k if largest is None else min(largest, k)
         for name in names:
             u = int(st.layer_info(name)["units"])
             values = n * u * 8           # reduced_values holds them in memory within a quarter, else spills
@@ -459,7 +481,7 @@ def _check_memory(stores, names, labels, max_samples, seed) -> int:
                                  what=f"layer {name!r} of {shown_path(st.path)} ({u:,} units, {n:,} samples)",
                                  fewer_samples="or use fewer samples (--max-samples)",
                                  fewer_units="or leave the layer out (--layers)")
-    return classes
+    return classes, largest
 
 
 def synergy_estimate(stores, *, layers=None, which: str = "pre", labels: str = "exact", max_size: int = 10,
@@ -599,6 +621,7 @@ def _run(stores, layers, which, labels, max_size, exhaustive_up_to, budget, keep
                     max_samples, seed, device, threads, throughput)
     if on_estimate is not None:
         on_estimate(est)
+    max_size = min(max_size, est.largest if est.largest is not None else max_size)
     sizes = est.sizes
     total = sum(r["exhaustive"] + r["greedy"] for r in est.rows)
     bar = tqdm(total=total, disable=not progress, unit="multiplet", unit_scale=True, desc="O-information")

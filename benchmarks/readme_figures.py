@@ -68,8 +68,9 @@ def analyze(tmp: Path) -> None:
     print(f"analyze (default budget): exit {res['rc']}, {res['seconds']:.0f} s wall, peak {res['rss_mib']:.0f} MiB")
     doc = json.loads((out / "analyze.json").read_text()) if (out / "analyze.json").exists() else {}
     for row in doc.get("rows", []):
-        print(f"  {row.get('analysis')}: {row.get('status', '')} {row.get('seconds')} s "
-              f"(estimated {row.get('estimate_s', row.get('estimated_s'))} s)")
+        took, est = row.get("seconds"), row.get("estimate_s")
+        print(f"  {row.get('analysis')}: " + (f"{took:.1f} s" if isinstance(took, (int, float)) else "not run")
+              + (f" (estimated {est:.1f} s)" if isinstance(est, (int, float)) else ""))
 
 
 def tour(tmp: Path) -> None:

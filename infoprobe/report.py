@@ -117,7 +117,8 @@ def plot_synergy(profiles: list, path) -> Path:
     convention (Omega > 0 redundancy-dominated, Omega < 0 synergy-dominated): a bar of the
     synergy side above zero is a multiplet that is not synergy-dominated.
 
-    Hatched bars are greedy sizes; plain bars exhaustive. Writes a PNG.
+    Hatched bars are greedy sizes; plain bars exhaustive; a size whose multiplets were all
+    degenerate (no mean) has no bar. Writes a PNG.
     """
     plt = _pyplot()
     layers = list(dict.fromkeys(r["layer"] for r in profiles))
@@ -126,9 +127,11 @@ def plot_synergy(profiles: list, path) -> Path:
     for ax, lay in zip(axes[0], layers):
         for direction, color, label in (("redundancy", "tab:red", "largest Ω (redundancy side)"),
                                         ("synergy", "tab:blue", "smallest Ω (synergy side)")):
-            rs = [r for r in profiles if r["layer"] == lay and r["direction"] == direction]
+            rs = [r for r in profiles if r["layer"] == lay and r["direction"] == direction
+                  and r.get("mean") is not None]          # a size with no estimable multiplet has no bar
             for r in rs:
-                ax.bar(r["size"], r["mean"], yerr=r["std"] if r["networks"] > 1 else None, color=color,
+                ax.bar(r["size"], r["mean"], yerr=r["std"] if r["networks"] > 1 and r.get("std") is not None
+                       else None, color=color,
                        alpha=0.85, hatch="//" if "greedy" in r["method"] else None, edgecolor="white",
                        error_kw={"elinewidth": 0.8}, label=label if r is rs[0] else None)
         ax.axhline(0, color="black", linewidth=0.6)

@@ -177,3 +177,30 @@ def test_cli_prints_the_estimate_before_searching(tmp_path, relu_stores, monkeyp
         dict.fromkeys(["fc1_matmul", "fc2_matmul", "fc3_matmul"], 2)
     bad = CliRunner().invoke(cli, ["synergy", str(relu_stores[0]), "--exhaustive-up-to", "six"])
     assert bad.exit_code == 2 and "six" in bad.output
+
+
+def test_a_size_whose_multiplets_are_all_degenerate_has_no_mean_and_no_bar(tmp_path):
+    """Every multiplet of size 3 degenerate (omega None, as on a layer of near-constant units):
+    its profile has no mean; the table says n/a and the plot leaves the bar out instead of
+    failing."""
+    from infoprobe.analyses.synergy import SynergyResult, profiles
+
+    rows = []
+    for net in (0, 1):
+        for size, omega in ((2, -0.5 - 0.1 * net), (3, None)):
+            for d in ("synergy", "redundancy"):
+                rows.append({"network": net, "store": f"s{net}.h5", "layer": "conv", "size": size, "direction": d,
+                             "method": "exhaustive", "exhaustive_up_to": 3,
+                             "omega": omega if d == "synergy" or omega is None else 0.3,
+                             "units": [0, 1, 2][:size], "evaluated": 3, "degenerate": 3 if omega is None else 0})
+    prof = profiles(rows)
+    three = [p for p in prof if p["size"] == 3]
+    assert len(three) == 2 and all(p["mean"] is None for p in three)
+    two = next(p for p in prof if p["size"] == 2 and p["direction"] == "synergy")
+    assert two["mean"] == pytest.approx(-0.55)
+    res = SynergyResult(rows, prof, {}, {"parameters": {"labels": "exact", "which": "pre"}})
+    lines = res.summary().splitlines()
+    assert any(line.split()[:2] == ["conv", "3"] and line.split()[2:4] == ["n/a", "n/a"] for line in lines)
+    assert any(line.split()[:3] == ["conv", "2", "-0.550"] for line in lines)
+    files = res.plot(tmp_path)
+    assert any(str(f).endswith("synergy.png") and f.stat().st_size > 0 for f in files)

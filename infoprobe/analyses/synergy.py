@@ -213,6 +213,8 @@ class SynergyResult(Tables):
         best = {(r["layer"], r["size"], r["direction"]): r for r in reversed(self.profiles)}
 
         def cell(r, width):
+            if r.get("mean") is None:              # every multiplet of the size degenerate
+                return "n/a".rjust(width)
             if not spread or r.get("std") is None:
                 return f"{r['mean']:{width}.3f}"
             return f"{r['mean']:.3f} +- {r['std']:.3f}".rjust(width)

@@ -941,7 +941,7 @@ def load_onnx(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, ch
     _check_text(proto, str(path))
     folder = Path(os.path.abspath(path)).parent
     total = _inline_external_data(proto, folder, st.st_size, max_bytes, path)
-    notes = _tensor_outputs(proto, path)
+    notes = _tensor_outputs(proto, path) + _fold_constants(proto.graph)
     _name_nodes(proto.graph)
     if opset < MIN_OPSET:
         proto = _convert_opset(proto, opset, path)
@@ -967,6 +967,81 @@ def _read_bounded(f, limit: int, chunk: int = 1 << 24) -> bytes:
             break
         buf += part
     return buf
+
+
+#: ``Constant`` attributes :func:`_fold_constants` turns into initializers, with the dtype of each.
+_CONSTANT_ATTRS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                   "value_ints": np.int64}
+#: Ops of initializers that :func:`_fold_constants` evaluates into an initializer: they keep the
+#: number of values (a weight reshaped to [1, C, 1, 1] for a bias, stored as float16 and cast).
+_FOLDED_OPS = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten"}
+#: Element types of the initializers (and casts) folded.
+_FOLDED_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                 onnx.TensorProto.INT32, onnx.TensorProto.INT64}
+
+
+def _fold_constants(graph: onnx.GraphProto) -> tuple:
+    """Hold every weight of the main graph in an initializer, in place, as discovery and pruning
+    read them: ``Constant`` nodes become initializers under their output's name; an
+    ``Identity`` of an initializer is bypassed (its consumers read the initializer); an op of
+    :data:`_FOLDED_OPS` whose inputs are all initializers (of :data:`_FOLDED_TYPES`) -- a bias
+    reshaped to [1, C, 1, 1], a weight stored as float16 and cast -- becomes the initializer it
+    computes (``onnx.reference.ReferenceEvaluator``). Values the graph returns as outputs are left as they are, and an ``Identity``
+    is kept in a graph with subgraphs (which may read it by name). Returns one note saying what
+    was folded, or none."""
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    counts = dict.fromkeys(["Constant", "Identity", *sorted(_FOLDED_OPS)], 0)
+    # subgraphs (If, Loop) may read a value by name: an Identity is bypassed only without them
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node
+                 for a in n.attribute)
+    keep = []
+    rename = {}
+    for node in graph.node:
+        ins = [rename.get(i, i) for i in node.input]
+        if list(node.input) != ins:
+            del node.input[:]
+            node.input.extend(ins)
+        if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or node.output[0] in outputs:
+            keep.append(node)
+            continue
+        out = node.output[0]
+        tensor = None
+        if node.op_type == "Constant" and len(node.attribute) == 1:
+            a = node.attribute[0]
+            if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(a.t)
+            elif a.name in _CONSTANT_ATTRS:
+                v = onnx.helper.get_attribute_value(a)
+                tensor = onnx.numpy_helper.from_array(np.asarray(v, _CONSTANT_ATTRS[a.name]))
+        elif node.op_type == "Identity" and len(node.input) == 1 and node.input[0] in inits and not nested:
+            rename[out] = node.input[0]
+            counts["Identity"] += 1
+            continue
+        elif node.op_type in _FOLDED_OPS and node.input and all(i in inits for i in node.input if i) \
+                and all(inits[i].data_type in _FOLDED_TYPES for i in node.input if i) \
+                and all(a.name != "to" or a.i in _FOLDED_TYPES for a in node.attribute):
+            try:
+                from onnx.reference import ReferenceEvaluator
+
+                feeds = {i: onnx.numpy_helper.to_array(inits[i]) for i in node.input if i}
+                tensor = onnx.numpy_helper.from_array(np.asarray(ReferenceEvaluator(node).run(None, feeds)[0]))
+            except Exception:               # left for discovery to report as it finds it
+                tensor = None
+        if tensor is None:
+            keep.append(node)
+            continue
+        tensor.name = out
+        graph.initializer.append(tensor)
+        inits[out] = graph.initializer[-1]
+        counts[node.op_type] += 1
+    if not any(counts.values()):
+        return ()
+    del graph.node[:]
+    graph.node.extend(keep)
+    done = ", ".join(f"{n} {op} node{'s' if n > 1 else ''}" for op, n in counts.items() if n)
+    return (f"weights held outside initializers read as initializers ({done} folded)",)
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:

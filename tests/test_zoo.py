@@ -265,6 +265,29 @@ def test_a_third_party_mobilenetv3_from_its_wheel():
                                        rtol=1e-4, atol=1e-5, err_msg=lay.name)
 
 
+def test_the_third_party_mobilenetv3_prunes_with_its_weights_in_constant_nodes(tmp_path):
+    """PP-OCR's weights are Constant nodes and its conv biases a Reshape of one: read as
+    initializers, its groups outside the squeeze-and-excitation gates are pruned, and the pruned
+    model computes what the plan applied by masks computes (onnxruntime on both)."""
+    import warnings
+
+    from infoprobe.analyses.compress import prune_model
+    from infoprobe.analyses.plans import make_plan
+    from infoprobe.data import Dataset
+
+    path = FIX / "third_party" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    if not path.exists():
+        pytest.skip("run fixtures/fetch_ppocr_cls.py to fetch the PP-OCR classifier")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(path, input_shapes={None: (3, 48, 192)})
+        assert any("Constant nodes" in n and "Reshape nodes" in n for n in lm.notes)
+        x = np.random.default_rng(0).uniform(-1, 1, (16, 3, 48, 192)).astype(np.float32)
+        data = Dataset(x=x, y=np.zeros(16, np.int64), index=np.arange(16), split="all", path=path, sha256="0" * 64)
+        rep = prune_model(lm, make_plan(lm, "magnitude", 0.3), tmp_path / "small.onnx", data=data, repeats=1)
+    assert rep["verification"]["exact"] and rep["ratios"]["parameters"] < 0.95
+
+
 def test_information_flow_reads_a_model_with_two_inputs():
     """Flow's noisy draws repeat every input array of a sample together; its resume digest
     covers each array."""

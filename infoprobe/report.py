@@ -53,7 +53,9 @@ def plot_importance(units: list, path) -> Path:
     plt = _pyplot()
     measures = [m for m in MEASURE_LABELS if units and units[0].get(m) is not None]
     layers = list(dict.fromkeys(r["layer"] for r in units))
-    fig, axes = plt.subplots(1, len(measures), figsize=(3.3 * len(measures), 2.8), squeeze=False,
+    ncol = min(len(layers), max(1, len(measures) * 2))         # the legend below the panels, as wide as they are
+    rows = -(-len(layers) // ncol)
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.3 * len(measures), 2.8 + 0.17 * rows), squeeze=False,
                              layout="constrained")
     for ax, m in zip(axes[0], measures):
         vals = [np.array([r[m] for r in units if r["layer"] == lay], float) for lay in layers]
@@ -63,7 +65,8 @@ def plot_importance(units: list, path) -> Path:
             ax.hist(v, bins=bins, histtype="step", linewidth=1.5, label=lay)
         ax.set_xlabel(MEASURE_LABELS[m], fontsize=8)
         ax.set_ylabel("units")
-    axes[0][0].legend(fontsize=7)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=ncol, fontsize=6,
+               frameon=False)
     fig.suptitle("Distribution of single-unit importance measures per layer", fontsize=10)
     return _save(fig, path)
 

